@@ -1,0 +1,16 @@
+// Linked instead of the CUDA library when the build has no CUDA (NEEDLE_CUDA=OFF, or no nvcc).
+#include "backend_cuda/cuda_backend.h"
+#include "ndarray/error.h"
+
+namespace needle {
+
+const Backend& cuda_backend() {
+  throw RuntimeError(
+      "this build has no CUDA: needle was configured without the CUDA backend "
+      "(rebuild with -DNEEDLE_CUDA=ON on a machine with the CUDA toolkit)");
+}
+bool cuda_build_enabled() { return false; }
+bool cuda_is_available() { return false; }
+int cuda_device_count() { return 0; }
+
+}  // namespace needle

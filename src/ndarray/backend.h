@@ -1,0 +1,172 @@
+// The per-device kernel table. NDArray does all view logic (broadcasting, permutes, slicing,
+// promotion) once and hands kernels plain strided descriptors; each backend fills one Backend
+// struct. Entries marked (optional) may be null: the caller composes primitives instead.
+//
+// Contract for every entry, unless it says otherwise:
+//  - ArrayRef.data points at element 0 (the view's offset already applied); strides are in
+//    elements and may be 0 (broadcast) or negative (flipped views, x[::-1]).
+//  - Outputs are compact (row-major, no overlap) unless stated; inputs may be any strided view.
+//  - All arrays passed to one call live on the backend's device.
+//  - Kernels are asynchronous on GPU backends: only copy_to_host and synchronize wait.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "ndarray/device.h"
+#include "ndarray/dtype.h"
+#include "ndarray/ops.h"
+
+namespace needle {
+
+constexpr int kMaxDims = 12;
+
+// A strided view handed to kernels; trivially copyable so it can be passed to CUDA by value.
+struct ArrayRef {
+  void* data = nullptr;
+  DType dtype = DType::Float32;
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[kMaxDims] = {};
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= shape[i];
+    return n;
+  }
+  bool is_compact() const {
+    int64_t expect = 1;
+    for (int i = ndim - 1; i >= 0; --i) {
+      if (shape[i] != 1 && strides[i] != expect) return false;
+      expect *= shape[i];
+    }
+    return true;
+  }
+};
+
+// Row-major batched GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch, with
+// op(A) of shape (m, k) and op(B) of shape (k, n). A is stored row-major as (m, k) with leading
+// dimension lda, or, when trans_a, as (k, m). Likewise B. C is (m, n) row-major with ldc.
+// Batch strides may be 0 (a broadcast operand). All three share `dtype`.
+struct GemmArgs {
+  DType dtype = DType::Float32;
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  double alpha = 1.0, beta = 0.0;
+};
+
+// Allocator statistics for one device (bytes unless named otherwise).
+struct MemoryStats {
+  int64_t allocated = 0;       // bytes held by live arrays
+  int64_t peak_allocated = 0;  // high-water mark of `allocated` since the last reset
+  int64_t reserved = 0;        // bytes obtained from the system (>= allocated with a cache)
+  int64_t num_device_allocs = 0;  // calls to the system allocator (malloc / cudaMalloc)
+  int64_t num_allocs = 0;         // allocation requests served
+};
+
+struct Backend {
+  const char* name;
+
+  // --- memory ---------------------------------------------------------------------------------
+  // alloc never returns null for nbytes > 0: it throws OutOfMemoryError naming the size.
+  void* (*alloc)(size_t nbytes);
+  void (*free)(void* ptr, size_t nbytes);
+  MemoryStats (*memory_stats)();
+  void (*reset_peak_memory_stats)();
+  void (*empty_cache)();  // return cached, unused blocks to the system
+  void (*copy_from_host)(void* dst, const void* src, size_t nbytes);
+  void (*copy_to_host)(void* dst, const void* src, size_t nbytes);  // waits for prior work
+  void (*synchronize)();
+
+  // --- data movement ----------------------------------------------------------------------------
+  // dst[i] = convert(src[i]); same shape; dst may be a strided view (setitem) as long as it does
+  // not overlap src. src and dst dtypes may differ (astype).
+  void (*copy)(const ArrayRef& src, const ArrayRef& dst);
+  // Every element of the (possibly strided) dst set to value, converted to dst's dtype.
+  void (*fill)(const ArrayRef& dst, double value);
+
+  // --- elementwise --------------------------------------------------------------------------------
+  // out = f(a). a and out share a dtype, except LogicalNot (out bool). Float-only ops are called
+  // with floating dtypes only.
+  void (*unary)(UnaryOp op, const ArrayRef& a, const ArrayRef& out);
+  // out = f(a, b); a and b have out's shape (broadcast through 0 strides) and share a dtype;
+  // out has that dtype, or bool for comparisons and logical ops.
+  void (*binary)(BinaryOp op, const ArrayRef& a, const ArrayRef& b, const ArrayRef& out);
+  // out = f(a, s) (or f(s, a) when scalar_first); s converted to a's dtype first.
+  void (*binary_scalar)(BinaryOp op, const ArrayRef& a, double s, bool scalar_first,
+                        const ArrayRef& out);
+  // out = cond ? a : b; cond bool; a, b, out share a dtype; all of out's shape (broadcast views).
+  void (*where)(const ArrayRef& cond, const ArrayRef& a, const ArrayRef& b, const ArrayRef& out);
+
+  // --- reductions ---------------------------------------------------------------------------------
+  // in: compact, viewed as (outer, reduce, inner); out: compact (outer, inner). Sum/Prod of
+  // bool/int32 inputs write int64; ArgMax/ArgMin write int64 (first occurrence); otherwise out
+  // has in's dtype. Floating sums accumulate in at least float32 (double for float64).
+  // reduce == 0 gives the identity (0 for Sum, 1 for Prod); Max/Min/Arg* with reduce == 0 are
+  // rejected by NDArray before the call.
+  void (*reduce)(ReduceOp op, const ArrayRef& in, int64_t outer, int64_t reduce, int64_t inner,
+                 const ArrayRef& out);
+
+  // --- linear algebra -----------------------------------------------------------------------------
+  void (*gemm)(const GemmArgs& args);  // floating dtypes
+
+  // --- row ops (fused, numerically stable) --------------------------------------------------------
+  // in: compact (rows, cols) floating. Softmax/LogSoftmax: out (rows, cols). LogSumExp: out (rows).
+  void (*row_op)(RowOp op, const ArrayRef& in, int64_t rows, int64_t cols, const ArrayRef& out);
+
+  // --- indexing -----------------------------------------------------------------------------------
+  // in: compact (outer, n, inner); index: compact int64 (k), each in [0, n) (checked: CPU throws
+  // IndexError, CUDA reports at the next synchronisation); out: compact (outer, k, inner).
+  void (*index_select)(const ArrayRef& in, const ArrayRef& index, int64_t outer, int64_t n,
+                       int64_t inner, const ArrayRef& out);
+  // out (compact (outer, n, inner)) += src (compact (outer, k, inner)) scattered at index (k);
+  // repeated indices accumulate.
+  void (*index_add)(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n,
+                    int64_t inner, const ArrayRef& out);
+
+  // --- random -------------------------------------------------------------------------------------
+  // Fills compact floating `out` from a Philox4x32-10 stream keyed by seed, starting at counter
+  // `offset` (element i uses counter offset + i / 4, lane i % 4), so CPU and CUDA produce the
+  // same numbers. Uniform in [p0, p1); Normal(mean p0, std p1); Bernoulli(p0) gives 1 or 0.
+  void (*random)(RandomKind kind, const ArrayRef& out, uint64_t seed, uint64_t offset, double p0,
+                 double p1);
+
+  // --- fused ops (optional) -----------------------------------------------------------------------
+  // x, y: compact (rows, d) floating; weight, bias: (d) or null; mean, rstd: float32 (rows).
+  void (*layer_norm_forward)(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias,
+                             double eps, int64_t rows, int64_t d, const ArrayRef& y,
+                             const ArrayRef& mean, const ArrayRef& rstd);
+  // dx (rows, d); dweight, dbias (d) or null; written, not accumulated.
+  void (*layer_norm_backward)(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* weight,
+                              const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, int64_t d,
+                              const ArrayRef& dx, const ArrayRef* dweight, const ArrayRef* dbias);
+  // logits: compact (rows, classes) floating; targets: int64 (rows), in [0, classes) or ==
+  // ignore_index. loss: float32 (rows), 0 for ignored rows; lse: float32 (rows).
+  void (*cross_entropy_forward)(const ArrayRef& logits, const ArrayRef& targets,
+                                int64_t ignore_index, int64_t rows, int64_t classes,
+                                const ArrayRef& loss, const ArrayRef& lse);
+  // dlogits[r, c] = dloss[r] * (softmax(logits)[r, c] - [c == target[r]]), 0 for ignored rows.
+  void (*cross_entropy_backward)(const ArrayRef& logits, const ArrayRef& targets,
+                                 const ArrayRef& lse, const ArrayRef& dloss, int64_t ignore_index,
+                                 int64_t rows, int64_t classes, const ArrayRef& dlogits);
+  // One AdamW step on compact float arrays of equal length (param, grad, exp_avg, exp_avg_sq):
+  // decoupled decay p -= lr*wd*p, moments updated, p -= lr * mhat / (sqrt(vhat) + eps), with
+  // bias corrections bc1 = 1 - beta1^step, bc2 = 1 - beta2^step.
+  void (*adamw)(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
+                const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                double weight_decay, double bias_correction1, double bias_correction2);
+};
+
+// The backend for a device. For CUDA in a build without CUDA, or with no GPU present, throws
+// RuntimeError saying so.
+const Backend& backend_for(const Device& device);
+
+bool cuda_is_available();
+int cuda_device_count();
+
+}  // namespace needle
