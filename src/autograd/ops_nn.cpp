@@ -1,0 +1,253 @@
+// matmul, linear, embedding and the fused neural-network ops (cross-entropy, layer norm),
+// with their gradients.
+#include "autograd/functional.h"
+#include "ndarray/error.h"
+
+namespace needle {
+
+namespace {
+
+struct MatmulFn : Op {
+  const char* name() const override { return "matmul"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    const Tensor &a = inputs[0], &b = inputs[1];
+    Tensor ga, gb;
+    if (a.requires_grad()) ga = sum_to(matmul(g, transpose(b, -1, -2)), a.shape());
+    if (b.requires_grad()) gb = sum_to(matmul(transpose(a, -1, -2), g), b.shape());
+    return {ga, gb};
+  }
+};
+
+struct LinearFn : Op {
+  const char* name() const override { return "linear"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    const Tensor &x = inputs[0], &w = inputs[1];
+    Tensor g2 = reshape(g, {-1, w.shape()[0]});
+    Tensor gx, gw, gb;
+    if (x.requires_grad()) gx = matmul(g, w);
+    if (w.requires_grad()) gw = matmul(transpose(g2, 0, 1), reshape(x, {-1, w.shape()[1]}));
+    if (inputs.size() > 2 && inputs[2].requires_grad()) gb = sum(g2, {0});
+    std::vector<Tensor> grads{gx, gw};
+    if (inputs.size() > 2) grads.push_back(gb);
+    return grads;
+  }
+};
+
+// The embedding gradient: rows of g scattered (added) into a (V, D) zero matrix. Its own
+// gradient is the embedding lookup again.
+struct EmbeddingBackwardFn : Op {
+  NDArray ids;
+  explicit EmbeddingBackwardFn(NDArray i) : ids(std::move(i)) {}
+  const char* name() const override { return "embedding_backward"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    return {embedding(g, Tensor(ids))};
+  }
+};
+
+struct EmbeddingFn : Op {
+  NDArray ids;
+  explicit EmbeddingFn(NDArray i) : ids(std::move(i)) {}
+  const char* name() const override { return "embedding"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    const Shape& ws = inputs[0].shape();
+    NDArray flat_ids = ids.reshape({-1});
+    NDArray g2 = g.data().reshape({flat_ids.numel(), ws[1]});
+    NDArray dw = index_add(NDArray::zeros(ws, g.dtype(), g.device()), 0, flat_ids, g2);
+    return {make_result(dw, std::make_shared<EmbeddingBackwardFn>(ids), {g})};
+  }
+};
+
+// A fused kernel's gradient result: differentiating it again is not supported.
+struct FusedBackwardFn : Op {
+  const char* label;
+  explicit FusedBackwardFn(const char* l) : label(l) {}
+  const char* name() const override { return label; }
+  std::vector<Tensor> gradient(const Tensor&, const Tensor&) override {
+    throw RuntimeError(std::string("double backward through ") + label +
+                       " is not supported (its gradient is a fused kernel)");
+  }
+};
+
+const Backend& fused_backend(const Tensor& t, bool present, const char* what) {
+  const Backend& be = t.data().backend();
+  NEEDLE_CHECK(present, RuntimeError, "the ", be.name, " backend has no fused ", what,
+               " kernel");
+  return be;
+}
+
+struct CrossEntropyFn : Op {
+  NDArray targets, lse;  // (N) int64, (N) float32
+  int64_t ignore_index;
+  CrossEntropyFn(NDArray t, NDArray l, int64_t ii)
+      : targets(std::move(t)), lse(std::move(l)), ignore_index(ii) {}
+  const char* name() const override { return "cross_entropy"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    const Tensor& logits = inputs[0];
+    int64_t classes = logits.shape().back(), rows = targets.numel();
+    NDArray x = logits.data().reshape({rows, classes}).compact();
+    NDArray dloss = g.data().astype(DType::Float32).compact();
+    NDArray dx = NDArray::empty({rows, classes}, logits.dtype(), logits.device());
+    const Backend& be = x.backend();
+    if (rows > 0)
+      be.cross_entropy_backward(x.ref(), targets.ref(), lse.ref(), dloss.ref(), ignore_index, rows,
+                                classes, dx.ref());
+    return {make_result(dx.reshape(logits.shape()),
+                        std::make_shared<FusedBackwardFn>("cross_entropy_backward"), {g})};
+  }
+};
+
+struct LayerNormFn : Op {
+  NDArray mean, rstd;
+  LayerNormFn(NDArray m, NDArray r) : mean(std::move(m)), rstd(std::move(r)) {}
+  const char* name() const override { return "layer_norm"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    const Tensor& x = inputs[0];
+    bool has_w = inputs.size() > 1 && inputs[1].defined();
+    bool has_b = inputs.size() > 2 && inputs[2].defined();
+    int64_t d = x.shape().back(), rows = d ? x.numel() / d : 0;
+    NDArray x2 = x.data().reshape({rows, d}).compact();
+    NDArray dy = g.data().astype(x.dtype()).reshape({rows, d}).compact();
+    NDArray dx = NDArray::empty({rows, d}, x.dtype(), x.device());
+    NDArray dw, db;
+    ArrayRef wref, dwref, dbref;
+    NDArray wc = has_w ? inputs[1].data().astype(x.dtype()).compact() : NDArray();
+    if (has_w) {
+      wref = wc.ref();
+      dw = NDArray::empty({d}, x.dtype(), x.device());
+      dwref = dw.ref();
+    }
+    if (has_b) {
+      db = NDArray::empty({d}, x.dtype(), x.device());
+      dbref = db.ref();
+    }
+    if (rows > 0) {
+      x.data().backend().layer_norm_backward(dy.ref(), x2.ref(), has_w ? &wref : nullptr, mean.ref(),
+                                             rstd.ref(), rows, d, dx.ref(), has_w ? &dwref : nullptr,
+                                             has_b ? &dbref : nullptr);
+    } else {
+      if (has_w) dw.fill(0);
+      if (has_b) db.fill(0);
+    }
+    auto wrap = [&](const NDArray& v) {
+      return make_result(v, std::make_shared<FusedBackwardFn>("layer_norm_backward"), {g});
+    };
+    std::vector<Tensor> grads{wrap(dx.reshape(x.shape()))};
+    if (inputs.size() > 1) grads.push_back(has_w ? wrap(dw) : Tensor());
+    if (inputs.size() > 2) grads.push_back(has_b ? wrap(db) : Tensor());
+    return grads;
+  }
+};
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  NEEDLE_CHECK(a.ndim() >= 1 && b.ndim() >= 1, ValueError,
+               "matmul: both operands need at least 1 dimension, got shapes ",
+               shape_str(a.shape()), " and ", shape_str(b.shape()));
+  // 1-D operands become matrices through differentiable reshapes, as NumPy defines.
+  if (a.ndim() == 1) return squeeze(matmul(unsqueeze(a, 0), b), -2);
+  if (b.ndim() == 1) return squeeze(matmul(a, unsqueeze(b, 1)), -1);
+  return make_result(needle::matmul(a.data(), b.data()), std::make_shared<MatmulFn>(), {a, b});
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  NEEDLE_CHECK(weight.ndim() == 2, ValueError, "linear: expected a 2-D weight (out, in), got ",
+               shape_str(weight.shape()));
+  NEEDLE_CHECK(x.ndim() >= 1 && x.shape().back() == weight.shape()[1], ValueError,
+               "linear: input of shape ", shape_str(x.shape()), " does not match weight of shape ",
+               shape_str(weight.shape()), " (expected last dim ", weight.shape()[1], ")");
+  NDArray y = needle::matmul(x.data(), weight.data().transpose(0, 1));
+  if (bias.defined()) {
+    NEEDLE_CHECK(bias.shape() == Shape{weight.shape()[0]}, ValueError,
+                 "linear: expected bias of shape (", weight.shape()[0], ",), got ",
+                 shape_str(bias.shape()));
+    y = needle::add(y, bias.data());
+  }
+  std::vector<Tensor> inputs{x, weight};
+  if (bias.defined()) inputs.push_back(bias);
+  return make_result(y, std::make_shared<LinearFn>(), inputs);
+}
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  NEEDLE_CHECK(!ids.requires_grad(), ValueError, "embedding: ids cannot require grad");
+  return make_result(needle::embedding(weight.data(), ids.data()),
+                     std::make_shared<EmbeddingFn>(ids.data()), {weight});
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                     Reduction reduction) {
+  NEEDLE_CHECK(logits.ndim() >= 1, ValueError, "cross_entropy: logits need a class dimension");
+  NEEDLE_CHECK(is_floating(logits.dtype()), TypeError,
+               "cross_entropy: expected floating logits, got ", dtype_name(logits.dtype()));
+  NEEDLE_CHECK(targets.dtype() == DType::Int64 || targets.dtype() == DType::Int32, TypeError,
+               "cross_entropy: expected int64 class-index targets, got ",
+               dtype_name(targets.dtype()));
+  Shape expect(logits.shape().begin(), logits.shape().end() - 1);
+  NEEDLE_CHECK(targets.shape() == expect, ValueError, "cross_entropy: logits of shape ",
+               shape_str(logits.shape()), " need targets of shape ", shape_str(expect), ", got ",
+               shape_str(targets.shape()));
+  NEEDLE_CHECK(logits.device() == targets.device(), RuntimeError,
+               "cross_entropy: logits on ", logits.device().str(), " but targets on ",
+               targets.device().str());
+  int64_t classes = logits.shape().back(), rows = shape_numel(expect);
+  const Backend& be = fused_backend(logits, logits.data().backend().cross_entropy_forward,
+                                    "cross_entropy");
+  NDArray x = logits.data().reshape({rows, classes}).compact();
+  NDArray t = targets.data().astype(DType::Int64).reshape({rows}).compact();
+  NDArray loss = NDArray::empty({rows}, DType::Float32, logits.device());
+  NDArray lse = NDArray::empty({rows}, DType::Float32, logits.device());
+  if (rows > 0) be.cross_entropy_forward(x.ref(), t.ref(), ignore_index, rows, classes, loss.ref(), lse.ref());
+  Tensor per_row = make_result(loss.astype(logits.dtype()),
+                               std::make_shared<CrossEntropyFn>(t, lse, ignore_index), {logits});
+  switch (reduction) {
+    case Reduction::None: return reshape(per_row, expect);
+    case Reduction::Sum: return sum(per_row);
+    case Reduction::Mean: {
+      // Divide on the device (no host sync): the count of targets that are not ignored.
+      NDArray count = needle::sum(needle::ne(t, Scalar(ignore_index))).astype(logits.dtype());
+      return div(sum(per_row), Tensor(count));
+    }
+  }
+  return per_row;
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  NEEDLE_CHECK(x.ndim() >= 1, ValueError, "layer_norm: expected at least 1 dimension");
+  NEEDLE_CHECK(is_floating(x.dtype()), TypeError, "layer_norm: expected a floating input, got ",
+               dtype_name(x.dtype()));
+  int64_t d = x.shape().back(), rows = d ? x.numel() / d : 0;
+  for (const Tensor* p : {&weight, &bias})
+    if (p->defined())
+      NEEDLE_CHECK(p->shape() == Shape{d}, ValueError, "layer_norm: expected weight/bias of shape (",
+                   d, ",), got ", shape_str(p->shape()));
+  const Backend& be = fused_backend(x, x.data().backend().layer_norm_forward, "layer_norm");
+  NDArray x2 = x.data().reshape({rows, d}).compact();
+  NDArray y = NDArray::empty({rows, d}, x.dtype(), x.device());
+  NDArray mean = NDArray::empty({rows}, DType::Float32, x.device());
+  NDArray rstd = NDArray::empty({rows}, DType::Float32, x.device());
+  NDArray wc = weight.defined() ? weight.data().astype(x.dtype()).compact() : NDArray();
+  NDArray bc = bias.defined() ? bias.data().astype(x.dtype()).compact() : NDArray();
+  ArrayRef wref = weight.defined() ? wc.ref() : ArrayRef(), bref = bias.defined() ? bc.ref() : ArrayRef();
+  if (rows > 0 && d > 0)
+    be.layer_norm_forward(x2.ref(), weight.defined() ? &wref : nullptr,
+                          bias.defined() ? &bref : nullptr, eps, rows, d, y.ref(), mean.ref(),
+                          rstd.ref());
+  std::vector<Tensor> inputs{x};
+  if (weight.defined() || bias.defined()) inputs.push_back(weight);
+  if (bias.defined()) inputs.push_back(bias);
+  return make_result(y.reshape(x.shape()), std::make_shared<LayerNormFn>(mean, rstd), inputs);
+}
+
+Tensor gelu(const Tensor& a, bool tanh_approximation) {
+  return tanh_approximation ? gelu_tanh(a) : gelu(a);
+}
+
+Tensor dropout(const Tensor& a, double p, bool training) {
+  NEEDLE_CHECK(p >= 0 && p <= 1, ValueError, "dropout: p must be in [0, 1], got ", p);
+  if (!training || p == 0) return a;
+  if (p == 1) return mul(a, Scalar(0.0));
+  NDArray keep = NDArray::bernoulli(a.shape(), 1.0 - p, a.dtype(), a.device());
+  return mul(a, Tensor(needle::mul(keep, Scalar(1.0 / (1.0 - p)))));
+}
+
+}  // namespace needle

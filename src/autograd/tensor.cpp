@@ -1,0 +1,163 @@
+// The Tensor value type, grad mode, and the backward engine.
+#include "autograd/tensor.h"
+
+#include <unordered_map>
+
+#include "autograd/functional.h"
+#include "ndarray/error.h"
+
+namespace needle {
+
+Op::~Op() = default;
+
+// Destroying the last reference to a long chain would recurse once per node; unlink the chain
+// iteratively instead so graphs of any depth free safely.
+TensorImpl::~TensorImpl() {
+  if (!op) return;
+  std::vector<std::shared_ptr<Op>> pending;
+  pending.push_back(std::move(op));
+  while (!pending.empty()) {
+    std::shared_ptr<Op> cur = std::move(pending.back());
+    pending.pop_back();
+    if (cur.use_count() != 1) continue;
+    for (Tensor& in : cur->inputs) {
+      const auto& impl = in.impl();
+      if (impl && impl.use_count() == 1 && impl->op) pending.push_back(std::move(impl->op));
+    }
+  }
+}
+
+static thread_local bool g_grad_enabled = true;
+bool grad_enabled() { return g_grad_enabled; }
+void set_grad_enabled(bool enabled) { g_grad_enabled = enabled; }
+
+Tensor::Tensor(NDArray data, bool requires_grad) : impl_(std::make_shared<TensorImpl>()) {
+  impl_->data = std::move(data);
+  if (requires_grad) requires_grad_(true);
+}
+
+const NDArray& Tensor::data() const {
+  NEEDLE_CHECK(impl_, ValueError, "the tensor is undefined");
+  return impl_->data;
+}
+
+void Tensor::set_data(const NDArray& data) const {
+  NEEDLE_CHECK(impl_, ValueError, "the tensor is undefined");
+  impl_->data = data;
+}
+
+const Tensor& Tensor::requires_grad_(bool value) const {
+  NEEDLE_CHECK(impl_, ValueError, "the tensor is undefined");
+  NEEDLE_CHECK(!value || is_floating(impl_->data.dtype()), TypeError,
+               "only floating tensors can require gradients, got dtype ",
+               dtype_name(impl_->data.dtype()));
+  NEEDLE_CHECK(value || is_leaf() || !impl_->requires_grad, ValueError,
+               "requires_grad can only be turned off on leaf tensors (use detach())");
+  impl_->requires_grad = value;
+  return *this;
+}
+
+Tensor Tensor::grad() const { return impl_ && impl_->grad ? Tensor(impl_->grad) : Tensor(); }
+
+void Tensor::set_grad(const Tensor& g) const {
+  if (g.defined()) {
+    NEEDLE_CHECK(g.shape() == shape(), ValueError, "assigned grad has shape ",
+                 shape_str(g.shape()), ", expected ", shape_str(shape()));
+  }
+  impl_->grad = g.impl();
+}
+
+void Tensor::zero_grad() const { impl_->grad.reset(); }
+
+Tensor Tensor::detach() const { return Tensor(data(), false); }
+
+Tensor make_result(NDArray data, std::shared_ptr<Op> op, std::vector<Tensor> inputs) {
+  Tensor out(std::move(data));
+  if (!grad_enabled()) return out;
+  bool needs = false;
+  for (const Tensor& t : inputs) needs = needs || (t.defined() && t.requires_grad());
+  if (!needs) return out;
+  op->inputs = std::move(inputs);
+  out.impl()->op = std::move(op);
+  out.impl()->requires_grad = true;
+  return out;
+}
+
+// Nodes reachable from root through ops, children before parents, without recursion.
+static std::vector<std::shared_ptr<TensorImpl>> topo_order(const std::shared_ptr<TensorImpl>& root) {
+  std::vector<std::shared_ptr<TensorImpl>> order;
+  std::unordered_map<TensorImpl*, bool> visited;
+  std::vector<std::pair<std::shared_ptr<TensorImpl>, size_t>> stack;
+  stack.emplace_back(root, 0);
+  visited[root.get()] = true;
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    Op* op = node->op.get();
+    if (op && next < op->inputs.size()) {
+      const auto& child = op->inputs[next++].impl();
+      if (child && child->requires_grad && !visited[child.get()]) {
+        visited[child.get()] = true;
+        stack.emplace_back(child, 0);
+      }
+      continue;
+    }
+    order.push_back(node);
+    stack.pop_back();
+  }
+  return order;
+}
+
+static Tensor accumulate(const Tensor& acc, const Tensor& g) { return acc.defined() ? add(acc, g) : g; }
+
+void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_graph) const {
+  NEEDLE_CHECK(requires_grad(), ValueError,
+               "backward: this tensor does not require grad and has no graph (did an input set "
+               "requires_grad=True, and was the result computed outside no_grad?)");
+  Tensor seed = gradient;
+  if (!seed.defined()) {
+    NEEDLE_CHECK(numel() == 1, ValueError,
+                 "backward: a gradient argument is required for a non-scalar output of shape ",
+                 shape_str(shape()), " (grad can be implicitly created only for scalars)");
+    seed = Tensor(NDArray::ones(shape(), dtype(), device()));
+  } else {
+    NEEDLE_CHECK(seed.shape() == shape(), ValueError, "backward: gradient of shape ",
+                 shape_str(seed.shape()), " does not match the output's shape ",
+                 shape_str(shape()));
+    NEEDLE_CHECK(seed.device() == device(), RuntimeError, "backward: gradient on ",
+                 seed.device().str(), " but the output is on ", device().str());
+  }
+  EnableGradGuard mode(create_graph);
+  std::vector<std::shared_ptr<TensorImpl>> order = topo_order(impl_);
+  std::unordered_map<TensorImpl*, Tensor> grads;
+  grads[impl_.get()] = seed;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    std::shared_ptr<TensorImpl> node = std::move(*it);
+    auto found = grads.find(node.get());
+    if (found == grads.end()) continue;
+    Tensor g = std::move(found->second);
+    grads.erase(found);
+    if (!node->op) {
+      NEEDLE_CHECK(!node->graph_freed, RuntimeError,
+                   "backward: trying to backward through the graph a second time (or directly "
+                   "access saved tensors after they have already been freed); pass "
+                   "retain_graph=True to the first backward call if you need to");
+      // Without create_graph, g was computed in no-grad mode and is already a constant.
+      Tensor leaf(node);
+      leaf.impl()->grad = accumulate(leaf.grad(), g).impl();
+      continue;
+    }
+    std::vector<Tensor> in_grads = node->op->gradient(g, Tensor(node));
+    const std::vector<Tensor>& inputs = node->op->inputs;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!inputs[i].defined() || !inputs[i].requires_grad() || !in_grads[i].defined()) continue;
+      Tensor& slot = grads[inputs[i].impl().get()];
+      slot = accumulate(slot, in_grads[i]);
+    }
+    if (!retain_graph) {
+      node->op.reset();  // releases the saved buffers as soon as they are used
+      node->graph_freed = true;
+    }
+  }
+}
+
+}  // namespace needle
