@@ -1,0 +1,87 @@
+// CPU memory: 64-byte aligned host allocations with counting statistics, and host copies. There
+// is no cache on the CPU (the system allocator is fast enough), so reserved == allocated.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend_cpu/cpu_common.h"
+#include "backend_cpu/cpu_kernels.h"
+
+namespace needle::cpu_kernels {
+namespace {
+
+// 64 bytes: a cache line, and the widest (AVX-512) vector load, so compact arrays never split a
+// vector across lines at element 0.
+constexpr size_t kAlignment = 64;
+
+std::atomic<int64_t> g_allocated{0};
+std::atomic<int64_t> g_peak{0};
+std::atomic<int64_t> g_num_device_allocs{0};
+std::atomic<int64_t> g_num_allocs{0};
+
+void raise_peak(int64_t now) {
+  int64_t peak = g_peak.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace
+
+void* alloc(size_t nbytes) {
+  if (nbytes == 0) return nullptr;
+  // aligned_alloc requires a multiple of the alignment; the check guards the rounding overflow.
+  size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
+  void* ptr = rounded >= nbytes ? std::aligned_alloc(kAlignment, rounded) : nullptr;
+  NEEDLE_CHECK(ptr != nullptr, OutOfMemoryError, "cpu: out of memory allocating ", nbytes,
+               " bytes (", static_cast<double>(nbytes) / (1 << 30), " GiB) with ",
+               g_allocated.load(), " bytes already allocated by needle");
+  int64_t now = g_allocated.fetch_add(static_cast<int64_t>(nbytes)) + static_cast<int64_t>(nbytes);
+  raise_peak(now);
+  g_num_device_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_num_allocs.fetch_add(1, std::memory_order_relaxed);
+  return ptr;
+}
+
+void free(void* ptr, size_t nbytes) {
+  if (ptr == nullptr) return;
+  std::free(ptr);
+  g_allocated.fetch_sub(static_cast<int64_t>(nbytes));
+}
+
+MemoryStats memory_stats() {
+  MemoryStats s;
+  s.allocated = g_allocated.load();
+  s.peak_allocated = g_peak.load();
+  s.reserved = s.allocated;
+  s.num_device_allocs = g_num_device_allocs.load();
+  s.num_allocs = g_num_allocs.load();
+  return s;
+}
+
+void reset_peak_memory_stats() { g_peak.store(g_allocated.load()); }
+
+// Every free goes straight back to the system, so there is never a cached block to release.
+void empty_cache() {}
+
+void parallel_memcpy(void* dst, const void* src, size_t nbytes) {
+  // Split in 64-byte aligned pieces of at least 1 MiB: below that one thread is as fast.
+  constexpr int64_t kPiece = 1 << 20;
+  int64_t pieces = static_cast<int64_t>((nbytes + kPiece - 1) / kPiece);
+  if (pieces <= 1) {
+    if (nbytes) std::memcpy(dst, src, nbytes);
+    return;
+  }
+  parallel_for(pieces, 1, [&](int64_t begin, int64_t end) {
+    size_t lo = static_cast<size_t>(begin) * kPiece;
+    size_t hi = std::min(nbytes, static_cast<size_t>(end) * kPiece);
+    std::memcpy(static_cast<char*>(dst) + lo, static_cast<const char*>(src) + lo, hi - lo);
+  });
+}
+
+void copy_from_host(void* dst, const void* src, size_t nbytes) { parallel_memcpy(dst, src, nbytes); }
+void copy_to_host(void* dst, const void* src, size_t nbytes) { parallel_memcpy(dst, src, nbytes); }
+
+// CPU kernels run to completion before returning: there is no queued work to wait for.
+void synchronize() {}
+
+}  // namespace needle::cpu_kernels

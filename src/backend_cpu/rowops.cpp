@@ -1,0 +1,196 @@
+// Row-wise fused ops along the last axis of a compact (rows, cols) array: softmax, log_softmax,
+// logsumexp, and the cross-entropy loss (forward and backward) built on the same stable
+// log-sum-exp. Rows are independent, so rows are split over threads.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "backend_cpu/cpu_common.h"
+#include "backend_cpu/cpu_kernels.h"
+
+namespace needle::cpu_kernels {
+namespace {
+
+// Rows per parallel piece so that a piece holds about kGrain elements.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)); }
+
+// The row's maximum, NaN if the row holds a NaN, -inf for an empty row.
+template <typename R, typename T>
+R row_max(const T* row, int64_t cols) {
+  R m = -std::numeric_limits<R>::infinity();
+  bool nan = false;
+  for (int64_t c = 0; c < cols; ++c) {
+    R v = convert<R>(row[c]);
+    nan |= v != v;
+    m = v > m ? v : m;
+  }
+  return nan ? std::numeric_limits<R>::quiet_NaN() : m;
+}
+
+// log(sum(exp(row))) shifted by the maximum for stability. As in torch.logsumexp, an infinite
+// maximum shifts by 0 instead, so an all -inf row (or an empty one) gives -inf rather than NaN.
+template <typename R, typename T>
+R row_logsumexp(const T* row, int64_t cols) {
+  R m = row_max<R>(row, cols);
+  R shift = std::isinf(m) ? R(0) : m;
+  double s = 0;
+  for (int64_t c = 0; c < cols; ++c) s += std::exp(convert<R>(row[c]) - shift);
+  return static_cast<R>(std::log(s)) + shift;
+}
+
+// R = rows, C = cols. T is the storage type; arithmetic runs in acc_t<T> (float or double), the
+// sum of exponentials in double.
+template <typename T>
+void row_op_typed(RowOp op, const T* x, int64_t rows, int64_t cols, T* out) {
+  using R = acc_t<T>;
+  parallel_for(rows, row_grain(cols), [&](int64_t b, int64_t e) {
+    std::vector<R> scratch(op == RowOp::Softmax ? cols : 0);
+    for (int64_t r = b; r < e; ++r) {
+      const T* row = x + r * cols;
+      if (op == RowOp::LogSumExp) {
+        out[r] = convert<T>(row_logsumexp<R>(row, cols));
+        continue;
+      }
+      // Softmax and log_softmax of a row holding +inf or only -inf are NaN, as in torch: the
+      // shift is the plain maximum here.
+      const R m = row_max<R>(row, cols);
+      double s = 0;
+      if (op == RowOp::Softmax) {
+        for (int64_t c = 0; c < cols; ++c) {
+          scratch[c] = std::exp(convert<R>(row[c]) - m);
+          s += scratch[c];
+        }
+        const R inv = static_cast<R>(1.0 / s);
+        for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = convert<T>(scratch[c] * inv);
+      } else {
+        for (int64_t c = 0; c < cols; ++c) s += std::exp(convert<R>(row[c]) - m);
+        const R log_s = static_cast<R>(std::log(s));
+        for (int64_t c = 0; c < cols; ++c)
+          out[r * cols + c] = convert<T>(convert<R>(row[c]) - m - log_s);
+      }
+    }
+  });
+}
+
+// Reads a compact 1-D integer array (int64 or int32) of n targets as int64.
+std::vector<int64_t> read_targets(const ArrayRef& t, int64_t n, const char* what) {
+  NEEDLE_CHECK(t.numel() == n, ValueError, what, ": expected ", n, " targets, got ", t.numel());
+  std::vector<int64_t> v(n);
+  if (t.dtype == DType::Int64) {
+    std::copy_n(static_cast<const int64_t*>(t.data), n, v.begin());
+  } else if (t.dtype == DType::Int32) {
+    std::copy_n(static_cast<const int32_t*>(t.data), n, v.begin());
+  } else {
+    throw TypeError(detail::concat(what, ": expected int64 (or int32) targets, got ",
+                                   dtype_name(t.dtype)));
+  }
+  return v;
+}
+
+// Rejects targets outside [0, classes) that are not ignore_index, before any parallel work.
+void check_targets(const std::vector<int64_t>& t, int64_t ignore_index, int64_t classes,
+                   const char* what) {
+  for (size_t r = 0; r < t.size(); ++r)
+    NEEDLE_CHECK(t[r] == ignore_index || (t[r] >= 0 && t[r] < classes), IndexError, what,
+                 ": target ", t[r], " of row ", r, " is out of range for ", classes,
+                 " classes (ignore_index is ", ignore_index, ")");
+}
+
+// A compact floating 1-D array of n values read as double (dloss, lse of any floating dtype).
+std::vector<double> read_floats(const ArrayRef& a, int64_t n, const char* what) {
+  NEEDLE_CHECK(a.numel() == n, ValueError, what, ": expected ", n, " values, got ", a.numel());
+  std::vector<double> v(n);
+  NEEDLE_DISPATCH_FLOATING(a.dtype, what, [&] {
+    const auto* p = static_cast<const scalar_t*>(a.data);
+    for (int64_t i = 0; i < n; ++i) v[i] = convert<double>(p[i]);
+  });
+  return v;
+}
+
+}  // namespace
+
+// R = rows, C = cols.
+void row_op(RowOp op, const ArrayRef& in, int64_t rows, int64_t cols, const ArrayRef& out) {
+  const char* name = op == RowOp::Softmax      ? "softmax"
+                     : op == RowOp::LogSoftmax ? "log_softmax"
+                                               : "logsumexp";
+  NEEDLE_CHECK(in.numel() == rows * cols, ValueError, name, ": expected ", rows, " x ", cols,
+               " input elements, got ", in.numel());
+  const int64_t out_numel = op == RowOp::LogSumExp ? rows : rows * cols;
+  NEEDLE_CHECK(out.numel() == out_numel, ValueError, name, ": expected ", out_numel,
+               " output elements, got ", out.numel());
+  NEEDLE_CHECK(out.dtype == in.dtype, TypeError, name, ": expected an output of dtype ",
+               dtype_name(in.dtype), ", got ", dtype_name(out.dtype));
+  NEEDLE_DISPATCH_FLOATING(in.dtype, name, [&] {
+    row_op_typed(op, static_cast<const scalar_t*>(in.data), rows, cols,
+                 static_cast<scalar_t*>(out.data));
+  });
+}
+
+// R = rows, C = classes. loss[r] = lse(logits[r]) - logits[r, target[r]], 0 for ignored rows.
+void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
+                           int64_t rows, int64_t classes, const ArrayRef& loss,
+                           const ArrayRef& lse) {
+  const char* name = "cross_entropy";
+  NEEDLE_CHECK(logits.numel() == rows * classes, ValueError, name, ": expected ", rows, " x ",
+               classes, " logits, got ", logits.numel());
+  NEEDLE_CHECK(loss.dtype == DType::Float32 && lse.dtype == DType::Float32, TypeError, name,
+               ": expected float32 loss and lse, got ", dtype_name(loss.dtype), " and ",
+               dtype_name(lse.dtype));
+  NEEDLE_CHECK(loss.numel() == rows && lse.numel() == rows, ValueError, name, ": expected ", rows,
+               " loss and lse values, got ", loss.numel(), " and ", lse.numel());
+  const std::vector<int64_t> t = read_targets(targets, rows, name);
+  check_targets(t, ignore_index, classes, name);
+  float* loss_out = static_cast<float*>(loss.data);
+  float* lse_out = static_cast<float*>(lse.data);
+  NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
+    using T = scalar_t;
+    using R = acc_t<T>;
+    const T* x = static_cast<const T*>(logits.data);
+    parallel_for(rows, row_grain(classes), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* row = x + r * classes;
+        const R l = row_logsumexp<R>(row, classes);
+        lse_out[r] = static_cast<float>(l);
+        loss_out[r] = t[r] == ignore_index ? 0.0f : static_cast<float>(l - convert<R>(row[t[r]]));
+      }
+    });
+  });
+}
+
+// R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]).
+void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, const ArrayRef& lse,
+                            const ArrayRef& dloss, int64_t ignore_index, int64_t rows,
+                            int64_t classes, const ArrayRef& dlogits) {
+  const char* name = "cross_entropy_backward";
+  NEEDLE_CHECK(logits.numel() == rows * classes && dlogits.numel() == rows * classes, ValueError,
+               name, ": expected ", rows, " x ", classes, " logits and dlogits, got ",
+               logits.numel(), " and ", dlogits.numel());
+  NEEDLE_CHECK(dlogits.dtype == logits.dtype, TypeError, name, ": expected dlogits of dtype ",
+               dtype_name(logits.dtype), ", got ", dtype_name(dlogits.dtype));
+  const std::vector<int64_t> t = read_targets(targets, rows, name);
+  check_targets(t, ignore_index, classes, name);
+  const std::vector<double> l = read_floats(lse, rows, name);
+  const std::vector<double> g = read_floats(dloss, rows, name);
+  NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
+    using T = scalar_t;
+    using R = acc_t<T>;
+    const T* x = static_cast<const T*>(logits.data);
+    T* dx = static_cast<T*>(dlogits.data);
+    parallel_for(rows, row_grain(classes), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        T* drow = dx + r * classes;
+        if (t[r] == ignore_index) {
+          std::fill_n(drow, classes, convert<T>(0.0f));
+          continue;
+        }
+        const T* row = x + r * classes;
+        const R lr = static_cast<R>(l[r]), gr = static_cast<R>(g[r]);
+        for (int64_t c = 0; c < classes; ++c) drow[c] = convert<T>(gr * std::exp(convert<R>(row[c]) - lr));
+        drow[t[r]] = convert<T>(gr * (std::exp(convert<R>(row[t[r]]) - lr) - R(1)));
+      }
+    });
+  });
+}
+
+}  // namespace needle::cpu_kernels
