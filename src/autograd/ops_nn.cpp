@@ -76,7 +76,7 @@ const Backend& fused_backend(const Tensor& t, bool present, const char* what) {
 }
 
 struct CrossEntropyFn : Op {
-  NDArray targets, lse;  // (N) int64, (N) float32
+  NDArray targets, lse;  // (N) int64, (N) stats_dtype
   int64_t ignore_index;
   CrossEntropyFn(NDArray t, NDArray l, int64_t ii)
       : targets(std::move(t)), lse(std::move(l)), ignore_index(ii) {}
@@ -85,7 +85,7 @@ struct CrossEntropyFn : Op {
     const Tensor& logits = inputs[0];
     int64_t classes = logits.shape().back(), rows = targets.numel();
     NDArray x = logits.data().reshape({rows, classes}).compact();
-    NDArray dloss = g.data().astype(DType::Float32).compact();
+    NDArray dloss = g.data().astype(stats_dtype(logits.dtype())).compact();
     NDArray dx = NDArray::empty({rows, classes}, logits.dtype(), logits.device());
     const Backend& be = x.backend();
     if (rows > 0)
@@ -194,8 +194,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                                     "cross_entropy");
   NDArray x = logits.data().reshape({rows, classes}).compact();
   NDArray t = targets.data().astype(DType::Int64).reshape({rows}).compact();
-  NDArray loss = NDArray::empty({rows}, DType::Float32, logits.device());
-  NDArray lse = NDArray::empty({rows}, DType::Float32, logits.device());
+  NDArray loss = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
+  NDArray lse = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   if (rows > 0) be.cross_entropy_forward(x.ref(), t.ref(), ignore_index, rows, classes, loss.ref(), lse.ref());
   Tensor per_row = make_result(loss.astype(logits.dtype()),
                                std::make_shared<CrossEntropyFn>(t, lse, ignore_index), {logits});
@@ -223,8 +223,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   const Backend& be = fused_backend(x, x.data().backend().layer_norm_forward, "layer_norm");
   NDArray x2 = x.data().reshape({rows, d}).compact();
   NDArray y = NDArray::empty({rows, d}, x.dtype(), x.device());
-  NDArray mean = NDArray::empty({rows}, DType::Float32, x.device());
-  NDArray rstd = NDArray::empty({rows}, DType::Float32, x.device());
+  NDArray mean = NDArray::empty({rows}, stats_dtype(x.dtype()), x.device());
+  NDArray rstd = NDArray::empty({rows}, stats_dtype(x.dtype()), x.device());
   NDArray wc = weight.defined() ? weight.data().astype(x.dtype()).compact() : NDArray();
   NDArray bc = bias.defined() ? bias.data().astype(x.dtype()).compact() : NDArray();
   ArrayRef wref = weight.defined() ? wc.ref() : ArrayRef(), bref = bias.defined() ? bc.ref() : ArrayRef();

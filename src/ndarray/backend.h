@@ -137,7 +137,8 @@ struct Backend {
                  double p1);
 
   // --- fused ops (optional) -----------------------------------------------------------------------
-  // x, y: compact (rows, d) floating; weight, bias: (d) or null; mean, rstd: float32 (rows).
+  // x, y: compact (rows, d) floating; weight, bias: (d) or null; mean, rstd: (rows) of
+  // stats_dtype(x.dtype) (float32, or float64 for float64 inputs so gradient checks stay exact).
   void (*layer_norm_forward)(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias,
                              double eps, int64_t rows, int64_t d, const ArrayRef& y,
                              const ArrayRef& mean, const ArrayRef& rstd);
@@ -146,7 +147,7 @@ struct Backend {
                               const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, int64_t d,
                               const ArrayRef& dx, const ArrayRef* dweight, const ArrayRef* dbias);
   // logits: compact (rows, classes) floating; targets: int64 (rows), in [0, classes) or ==
-  // ignore_index. loss: float32 (rows), 0 for ignored rows; lse: float32 (rows).
+  // ignore_index. loss: (rows), 0 for ignored rows; lse: (rows); both of stats_dtype(logits).
   void (*cross_entropy_forward)(const ArrayRef& logits, const ArrayRef& targets,
                                 int64_t ignore_index, int64_t rows, int64_t classes,
                                 const ArrayRef& loss, const ArrayRef& lse);
@@ -161,6 +162,11 @@ struct Backend {
                 const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                 double weight_decay, double bias_correction1, double bias_correction2);
 };
+
+// The dtype fused kernels keep statistics in (layer-norm mean/rstd, cross-entropy loss/lse).
+inline DType stats_dtype(DType input) {
+  return input == DType::Float64 ? DType::Float64 : DType::Float32;
+}
 
 // The backend for a device. For CUDA in a build without CUDA, or with no GPU present, throws
 // RuntimeError saying so.

@@ -3,12 +3,14 @@
 // derivatives, deep graphs, flat memory).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
 
 #include "autograd/functional.h"
 #include "ndarray/error.h"
+#include "ndarray/random.h"
 
 using namespace needle;
 
@@ -212,9 +214,6 @@ std::vector<GradCase> grad_cases() {
                    [](auto& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }});
   cases.push_back({"layer_norm no affine", one({2, 2, 5}),
                    [](auto& x) { return layer_norm(x[0], Tensor(), Tensor(), 1e-5); }});
-  cases.push_back({"astype float32 round trip", one({3}), [](auto& x) {
-                     return astype(astype(x[0], DType::Float32), DType::Float64);
-                   }});
   return cases;
 }
 
@@ -232,6 +231,13 @@ TEST_CASE("forward values match direct NDArray computation", "[autograd]") {
   std::vector<double> got = c.data().to_vector<double>();
   std::vector<double> av = a.data().to_vector<double>(), bv = b.data().to_vector<double>();
   for (int i = 0; i < 12; ++i) CHECK(got[i] == Approx(av[i] * bv[i % 4] + 1.0));
+}
+
+TEST_CASE("astype and to_device pass gradients back in the input's dtype", "[autograd]") {
+  Tensor x = randn64({3});
+  sum(mul(astype(x, DType::Float32), Scalar(2.0f))).backward();
+  REQUIRE(x.grad().dtype() == DType::Float64);
+  CHECK(x.grad().data().to_vector<double>() == std::vector<double>{2, 2, 2});
 }
 
 TEST_CASE("gradients accumulate across paths and calls until zero_grad", "[autograd]") {
@@ -316,7 +322,7 @@ TEST_CASE("a training loop of a small MLP keeps a flat memory footprint", "[auto
   Tensor w2(mul(NDArray::randn({16, 1}), Scalar(0.3)), true);
   NDArray xs = NDArray::randn({32, 8});
   NDArray ys = sum(xs, {1}, true);
-  int64_t after_warmup = 0;
+  int64_t after_warmup = 0, most = 0;
   double first_loss = 0, last_loss = 0;
   for (int step = 0; step < 1000; ++step) {
     Tensor h = relu(add(matmul(Tensor(xs), w1), b1));
@@ -332,8 +338,11 @@ TEST_CASE("a training loop of a small MLP keeps a flat memory footprint", "[auto
     }
     if (step == 0) first_loss = loss.data().item();
     last_loss = loss.data().item();
-    if (step == 10) after_warmup = cpu_be.memory_stats().allocated;
+    // Measured at the same point of every step: the graph and its buffers are gone.
+    int64_t now = cpu_be.memory_stats().allocated;
+    if (step == 10) after_warmup = now;
+    if (step > 10) most = std::max(most, now);
   }
-  CHECK(cpu_be.memory_stats().allocated == after_warmup);
+  CHECK(most == after_warmup);
   CHECK(last_loss < first_loss * 0.5);
 }
