@@ -26,12 +26,26 @@ std::vector<double> read_optional(const ArrayRef* a, int64_t n, const char* what
   return v;
 }
 
-void check_stats(const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, const char* what) {
-  NEEDLE_CHECK(mean.dtype == DType::Float32 && rstd.dtype == DType::Float32, TypeError, what,
-               ": expected float32 mean and rstd, got ", dtype_name(mean.dtype), " and ",
+void check_stats(const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, DType input,
+                 const char* what) {
+  const DType want = stats_dtype(input);
+  NEEDLE_CHECK(mean.dtype == want && rstd.dtype == want, TypeError, what, ": expected ",
+               dtype_name(want), " mean and rstd, got ", dtype_name(mean.dtype), " and ",
                dtype_name(rstd.dtype));
   NEEDLE_CHECK(mean.numel() == rows && rstd.numel() == rows, ValueError, what, ": expected ",
                rows, " mean and rstd values, got ", mean.numel(), " and ", rstd.numel());
+}
+
+// Statistics are float32, or float64 for float64 inputs (stats_dtype).
+void store_stat(const ArrayRef& a, int64_t i, double v) {
+  if (a.dtype == DType::Float64)
+    static_cast<double*>(a.data)[i] = v;
+  else
+    static_cast<float*>(a.data)[i] = static_cast<float>(v);
+}
+double load_stat(const ArrayRef& a, int64_t i) {
+  return a.dtype == DType::Float64 ? static_cast<const double*>(a.data)[i]
+                                   : static_cast<const float*>(a.data)[i];
 }
 
 // Writes a double vector into a compact floating array of its dtype.
@@ -55,11 +69,9 @@ void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRe
                rows, " x ", d, " x and y, got ", x.numel(), " and ", y.numel(), " elements");
   NEEDLE_CHECK(y.dtype == x.dtype, TypeError, name, ": expected y of dtype ", dtype_name(x.dtype),
                ", got ", dtype_name(y.dtype));
-  check_stats(mean, rstd, rows, name);
+  check_stats(mean, rstd, rows, x.dtype, name);
   const std::vector<double> w = read_optional(weight, d, name, "weight");
   const std::vector<double> bias_v = read_optional(bias, d, name, "bias");
-  float* mean_out = static_cast<float*>(mean.data);
-  float* rstd_out = static_cast<float*>(rstd.data);
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
     using T = scalar_t;
     const T* xp = static_cast<const T*>(x.data);
@@ -78,8 +90,8 @@ void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRe
         }
         var = d > 0 ? var / d : 0.0;
         const double rs = 1.0 / std::sqrt(var + eps);
-        mean_out[r] = static_cast<float>(mu);
-        rstd_out[r] = static_cast<float>(rs);
+        store_stat(mean, r, mu);
+        store_stat(rstd, r, rs);
         for (int64_t j = 0; j < d; ++j) {
           double v = (convert<double>(row[j]) - mu) * rs;
           if (!w.empty()) v *= w[j];
@@ -104,10 +116,8 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
   NEEDLE_CHECK(dy.dtype == x.dtype && dx.dtype == x.dtype, TypeError, name,
                ": expected dy and dx of dtype ", dtype_name(x.dtype), ", got ",
                dtype_name(dy.dtype), " and ", dtype_name(dx.dtype));
-  check_stats(mean, rstd, rows, name);
+  check_stats(mean, rstd, rows, x.dtype, name);
   const std::vector<double> w = read_optional(weight, d, name, "weight");
-  const float* mean_p = static_cast<const float*>(mean.data);
-  const float* rstd_p = static_cast<const float*>(rstd.data);
   const bool want_params = dweight != nullptr || dbias != nullptr;
   // dweight / dbias sum over rows: each parallel piece accumulates its own partial vectors, and
   // the pieces are added in order afterwards (deterministic for a fixed thread count).
@@ -130,7 +140,7 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
       for (int64_t r = b; r < e; ++r) {
         const T* xrow = xp + r * d;
         const T* grow = gp + r * d;
-        const double mu = mean_p[r], rs = rstd_p[r];
+        const double mu = load_stat(mean, r), rs = load_stat(rstd, r);
         double mean_g = 0, mean_gx = 0;
         for (int64_t j = 0; j < d; ++j) {
           const double xhat = (convert<double>(xrow[j]) - mu) * rs;

@@ -134,15 +134,14 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   const char* name = "cross_entropy";
   NEEDLE_CHECK(logits.numel() == rows * classes, ValueError, name, ": expected ", rows, " x ",
                classes, " logits, got ", logits.numel());
-  NEEDLE_CHECK(loss.dtype == DType::Float32 && lse.dtype == DType::Float32, TypeError, name,
-               ": expected float32 loss and lse, got ", dtype_name(loss.dtype), " and ",
+  const DType stats = stats_dtype(logits.dtype);
+  NEEDLE_CHECK(loss.dtype == stats && lse.dtype == stats, TypeError, name, ": expected ",
+               dtype_name(stats), " loss and lse, got ", dtype_name(loss.dtype), " and ",
                dtype_name(lse.dtype));
   NEEDLE_CHECK(loss.numel() == rows && lse.numel() == rows, ValueError, name, ": expected ", rows,
                " loss and lse values, got ", loss.numel(), " and ", lse.numel());
   const std::vector<int64_t> t = read_targets(targets, rows, name);
   check_targets(t, ignore_index, classes, name);
-  float* loss_out = static_cast<float*>(loss.data);
-  float* lse_out = static_cast<float*>(lse.data);
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
     using T = scalar_t;
     using R = acc_t<T>;
@@ -151,8 +150,14 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
       for (int64_t r = b; r < e; ++r) {
         const T* row = x + r * classes;
         const R l = row_logsumexp<R>(row, classes);
-        lse_out[r] = static_cast<float>(l);
-        loss_out[r] = t[r] == ignore_index ? 0.0f : static_cast<float>(l - convert<R>(row[t[r]]));
+        const double value = t[r] == ignore_index ? 0.0 : static_cast<double>(l - convert<R>(row[t[r]]));
+        if (stats == DType::Float64) {
+          static_cast<double*>(lse.data)[r] = static_cast<double>(l);
+          static_cast<double*>(loss.data)[r] = value;
+        } else {
+          static_cast<float*>(lse.data)[r] = static_cast<float>(l);
+          static_cast<float*>(loss.data)[r] = static_cast<float>(value);
+        }
       }
     });
   });
