@@ -301,13 +301,15 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
   m.def("is_grad_enabled", &grad_enabled);
   m.def("set_grad_enabled", &set_grad_enabled, py::arg("mode"));
 
-  // Module-level differentiable functions (ndl.matmul(a, b), ndl.cat([...]), ...).
-  m.def("matmul", [](const Tensor& a, const Tensor& b) { return matmul(a, b); });
-  m.def("cat", [](const std::vector<Tensor>& ts, int dim) { return concatenate(ts, dim); },
+  // Differentiable module-level functions on Tensors; python/needle/__init__.py exposes them as
+  // ndl.matmul, ndl.cat, ... (the NDArray versions of the same names live in _C itself).
+  py::module_ A = m.def_submodule("autograd", "Differentiable functions on Tensors.");
+  A.def("matmul", [](const Tensor& a, const Tensor& b) { return matmul(a, b); });
+  A.def("cat", [](const std::vector<Tensor>& ts, int dim) { return concatenate(ts, dim); },
         py::arg("tensors"), py::arg("dim") = 0);
-  m.def("stack", [](const std::vector<Tensor>& ts, int dim) { return stack(ts, dim); },
+  A.def("stack", [](const std::vector<Tensor>& ts, int dim) { return stack(ts, dim); },
         py::arg("tensors"), py::arg("dim") = 0);
-  m.def("where", [](const Tensor& c, py::handle a, py::handle b) {
+  A.def("where", [](const Tensor& c, py::handle a, py::handle b) {
           Tensor like = py::isinstance<Tensor>(a) ? py::cast<Tensor>(a) : c;
           Tensor x = as_tensor(a, like), y = as_tensor(b, like);
           if (!py::isinstance<Tensor>(a) && py::isinstance<Tensor>(b)) x = astype(x, y.dtype());
