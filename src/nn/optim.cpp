@@ -1,0 +1,341 @@
+// Optimizer steps, state dicts, gradient clipping and lr schedules (see optim.h).
+#include "nn/optim.h"
+
+#include <cmath>
+#include <limits>
+#include <set>
+
+#include "ndarray/error.h"
+
+namespace needle::nn {
+namespace {
+
+double option(const Options& o, const char* key) {
+  auto it = o.find(key);
+  NEEDLE_CHECK(it != o.end(), ValueError, "optimizer option '", key, "' is not set");
+  return it->second;
+}
+
+// Moments of bfloat16 parameters are kept in float32: bfloat16 cannot hold v's small values.
+DType state_dtype(DType param) { return param == DType::BFloat16 ? DType::Float32 : param; }
+
+NDArray& buffer(std::map<std::string, NDArray>& buffers, const std::string& name,
+                const NDArray& like) {
+  auto it = buffers.find(name);
+  if (it == buffers.end())
+    it = buffers.emplace(name, NDArray::zeros(like.shape(), state_dtype(like.dtype()),
+                                              like.device())).first;
+  return it->second;
+}
+
+// "lr, momentum, ..." for error messages (type_name() is not callable from the constructor).
+std::string option_names(const Options& o) {
+  std::string out;
+  for (const auto& [key, value] : o) out += (out.empty() ? "" : ", ") + key;
+  return out;
+}
+
+}  // namespace
+
+Optimizer::Optimizer(std::vector<ParamGroup> groups, Options defaults)
+    : defaults_(std::move(defaults)) {
+  NEEDLE_CHECK(!groups.empty(), ValueError, "optimizer got an empty parameter list");
+  for (ParamGroup& g : groups) add_param_group(std::move(g));
+}
+
+Optimizer::~Optimizer() = default;
+
+void Optimizer::add_param_group(ParamGroup group) {
+  NEEDLE_CHECK(!group.params.empty(), ValueError, "parameter group ", groups_.size(),
+               " has no parameters");
+  for (const auto& [key, value] : group.options)
+    NEEDLE_CHECK(defaults_.count(key), ValueError, "parameter group option '", key,
+                 "' is unknown; this optimizer's options are ", option_names(defaults_));
+  for (const auto& [key, value] : defaults_) group.options.emplace(key, value);
+  for (const Tensor& p : group.params) {
+    NEEDLE_CHECK(p.defined() && is_floating(p.dtype()), TypeError,
+                 "optimizer parameters must be floating tensors");
+    for (const ParamGroup& g : groups_)
+      for (const Tensor& q : g.params)
+        NEEDLE_CHECK(!q.same(p), ValueError,
+                     "a parameter appears in more than one parameter group");
+  }
+  state_.resize(state_.size() + group.params.size());
+  groups_.push_back(std::move(group));
+}
+
+void Optimizer::step() {
+  NoGradGuard no_grad;
+  size_t index = 0;
+  for (const ParamGroup& group : groups_) {
+    for (const Tensor& p : group.params) {
+      ParamState& s = state_[index++];
+      Tensor g = p.grad();
+      if (!g.defined()) continue;
+      // Kernels write the parameter's buffer directly, which needs compact storage.
+      if (!p.data().is_compact()) p.set_data(p.data().compact());
+      ++s.step;
+      update(p, g.data().compact(), group.options, s);
+    }
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (const ParamGroup& group : groups_)
+    for (const Tensor& p : group.params) p.zero_grad();
+}
+
+NamedArrays Optimizer::state_dict() const {
+  NamedArrays out;
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (const auto& [key, value] : groups_[g].options)
+      out.emplace_back("param_groups." + std::to_string(g) + "." + key,
+                       NDArray::scalar(value, DType::Float64));
+  for (size_t i = 0; i < state_.size(); ++i) {
+    if (state_[i].step == 0) continue;
+    const std::string prefix = "state." + std::to_string(i) + ".";
+    out.emplace_back(prefix + "step",
+                     NDArray::scalar(static_cast<double>(state_[i].step), DType::Int64));
+    for (const auto& [name, a] : state_[i].buffers) out.emplace_back(prefix + name, a);
+  }
+  return out;
+}
+
+void Optimizer::load_state_dict(const NamedArrays& state) {
+  std::vector<const Tensor*> params;
+  for (const ParamGroup& g : groups_)
+    for (const Tensor& p : g.params) params.push_back(&p);
+  std::vector<Options> options(groups_.size());
+  std::vector<ParamState> loaded(state_.size());
+  std::set<std::string> seen;
+  for (const auto& [key, a] : state) {
+    auto fail = [&](const std::string& why) {
+      throw ValueError(type_name() + ".load_state_dict: key '" + key + "': " + why);
+    };
+    const size_t dot1 = key.find('.');
+    const size_t dot2 = dot1 == std::string::npos ? dot1 : key.find('.', dot1 + 1);
+    if (dot2 == std::string::npos) fail("expected 'state.<i>.<name>' or 'param_groups.<g>.<option>'");
+    const std::string kind = key.substr(0, dot1), name = key.substr(dot2 + 1);
+    size_t idx = 0;
+    try {
+      size_t used = 0;
+      idx = std::stoul(key.substr(dot1 + 1, dot2 - dot1 - 1), &used);
+      if (used != dot2 - dot1 - 1) fail("the index is not a number");
+    } catch (const std::logic_error&) {
+      fail("the index is not a number");
+    }
+    if (kind == "param_groups") {
+      if (idx >= groups_.size())
+        fail("this optimizer has " + std::to_string(groups_.size()) + " parameter groups");
+      if (!defaults_.count(name)) fail("unknown option for " + type_name());
+      if (a.numel() != 1) fail("expected a scalar");
+      options[idx][name] = a.item();
+    } else if (kind == "state") {
+      if (idx >= params.size())
+        fail("this optimizer has " + std::to_string(params.size()) + " parameters");
+      if (name == "step") {
+        if (a.numel() != 1 || a.item() < 1) fail("expected a positive scalar step");
+        loaded[idx].step = static_cast<int64_t>(a.item());
+      } else {
+        if (a.shape() != params[idx]->shape())
+          fail("shape " + shape_str(a.shape()) + " does not match the parameter's " +
+               shape_str(params[idx]->shape()));
+        loaded[idx].buffers[name] =
+            a.astype(state_dtype(params[idx]->dtype())).to(params[idx]->device()).clone();
+      }
+    } else {
+      fail("expected 'state.<i>.<name>' or 'param_groups.<g>.<option>'");
+    }
+  }
+  for (size_t i = 0; i < loaded.size(); ++i)
+    NEEDLE_CHECK(loaded[i].buffers.empty() || loaded[i].step > 0, ValueError, type_name(),
+                 ".load_state_dict: state.", i, " has buffers but no step");
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (const auto& [k, v] : options[g]) groups_[g].options[k] = v;
+  state_ = std::move(loaded);
+}
+
+// --- SGD ---------------------------------------------------------------------------------------------
+SGD::SGD(std::vector<ParamGroup> groups, double lr, double momentum, double dampening,
+         double weight_decay, bool nesterov)
+    : Optimizer(std::move(groups), {{"lr", lr},
+                                    {"momentum", momentum},
+                                    {"dampening", dampening},
+                                    {"weight_decay", weight_decay},
+                                    {"nesterov", nesterov ? 1.0 : 0.0}}) {
+  NEEDLE_CHECK(lr >= 0 && momentum >= 0 && weight_decay >= 0, ValueError,
+               "SGD: expected lr, momentum and weight_decay >= 0, got ", lr, ", ", momentum,
+               ", ", weight_decay);
+  NEEDLE_CHECK(!nesterov || (momentum > 0 && dampening == 0), ValueError,
+               "SGD: nesterov needs momentum > 0 and dampening 0, got momentum ", momentum,
+               " and dampening ", dampening);
+}
+
+void SGD::update(const Tensor& p, const NDArray& grad, const Options& o, ParamState& s) {
+  const double lr = option(o, "lr"), mu = option(o, "momentum"), wd = option(o, "weight_decay");
+  NDArray g = grad.astype(state_dtype(p.dtype()));
+  if (wd != 0) g = add(g, mul(p.data().astype(g.dtype()), Scalar(wd)));
+  if (mu != 0) {
+    auto it = s.buffers.find("momentum_buffer");
+    if (it == s.buffers.end()) {
+      it = s.buffers.emplace("momentum_buffer", g.clone()).first;
+    } else {
+      it->second.assign(add(mul(it->second, Scalar(mu)),
+                            mul(g, Scalar(1.0 - option(o, "dampening")))));
+    }
+    g = option(o, "nesterov") != 0 ? add(g, mul(it->second, Scalar(mu))) : it->second;
+  }
+  p.data().assign(sub(p.data().astype(g.dtype()), mul(g, Scalar(lr))));
+}
+
+// --- Adam / AdamW --------------------------------------------------------------------------------------
+Adam::Adam(std::vector<ParamGroup> groups, double lr, double beta1, double beta2, double eps,
+           double weight_decay)
+    : Adam(std::move(groups), lr, beta1, beta2, eps, weight_decay, false) {}
+
+Adam::Adam(std::vector<ParamGroup> groups, double lr, double beta1, double beta2, double eps,
+           double weight_decay, bool decoupled)
+    : Optimizer(std::move(groups), {{"lr", lr},
+                                    {"beta1", beta1},
+                                    {"beta2", beta2},
+                                    {"eps", eps},
+                                    {"weight_decay", weight_decay}}),
+      decoupled_(decoupled) {
+  NEEDLE_CHECK(lr >= 0 && eps >= 0 && weight_decay >= 0, ValueError,
+               "Adam: expected lr, eps and weight_decay >= 0, got ", lr, ", ", eps, ", ",
+               weight_decay);
+  NEEDLE_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, ValueError,
+               "Adam: expected betas in [0, 1), got (", beta1, ", ", beta2, ")");
+}
+
+void Adam::update(const Tensor& p, const NDArray& grad, const Options& o, ParamState& s) {
+  const double lr = option(o, "lr"), b1 = option(o, "beta1"), b2 = option(o, "beta2"),
+               eps = option(o, "eps"), wd = option(o, "weight_decay");
+  const NDArray& param = p.data();
+  NDArray& m = buffer(s.buffers, "exp_avg", param);
+  NDArray& v = buffer(s.buffers, "exp_avg_sq", param);
+  NDArray g = grad;
+  // Adam's L2 decay enters the gradient; AdamW's decoupled decay is the kernel's own term.
+  if (!decoupled_ && wd != 0) g = add(g.astype(m.dtype()), mul(param.astype(m.dtype()), Scalar(wd)));
+  const double kernel_wd = decoupled_ ? wd : 0.0;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(s.step));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(s.step));
+  const Backend& be = param.backend();
+  if (be.adamw) {
+    be.adamw(param.ref(), g.ref(), m.ref(), v.ref(), lr, b1, b2, eps, kernel_wd, bc1, bc2);
+    return;
+  }
+  // Composed fallback for backends without the fused entry: the same formula in NDArray ops.
+  NDArray gf = g.astype(m.dtype());
+  m.assign(add(mul(m, Scalar(b1)), mul(gf, Scalar(1.0 - b1))));
+  v.assign(add(mul(v, Scalar(b2)), mul(mul(gf, gf), Scalar(1.0 - b2))));
+  NDArray denom = add(div(sqrt(v), Scalar(std::sqrt(bc2))), Scalar(eps));
+  NDArray pf = param.astype(m.dtype());
+  param.assign(sub(mul(pf, Scalar(1.0 - lr * kernel_wd)), mul(div(m, denom), Scalar(lr / bc1))));
+}
+
+// --- clipping --------------------------------------------------------------------------------------------
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
+  NEEDLE_CHECK(max_norm >= 0, ValueError, "clip_grad_norm_: expected max_norm >= 0, got ",
+               max_norm);
+  const bool inf = std::isinf(norm_type);
+  NEEDLE_CHECK(inf || norm_type >= 1, ValueError,
+               "clip_grad_norm_: expected norm_type >= 1 or inf, got ", norm_type);
+  NoGradGuard no_grad;
+  std::vector<NDArray> grads;
+  for (const Tensor& p : params)
+    if (p.defined() && p.grad().defined()) grads.push_back(p.grad().data());
+  if (grads.empty()) return 0.0;
+  // Per-tensor partial norms stay on the device; one host read at the end.
+  NDArray total;
+  for (const NDArray& g : grads) {
+    NDArray a = abs(g.astype(DType::Float64));
+    NDArray part = inf ? max(a) : sum(pow(a, Scalar(norm_type)));
+    total = total.defined() ? (inf ? maximum(total, part) : add(total, part)) : part;
+  }
+  const double norm = inf ? total.item() : std::pow(total.item(), 1.0 / norm_type);
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0)
+    for (const NDArray& g : grads) g.assign(mul(g, Scalar(coef)));
+  return norm;
+}
+
+// --- schedules -------------------------------------------------------------------------------------------
+LRScheduler::LRScheduler(Optimizer& optimizer) : optimizer_(optimizer) {
+  for (const ParamGroup& g : optimizer.param_groups()) base_lrs_.push_back(g.options.at("lr"));
+}
+LRScheduler::~LRScheduler() = default;
+
+void LRScheduler::apply() {
+  auto& groups = optimizer_.param_groups();
+  NEEDLE_CHECK(groups.size() == base_lrs_.size(), ValueError, "lr scheduler: the optimizer has ",
+               groups.size(), " groups, the scheduler was built for ", base_lrs_.size());
+  const double f = factor(step_);
+  for (size_t i = 0; i < groups.size(); ++i) groups[i].options["lr"] = base_lrs_[i] * f;
+}
+
+void LRScheduler::step() {
+  ++step_;
+  apply();
+}
+
+void LRScheduler::set_last_step(int64_t step) {
+  NEEDLE_CHECK(step >= 0, ValueError, "lr scheduler: expected a step >= 0, got ", step);
+  step_ = step;
+  apply();
+}
+
+std::vector<double> LRScheduler::get_last_lr() const {
+  std::vector<double> out;
+  for (const ParamGroup& g : optimizer_.param_groups()) out.push_back(g.options.at("lr"));
+  return out;
+}
+
+namespace {
+double warmup_factor(int64_t step, int64_t warmup) {
+  return static_cast<double>(step + 1) / static_cast<double>(warmup);
+}
+}  // namespace
+
+ConstantLR::ConstantLR(Optimizer& optimizer, int64_t warmup)
+    : LRScheduler(optimizer), warmup_steps(warmup) {
+  NEEDLE_CHECK(warmup >= 0, ValueError, "ConstantLR: expected warmup_steps >= 0, got ", warmup);
+  apply();
+}
+double ConstantLR::factor(int64_t step) const {
+  return step < warmup_steps ? warmup_factor(step, warmup_steps) : 1.0;
+}
+
+WarmupCosineLR::WarmupCosineLR(Optimizer& optimizer, int64_t warmup, int64_t total, double min_r)
+    : LRScheduler(optimizer), warmup_steps(warmup), total_steps(total), min_ratio(min_r) {
+  NEEDLE_CHECK(warmup >= 0 && total > warmup, ValueError,
+               "WarmupCosineLR: expected 0 <= warmup_steps < total_steps, got ", warmup, " and ",
+               total);
+  NEEDLE_CHECK(min_r >= 0 && min_r <= 1, ValueError,
+               "WarmupCosineLR: expected min_ratio in [0, 1], got ", min_r);
+  apply();
+}
+double WarmupCosineLR::factor(int64_t step) const {
+  if (step < warmup_steps) return warmup_factor(step, warmup_steps);
+  const double progress = std::min(
+      1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps));
+  return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+LinearDecayLR::LinearDecayLR(Optimizer& optimizer, int64_t warmup, int64_t total, double end_r)
+    : LRScheduler(optimizer), warmup_steps(warmup), total_steps(total), end_ratio(end_r) {
+  NEEDLE_CHECK(warmup >= 0 && total > warmup, ValueError,
+               "LinearDecayLR: expected 0 <= warmup_steps < total_steps, got ", warmup, " and ",
+               total);
+  NEEDLE_CHECK(end_r >= 0 && end_r <= 1, ValueError,
+               "LinearDecayLR: expected end_ratio in [0, 1], got ", end_r);
+  apply();
+}
+double LinearDecayLR::factor(int64_t step) const {
+  if (step < warmup_steps) return warmup_factor(step, warmup_steps);
+  const double progress = std::min(
+      1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps));
+  return 1.0 + (end_ratio - 1.0) * progress;
+}
+
+}  // namespace needle::nn
