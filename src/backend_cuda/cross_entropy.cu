@@ -1,0 +1,145 @@
+// Fused cross-entropy over class logits, forward and backward: no one-hot and no materialised
+// softmax. The forward pass stores the row's log-sum-exp, which the backward pass reuses, so each
+// pass reads the logits once (plus an L2-resident re-read in the backward's output loop).
+#include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/row_stats.cuh"
+
+namespace needle::cuda {
+namespace {
+
+// Element stride of a 1-D auxiliary array (targets, lse, dloss): honours a broadcast or strided
+// 1-D view; anything of more dims must be compact.
+int64_t aux_stride(const ArrayRef& a, const char* op, const char* operand) {
+  if (a.ndim == 1) return a.strides[0];
+  NEEDLE_CHECK(a.is_compact(), ValueError, "cuda ", op, ": expected ", operand,
+               " to be a compact or 1-D array");
+  return 1;
+}
+
+void check_targets_dtype(const ArrayRef& t, const char* op) {
+  NEEDLE_CHECK(t.dtype == DType::Int64 || t.dtype == DType::Int32, TypeError, "cuda ", op,
+               ": expected int64 (or int32) targets, got ", dtype_name(t.dtype));
+}
+
+// R = rows, C = classes. One block per row: lse[r] = logsumexp(logits[r]),
+// loss[r] = lse[r] - logits[r, target[r]] (0 when the target is ignore_index). loss and lse are of
+// stats_dtype(logits) (backend.h): float32, or float64 for float64 logits, i.e. acc_t<T>.
+template <typename T>
+__global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
+                                             DType target_dtype, int64_t target_stride,
+                                             int64_t ignore_index, int64_t rows, int64_t classes,
+                                             acc_t<T>* __restrict__ loss,
+                                             acc_t<T>* __restrict__ lse,
+                                             DeviceErrorFlag flag) {
+  using A = acc_t<T>;
+  __shared__ MaxSum<A> scratch[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* row = logits + r * classes;
+    MaxSum<A> st = block_max_sum<A>(row, classes, scratch);
+    if (threadIdx.x != 0) continue;
+    const A l = max_sum_logsumexp(st);
+    const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
+    lse[r] = l;
+    if (t == ignore_index) {
+      loss[r] = A(0);
+    } else if (t < 0 || t >= classes) {
+      report_device_error(flag, kCrossEntropyTarget, t, classes);
+      loss[r] = A(NAN);
+    } else {
+      loss[r] = l - convert<A>(row[t]);
+    }
+  }
+}
+
+// R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]),
+// a row of zeros when t[r] is ignore_index. One block per row.
+template <typename T>
+__global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, const void* targets,
+                                              DType target_dtype, int64_t target_stride,
+                                              const void* lse, DType lse_dtype, int64_t lse_stride,
+                                              const void* dloss, DType dloss_dtype,
+                                              int64_t dloss_stride, int64_t ignore_index,
+                                              int64_t rows, int64_t classes,
+                                              T* __restrict__ dlogits, DeviceErrorFlag flag) {
+  using A = acc_t<T>;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* row = logits + r * classes;
+    T* drow = dlogits + r * classes;
+    const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
+    const bool bad = t != ignore_index && (t < 0 || t >= classes);
+    if (t == ignore_index || bad) {
+      if (bad && threadIdx.x == 0) report_device_error(flag, kCrossEntropyTarget, t, classes);
+      for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) drow[c] = convert<T>(0.0f);
+      continue;
+    }
+    const A l = load_as<A>(lse, lse_dtype, r * lse_stride);
+    const A g = load_as<A>(dloss, dloss_dtype, r * dloss_stride);
+    for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) {
+      A p = exp(convert<A>(row[c]) - l);
+      drow[c] = convert<T>(g * (c == t ? p - A(1) : p));
+    }
+  }
+}
+
+}  // namespace
+
+// R = rows, C = classes.
+void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
+                           int64_t rows, int64_t classes, const ArrayRef& loss,
+                           const ArrayRef& lse) {
+  const char* name = "cross_entropy";
+  NEEDLE_CHECK(logits.numel() == rows * classes, ValueError, "cuda ", name, ": expected ", rows,
+               " x ", classes, " logits, got ", logits.numel());
+  const DType stats = stats_dtype(logits.dtype);
+  NEEDLE_CHECK(loss.dtype == stats && lse.dtype == stats, TypeError, "cuda ", name,
+               ": expected ", dtype_name(stats), " loss and lse, got ", dtype_name(loss.dtype),
+               " and ", dtype_name(lse.dtype));
+  NEEDLE_CHECK(loss.numel() == rows && lse.numel() == rows && targets.numel() == rows, ValueError,
+               "cuda ", name, ": expected ", rows, " targets, loss and lse values, got ",
+               targets.numel(), ", ", loss.numel(), " and ", lse.numel());
+  check_targets_dtype(targets, name);
+  if (rows == 0) return;
+  const int64_t ts = aux_stride(targets, name, "targets");
+  NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
+    cross_entropy_forward_kernel<scalar_t>
+        <<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
+            static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts,
+            ignore_index, rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),
+            static_cast<acc_t<scalar_t>*>(lse.data), device_error_flag());
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  });
+}
+
+// R = rows, C = classes.
+void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, const ArrayRef& lse,
+                            const ArrayRef& dloss, int64_t ignore_index, int64_t rows,
+                            int64_t classes, const ArrayRef& dlogits) {
+  const char* name = "cross_entropy_backward";
+  NEEDLE_CHECK(logits.numel() == rows * classes && dlogits.numel() == rows * classes, ValueError,
+               "cuda ", name, ": expected ", rows, " x ", classes, " logits and dlogits, got ",
+               logits.numel(), " and ", dlogits.numel());
+  NEEDLE_CHECK(dlogits.dtype == logits.dtype, TypeError, "cuda ", name,
+               ": expected dlogits of dtype ", dtype_name(logits.dtype), ", got ",
+               dtype_name(dlogits.dtype));
+  NEEDLE_CHECK(targets.numel() == rows && lse.numel() == rows && dloss.numel() == rows, ValueError,
+               "cuda ", name, ": expected ", rows, " targets, lse and dloss values, got ",
+               targets.numel(), ", ", lse.numel(), " and ", dloss.numel());
+  NEEDLE_CHECK(is_floating(lse.dtype) && is_floating(dloss.dtype), TypeError, "cuda ", name,
+               ": expected floating lse and dloss, got ", dtype_name(lse.dtype), " and ",
+               dtype_name(dloss.dtype));
+  check_targets_dtype(targets, name);
+  if (rows == 0 || classes == 0) return;
+  const int64_t ts = aux_stride(targets, name, "targets");
+  const int64_t ls = aux_stride(lse, name, "lse");
+  const int64_t gs = aux_stride(dloss, name, "dloss");
+  NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
+    cross_entropy_backward_kernel<scalar_t>
+        <<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
+            static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, lse.data,
+            lse.dtype, ls, dloss.data, dloss.dtype, gs, ignore_index, rows, classes,
+            static_cast<scalar_t*>(dlogits.data), device_error_flag());
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace needle::cuda

@@ -1,0 +1,280 @@
+// Helpers shared by the CUDA kernels: error-checking macros, the one stream, the device error
+// flag, dtype conversion, the strided-operand plan (dimension coalescing) and block reductions.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "ndarray/backend.h"
+#include "ndarray/dtype.h"
+#include "ndarray/error.h"
+
+// Every runtime call goes through NEEDLE_CUDA_CHECK, every cuBLAS call through
+// NEEDLE_CUBLAS_CHECK: a failure becomes needle::RuntimeError naming the call, file and line.
+#define NEEDLE_CUDA_CHECK(expr)                                                            \
+  do {                                                                                     \
+    cudaError_t needle_err_ = (expr);                                                      \
+    if (needle_err_ != cudaSuccess)                                                        \
+      ::needle::cuda::throw_cuda_error(needle_err_, #expr, __FILE__, __LINE__);            \
+  } while (0)
+
+#define NEEDLE_CUBLAS_CHECK(expr)                                                          \
+  do {                                                                                     \
+    cublasStatus_t needle_st_ = (expr);                                                    \
+    if (needle_st_ != CUBLAS_STATUS_SUCCESS)                                               \
+      ::needle::cuda::throw_cublas_error(needle_st_, #expr, __FILE__, __LINE__);           \
+  } while (0)
+
+// After every kernel launch: launch-configuration errors surface here, at the launching line.
+#define NEEDLE_CUDA_LAUNCH_CHECK() NEEDLE_CUDA_CHECK(cudaGetLastError())
+
+namespace needle::cuda {
+
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* expr, const char* file, int line);
+[[noreturn]] void throw_cublas_error(cublasStatus_t st, const char* expr, const char* file,
+                                     int line);
+
+// Initialises the device on first use (device 0, the stream, the error flag); throws
+// RuntimeError when no GPU is present.
+void ensure_initialized();
+// The one stream every kernel, copy and cuBLAS call runs on. Work is ordered on it, which is
+// also what lets the allocator hand a freed block to the next request at once.
+cudaStream_t stream();
+int num_sms();
+
+// --- the device error flag ------------------------------------------------------------------------
+// Kernels cannot throw, and a device assert would kill the context. A kernel that meets a bad
+// index records it instead and the host raises IndexError at the next synchronisation
+// (copy_to_host / synchronize). The first failing thread claims the report with an atomic on a
+// device word, then writes the record into mapped pinned host memory, so the host reads it after
+// the stream sync with no copy and the error-free path costs nothing. (A __device__ variable
+// would not do: without relocatable device code each .cu file would get its own copy.)
+struct ErrorRecord {
+  int code;       // 0 = no error; else an ErrorKind
+  int64_t value;  // the offending index
+  int64_t bound;  // the valid range was [0, bound)
+};
+enum ErrorKind : int { kNoError = 0, kIndexSelect = 1, kIndexAdd = 2, kCrossEntropyTarget = 3 };
+// Passed to kernels by value.
+struct DeviceErrorFlag {
+  int* claimed;            // device memory: 0 until a thread claims the report
+  ErrorRecord* record;     // mapped pinned host memory, as seen from the device
+};
+DeviceErrorFlag device_error_flag();
+// Throws IndexError (and re-arms the flag) when a kernel has reported an error. Call after a
+// stream synchronisation only.
+void check_device_error_flag();
+
+__device__ __forceinline__ void report_device_error(DeviceErrorFlag flag, int kind,
+                                                    int64_t value, int64_t bound) {
+  if (atomicCAS(flag.claimed, 0, 1) == 0) {
+    volatile ErrorRecord* r = flag.record;
+    r->value = value;
+    r->bound = bound;
+    __threadfence_system();
+    r->code = kind;
+    __threadfence_system();
+  }
+}
+
+// --- allocator (memory.cu) -------------------------------------------------------------------------
+void* device_alloc(size_t nbytes);
+void device_free(void* ptr, size_t nbytes);
+
+// Temporary device memory for one launch sequence (split-reduction partials, layer-norm partial
+// sums). Freed on scope exit: the stream orders the kernels that use it before any later user.
+class Workspace {
+ public:
+  explicit Workspace(size_t nbytes) : nbytes_(nbytes), ptr_(nbytes ? device_alloc(nbytes) : nullptr) {}
+  ~Workspace() {
+    if (ptr_) device_free(ptr_, nbytes_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  size_t nbytes_;
+  void* ptr_;
+};
+
+// --- launch geometry -------------------------------------------------------------------------------
+constexpr int kThreads = 256;
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Blocks for a grid-stride loop over n items of `per_block` each: enough to fill the GPU several
+// times over, never more than the grid limit.
+inline unsigned grid_for(int64_t n, int64_t per_block) {
+  int64_t blocks = ceil_div(n, per_block);
+  int64_t cap = static_cast<int64_t>(num_sms()) * 32;
+  if (blocks > cap) blocks = cap;
+  if (blocks < 1) blocks = 1;
+  return static_cast<unsigned>(blocks);
+}
+
+// --- dtype conversion --------------------------------------------------------------------------------
+// The type elementwise arithmetic runs in, as on the CPU (cpu_common.h): float for bfloat16,
+// int32 for bool, the type itself otherwise.
+template <typename T>
+struct compute_type {
+  using type = acc_t<T>;
+};
+template <>
+struct compute_type<bool> {
+  using type = int32_t;
+};
+template <typename T>
+using compute_t = typename compute_type<T>::type;
+
+// Value conversion with NumPy/PyTorch semantics: bool is "!= 0", bfloat16 goes through float.
+template <typename To, typename From>
+__host__ __device__ __forceinline__ To convert(From v) {
+  if constexpr (std::is_same_v<From, bfloat16>) {
+    return convert<To>(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<To, From>) {
+    return v;
+  } else if constexpr (std::is_same_v<To, bool>) {
+    return v != From(0);
+  } else if constexpr (std::is_same_v<To, bfloat16>) {
+    return bfloat16(static_cast<float>(v));
+  } else {
+    return static_cast<To>(v);
+  }
+}
+
+// Reads element i of an array whose dtype is known only at run time (targets, per-row statistics,
+// upstream gradients, layer-norm parameters) as A. The switch is on a value uniform across the
+// grid, so it costs a few instructions and no divergence.
+template <typename A>
+__device__ __forceinline__ A load_as(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::Bool: return convert<A>(static_cast<const bool*>(p)[i]);
+    case DType::Int32: return convert<A>(static_cast<const int32_t*>(p)[i]);
+    case DType::Int64: return convert<A>(static_cast<const int64_t*>(p)[i]);
+    case DType::BFloat16: return convert<A>(static_cast<const bfloat16*>(p)[i]);
+    case DType::Float32: return convert<A>(static_cast<const float*>(p)[i]);
+    default: return convert<A>(static_cast<const double*>(p)[i]);
+  }
+}
+__device__ __forceinline__ int64_t load_as_int64(const void* p, DType dt, int64_t i) {
+  if (dt == DType::Int32) return static_cast<const int32_t*>(p)[i];
+  return static_cast<const int64_t*>(p)[i];
+}
+// Writes v to element i of a floating array whose dtype is known only at run time.
+template <typename A>
+__device__ __forceinline__ void store_as(void* p, DType dt, int64_t i, A v) {
+  switch (dt) {
+    case DType::BFloat16: static_cast<bfloat16*>(p)[i] = convert<bfloat16>(v); break;
+    case DType::Float32: static_cast<float*>(p)[i] = convert<float>(v); break;
+    default: static_cast<double*>(p)[i] = convert<double>(v); break;
+  }
+}
+
+// --- strided operands --------------------------------------------------------------------------------
+// K operands of one shape (operand 0 is the output), dimensions coalesced on the host: size-1 dims
+// dropped, and a dim merged into the next-inner one whenever every operand steps across it as if
+// the two were one. A compact array becomes 1-D, a broadcast row (rows, cols) with stride 0.
+// Strides are in elements of each operand's own dtype. Passed to kernels by value.
+template <int K>
+struct StridedPlan {
+  int ndim = 0;  // innermost first
+  int64_t numel = 1;
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[K][kMaxDims] = {};
+
+  // Element offsets of every operand at linear (row-major) index i.
+  __device__ __forceinline__ void offsets(int64_t i, int64_t (&off)[K]) const {
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = 0;
+#pragma unroll
+    for (int d = 0; d < kMaxDims; ++d) {
+      if (d == ndim) break;
+      int64_t idx = i % shape[d];
+      i /= shape[d];
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += idx * strides[k][d];
+    }
+  }
+  // True when every operand is one dense run (the contiguous fast path).
+  bool contiguous() const {
+    if (ndim == 0) return true;
+    if (ndim > 1) return false;
+    for (int k = 0; k < K; ++k)
+      if (strides[k][0] != 1) return false;
+    return true;
+  }
+};
+
+template <int K>
+StridedPlan<K> make_plan(const ArrayRef* const (&ops)[K], const char* opname) {
+  StridedPlan<K> p;
+  const ArrayRef& ref = *ops[0];
+  for (int k = 1; k < K; ++k) {
+    bool same = ops[k]->ndim == ref.ndim;
+    for (int d = 0; same && d < ref.ndim; ++d) same = ops[k]->shape[d] == ref.shape[d];
+    NEEDLE_CHECK(same, ValueError, "cuda ", opname, ": operand ", k, " has ", ops[k]->ndim,
+                 " dims and a different shape from the output (", ref.ndim,
+                 " dims); NDArray must broadcast operands to the output shape first");
+  }
+  p.numel = ref.numel();
+  if (p.numel == 0) return p;
+  for (int d = ref.ndim - 1; d >= 0; --d) {
+    if (ref.shape[d] == 1) continue;
+    bool merge = p.ndim > 0;
+    for (int k = 0; merge && k < K; ++k)
+      merge = ops[k]->strides[d] == p.strides[k][p.ndim - 1] * p.shape[p.ndim - 1];
+    if (merge) {
+      p.shape[p.ndim - 1] *= ref.shape[d];
+      continue;
+    }
+    p.shape[p.ndim] = ref.shape[d];
+    for (int k = 0; k < K; ++k) p.strides[k][p.ndim] = ops[k]->strides[d];
+    ++p.ndim;
+  }
+  return p;
+}
+
+// True when `p` is aligned for `bytes`-wide vector accesses.
+inline bool aligned_to(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// A bundle of N elements loaded or stored with one 16-byte (or narrower) access.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) VecN {
+  T v[N];
+};
+
+// --- block reductions --------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 values; the trailing barrier lets the caller reuse it immediately.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T r = lane < nwarps ? scratch[lane] : T(0);
+  r = warp_sum(r);
+  __syncthreads();
+  return r;
+}
+
+}  // namespace needle::cuda

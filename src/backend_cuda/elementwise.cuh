@@ -1,0 +1,134 @@
+// The elementwise launcher shared by copy/fill/where, unary, binary and binary_scalar: one output
+// and any number of inputs of one shape, applied through a functor that receives the stored
+// input values and returns the stored output value (conversions live in the functor).
+//
+// Three kernels per functor, picked on the host after dimension coalescing:
+//  - contiguous: every operand dense; 16-byte vector loads/stores when all pointers are aligned,
+//  - 1-D strided: one coalesced dim with any strides, which covers scalar broadcast (stride 0)
+//    and simple slices without any index division,
+//  - N-D strided: per-element index decomposition over up to kMaxDims dims, int64 throughout.
+#pragma once
+#include <utility>
+
+#include "backend_cuda/cuda_common.cuh"
+
+namespace needle::cuda {
+
+template <typename... Ts>
+constexpr size_t max_size_of() {
+  size_t m = 1;
+  ((m = sizeof(Ts) > m ? sizeof(Ts) : m), ...);
+  return m;
+}
+
+// Elements per thread in the contiguous kernel: one 16-byte access of the widest operand.
+template <typename Out, typename... In>
+constexpr int vec_width() {
+  return static_cast<int>(16 / max_size_of<Out, In...>());
+}
+
+template <typename T, int N>
+__device__ __forceinline__ VecN<T, N> load_vec(const T* p) {
+  return *reinterpret_cast<const VecN<T, N>*>(p);
+}
+
+template <int N, typename F, typename Out, typename... In>
+__device__ __forceinline__ void apply_vec(Out* out, const F& f, const VecN<In, N>&... v) {
+  VecN<Out, N> o;
+#pragma unroll
+  for (int j = 0; j < N; ++j) o.v[j] = f(v.v[j]...);
+  *reinterpret_cast<VecN<Out, N>*>(out) = o;
+}
+
+// n = number of elements. Each thread handles N consecutive elements per grid-stride step.
+template <int N, typename F, typename Out, typename... In>
+__global__ void ewise_contiguous_kernel(int64_t n, bool vectorized, F f, Out* out,
+                                        const In*... in) {
+  int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x * N;
+  for (int64_t base = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N; base < n;
+       base += step) {
+    if (vectorized && base + N <= n) {
+      apply_vec<N>(out + base, f, load_vec<In, N>(in + base)...);
+    } else {
+      int64_t end = base + N < n ? base + N : n;
+      for (int64_t i = base; i < end; ++i) out[i] = f(in[i]...);
+    }
+  }
+}
+
+// n = number of elements; plan.strides[k][0]: element stride of operand k along the one dim.
+template <typename F, typename Out, typename... In, size_t... I>
+__device__ __forceinline__ void strided1d_body(const StridedPlan<1 + sizeof...(In)>& plan,
+                                               const F& f, Out* out, std::index_sequence<I...>,
+                                               const In*... in) {
+  int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < plan.numel;
+       i += step)
+    out[i * plan.strides[0][0]] = f(in[i * plan.strides[I + 1][0]]...);
+}
+
+template <typename F, typename Out, typename... In>
+__global__ void ewise_strided1d_kernel(StridedPlan<1 + sizeof...(In)> plan, F f, Out* out,
+                                       const In*... in) {
+  strided1d_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
+}
+
+template <typename F, typename Out, typename... In, size_t... I>
+__device__ __forceinline__ void strided_body(const StridedPlan<1 + sizeof...(In)>& plan,
+                                             const F& f, Out* out, std::index_sequence<I...>,
+                                             const In*... in) {
+  int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < plan.numel;
+       i += step) {
+    int64_t off[1 + sizeof...(In)];
+    plan.offsets(i, off);
+    out[off[0]] = f(in[off[I + 1]]...);
+  }
+}
+
+template <typename F, typename Out, typename... In>
+__global__ void ewise_strided_kernel(StridedPlan<1 + sizeof...(In)> plan, F f, Out* out,
+                                     const In*... in) {
+  strided_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
+}
+
+template <typename T>
+using ArrayRefFor = ArrayRef;
+
+// out = f(in...) elementwise. Out and In are the stored element types of the operands.
+template <typename Out, typename... In, typename F>
+void launch_elementwise(const char* opname, const F& f, const ArrayRef& out,
+                        const ArrayRefFor<In>&... in) {
+  constexpr int K = 1 + sizeof...(In);
+  const ArrayRef* ops[K] = {&out, &in...};
+  StridedPlan<K> plan = make_plan<K>(ops, opname);
+  if (plan.numel == 0) return;
+  Out* o = static_cast<Out*>(out.data);
+  if (plan.contiguous()) {
+    constexpr int N = vec_width<Out, In...>();
+    bool vectorized =
+        aligned_to(o, N * sizeof(Out)) && (aligned_to(in.data, N * sizeof(In)) && ...);
+    ewise_contiguous_kernel<N><<<grid_for(plan.numel, int64_t(kThreads) * N), kThreads, 0,
+                                 stream()>>>(plan.numel, vectorized, f, o,
+                                             static_cast<const In*>(in.data)...);
+  } else if (plan.ndim == 1) {
+    ewise_strided1d_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
+        plan, f, o, static_cast<const In*>(in.data)...);
+  } else {
+    ewise_strided_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
+        plan, f, o, static_cast<const In*>(in.data)...);
+  }
+  NEEDLE_CUDA_LAUNCH_CHECK();
+}
+
+// Binds bits_t to the unsigned integer of `size` bytes, for kernels that move elements without
+// interpreting them (copy within one dtype, where, fill), so NaN payloads and -0 survive.
+#define NEEDLE_CUDA_DISPATCH_BITS(size, ...)                     \
+  switch (size) {                                                \
+    case 1: { using bits_t = uint8_t; __VA_ARGS__(); break; }    \
+    case 2: { using bits_t = uint16_t; __VA_ARGS__(); break; }   \
+    case 4: { using bits_t = uint32_t; __VA_ARGS__(); break; }   \
+    default: { using bits_t = uint64_t; __VA_ARGS__(); break; }  \
+  }
+
+}  // namespace needle::cuda

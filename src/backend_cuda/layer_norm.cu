@@ -1,0 +1,244 @@
+// Layer normalisation over the last axis of compact (rows, d) arrays, forward and backward.
+// Statistics are computed in float (double for float64 inputs) with two passes over the row
+// (mean, then the centred variance, the second from L1/L2) and saved as mean / rstd of
+// stats_dtype(x) (backend.h): float32, or float64 for float64 inputs. That is acc_t<T> here.
+// dweight / dbias are column sums over all rows, done in two stages without atomics: blocks
+// write partial sums for pieces of the rows, a second kernel adds the pieces in order.
+#include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/row_stats.cuh"
+
+namespace needle::cuda {
+namespace {
+
+// An optional (d) parameter passed by value: null data means absent.
+struct Param {
+  const void* data = nullptr;
+  DType dtype = DType::Float32;
+};
+
+Param optional_param(const ArrayRef* a, int64_t d, const char* op, const char* operand) {
+  if (a == nullptr) return Param{};
+  NEEDLE_CHECK(a->numel() == d, ValueError, "cuda ", op, ": expected ", operand, " of ", d,
+               " elements, got ", a->numel());
+  NEEDLE_CHECK(a->is_compact(), ValueError, "cuda ", op, ": expected a compact ", operand);
+  NEEDLE_CHECK(is_floating(a->dtype), TypeError, "cuda ", op, ": expected a floating ", operand,
+               ", got ", dtype_name(a->dtype));
+  return Param{a->data, a->dtype};
+}
+
+void check_stats(const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, DType input,
+                 const char* op) {
+  const DType want = stats_dtype(input);
+  NEEDLE_CHECK(mean.dtype == want && rstd.dtype == want, TypeError, "cuda ", op, ": expected ",
+               dtype_name(want), " mean and rstd, got ", dtype_name(mean.dtype), " and ",
+               dtype_name(rstd.dtype));
+  NEEDLE_CHECK(mean.numel() == rows && rstd.numel() == rows, ValueError, "cuda ", op,
+               ": expected ", rows, " mean and rstd values, got ", mean.numel(), " and ",
+               rstd.numel());
+}
+
+// R = rows, D = features. One block per row:
+// y = (x - mean) * rstd * weight + bias, mean[r], rstd[r] = 1 / sqrt(var + eps).
+template <typename T>
+__global__ void layer_norm_forward_kernel(const T* __restrict__ x, Param weight, Param bias,
+                                          double eps, int64_t rows, int64_t d, T* __restrict__ y,
+                                          acc_t<T>* __restrict__ mean_out,
+                                          acc_t<T>* __restrict__ rstd_out) {
+  using A = acc_t<T>;
+  __shared__ A scratch[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* row = x + r * d;
+    A sum = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sum += convert<A>(row[j]);
+    const A mu = d > 0 ? block_sum(sum, scratch) / A(d) : A(0);
+    A sq = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      A c = convert<A>(row[j]) - mu;
+      sq += c * c;
+    }
+    const A var = d > 0 ? block_sum(sq, scratch) / A(d) : A(0);
+    const A rs = A(1) / sqrt(var + A(eps));
+    if (threadIdx.x == 0) {
+      mean_out[r] = mu;
+      rstd_out[r] = rs;
+    }
+    T* yrow = y + r * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      A v = (convert<A>(row[j]) - mu) * rs;
+      if (weight.data) v *= load_as<A>(weight.data, weight.dtype, j);
+      if (bias.data) v += load_as<A>(bias.data, bias.dtype, j);
+      yrow[j] = convert<T>(v);
+    }
+  }
+}
+
+// R = rows, D = features. One block per row. With xhat = (x - mean) * rstd and g = dy * weight:
+// dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)).
+template <typename T>
+__global__ void layer_norm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                              Param weight, const acc_t<T>* __restrict__ mean,
+                                              const acc_t<T>* __restrict__ rstd, int64_t rows,
+                                              int64_t d, T* __restrict__ dx) {
+  using A = acc_t<T>;
+  __shared__ A scratch[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xrow = x + r * d;
+    const T* grow = dy + r * d;
+    const A mu = mean[r], rs = rstd[r];
+    A sum_g = 0, sum_gx = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      A g = convert<A>(grow[j]);
+      if (weight.data) g *= load_as<A>(weight.data, weight.dtype, j);
+      sum_g += g;
+      sum_gx += g * (convert<A>(xrow[j]) - mu) * rs;
+    }
+    const A mean_g = block_sum(sum_g, scratch) / A(d);
+    const A mean_gx = block_sum(sum_gx, scratch) / A(d);
+    T* dxrow = dx + r * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      A g = convert<A>(grow[j]);
+      if (weight.data) g *= load_as<A>(weight.data, weight.dtype, j);
+      const A xhat = (convert<A>(xrow[j]) - mu) * rs;
+      dxrow[j] = convert<T>(rs * (g - mean_g - xhat * mean_gx));
+    }
+  }
+}
+
+// R = rows, D = features, P = pieces of the rows. Block (32, 8) over 32 adjacent features; the 8
+// warps stride over the piece's rows (each warp reads 32 consecutive elements of a row).
+// partial_w[p, j] = sum over the piece's rows of dy * xhat, partial_b[p, j] = sum of dy.
+template <typename T>
+__global__ void layer_norm_param_partials_kernel(const T* __restrict__ dy,
+                                                 const T* __restrict__ x,
+                                                 const acc_t<T>* __restrict__ mean,
+                                                 const acc_t<T>* __restrict__ rstd, int64_t rows,
+                                                 int64_t d, int64_t pieces, int64_t piece_rows,
+                                                 acc_t<T>* __restrict__ partial_w,
+                                                 acc_t<T>* __restrict__ partial_b) {
+  using A = acc_t<T>;
+  __shared__ A sw[8][33], sb[8][33];
+  const int64_t tiles = (d + 31) / 32;
+  for (int64_t u = blockIdx.x; u < tiles * pieces; u += gridDim.x) {
+    const int64_t tile = u % tiles, p = u / tiles;
+    const int64_t j = tile * 32 + threadIdx.x;
+    const int64_t r_end = (p + 1) * piece_rows < rows ? (p + 1) * piece_rows : rows;
+    A acc_w = 0, acc_b = 0;
+    if (j < d) {
+      for (int64_t r = p * piece_rows + threadIdx.y; r < r_end; r += 8) {
+        const A g = convert<A>(dy[r * d + j]);
+        acc_w += g * (convert<A>(x[r * d + j]) - mean[r]) * rstd[r];
+        acc_b += g;
+      }
+    }
+    sw[threadIdx.y][threadIdx.x] = acc_w;
+    sb[threadIdx.y][threadIdx.x] = acc_b;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < d) {
+#pragma unroll
+      for (int k = 1; k < 8; ++k) {
+        acc_w += sw[k][threadIdx.x];
+        acc_b += sb[k][threadIdx.x];
+      }
+      partial_w[p * d + j] = acc_w;
+      partial_b[p * d + j] = acc_b;
+    }
+    __syncthreads();
+  }
+}
+
+// D = features, P = pieces: dweight[j] = sum_p partial_w[p, j], likewise dbias, in order.
+template <typename A>
+__global__ void layer_norm_param_finish_kernel(const A* __restrict__ partial_w,
+                                               const A* __restrict__ partial_b, int64_t d,
+                                               int64_t pieces, void* dweight, DType w_dtype,
+                                               void* dbias, DType b_dtype) {
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    A w = 0, b = 0;
+    for (int64_t p = 0; p < pieces; ++p) {
+      w += partial_w[p * d + j];
+      b += partial_b[p * d + j];
+    }
+    if (dweight) store_as(dweight, w_dtype, j, w);
+    if (dbias) store_as(dbias, b_dtype, j, b);
+  }
+}
+
+// Threads per row block for d features: about 4 per thread, up to 1024.
+int norm_block_threads(int64_t d) { return row_block_threads(d * 2); }
+
+}  // namespace
+
+// R = rows, D = features.
+void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias,
+                        double eps, int64_t rows, int64_t d, const ArrayRef& y,
+                        const ArrayRef& mean, const ArrayRef& rstd) {
+  const char* name = "layer_norm";
+  NEEDLE_CHECK(x.numel() == rows * d && y.numel() == rows * d, ValueError, "cuda ", name,
+               ": expected ", rows, " x ", d, " x and y, got ", x.numel(), " and ", y.numel(),
+               " elements");
+  NEEDLE_CHECK(y.dtype == x.dtype, TypeError, "cuda ", name, ": expected y of dtype ",
+               dtype_name(x.dtype), ", got ", dtype_name(y.dtype));
+  check_stats(mean, rstd, rows, x.dtype, name);
+  const Param w = optional_param(weight, d, name, "weight");
+  const Param b = optional_param(bias, d, name, "bias");
+  if (rows == 0) return;
+  NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
+    layer_norm_forward_kernel<scalar_t><<<grid_for(rows, 1), norm_block_threads(d), 0, stream()>>>(
+        static_cast<const scalar_t*>(x.data), w, b, eps, rows, d,
+        static_cast<scalar_t*>(y.data), static_cast<acc_t<scalar_t>*>(mean.data),
+        static_cast<acc_t<scalar_t>*>(rstd.data));
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  });
+}
+
+// R = rows, D = features.
+void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* weight,
+                         const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, int64_t d,
+                         const ArrayRef& dx, const ArrayRef* dweight, const ArrayRef* dbias) {
+  const char* name = "layer_norm_backward";
+  NEEDLE_CHECK(x.numel() == rows * d && dy.numel() == rows * d && dx.numel() == rows * d,
+               ValueError, "cuda ", name, ": expected ", rows, " x ", d,
+               " dy, x and dx, got ", dy.numel(), ", ", x.numel(), " and ", dx.numel(),
+               " elements");
+  NEEDLE_CHECK(dy.dtype == x.dtype && dx.dtype == x.dtype, TypeError, "cuda ", name,
+               ": expected dy and dx of dtype ", dtype_name(x.dtype), ", got ",
+               dtype_name(dy.dtype), " and ", dtype_name(dx.dtype));
+  check_stats(mean, rstd, rows, x.dtype, name);
+  const Param w = optional_param(weight, d, name, "weight");
+  const Param dw = optional_param(dweight, d, name, "dweight");
+  const Param db = optional_param(dbias, d, name, "dbias");
+  NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const T* dyp = static_cast<const T*>(dy.data);
+    const T* xp = static_cast<const T*>(x.data);
+    const A* mp = static_cast<const A*>(mean.data);
+    const A* rp = static_cast<const A*>(rstd.data);
+    if (rows > 0 && d > 0) {
+      layer_norm_backward_dx_kernel<T><<<grid_for(rows, 1), norm_block_threads(d), 0, stream()>>>(
+          dyp, xp, w, mp, rp, rows, d, static_cast<T*>(dx.data));
+      NEEDLE_CUDA_LAUNCH_CHECK();
+    }
+    if ((dweight == nullptr && dbias == nullptr) || d == 0) return;
+    // Pieces of at least 64 rows, enough of them with the feature tiles to fill the GPU.
+    const int64_t tiles = ceil_div(d, 32);
+    int64_t pieces = ceil_div(int64_t(num_sms()) * 4, tiles);
+    const int64_t max_pieces = ceil_div(rows, 64);
+    if (pieces > max_pieces) pieces = max_pieces;
+    if (pieces < 1) pieces = 1;
+    const int64_t piece_rows = ceil_div(rows, pieces);
+    Workspace ws(static_cast<size_t>(2 * pieces * d) * sizeof(A));
+    A* pw = ws.as<A>();
+    A* pb = pw + pieces * d;
+    layer_norm_param_partials_kernel<T><<<grid_for(tiles * pieces, 1), dim3(32, 8), 0, stream()>>>(
+        dyp, xp, mp, rp, rows, d, pieces, piece_rows, pw, pb);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+    layer_norm_param_finish_kernel<A><<<grid_for(d, kThreads), kThreads, 0, stream()>>>(
+        pw, pb, d, pieces, dweight ? dweight->data : nullptr, dw.dtype,
+        dbias ? dbias->data : nullptr, db.dtype);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace needle::cuda

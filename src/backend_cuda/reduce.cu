@@ -1,0 +1,325 @@
+// Reductions of a compact (outer, reduce, inner) array to (outer, inner): sum, prod, max, min,
+// argmax, argmin.
+//
+//  - inner == 1 (rows): a warp per row for short rows, a block per row for long ones; threads
+//    stride along the row, so a warp reads consecutive elements.
+//  - inner > 1 (columns): a 32 x 8 block covers 32 adjacent columns; the 32 lanes of a warp read
+//    32 consecutive elements of one input row, the 8 warps split the reduced rows.
+// When those units cannot fill the GPU (a full reduction, a few long rows, a column sum over a
+// tall matrix) the reduced axis is split as well: each piece writes a partial state and a second
+// kernel combines the pieces in order. No atomics, so results do not depend on timing.
+#include <climits>
+#include <limits>
+
+#include "backend_cuda/cuda_common.cuh"
+#include "backend_cuda/cuda_internal.h"
+
+namespace needle::cuda {
+namespace {
+
+// One reduction's accumulator: a value and, for ArgMax/ArgMin, its index (first occurrence).
+template <typename Acc>
+struct State {
+  Acc v;
+  int64_t i;
+};
+
+template <typename T>
+__device__ __forceinline__ bool is_nan(T v) {
+  return v != v;
+}
+
+template <typename T>
+__host__ __device__ constexpr T lowest_value() {
+  if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
+  return std::numeric_limits<T>::lowest();
+}
+template <typename T>
+__host__ __device__ constexpr T highest_value() {
+  if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
+  return std::numeric_limits<T>::max();
+}
+
+// Semantics follow the CPU kernels (backend_cpu/reduce.cpp): Sum/Prod of bool and integers in
+// int64, of bfloat16/float32 in float, of float64 in double; Max/Min propagate NaN; Arg* return
+// the first extreme index, the first NaN winning.
+template <ReduceOp kOp, typename T>
+struct Reducer {
+  static constexpr bool kWiden = kOp == ReduceOp::Sum || kOp == ReduceOp::Prod;
+  static constexpr bool kArg = kOp == ReduceOp::ArgMax || kOp == ReduceOp::ArgMin;
+  static constexpr bool kIsMax = kOp == ReduceOp::Max || kOp == ReduceOp::ArgMax;
+  using Acc = std::conditional_t<kWiden && !std::is_floating_point_v<acc_t<T>>, int64_t,
+                                 compute_t<T>>;
+  using Out = std::conditional_t<kArg || (kWiden && !std::is_floating_point_v<acc_t<T>>),
+                                 int64_t, T>;
+  using S = State<Acc>;
+
+  __device__ __forceinline__ static S identity() {
+    if constexpr (kOp == ReduceOp::Sum) return S{Acc(0), 0};
+    if constexpr (kOp == ReduceOp::Prod) return S{Acc(1), 0};
+    // Max/Min: the identity loses every comparison; Arg*: index LLONG_MAX marks "empty".
+    return S{kIsMax ? lowest_value<Acc>() : highest_value<Acc>(), LLONG_MAX};
+  }
+  __device__ __forceinline__ static S make(T x, int64_t idx) {
+    return S{convert<Acc>(x), idx};
+  }
+  __device__ __forceinline__ static bool better(Acc a, Acc b) { return kIsMax ? a > b : a < b; }
+
+  __device__ __forceinline__ static S combine(S a, S b) {
+    if constexpr (kOp == ReduceOp::Sum) {
+      return S{a.v + b.v, 0};
+    } else if constexpr (kOp == ReduceOp::Prod) {
+      return S{a.v * b.v, 0};
+    } else if constexpr (!kArg) {
+      if (is_nan(a.v)) return a;
+      if (is_nan(b.v)) return b;
+      return S{better(b.v, a.v) ? b.v : a.v, 0};
+    } else {
+      if (a.i == LLONG_MAX) return b;
+      if (b.i == LLONG_MAX) return a;
+      bool an = is_nan(a.v), bn = is_nan(b.v);
+      if (an || bn) {
+        if (an && bn) return a.i < b.i ? a : b;
+        return an ? a : b;
+      }
+      if (better(a.v, b.v)) return a;
+      if (better(b.v, a.v)) return b;
+      return a.i < b.i ? a : b;
+    }
+  }
+  __device__ __forceinline__ static Out finalize(S s) {
+    if constexpr (kArg) return s.i;
+    return convert<Out>(s.v);
+  }
+};
+
+template <typename Acc>
+__device__ __forceinline__ State<Acc> shfl_xor(State<Acc> s, int mask) {
+  return State<Acc>{__shfl_xor_sync(0xffffffffu, s.v, mask),
+                    __shfl_xor_sync(0xffffffffu, s.i, mask)};
+}
+
+// Folds x[r] for r = begin + t, begin + t + step, ... < end into st, four loads in flight.
+template <typename R, typename T>
+__device__ __forceinline__ typename R::S fold_strided(typename R::S st, const T* x, int64_t begin,
+                                                      int64_t end, int64_t t, int64_t step,
+                                                      int64_t elem_stride) {
+  int64_t r = begin + t;
+  for (; r + 3 * step < end; r += 4 * step) {
+    T v0 = x[r * elem_stride], v1 = x[(r + step) * elem_stride];
+    T v2 = x[(r + 2 * step) * elem_stride], v3 = x[(r + 3 * step) * elem_stride];
+    st = R::combine(st, R::make(v0, r));
+    st = R::combine(st, R::make(v1, r + step));
+    st = R::combine(st, R::make(v2, r + 2 * step));
+    st = R::combine(st, R::make(v3, r + 3 * step));
+  }
+  for (; r < end; r += step) st = R::combine(st, R::make(x[r * elem_stride], r));
+  return st;
+}
+
+// O = outer rows, R = reduce length, P = pieces per row. A group of kTPR threads (a warp, or the
+// whole 256-thread block) handles one (row, piece) unit at a time. With P == 1 it writes out[row];
+// otherwise the partial state partial[row * P + piece].
+template <typename Red, int kTPR, typename T>
+__global__ void reduce_rows_kernel(const T* __restrict__ x, int64_t outer, int64_t reduce,
+                                   int64_t pieces, int64_t piece_len,
+                                   typename Red::Out* __restrict__ out,
+                                   typename Red::S* __restrict__ partial) {
+  using S = typename Red::S;
+  constexpr int kGroups = kThreads / kTPR;
+  __shared__ S scratch[kThreads / 32];
+  const int group = threadIdx.x / kTPR, t = threadIdx.x % kTPR;
+  const int64_t units = outer * pieces;
+  // All threads of a block run the same number of iterations (the barrier below needs that when
+  // kTPR == kThreads), so the loop runs over blocks of units.
+  for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * kGroups; u0 < units;
+       u0 += static_cast<int64_t>(gridDim.x) * kGroups) {
+    const int64_t u = u0 + group;
+    S st = Red::identity();
+    int64_t row = 0, piece = 0;
+    if (u < units) {
+      row = u / pieces;
+      piece = u % pieces;
+      int64_t begin = piece * piece_len;
+      int64_t end = begin + piece_len < reduce ? begin + piece_len : reduce;
+      st = fold_strided<Red>(st, x + row * reduce, begin, end, t, kTPR, 1);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) st = Red::combine(st, shfl_xor(st, o));
+    if constexpr (kTPR > 32) {
+      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+      if (lane == 0) scratch[warp] = st;
+      __syncthreads();
+      if (warp == 0) {
+        st = lane < kTPR / 32 ? scratch[lane] : Red::identity();
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) st = Red::combine(st, shfl_xor(st, o));
+      }
+      __syncthreads();
+    }
+    if (t == 0 && u < units) {
+      if (pieces == 1)
+        out[row] = Red::finalize(st);
+      else
+        partial[u] = st;
+    }
+  }
+}
+
+// O = outer, R = reduce length, I = inner length, P = pieces of the reduced axis. Block (32, 8):
+// x over 32 adjacent columns, y over reduced rows. Unit = (o, column tile, piece). With P == 1 it
+// writes out[o, j]; otherwise partial[(o * P + piece) * I + j].
+template <typename Red, typename T>
+__global__ void reduce_columns_kernel(const T* __restrict__ x, int64_t outer, int64_t reduce,
+                                      int64_t inner, int64_t pieces, int64_t piece_len,
+                                      typename Red::Out* __restrict__ out,
+                                      typename Red::S* __restrict__ partial) {
+  using S = typename Red::S;
+  __shared__ S scratch[8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t tiles = (inner + 31) / 32;
+  const int64_t units = outer * tiles * pieces;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const int64_t piece = u % pieces, tile = (u / pieces) % tiles, o = u / (pieces * tiles);
+    const int64_t j = tile * 32 + tx;
+    S st = Red::identity();
+    if (j < inner) {
+      int64_t begin = piece * piece_len;
+      int64_t end = begin + piece_len < reduce ? begin + piece_len : reduce;
+      st = fold_strided<Red>(st, x + o * reduce * inner + j, begin, end, ty, 8, inner);
+    }
+    scratch[ty][tx] = st;
+    __syncthreads();
+    if (ty == 0 && j < inner) {
+#pragma unroll
+      for (int k = 1; k < 8; ++k) st = Red::combine(st, scratch[k][tx]);
+      if (pieces == 1)
+        out[o * inner + j] = Red::finalize(st);
+      else
+        partial[(o * pieces + piece) * inner + j] = st;
+    }
+    __syncthreads();
+  }
+}
+
+// O = outer, P = pieces, I = inner: out[o, j] = combine over p of partial[o, p, j], in order.
+template <typename Red>
+__global__ void reduce_partials_kernel(const typename Red::S* __restrict__ partial, int64_t outer,
+                                       int64_t pieces, int64_t inner,
+                                       typename Red::Out* __restrict__ out) {
+  const int64_t n = outer * inner;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t o = k / inner, j = k % inner;
+    typename Red::S st = Red::identity();
+    for (int64_t p = 0; p < pieces; ++p) st = Red::combine(st, partial[(o * pieces + p) * inner + j]);
+    out[k] = Red::finalize(st);
+  }
+}
+
+// Pieces to split the reduced axis into so that `units` work units become about `target`, each
+// piece still holding at least `min_len` elements.
+int64_t choose_pieces(int64_t units, int64_t target, int64_t reduce, int64_t min_len) {
+  if (units >= target || reduce <= min_len) return 1;
+  int64_t pieces = ceil_div(target, units);
+  int64_t by_len = ceil_div(reduce, min_len);
+  if (pieces > by_len) pieces = by_len;
+  if (pieces > 1024) pieces = 1024;
+  return pieces < 1 ? 1 : pieces;
+}
+
+template <typename Red, typename T>
+void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner,
+                typename Red::Out* out) {
+  using S = typename Red::S;
+  const int64_t sms = num_sms();
+  int64_t pieces;
+  if (inner == 1) {
+    // Short rows: a warp each; long rows: a block each (more loads in flight per row).
+    const bool block_rows = reduce >= 4096;
+    const int tpr = block_rows ? kThreads : 32;
+    pieces = choose_pieces(outer, block_rows ? sms * 8 : sms * 64, reduce, int64_t(tpr) * 16);
+    const int64_t piece_len = ceil_div(reduce, pieces);
+    Workspace ws(pieces > 1 ? static_cast<size_t>(outer * pieces) * sizeof(S) : 0);
+    const int64_t units = outer * pieces;
+    const unsigned grid = grid_for(units, kThreads / tpr);
+    if (block_rows)
+      reduce_rows_kernel<Red, kThreads><<<grid, kThreads, 0, stream()>>>(
+          x, outer, reduce, pieces, piece_len, out, ws.as<S>());
+    else
+      reduce_rows_kernel<Red, 32><<<grid, kThreads, 0, stream()>>>(x, outer, reduce, pieces,
+                                                                   piece_len, out, ws.as<S>());
+    NEEDLE_CUDA_LAUNCH_CHECK();
+    if (pieces > 1) {
+      reduce_partials_kernel<Red><<<grid_for(outer, kThreads), kThreads, 0, stream()>>>(
+          ws.as<S>(), outer, pieces, 1, out);
+      NEEDLE_CUDA_LAUNCH_CHECK();
+    }
+    return;
+  }
+  const int64_t tiles = outer * ceil_div(inner, 32);
+  pieces = choose_pieces(tiles, sms * 8, reduce, 8 * 16);
+  const int64_t piece_len = ceil_div(reduce, pieces);
+  Workspace ws(pieces > 1 ? static_cast<size_t>(outer * pieces * inner) * sizeof(S) : 0);
+  reduce_columns_kernel<Red><<<grid_for(tiles * pieces, 1), dim3(32, 8), 0, stream()>>>(
+      x, outer, reduce, inner, pieces, piece_len, out, ws.as<S>());
+  NEEDLE_CUDA_LAUNCH_CHECK();
+  if (pieces > 1) {
+    reduce_partials_kernel<Red><<<grid_for(outer * inner, kThreads), kThreads, 0, stream()>>>(
+        ws.as<S>(), outer, pieces, inner, out);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  }
+}
+
+const char* reduce_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return "sum";
+    case ReduceOp::Max: return "max";
+    case ReduceOp::Min: return "min";
+    case ReduceOp::Prod: return "prod";
+    case ReduceOp::ArgMax: return "argmax";
+    case ReduceOp::ArgMin: return "argmin";
+  }
+  return "reduce";
+}
+
+template <ReduceOp kOp>
+void dispatch_reduce(const ArrayRef& in, int64_t outer, int64_t reduce, int64_t inner,
+                     const ArrayRef& out) {
+  NEEDLE_DISPATCH_ALL(in.dtype, reduce_name(kOp), [&] {
+    using Red = Reducer<kOp, scalar_t>;
+    DType want = dtype_of<typename Red::Out>::value;
+    NEEDLE_CHECK(out.dtype == want, TypeError, "cuda ", reduce_name(kOp), " of ",
+                 dtype_name(in.dtype), ": expected an output of dtype ", dtype_name(want),
+                 ", got ", dtype_name(out.dtype));
+    run_reduce<Red>(static_cast<const scalar_t*>(in.data), outer, reduce, inner,
+                    static_cast<typename Red::Out*>(out.data));
+  });
+}
+
+}  // namespace
+
+// O = outer, R = reduce, I = inner; in is (O, R, I) compact, out (O, I) compact.
+void reduce(ReduceOp op, const ArrayRef& in, int64_t outer, int64_t reduce, int64_t inner,
+            const ArrayRef& out) {
+  const char* name = reduce_name(op);
+  NEEDLE_CHECK(outer >= 0 && reduce >= 0 && inner >= 0 && outer * reduce * inner == in.numel(),
+               ValueError, "cuda ", name, ": (outer, reduce, inner) = (", outer, ", ", reduce,
+               ", ", inner, ") does not match the input's ", in.numel(), " elements");
+  NEEDLE_CHECK(outer * inner == out.numel(), ValueError, "cuda ", name, ": expected an output of ",
+               outer * inner, " elements, got ", out.numel());
+  NEEDLE_CHECK(reduce > 0 || op == ReduceOp::Sum || op == ReduceOp::Prod || outer * inner == 0,
+               ValueError, "cuda ", name,
+               ": cannot reduce over an empty axis (reduce length 0) since it has no identity");
+  if (outer * inner == 0) return;
+  switch (op) {
+    case ReduceOp::Sum: return dispatch_reduce<ReduceOp::Sum>(in, outer, reduce, inner, out);
+    case ReduceOp::Prod: return dispatch_reduce<ReduceOp::Prod>(in, outer, reduce, inner, out);
+    case ReduceOp::Max: return dispatch_reduce<ReduceOp::Max>(in, outer, reduce, inner, out);
+    case ReduceOp::Min: return dispatch_reduce<ReduceOp::Min>(in, outer, reduce, inner, out);
+    case ReduceOp::ArgMax: return dispatch_reduce<ReduceOp::ArgMax>(in, outer, reduce, inner, out);
+    case ReduceOp::ArgMin: return dispatch_reduce<ReduceOp::ArgMin>(in, outer, reduce, inner, out);
+  }
+}
+
+}  // namespace needle::cuda

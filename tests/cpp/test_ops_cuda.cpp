@@ -1,0 +1,383 @@
+// CUDA kernels against the CPU kernels: the shared op table (op_table.h) run on cuda:0 with the
+// CPU as the oracle, plus what the table does not cover: the fused entries (layer_norm,
+// cross_entropy, AdamW) called through both kernel tables, vocabulary-sized rows, the split
+// reduction paths, GEMM arguments NDArray rarely produces, device-reported index errors and the
+// matmul precision switch. Needs a GPU (label `gpu`); without one every test passes with a note.
+//
+// The CUDA allocator runs in poison mode here: every block it hands out is filled with NaN bytes
+// first, so an output element a kernel forgets to write fails the comparison.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "backend_cpu/cpu_backend.h"
+#include "backend_cuda/cuda_backend.h"
+#include "op_table.h"
+
+using namespace needle;
+using namespace needle::optest;
+
+namespace {
+
+const Device kCuda(DeviceType::CUDA, 0);
+
+// Returns false (and records why) when this machine has no GPU to test on.
+bool gpu_ready() {
+  if (!cuda_is_available()) {
+    WARN("no CUDA device: CUDA kernel tests skipped");
+    return false;
+  }
+  cuda_set_alloc_poison(true);
+  return true;
+}
+
+#define NEEDLE_REQUIRE_GPU() \
+  if (!gpu_ready()) {        \
+    SUCCEED("skipped");      \
+    return;                  \
+  }
+
+void run_family(const std::string& family) {
+  NEEDLE_REQUIRE_GPU();
+  std::vector<OpCase> cases = op_cases(family);
+  REQUIRE(!cases.empty());
+  for (const OpCase& c : cases) {
+    INFO(c.name << " (seed " << c.seed << ")");
+    check_against_cpu(c, kCuda);
+  }
+  cuda_synchronize();
+}
+
+// The same random values on the CPU and on cuda:0.
+struct Pair {
+  NDArray cpu, gpu;
+};
+Pair random_pair(Rng& rng, const Shape& shape, DType dt, Domain dom = Domain::Real) {
+  NDArray c = random_values(rng, shape, dt, dom, cpu());
+  return {c, c.to(kCuda)};
+}
+Pair empty_pair(const Shape& shape, DType dt) {
+  return {NDArray::empty(shape, dt, cpu()), NDArray::empty(shape, dt, kCuda)};
+}
+Pair values_pair(const std::vector<double>& v, const Shape& shape, DType dt) {
+  NDArray c = from_values(v, shape, dt, cpu());
+  return {c, c.to(kCuda)};
+}
+
+void expect_pair_close(const Pair& p, Tolerance tol, const std::string& what) {
+  expect_close(read_host(p.gpu), read_host(p.cpu), tol, what);
+}
+
+Tolerance fused_tol(DType dt) {
+  switch (dt) {
+    case DType::BFloat16: return {2e-2, 2e-2};
+    case DType::Float32: return {2e-5, 1e-4};
+    default: return {1e-10, 1e-10};
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda op table: unary ops", "[cuda][ops]") { run_family("unary"); }
+TEST_CASE("cuda op table: binary, comparison and logical ops", "[cuda][ops]") { run_family("binary"); }
+TEST_CASE("cuda op table: where", "[cuda][ops]") { run_family("where"); }
+TEST_CASE("cuda op table: copy and astype", "[cuda][ops]") { run_family("copy"); }
+TEST_CASE("cuda op table: fill", "[cuda][ops]") { run_family("fill"); }
+TEST_CASE("cuda op table: reductions", "[cuda][ops]") { run_family("reduce"); }
+TEST_CASE("cuda op table: matmul", "[cuda][ops]") { run_family("matmul"); }
+TEST_CASE("cuda op table: softmax, log_softmax, logsumexp", "[cuda][ops]") { run_family("rowops"); }
+TEST_CASE("cuda op table: index_select, index_add, embedding", "[cuda][ops]") { run_family("indexing"); }
+TEST_CASE("cuda op table: concatenate, stack, split", "[cuda][ops]") { run_family("join"); }
+TEST_CASE("cuda op table: random streams match the CPU's", "[cuda][ops]") { run_family("random"); }
+
+TEST_CASE("cuda layer_norm forward and backward match the CPU kernels", "[cuda][fused]") {
+  NEEDLE_REQUIRE_GPU();
+  const Backend& cb = cpu_backend();
+  const Backend& gb = cuda_backend();
+  Rng rng(101);
+  struct Dims {
+    int64_t rows, d;
+  };
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
+    for (Dims dims : {Dims{1, 1}, Dims{7, 5}, Dims{64, 768}, Dims{3, 2049}, Dims{1500, 96}}) {
+      for (bool affine : {true, false}) {
+        const int64_t rows = dims.rows, d = dims.d;
+        INFO(dtype_name(dt) << " rows=" << rows << " d=" << d << " affine=" << affine);
+        Pair x = random_pair(rng, {rows, d}, dt), dy = random_pair(rng, {rows, d}, dt);
+        Pair w = random_pair(rng, {d}, dt), b = random_pair(rng, {d}, dt);
+        Pair y = empty_pair({rows, d}, dt), dx = empty_pair({rows, d}, dt);
+        const DType st = stats_dtype(dt);
+        Pair mean = empty_pair({rows}, st), rstd = empty_pair({rows}, st);
+        Pair dw = empty_pair({d}, dt), db = empty_pair({d}, dt);
+        for (int dev = 0; dev < 2; ++dev) {
+          const Backend& be = dev ? gb : cb;
+          auto pick = [&](Pair& p) { return (dev ? p.gpu : p.cpu).ref(); };
+          ArrayRef wr = pick(w), br = pick(b), dwr = pick(dw), dbr = pick(db);
+          be.layer_norm_forward(pick(x), affine ? &wr : nullptr, affine ? &br : nullptr, 1e-5,
+                                rows, d, pick(y), pick(mean), pick(rstd));
+          be.layer_norm_backward(pick(dy), pick(x), affine ? &wr : nullptr, pick(mean),
+                                 pick(rstd), rows, d, pick(dx), &dwr, &dbr);
+        }
+        Tolerance t = fused_tol(dt);
+        expect_pair_close(y, t, "y");
+        expect_pair_close(mean, fused_tol(st), "mean");
+        expect_pair_close(rstd, fused_tol(st), "rstd");
+        expect_pair_close(dx, t, "dx");
+        // Column sums over `rows` terms: the tolerance grows with the row count.
+        Tolerance sum_t{t.atol * std::sqrt(double(rows)) * 4, t.rtol * 4};
+        expect_pair_close(dw, sum_t, "dweight");
+        expect_pair_close(db, sum_t, "dbias");
+      }
+    }
+  }
+  cuda_synchronize();
+}
+
+TEST_CASE("cuda cross_entropy forward and backward match the CPU kernels", "[cuda][fused]") {
+  NEEDLE_REQUIRE_GPU();
+  const Backend& cb = cpu_backend();
+  const Backend& gb = cuda_backend();
+  Rng rng(202);
+  struct Dims {
+    int64_t rows, classes;
+  };
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
+    for (Dims dims : {Dims{1, 1}, Dims{9, 7}, Dims{33, 1000}, Dims{4, 50304}}) {
+      const int64_t rows = dims.rows, classes = dims.classes;
+      const int64_t ignore = -100;
+      INFO(dtype_name(dt) << " rows=" << rows << " classes=" << classes);
+      std::vector<double> t(rows);
+      for (int64_t r = 0; r < rows; ++r)
+        t[r] = (r % 5 == 3) ? double(ignore) : double(rng() % classes);
+      Pair logits = random_pair(rng, {rows, classes}, dt);
+      Pair targets = values_pair(t, {rows}, DType::Int64);
+      const DType st = stats_dtype(dt);
+      Pair dloss = random_pair(rng, {rows}, st);
+      Pair loss = empty_pair({rows}, st), lse = empty_pair({rows}, st);
+      Pair dlogits = empty_pair({rows, classes}, dt);
+      for (int dev = 0; dev < 2; ++dev) {
+        const Backend& be = dev ? gb : cb;
+        auto pick = [&](Pair& p) { return (dev ? p.gpu : p.cpu).ref(); };
+        be.cross_entropy_forward(pick(logits), pick(targets), ignore, rows, classes, pick(loss),
+                                 pick(lse));
+        be.cross_entropy_backward(pick(logits), pick(targets), pick(lse), pick(dloss), ignore,
+                                  rows, classes, pick(dlogits));
+      }
+      expect_pair_close(loss, fused_tol(st), "loss");
+      expect_pair_close(lse, fused_tol(st), "lse");
+      expect_pair_close(dlogits, fused_tol(dt), "dlogits");
+    }
+  }
+  cuda_synchronize();
+}
+
+TEST_CASE("cuda adamw matches the CPU kernel over several steps", "[cuda][fused]") {
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(303);
+  struct Types {
+    DType param, moments;
+  };
+  for (Types ty : {Types{DType::Float32, DType::Float32}, Types{DType::BFloat16, DType::Float32},
+                   Types{DType::Float64, DType::Float64}}) {
+    const int64_t n = 100003;
+    INFO("param " << dtype_name(ty.param) << " moments " << dtype_name(ty.moments));
+    Pair p = random_pair(rng, {n}, ty.param);
+    Pair m = random_pair(rng, {n}, ty.moments);
+    Pair v = random_pair(rng, {n}, ty.moments, Domain::Positive);
+    for (int step = 1; step <= 3; ++step) {
+      Pair g = random_pair(rng, {n}, ty.param);
+      const double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+      const double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+      cpu_backend().adamw(p.cpu.ref(), g.cpu.ref(), m.cpu.ref(), v.cpu.ref(), lr, b1, b2, eps, wd,
+                          bc1, bc2);
+      cuda_backend().adamw(p.gpu.ref(), g.gpu.ref(), m.gpu.ref(), v.gpu.ref(), lr, b1, b2, eps,
+                           wd, bc1, bc2);
+    }
+    expect_pair_close(p, fused_tol(ty.param), "param");
+    expect_pair_close(m, fused_tol(ty.moments), "exp_avg");
+    expect_pair_close(v, fused_tol(ty.moments), "exp_avg_sq");
+  }
+}
+
+TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(404);
+  for (DType dt : {DType::Float32, DType::BFloat16}) {
+    for (int64_t cols : {int64_t(1), int64_t(50304), int64_t(65537)}) {
+      INFO(dtype_name(dt) << " cols=" << cols);
+      Pair x = random_pair(rng, {5, cols}, dt);
+      for (int which = 0; which < 3; ++which) {
+        NDArray c = which == 0 ? softmax(x.cpu, -1) : which == 1 ? log_softmax(x.cpu, -1)
+                                                                 : logsumexp(x.cpu, -1);
+        NDArray g = which == 0 ? softmax(x.gpu, -1) : which == 1 ? log_softmax(x.gpu, -1)
+                                                                 : logsumexp(x.gpu, -1);
+        expect_close(read_host(g), read_host(c), fused_tol(dt), "row op " + std::to_string(which));
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda reductions: split paths, ties and NaN", "[cuda][reduce]") {
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(505);
+  // A full reduction of 3M values and a tall column sum both take the two-kernel split path.
+  for (Shape shape : {Shape{3000007}, Shape{1000003, 3}, Shape{2, 70001}}) {
+    for (DType dt : {DType::Float32, DType::Int32, DType::Float64}) {
+      INFO(shape_tag(shape) << " " << dtype_name(dt));
+      Pair x = random_pair(rng, shape, dt, Domain::Discrete);
+      // {2, 70001} reduces its long rows (the block-per-row kernel), the others their dim 0.
+      const int dim = shape.size() == 2 && shape[1] > shape[0] ? 1 : 0;
+      const std::vector<int> dims = {dim};
+      const double n = static_cast<double>(shape[dim]);
+      Tolerance t = is_floating(dt) ? Tolerance{1e-6 * n, 1e-5} : Tolerance{0, 0};
+      expect_close(read_host(sum(x.gpu, dims)), read_host(sum(x.cpu, dims)), t, "sum");
+      expect_close(read_host(max(x.gpu, dims)), read_host(max(x.cpu, dims)), {0, 0}, "max");
+      // Discrete values repeat, so argmax / argmin must pick the first of many ties.
+      expect_close(read_host(argmax(x.gpu, dim)), read_host(argmax(x.cpu, dim)), {0, 0}, "argmax");
+      expect_close(read_host(argmin(x.gpu, dim)), read_host(argmin(x.cpu, dim)), {0, 0}, "argmin");
+    }
+  }
+  // NaN propagates through max and wins argmax at its first position.
+  std::vector<double> v(10000, 1.0);
+  v[7777] = NAN;
+  v[9000] = NAN;
+  v[5] = 2.0;
+  Pair x = values_pair(v, {10000}, DType::Float32);
+  CHECK(std::isnan(max(x.gpu).item()));
+  CHECK(argmax(x.gpu).item() == 7777);
+  CHECK(argmin(x.gpu).item() == 7777);
+}
+
+TEST_CASE("cuda elementwise: vectorised, misaligned and strided paths", "[cuda][elementwise]") {
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(606);
+  const int64_t n = 1 << 20;
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Int64, DType::Bool}) {
+    INFO(dtype_name(dt));
+    Pair a = random_pair(rng, {n + 3}, dt), b = random_pair(rng, {n + 3}, dt);
+    // Offset-1 slices are not 16-byte aligned: the contiguous kernel's scalar path.
+    for (int64_t off : {int64_t(0), int64_t(1)}) {
+      NDArray ac = a.cpu.slice(0, off, n + off), bc = b.cpu.slice(0, off, n + off);
+      NDArray ag = a.gpu.slice(0, off, n + off), bg = b.gpu.slice(0, off, n + off);
+      expect_close(read_host(eq(ag, bg)), read_host(eq(ac, bc)), {0, 0}, "eq");
+      expect_close(read_host(ag.astype(DType::Float32)), read_host(ac.astype(DType::Float32)),
+                   {0, 0}, "astype");
+      if (dt != DType::Bool) {
+        expect_close(read_host(add(ag, bg)), read_host(add(ac, bc)), tol_for(dt), "add");
+        expect_close(read_host(mul(ag, Scalar(3))), read_host(mul(ac, Scalar(3))), tol_for(dt),
+                     "mul scalar");
+      }
+    }
+    // Every third element of a 2-D view: the N-D strided kernel.
+    NDArray ac = a.cpu.slice(0, 0, 3 * 1000).view({1000, 3}).slice(1, 0, 2).transpose(0, 1);
+    NDArray ag = a.gpu.slice(0, 0, 3 * 1000).view({1000, 3}).slice(1, 0, 2).transpose(0, 1);
+    expect_close(read_host(ag.compact()), read_host(ac.compact()), {0, 0}, "strided copy");
+  }
+}
+
+TEST_CASE("cuda gemm: beta, k = 0, broadcast batch and transposed operands", "[cuda][gemm]") {
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(707);
+  for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
+    for (int64_t k : {int64_t(0), int64_t(1), int64_t(37)}) {
+      for (int trans = 0; trans < 4; ++trans) {
+        const bool ta = trans & 1, tb = trans & 2;
+        const int64_t batch = 3, m = 5, n = 4;
+        INFO(dtype_name(dt) << " k=" << k << " trans_a=" << ta << " trans_b=" << tb);
+        // A is shared by every batch (stride 0); B and C are per batch.
+        Pair a = random_pair(rng, ta ? Shape{k, m} : Shape{m, k}, dt);
+        Pair b = random_pair(rng, tb ? Shape{batch, n, k} : Shape{batch, k, n}, dt);
+        Pair c = random_pair(rng, {batch, m, n}, dt);
+        for (int dev = 0; dev < 2; ++dev) {
+          GemmArgs g;
+          g.dtype = dt;
+          g.trans_a = ta;
+          g.trans_b = tb;
+          g.m = m, g.n = n, g.k = k, g.batch = batch;
+          g.a = (dev ? a.gpu : a.cpu).data_ptr();
+          g.lda = ta ? m : k;
+          g.stride_a = 0;
+          g.b = (dev ? b.gpu : b.cpu).data_ptr();
+          g.ldb = tb ? k : n;
+          g.stride_b = n * k;
+          g.c = (dev ? c.gpu : c.cpu).data_ptr();
+          g.ldc = n;
+          g.stride_c = m * n;
+          g.alpha = 0.5;
+          g.beta = 2.0;
+          (dev ? cuda_backend() : cpu_backend()).gemm(g);
+        }
+        Tolerance t = dt == DType::BFloat16 ? Tolerance{3e-2, 2e-2}
+                      : dt == DType::Float32 ? Tolerance{1e-4, 1e-5} : Tolerance{1e-12, 1e-12};
+        expect_pair_close(c, t, "C");
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda matmul precision: TF32 when 'high', full float32 by default", "[cuda][gemm]") {
+  CHECK(get_matmul_precision() == "highest");
+  CHECK_THROWS_AS(set_matmul_precision("fast"), ValueError);
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(808);
+  Pair a = random_pair(rng, {256, 512}, DType::Float32), b = random_pair(rng, {512, 128}, DType::Float32);
+  HostArray ref = read_host(matmul(a.cpu, b.cpu));
+  auto max_rel_err = [&](const NDArray& got) {
+    HostArray h = read_host(got);
+    double err = 0, mag = 0;
+    for (int64_t i = 0; i < h.numel(); ++i) {
+      err = std::max(err, std::abs(h.v[i] - ref.v[i]));
+      mag = std::max(mag, std::abs(ref.v[i]));
+    }
+    return err / mag;
+  };
+  const double full = max_rel_err(matmul(a.gpu, b.gpu));
+  set_matmul_precision("high");
+  CHECK(get_matmul_precision() == "high");
+  const double tf32 = max_rel_err(matmul(a.gpu, b.gpu));
+  set_matmul_precision("highest");
+  CHECK(full < 1e-5);
+  // TF32 keeps 10 mantissa bits: visibly less exact than float32, still close.
+  CHECK(tf32 < 5e-3);
+  CHECK(tf32 > full);
+}
+
+TEST_CASE("cuda bad indices raise IndexError at the next synchronisation", "[cuda][errors]") {
+  NEEDLE_REQUIRE_GPU();
+  const Backend& gb = cuda_backend();
+  NDArray in = NDArray::arange(0, 20, 1, DType::Float32, kCuda).view({4, 5});
+  NDArray idx = NDArray::from_host(std::vector<int64_t>{1, 99, 2}.data(), {3}, DType::Int64, kCuda);
+  NDArray out = NDArray::empty({4, 3}, DType::Float32, kCuda);
+  gb.index_select(in.ref(), idx.ref(), 4, 5, 1, out.ref());
+  try {
+    cuda_synchronize();
+    FAIL("expected IndexError");
+  } catch (const IndexError& e) {
+    std::string msg = e.what();
+    CHECK(msg.find("99") != std::string::npos);
+    CHECK(msg.find("[0, 5)") != std::string::npos);
+  }
+  // The flag is cleared and the context is intact: later work runs and syncs cleanly.
+  CHECK_NOTHROW(cuda_synchronize());
+  NDArray good = NDArray::from_host(std::vector<int64_t>{4, 0}.data(), {2}, DType::Int64, kCuda);
+  NDArray sel = index_select(in, 1, good);
+  CHECK(sel.to_vector<float>() == std::vector<float>{4, 0, 9, 5, 14, 10, 19, 15});
+
+  // A bad target of cross_entropy, reported through copy_to_host this time.
+  NDArray logits = NDArray::zeros({2, 3}, DType::Float32, kCuda);
+  NDArray targets = NDArray::from_host(std::vector<int64_t>{0, 3}.data(), {2}, DType::Int64, kCuda);
+  NDArray loss = NDArray::empty({2}, DType::Float32, kCuda), lse = NDArray::empty({2}, DType::Float32, kCuda);
+  gb.cross_entropy_forward(logits.ref(), targets.ref(), -100, 2, 3, loss.ref(), lse.ref());
+  CHECK_THROWS_AS(loss.to_vector<float>(), IndexError);
+  CHECK_NOTHROW(cuda_synchronize());
+
+  // index_add reports too, and leaves the valid rows added.
+  NDArray acc = NDArray::zeros({3}, DType::Float32, kCuda);
+  NDArray src = NDArray::ones({2}, DType::Float32, kCuda);
+  NDArray bad = NDArray::from_host(std::vector<int64_t>{-1, 2}.data(), {2}, DType::Int64, kCuda);
+  gb.index_add(src.ref(), bad.ref(), 1, 3, 1, acc.ref());
+  CHECK_THROWS_AS(cuda_synchronize(), IndexError);
+  CHECK(acc.to_vector<float>() == std::vector<float>{0, 0, 1});
+}
