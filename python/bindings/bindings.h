@@ -1,0 +1,74 @@
+// Shared declarations of the needle._C extension: one init_xxx(m) per area (module.cpp calls them
+// in order), and the Python <-> C++ conversions every area uses, so that `dtype=`, `device=`,
+// shapes, dims and NumPy inputs are accepted the same way by every function.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "ndarray/ndarray.h"
+
+namespace needle::python {
+
+namespace py = pybind11;
+
+// --- conversions ------------------------------------------------------------------------------------
+// A dtype from a needle dtype, its name ("float32"), a NumPy dtype or scalar type (np.float32).
+DType to_dtype(py::handle obj);
+std::optional<DType> to_optional_dtype(py::handle obj);  // None -> nullopt
+// A device from a needle device or a string ("cpu", "cuda", "cuda:1"); None -> the CPU.
+Device to_device(py::handle obj);
+std::optional<Device> to_optional_device(py::handle obj);  // None -> nullopt
+// A shape given as varargs (zeros(2, 3)) or as one sequence (zeros((2, 3)), zeros([2, 3])).
+Shape to_shape(const py::args& args);
+Shape to_shape(py::handle obj);  // an int or a sequence of ints
+// Reduction dims: None -> {} (all dims), an int, or a tuple/list of ints.
+std::vector<int> to_dims(py::handle obj);
+// A Python bool/int/float or NumPy scalar as a weak Scalar; nullopt for anything else.
+std::optional<Scalar> to_scalar(py::handle obj);
+
+// An NDArray from an NDArray (converted to dtype/device when given), a NumPy array or anything
+// NumPy accepts (nested lists, scalars, buffers). Python float lists default to float32, as in
+// torch.tensor; NumPy arrays keep their dtype. Copies the data.
+NDArray to_ndarray(py::handle obj, std::optional<DType> dtype = {},
+                   std::optional<Device> device = {});
+// An operand of a binary op: an NDArray as is, a Python scalar as a weak Scalar, or anything
+// array-like converted onto `like`'s device.
+struct Operand {
+  std::optional<NDArray> array;
+  Scalar scalar;
+  bool is_array() const { return array.has_value(); }
+};
+// nullopt when obj is none of these (the operator then returns NotImplemented).
+std::optional<Operand> to_operand(py::handle obj, const NDArray& like);
+// A NumPy view of a CPU array (zero-copy, keeps the buffer alive); a host copy for CUDA arrays;
+// bfloat16 becomes float32 because NumPy has no bfloat16.
+py::array to_numpy(const NDArray& a);
+// A Python int/float/bool for a one-element array.
+py::object item_to_python(const NDArray& a);
+// An index expression (int, slice, None, Ellipsis or a tuple of these) as Index items.
+std::vector<Index> to_index(py::handle key);
+
+// Runs f with the GIL released: for long C++ work that touches no Python object.
+template <typename F>
+auto without_gil(F&& f) {
+  py::gil_scoped_release release;
+  return std::forward<F>(f)();
+}
+
+// --- areas -------------------------------------------------------------------------------------------
+void init_errors(py::module_& m);
+void init_ndarray(py::module_& m);
+// The operators, elementwise/reduction methods and module-level functions of NDArray
+// (ndarray_ops.cpp), attached to the class created by init_ndarray.
+void bind_ndarray_ops(py::module_& m, py::class_<NDArray>& cls);
+void bind_ndarray_creation(py::module_& m);
+void init_device(py::module_& m);
+void init_data(py::module_& m);  // data.cpp (the data engineer's)
+void init_autograd(py::module_& m);  // autograd.cpp: Tensor, grad mode, functional
+
+}  // namespace needle::python
