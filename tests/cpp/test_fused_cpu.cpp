@@ -1,0 +1,246 @@
+// The fused CPU kernels (layer_norm, cross_entropy, adamw) called through the kernel table, each
+// against its float64 formula written out here; the layer_norm backward also against finite
+// differences of the forward kernel.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "backend_cpu/cpu_backend.h"
+#include "op_table.h"
+
+using namespace needle;
+using namespace needle::optest;
+
+namespace {
+
+NDArray random_array(uint64_t seed, const Shape& shape, DType dt, Domain dom = Domain::Real) {
+  Rng rng(seed);
+  return random_values(rng, shape, dt, dom, cpu());
+}
+
+Tolerance fused_tol(DType dt) {
+  switch (dt) {
+    case DType::BFloat16: return {2e-2, 2e-2};
+    case DType::Float32: return {2e-5, 2e-5};
+    default: return {1e-10, 1e-10};
+  }
+}
+
+struct LayerNormRef {
+  std::vector<double> y, mean, rstd, dx, dweight, dbias;
+};
+
+// x (R, D), weight / bias (D) or empty, dy (R, D).
+LayerNormRef layer_norm_reference(const std::vector<double>& x, const std::vector<double>& w,
+                                  const std::vector<double>& b, const std::vector<double>& dy,
+                                  int64_t rows, int64_t d, double eps) {
+  LayerNormRef r;
+  r.dweight.assign(d, 0.0);
+  r.dbias.assign(d, 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    double mu = 0, var = 0;
+    for (int64_t j = 0; j < d; ++j) mu += x[i * d + j];
+    mu /= d;
+    for (int64_t j = 0; j < d; ++j) var += (x[i * d + j] - mu) * (x[i * d + j] - mu);
+    var /= d;
+    const double rs = 1.0 / std::sqrt(var + eps);
+    r.mean.push_back(mu);
+    r.rstd.push_back(rs);
+    double sum_g = 0, sum_gx = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      const double xhat = (x[i * d + j] - mu) * rs;
+      const double wj = w.empty() ? 1.0 : w[j];
+      r.y.push_back(xhat * wj + (b.empty() ? 0.0 : b[j]));
+      sum_g += dy[i * d + j] * wj;
+      sum_gx += dy[i * d + j] * wj * xhat;
+      r.dweight[j] += dy[i * d + j] * xhat;
+      r.dbias[j] += dy[i * d + j];
+    }
+    for (int64_t j = 0; j < d; ++j) {
+      const double xhat = (x[i * d + j] - mu) * rs;
+      const double g = dy[i * d + j] * (w.empty() ? 1.0 : w[j]);
+      r.dx.push_back(rs * (g - sum_g / d - xhat * sum_gx / d));
+    }
+  }
+  return r;
+}
+
+void expect_values(const NDArray& actual, const std::vector<double>& expected, Tolerance tol,
+                   const std::string& what) {
+  HostArray e{actual.shape(), actual.dtype(), expected, {}};
+  expect_close(read_host(actual), e, tol, what);
+}
+
+}  // namespace
+
+TEST_CASE("layer_norm forward and backward match the float64 formulas", "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  uint64_t seed = 1;
+  for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
+    for (auto [rows, d] : {std::pair<int64_t, int64_t>{5, 7}, {1, 1}, {300, 129}, {0, 4}}) {
+      for (bool affine : {true, false}) {
+        INFO(dtype_name(dt) << " rows=" << rows << " d=" << d << " affine=" << affine);
+        const double eps = 1e-5;
+        NDArray x = random_array(++seed, {rows, d}, dt);
+        NDArray w = random_array(++seed, {d}, dt), bias = random_array(++seed, {d}, dt);
+        NDArray dy = random_array(++seed, {rows, d}, dt);
+        NDArray y = NDArray::empty({rows, d}, dt), mean = NDArray::empty({rows}, stats_dtype(dt)),
+                rstd = NDArray::empty({rows}, stats_dtype(dt));
+        ArrayRef wr = w.ref(), br = bias.ref();
+        b.layer_norm_forward(x.ref(), affine ? &wr : nullptr, affine ? &br : nullptr, eps, rows, d,
+                             y.ref(), mean.ref(), rstd.ref());
+        NDArray dx = NDArray::empty({rows, d}, dt), dw = NDArray::empty({d}, dt),
+                db = NDArray::empty({d}, dt);
+        ArrayRef dwr = dw.ref(), dbr = db.ref();
+        b.layer_norm_backward(dy.ref(), x.ref(), affine ? &wr : nullptr, mean.ref(), rstd.ref(),
+                              rows, d, dx.ref(), &dwr, &dbr);
+        LayerNormRef ref = layer_norm_reference(
+            read_host(x).v, affine ? read_host(w).v : std::vector<double>{},
+            affine ? read_host(bias).v : std::vector<double>{}, read_host(dy).v, rows, d, eps);
+        Tolerance t = fused_tol(dt);
+        // mean and rstd are float32, or float64 for float64 inputs (stats_dtype).
+        Tolerance ts = dt == DType::Float64 ? t : Tolerance{1e-6, 1e-6};
+        expect_values(mean, ref.mean, ts, "mean");
+        expect_values(rstd, ref.rstd, ts, "rstd");
+        expect_values(y, ref.y, t, "y");
+        Tolerance tg = t;
+        expect_values(dx, ref.dx, tg, "dx");
+        expect_values(dw, ref.dweight, {tg.atol * std::max<int64_t>(rows, 1), tg.rtol}, "dweight");
+        expect_values(db, ref.dbias, {tg.atol * std::max<int64_t>(rows, 1), tg.rtol}, "dbias");
+      }
+    }
+  }
+}
+
+TEST_CASE("layer_norm backward agrees with finite differences of the forward", "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  const int64_t rows = 3, d = 6;
+  const double eps = 1e-5, h = 1e-6;
+  NDArray x = random_array(11, {rows, d}, DType::Float64);
+  NDArray w = random_array(12, {d}, DType::Float64), bias = random_array(13, {d}, DType::Float64);
+  NDArray dy = random_array(14, {rows, d}, DType::Float64);
+  ArrayRef wr = w.ref(), br = bias.ref();
+  // L(x) = sum(y(x) * dy): dL/dx is what the backward computes.
+  auto loss = [&](const NDArray& xv) {
+    NDArray y = NDArray::empty({rows, d}, DType::Float64),
+            m = NDArray::empty({rows}, DType::Float64), r = NDArray::empty({rows}, DType::Float64);
+    b.layer_norm_forward(xv.ref(), &wr, &br, eps, rows, d, y.ref(), m.ref(), r.ref());
+    std::vector<double> yv = read_host(y).v, g = read_host(dy).v;
+    double l = 0;
+    for (size_t i = 0; i < yv.size(); ++i) l += yv[i] * g[i];
+    return l;
+  };
+  NDArray y = NDArray::empty({rows, d}, DType::Float64),
+          mean = NDArray::empty({rows}, DType::Float64), rstd = NDArray::empty({rows}, DType::Float64);
+  b.layer_norm_forward(x.ref(), &wr, &br, eps, rows, d, y.ref(), mean.ref(), rstd.ref());
+  NDArray dx = NDArray::empty({rows, d}, DType::Float64);
+  b.layer_norm_backward(dy.ref(), x.ref(), &wr, mean.ref(), rstd.ref(), rows, d, dx.ref(),
+                        nullptr, nullptr);
+  std::vector<double> analytic = read_host(dx).v, xv = read_host(x).v;
+  for (int64_t i = 0; i < rows * d; ++i) {
+    std::vector<double> plus = xv, minus = xv;
+    plus[i] += h;
+    minus[i] -= h;
+    const double numeric =
+        (loss(from_values(plus, {rows, d}, DType::Float64, cpu())) -
+         loss(from_values(minus, {rows, d}, DType::Float64, cpu()))) / (2 * h);
+    INFO("element " << i);
+    // Central differences with h = 1e-6 are accurate to about 1e-8 here.
+    CHECK(std::abs(analytic[i] - numeric) <= 1e-6 * (1 + std::abs(numeric)));
+  }
+}
+
+TEST_CASE("cross_entropy forward and backward match the float64 formulas", "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  const int64_t ignore = -100;
+  uint64_t seed = 100;
+  for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
+    for (auto [rows, classes] : {std::pair<int64_t, int64_t>{6, 5}, {257, 300}, {1, 1}}) {
+      INFO(dtype_name(dt) << " rows=" << rows << " classes=" << classes);
+      NDArray logits = random_array(++seed, {rows, classes}, dt);
+      Rng rng(++seed);
+      std::vector<double> t(rows);
+      for (int64_t r = 0; r < rows; ++r)
+        t[r] = (r % 4 == 1) ? static_cast<double>(ignore) : static_cast<double>(rng() % classes);
+      NDArray targets = from_values(t, {rows}, DType::Int64, cpu());
+      NDArray loss = NDArray::empty({rows}, stats_dtype(dt)), lse = NDArray::empty({rows}, stats_dtype(dt));
+      b.cross_entropy_forward(logits.ref(), targets.ref(), ignore, rows, classes, loss.ref(),
+                              lse.ref());
+      NDArray dloss = random_array(++seed, {rows}, stats_dtype(dt), Domain::Positive);
+      NDArray dlogits = NDArray::empty({rows, classes}, dt);
+      b.cross_entropy_backward(logits.ref(), targets.ref(), lse.ref(), dloss.ref(), ignore, rows,
+                               classes, dlogits.ref());
+
+      std::vector<double> x = read_host(logits).v, g = read_host(dloss).v;
+      std::vector<double> ref_loss, ref_lse, ref_grad;
+      for (int64_t r = 0; r < rows; ++r) {
+        double m = -std::numeric_limits<double>::infinity(), s = 0;
+        for (int64_t c = 0; c < classes; ++c) m = std::max(m, x[r * classes + c]);
+        for (int64_t c = 0; c < classes; ++c) s += std::exp(x[r * classes + c] - m);
+        const double l = m + std::log(s);
+        const bool ignored = t[r] == ignore;
+        ref_lse.push_back(l);
+        ref_loss.push_back(ignored ? 0.0 : l - x[r * classes + static_cast<int64_t>(t[r])]);
+        for (int64_t c = 0; c < classes; ++c) {
+          const double p = std::exp(x[r * classes + c] - l);
+          ref_grad.push_back(ignored ? 0.0 : g[r] * (p - (c == t[r] ? 1.0 : 0.0)));
+        }
+      }
+      Tolerance ts = dt == DType::Float64 ? fused_tol(dt) : Tolerance{1e-5, 1e-5};
+      expect_values(loss, ref_loss, ts, "loss");
+      expect_values(lse, ref_lse, ts, "lse");
+      Tolerance tg = dt == DType::Float32 ? Tolerance{2e-6, 1e-5} : fused_tol(dt);
+      expect_values(dlogits, ref_grad, tg, "dlogits");
+    }
+  }
+}
+
+TEST_CASE("cross_entropy rejects out-of-range targets naming row, target and classes",
+          "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  NDArray logits = NDArray::zeros({3, 4});
+  NDArray targets = from_values({0, 4, 1}, {3}, DType::Int64, cpu());
+  NDArray loss = NDArray::empty({3}), lse = NDArray::empty({3});
+  try {
+    b.cross_entropy_forward(logits.ref(), targets.ref(), -100, 3, 4, loss.ref(), lse.ref());
+    FAIL("expected IndexError");
+  } catch (const IndexError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("target 4") && Catch::Contains("row 1") &&
+                             Catch::Contains("4 classes"));
+  }
+  NDArray negative = from_values({0, -1, 1}, {3}, DType::Int64, cpu());
+  NDArray dlogits = NDArray::empty({3, 4});
+  CHECK_THROWS_AS(b.cross_entropy_backward(logits.ref(), negative.ref(), lse.ref(), loss.ref(),
+                                           -100, 3, 4, dlogits.ref()),
+                  IndexError);
+}
+
+TEST_CASE("adamw steps match torch.optim.AdamW's update written in float64", "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  const double lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, wd = 0.1;
+  for (DType dt : {DType::Float32, DType::Float64}) {
+    for (int64_t n : {int64_t(1), int64_t(37), int64_t(100003)}) {
+      INFO(dtype_name(dt) << " n=" << n);
+      NDArray p = random_array(200 + n, {n}, dt), m = NDArray::zeros({n}, dt),
+              v = NDArray::zeros({n}, dt);
+      std::vector<double> rp = read_host(p).v, rm(n, 0.0), rv(n, 0.0);
+      for (int step = 1; step <= 3; ++step) {
+        NDArray g = random_array(300 + step, {n}, dt);
+        std::vector<double> gv = read_host(g).v;
+        const double bc1 = 1 - std::pow(beta1, step), bc2 = 1 - std::pow(beta2, step);
+        b.adamw(p.ref(), g.ref(), m.ref(), v.ref(), lr, beta1, beta2, eps, wd, bc1, bc2);
+        for (int64_t i = 0; i < n; ++i) {
+          rp[i] -= lr * wd * rp[i];
+          rm[i] = beta1 * rm[i] + (1 - beta1) * gv[i];
+          rv[i] = beta2 * rv[i] + (1 - beta2) * gv[i] * gv[i];
+          rp[i] -= lr * (rm[i] / bc1) / (std::sqrt(rv[i] / bc2) + eps);
+        }
+      }
+      Tolerance t = dt == DType::Float32 ? Tolerance{1e-6, 1e-5} : Tolerance{1e-12, 1e-10};
+      expect_values(p, rp, t, "param");
+      expect_values(m, rm, t, "exp_avg");
+      expect_values(v, rv, t, "exp_avg_sq");
+    }
+  }
+}

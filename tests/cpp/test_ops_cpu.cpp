@@ -1,0 +1,231 @@
+// CPU kernels against the float64 reference of the shared op table (op_table.h), plus the CPU
+// specifics the table cannot express: memory statistics, error messages, the random stream.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "backend_cpu/cpu_backend.h"
+#include "op_table.h"
+
+using namespace needle;
+using namespace needle::optest;
+
+namespace {
+
+void run_family(const std::string& family) {
+  std::vector<OpCase> cases = op_cases(family);
+  REQUIRE(!cases.empty());
+  for (const OpCase& c : cases) {
+    INFO(c.name << " (seed " << c.seed << ")");
+    check_against_reference(c, cpu());
+  }
+}
+
+ArrayRef flat_ref(void* data, DType dt, int64_t n) {
+  ArrayRef r;
+  r.data = data;
+  r.dtype = dt;
+  r.ndim = 1;
+  r.shape[0] = n;
+  r.strides[0] = 1;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("op table: unary ops", "[ops][cpu]") { run_family("unary"); }
+TEST_CASE("op table: binary, comparison and logical ops", "[ops][cpu]") { run_family("binary"); }
+TEST_CASE("op table: where", "[ops][cpu]") { run_family("where"); }
+TEST_CASE("op table: copy and astype", "[ops][cpu]") { run_family("copy"); }
+TEST_CASE("op table: fill", "[ops][cpu]") { run_family("fill"); }
+TEST_CASE("op table: reductions", "[ops][cpu]") { run_family("reduce"); }
+TEST_CASE("op table: matmul", "[ops][cpu]") { run_family("matmul"); }
+TEST_CASE("op table: softmax, log_softmax, logsumexp", "[ops][cpu]") { run_family("rowops"); }
+TEST_CASE("op table: index_select, index_add, embedding", "[ops][cpu]") { run_family("indexing"); }
+TEST_CASE("op table: concatenate, stack, split", "[ops][cpu]") { run_family("join"); }
+TEST_CASE("op table: random streams", "[ops][cpu]") { run_family("random"); }
+
+TEST_CASE("op table: every case has a unique name", "[ops]") {
+  std::vector<OpCase> cases = all_op_cases();
+  std::vector<std::string> names;
+  for (const OpCase& c : cases) names.push_back(c.name);
+  std::sort(names.begin(), names.end());
+  auto dup = std::adjacent_find(names.begin(), names.end());
+  INFO((dup == names.end() ? std::string("none") : *dup));
+  CHECK(dup == names.end());
+}
+
+TEST_CASE("cpu memory: statistics count allocations, frees and the peak", "[cpu][memory]") {
+  const Backend& b = cpu_backend();
+  b.reset_peak_memory_stats();
+  MemoryStats before = b.memory_stats();
+  void* p = b.alloc(1000);
+  void* q = b.alloc(3000);
+  CHECK(reinterpret_cast<uintptr_t>(p) % 64 == 0);
+  CHECK(reinterpret_cast<uintptr_t>(q) % 64 == 0);
+  std::memset(p, 1, 1000);
+  MemoryStats mid = b.memory_stats();
+  CHECK(mid.allocated - before.allocated == 4000);
+  CHECK(mid.reserved == mid.allocated);
+  CHECK(mid.num_allocs - before.num_allocs == 2);
+  CHECK(mid.num_device_allocs - before.num_device_allocs == 2);
+  b.free(q, 3000);
+  b.free(p, 1000);
+  MemoryStats after = b.memory_stats();
+  CHECK(after.allocated == before.allocated);
+  CHECK(after.peak_allocated >= before.allocated + 4000);
+  b.reset_peak_memory_stats();
+  CHECK(b.memory_stats().peak_allocated == after.allocated);
+}
+
+TEST_CASE("cpu memory: an impossible allocation throws OutOfMemoryError naming the size",
+          "[cpu][memory]") {
+  const Backend& b = cpu_backend();
+  const size_t huge = size_t(1) << 62;
+  try {
+    b.alloc(huge);
+    FAIL("expected OutOfMemoryError");
+  } catch (const OutOfMemoryError& e) {
+    CHECK_THAT(e.what(), Catch::Contains(std::to_string(huge)));
+  }
+}
+
+TEST_CASE("cpu indexing: out-of-range indices raise IndexError naming index and size",
+          "[cpu][indexing]") {
+  NDArray x = NDArray::ones({4, 3});
+  NDArray bad = from_values({1, 4}, {2}, DType::Int64, cpu());
+  try {
+    index_select(x, 0, bad);
+    FAIL("expected IndexError");
+  } catch (const IndexError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("index 4") && Catch::Contains("size 4"));
+  }
+  NDArray negative = from_values({-1}, {1}, DType::Int32, cpu());
+  CHECK_THROWS_AS(index_add(x, 1, negative, NDArray::ones({4, 1})), IndexError);
+}
+
+TEST_CASE("cpu kernels: dtype mismatches are rejected with both dtypes named", "[cpu]") {
+  const Backend& b = cpu_backend();
+  float a[4] = {1, 2, 3, 4};
+  double o[4];
+  try {
+    b.unary(UnaryOp::Exp, flat_ref(a, DType::Float32, 4), flat_ref(o, DType::Float64, 4));
+    FAIL("expected TypeError");
+  } catch (const TypeError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("float32") && Catch::Contains("float64"));
+  }
+}
+
+TEST_CASE("cpu reduce: float32 sums of millions of values keep float32 accuracy", "[cpu][reduce]") {
+  // Naive float accumulation of 2^24 values of 0.1 is off by several percent.
+  const int64_t n = int64_t(1) << 24;
+  NDArray x = NDArray::full({n}, 0.1, DType::Float32);
+  const double expected = static_cast<double>(0.1f) * static_cast<double>(n);
+  CHECK(std::abs(sum(x).item() - expected) <= 1e-6 * expected);
+  NDArray cols = NDArray::full({n / 8, 8}, 0.1, DType::Float32);
+  NDArray s = sum(cols, {0});
+  for (double v : read_host(s).v) CHECK(std::abs(v - expected / 8) <= 1e-6 * expected / 8);
+}
+
+TEST_CASE("cpu gemm: alpha, beta and zero-size edge cases", "[cpu][gemm]") {
+  const Backend& b = cpu_backend();
+  // C = 2 * A @ B + 0.5 * C, with A (2x3), B (3x2), batch 2 sharing B (stride 0).
+  std::vector<double> A = {1, 2, 3, 4, 5, 6, -1, 0, 1, 2, 2, 2};
+  std::vector<double> B = {1, 0, 0, 1, 1, 1};
+  std::vector<double> C = {1, 1, 1, 1, 2, 2, 2, 2};
+  GemmArgs g;
+  g.dtype = DType::Float64;
+  g.m = 2, g.n = 2, g.k = 3, g.batch = 2;
+  g.a = A.data(), g.lda = 3, g.stride_a = 6;
+  g.b = B.data(), g.ldb = 2, g.stride_b = 0;
+  g.c = C.data(), g.ldc = 2, g.stride_c = 4;
+  g.alpha = 2, g.beta = 0.5;
+  b.gemm(g);
+  std::vector<double> expected = {2 * 4 + 0.5, 2 * 5 + 0.5, 2 * 10 + 0.5, 2 * 11 + 0.5,
+                                  2 * 0 + 1,   2 * 1 + 1,   2 * 4 + 1,    2 * 4 + 1};
+  CHECK(C == expected);
+  // k == 0: C = beta * C, and beta == 0 overwrites even NaN.
+  std::vector<float> Cf = {std::nanf(""), 3.0f};
+  GemmArgs z;
+  z.dtype = DType::Float32;
+  z.m = 1, z.n = 2, z.k = 0;
+  z.a = nullptr, z.b = nullptr, z.c = Cf.data(), z.ldc = 2, z.lda = 1, z.ldb = 2;
+  z.beta = 0.0;
+  b.gemm(z);
+  CHECK(Cf[0] == 0.0f);
+  CHECK(Cf[1] == 0.0f);
+  CHECK_THROWS_AS(
+      [&] {
+        GemmArgs i = z;
+        i.dtype = DType::Int32;
+        b.gemm(i);
+      }(),
+      TypeError);
+}
+
+TEST_CASE("random: the Philox generator matches the Random123 known answer", "[cpu][random]") {
+  // Random123's kat_vectors: philox4x32_10, counter 0, key 0.
+  Philox4 r = philox4x32_10(0, 0);
+  CHECK(r.x[0] == 0x6627e8d5u);
+  CHECK(r.x[1] == 0xe169c58du);
+  CHECK(r.x[2] == 0xbc57ac4cu);
+  CHECK(r.x[3] == 0x9b00dbd8u);
+}
+
+TEST_CASE("random: seeded draws repeat, successive draws differ", "[cpu][random]") {
+  manual_seed(1234);
+  std::vector<double> a = read_host(NDArray::rand({1000})).v;
+  std::vector<double> b = read_host(NDArray::rand({1000})).v;
+  manual_seed(1234);
+  std::vector<double> a2 = read_host(NDArray::rand({1000})).v;
+  CHECK(a == a2);
+  CHECK(a != b);
+  manual_seed(1235);
+  CHECK(read_host(NDArray::rand({1000})).v != a);
+}
+
+TEST_CASE("random: moments of uniform, normal and bernoulli draws", "[cpu][random]") {
+  const int64_t n = 1 << 20;
+  for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
+    INFO(dtype_name(dt));
+    manual_seed(7);
+    auto moments = [](const std::vector<double>& v) {
+      double m = std::accumulate(v.begin(), v.end(), 0.0) / v.size(), var = 0;
+      for (double x : v) var += (x - m) * (x - m);
+      return std::make_pair(m, var / v.size());
+    };
+    std::vector<double> u = read_host(NDArray::uniform({n}, -1.0, 3.0, dt)).v;
+    auto [um, uv] = moments(u);
+    CHECK(std::abs(um - 1.0) < 0.01);
+    CHECK(std::abs(uv - 16.0 / 12.0) < 0.01);
+    CHECK(*std::min_element(u.begin(), u.end()) >= -1.0);
+    CHECK(*std::max_element(u.begin(), u.end()) <= 3.0);
+    auto [nm, nv] = moments(read_host(NDArray::normal({n}, 0.5, 2.0, dt)).v);
+    CHECK(std::abs(nm - 0.5) < 0.01);
+    CHECK(std::abs(nv - 4.0) < 0.05);
+    std::vector<double> bern = read_host(NDArray::bernoulli({n}, 0.25, dt)).v;
+    CHECK(std::all_of(bern.begin(), bern.end(), [](double x) { return x == 0.0 || x == 1.0; }));
+    CHECK(std::abs(moments(bern).first - 0.25) < 0.005);
+  }
+}
+
+TEST_CASE("random: any slice of the stream can be regenerated from its counter offset",
+          "[cpu][random]") {
+  const Backend& b = cpu_backend();
+  for (RandomKind kind : {RandomKind::Uniform, RandomKind::Normal}) {
+    for (DType dt : {DType::Float32, DType::Float64}) {
+      INFO(dtype_name(dt));
+      NDArray whole = NDArray::empty({103}, dt), part = NDArray::empty({41}, dt);
+      b.random(kind, whole.ref(), 99, 5, 0.0, 1.0);
+      // Elements 40..80 of the stream start at counter 5 + 40 / 4.
+      b.random(kind, part.ref(), 99, 15, 0.0, 1.0);
+      std::vector<double> w = read_host(whole).v, p = read_host(part).v;
+      CHECK(std::equal(p.begin(), p.end(), w.begin() + 40));
+      // A different seed gives a different stream.
+      b.random(kind, part.ref(), 100, 15, 0.0, 1.0);
+      CHECK(!std::equal(p.begin(), p.end(), read_host(part).v.begin()));
+    }
+  }
+}
