@@ -60,6 +60,33 @@ struct GemmArgs {
   double alpha = 1.0, beta = 0.0;
 };
 
+// A block-sparse attention layout as the kernels read it: the kept (query-block, key-block)
+// pairs in CSR form and its transpose, all int32 arrays on the kernel's device.
+//   b = block_size, QB = num_q_blocks = ceil((q_offset + q_len) / b) rows of the layout,
+//   KB = num_k_blocks = ceil(k_len / b), LH = layout_heads (1: shared by every head, or H).
+// Query row r of q sits at absolute position q_offset + r (q_offset > 0 for decoding with a KV
+// cache) and reads layout row (q_offset + r) / b. Key j is visible to query position i when its
+// block is kept and, if causal, j <= i; positions >= k_len are padding and never visible.
+struct BlockLayoutRef {
+  int32_t block_size = 64;
+  int64_t q_len = 0, k_len = 0, q_offset = 0;
+  int32_t num_q_blocks = 0, num_k_blocks = 0, layout_heads = 1;
+  bool causal = true;
+  // Row CSR, per layout head h: kept key blocks of query block qb are
+  //   col_idx[row_ptr[h * (QB + 1) + qb] .. row_ptr[h * (QB + 1) + qb + 1]), sorted ascending,
+  // with row_ptr offsets absolute into col_idx. block_flags (same indexing as col_idx) is 1 when
+  // the block needs element masking (the causal diagonal, or padding past k_len / q_len), else 0.
+  const int32_t* row_ptr = nullptr;
+  const int32_t* col_idx = nullptr;
+  const int32_t* block_flags = nullptr;
+  // Transposed CSR for dK/dV: query blocks that read key block kb, per layout head:
+  //   row_idx[col_ptr[h * (KB + 1) + kb] .. col_ptr[h * (KB + 1) + kb + 1]), sorted ascending,
+  // and t_block_flags the matching flags.
+  const int32_t* col_ptr = nullptr;
+  const int32_t* row_idx = nullptr;
+  const int32_t* t_block_flags = nullptr;
+};
+
 // Allocator statistics for one device (bytes unless named otherwise).
 struct MemoryStats {
   int64_t allocated = 0;       // bytes held by live arrays
@@ -158,6 +185,22 @@ struct Backend {
   // One AdamW step on compact float arrays of equal length (param, grad, exp_avg, exp_avg_sq):
   // decoupled decay p -= lr*wd*p, moments updated, p -= lr * mhat / (sqrt(vhat) + eps), with
   // bias corrections bc1 = 1 - beta1^step, bc2 = 1 - beta2^step.
+  // Block-sparse attention (B = batch, H = heads, Lq/Lk = lengths, D = head dim in {32, 64, 128}).
+  // q: compact (B, H, Lq, D); k, v: compact (B, H, Lk, D); all of one floating dtype (float32 or
+  // bfloat16; float64 on the CPU for reference checks). out: (B, H, Lq, D) in that dtype; lse:
+  // (B, H, Lq) float32 (float64 for float64 inputs) holding log(sum_j exp(scale * q.k_j)) over
+  // visible keys, -inf for a row with none (its output row is 0, never NaN). Only kept blocks
+  // are read; no Lq x Lk buffer exists anywhere.
+  void (*block_sparse_attention_forward)(const ArrayRef& q, const ArrayRef& k,
+                                         const ArrayRef& v, const BlockLayoutRef& layout,
+                                         double scale, const ArrayRef& out, const ArrayRef& lse);
+  // Gradients (written, not accumulated): dq over the row CSR, dk/dv over the transposed CSR.
+  // Requires q_offset == 0. dout, out like q; dq like q; dk, dv like k.
+  void (*block_sparse_attention_backward)(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                                          const ArrayRef& out, const ArrayRef& lse,
+                                          const ArrayRef& dout, const BlockLayoutRef& layout,
+                                          double scale, const ArrayRef& dq, const ArrayRef& dk,
+                                          const ArrayRef& dv);
   void (*adamw)(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
                 const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                 double weight_decay, double bias_correction1, double bias_correction2);
