@@ -250,6 +250,10 @@ class Parser {
     double d;
     const auto r = std::from_chars(first, last, d);
     if (r.ec == std::errc::result_out_of_range) {
+      // Underflow is harmless (the value is 0 to double precision); overflow is not.
+      const std::string_view text(first, last - first);
+      const size_t e = text.find_first_of("eE");
+      if (e != std::string_view::npos && text[e + 1] == '-') return Value(text[0] == '-' ? -0.0 : 0.0);
       pos_ = start;
       fail("number out of range");
     }
