@@ -10,4 +10,5 @@ PYBIND11_MODULE(_C, m) {
   needle::python::init_data(m);
   // The Tensor wraps NDArray, so its bindings come after the NDArray class exists.
   needle::python::init_autograd(m);
+  needle::python::init_nn(m);
 }
