@@ -423,6 +423,9 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
   type->tp_as_buffer->bf_getbuffer = ndarray_getbuffer;
   type->tp_as_buffer->bf_releasebuffer = ndarray_releasebuffer;
   PyType_Modified(type);
+  // Above NumPy's own priority, so np_array * x and np.float32(2) * x call x's reflected
+  // operators (and give NDArrays) instead of NumPy converting x through the buffer protocol.
+  cls.attr("__array_priority__") = 1000;
 
   cls.def(py::init([](py::handle data, py::handle device, py::handle dtype) {
             NDArray a = to_ndarray(data, to_optional_dtype(dtype), to_optional_device(device));

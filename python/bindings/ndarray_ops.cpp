@@ -173,6 +173,15 @@ void bind_elementwise(py::module_& m, py::class_<NDArray>& cls) {
   NEEDLE_BINARY_OPS(NEEDLE_BIND_BINARY)
 #undef NEEDLE_BIND_BINARY
 
+  // The generated names, for Python code that re-exports them (needle/array_api.py).
+  py::list names;
+#define NEEDLE_OP_NAME(Name, fname, ...) names.append(#fname);
+  NEEDLE_UNARY_OPS(NEEDLE_OP_NAME)
+  NEEDLE_BINARY_OPS(NEEDLE_OP_NAME)
+#undef NEEDLE_OP_NAME
+  names.append("logical_not");
+  m.attr("elementwise_ops") = py::tuple(names);
+
   m.def("where", &where_function, py::arg("condition"), py::arg("input"), py::arg("other"),
         "Elementwise condition ? input : other; either branch may be a number.");
   auto clamp_fn = [](const NDArray& a, std::optional<double> lo, std::optional<double> hi) {

@@ -57,18 +57,8 @@ clamp = _C.clamp
 clip = _C.clip
 
 
-def _elementwise_names():
-    # The elementwise ops are generated in C++ from the op lists of src/ndarray/ops.h; take every
-    # one the extension exports, so a new op needs no edit here.
-    skip = {"NDArray", "dtype", "device"}
-    for name in dir(_C.NDArray):
-        if name.startswith("_") or name in skip:
-            continue
-        fn = getattr(_C, name, None)
-        if callable(fn) and not isinstance(fn, type):
-            yield name, fn
-
-
-for _name, _fn in _elementwise_names():
-    globals().setdefault(_name, _fn)
-del _name, _fn
+# The elementwise ops (neg, exp, ..., add, eq, logical_and, ...) are generated in C++ from the op
+# lists of src/ndarray/ops.h; the extension names them, so a new op needs no edit here.
+for _name in _C.elementwise_ops:
+    globals()[_name] = getattr(_C, _name)
+del _name

@@ -1,0 +1,214 @@
+"""Bad inputs raise the right Python exception with a message naming what was expected and what
+was given, and never take the interpreter down (a crash would end this test process)."""
+import numpy as np
+import pytest
+
+import needle as ndl
+from needle import array_api as nd
+
+NO_CUDA = r"this build has no CUDA|no GPU|no CUDA device|does not exist"
+
+
+def test_shape_mismatch_in_add():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
+        nd.ones(2, 3) + nd.ones(3, 2)
+
+
+def test_impossible_broadcast_to():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 3\)"):
+        nd.ones(2, 3).broadcast_to((3, 3))
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        nd.ones(2, 3).expand(4, 3)
+
+
+def test_impossible_reshape_and_view():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*6 elements.*\(4, 2\)"):
+        nd.ones(2, 3).reshape(4, 2)
+    with pytest.raises(ValueError, match=r"-1"):
+        nd.ones(2, 3).reshape(-1, -1)
+    with pytest.raises(ValueError, match=r"view.*\(3, 2\).*\(6,\)"):
+        nd.ones(2, 3).T.view(6)
+
+
+@pytest.mark.parametrize("key,match", [
+    (5, r"index 5 .*size 2"), (-3, r"index -3 .*size 2"), ((0, 7), r"index 7 .*size 3"),
+    ((0, 0, 0), r"too many indices.*2-dimensional.*3"), ((..., 0, ...), r"single ellipsis")])
+def test_out_of_range_indices(key, match):
+    x = nd.ones(2, 3)
+    with pytest.raises(IndexError, match=match):
+        x[key]
+    with pytest.raises(IndexError, match=match):
+        x[key] = 1.0
+
+
+def test_out_of_range_dims():
+    x = nd.ones(2, 3)
+    with pytest.raises(IndexError, match=r"dimension 5.*\[-2, 1\]"):
+        x.sum(dim=5)
+    with pytest.raises(IndexError, match=r"dimension 3"):
+        x.transpose(0, 3)
+    with pytest.raises(IndexError, match=r"index_select: index 5.*size 2"):
+        x.index_select(0, nd.NDArray([5]))
+
+
+@pytest.mark.parametrize("bad", ["float8", "complex64", "int"])
+def test_bad_dtype_names(bad):
+    if bad == "int":  # an alias needle accepts (int32), checked so the test can fail
+        assert nd.zeros(1, dtype=bad).dtype == ndl.int32
+        return
+    with pytest.raises(TypeError, match=rf"'{bad}'.*bool, int32, int64, bfloat16, float32, float64"):
+        nd.zeros(2, dtype=bad)
+    with pytest.raises(TypeError, match=bad):
+        nd.ones(2).astype(bad)
+
+
+def test_unsupported_numpy_dtypes():
+    with pytest.raises(TypeError, match=r"float16.*bfloat16.*float32"):
+        ndl.NDArray(np.ones(3, np.float16))
+    with pytest.raises(TypeError, match=r"complex128.*expected"):
+        ndl.NDArray(np.ones(3, np.complex128))
+    with pytest.raises(TypeError, match=r"uint64"):
+        ndl.NDArray(np.ones(3, np.uint64))
+    with pytest.raises(TypeError, match=r"str"):
+        ndl.NDArray(["a", "b"])
+    with pytest.raises(TypeError, match=r"expected a dtype.*42"):
+        nd.zeros(2, dtype=42)
+
+
+def test_bad_shapes_and_arguments():
+    with pytest.raises(ValueError, match=r"\(-1,\).*non-negative"):
+        nd.zeros(-1)
+    with pytest.raises(TypeError, match=r"shape.*str"):
+        nd.zeros("a")
+    with pytest.raises(TypeError, match=r"shape \(an int or a sequence of ints\), got float"):
+        nd.zeros(2.5)
+    with pytest.raises(TypeError, match=r"shape: expected an int, got float"):
+        nd.zeros(2, 2.5)
+    with pytest.raises(ValueError, match=r"step must be non-zero"):
+        nd.arange(0, 5, 0)
+    with pytest.raises(ValueError, match=r"permute: dim 0 repeated"):
+        nd.ones(2, 3).permute(0, 0)
+    with pytest.raises(ValueError, match=r"permute: expected 2 dims.*got 1"):
+        nd.ones(2, 3).permute(0)
+    with pytest.raises(ValueError, match=r"slice step cannot be zero"):
+        nd.ones(3)[::0]
+    with pytest.raises(TypeError, match=r"invalid index of type bool"):
+        nd.ones(3)[True]
+    with pytest.raises(TypeError, match=r"invalid index of type list"):
+        nd.ones(3)[[0, 1]]
+    with pytest.raises(TypeError, match=r"full: expected a number, got <class 'str'>"):
+        nd.full((2,), "x")
+
+
+def test_joining_and_matmul_errors():
+    with pytest.raises(ValueError, match=r"\(2, 4\).*\(2, 3\)"):
+        nd.cat([nd.ones(2, 3), nd.ones(2, 4)], 0)
+    with pytest.raises(ValueError, match=r"non-empty"):
+        nd.cat([], 0)
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
+        nd.stack([nd.ones(2, 3), nd.ones(3, 2)])
+    with pytest.raises(ValueError, match=r"sum to 7.*size 6"):
+        nd.split(nd.arange(6), [2, 5])
+    with pytest.raises(ValueError, match=r"matmul.*\(2, 3\).*\(2, 3\)"):
+        nd.ones(2, 3) @ nd.ones(2, 3)
+    with pytest.raises(TypeError, match=r"where: expected a bool condition, got int64"):
+        nd.where(nd.arange(3), 1, 2)
+
+
+def test_dtype_errors_in_operators():
+    x = nd.ones(3)
+    with pytest.raises(TypeError, match=r"expects bool operands, got float32 and float32"):
+        x & x
+    with pytest.raises(TypeError, match=r"~ expects a bool array, got dtype float32"):
+        ~x
+    with pytest.raises(TypeError, match=r"neg.*bool"):
+        -(x > 0)
+    y = nd.zeros(3, dtype=ndl.int64)
+    with pytest.raises(TypeError, match=r"float32.*int64"):
+        y += 0.5
+    with pytest.raises(TypeError, match=r"unsupported operand"):
+        x + "text"
+    with pytest.raises(TypeError, match=r"add: expected an NDArray.*str"):
+        nd.add(x, "text")
+
+
+def test_scalar_conversions():
+    with pytest.raises(ValueError, match=r"one element.*\(2, 3\).*6 elements"):
+        nd.ones(2, 3).item()
+    with pytest.raises(ValueError, match=r"6 elements is ambiguous"):
+        bool(nd.ones(2, 3))
+    with pytest.raises(TypeError, match=r"len\(\) of a 0-d array"):
+        len(ndl.NDArray(1.0))
+    with pytest.raises(ValueError, match=r"max/min.*empty.*\(0, 3\)"):
+        nd.zeros(0, 3).max()
+
+
+def test_bad_device_strings():
+    with pytest.raises(ValueError, match=r"'gpu'.*'cpu', 'cuda' or 'cuda:N'"):
+        ndl.device("gpu")
+    with pytest.raises(ValueError, match=r"'cuda:x'"):
+        nd.zeros(2, device="cuda:x")
+    with pytest.raises(TypeError, match=r"expected a device.*3"):
+        nd.zeros(2, device=3)
+
+
+@pytest.mark.skipif(ndl.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_cuda_without_cuda():
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        nd.zeros(2, device="cuda")
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        nd.ones(2).cuda()
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        nd.ones(2).to("cuda:0")
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        ndl.NDArray(np.ones(2), device="cuda")
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        ndl.cuda.memory_allocated()
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        ndl.cuda.synchronize()
+    assert ndl.cuda.device_count() == 0
+
+
+@pytest.mark.skipif(not ndl.cuda.is_available(), reason="needs a GPU")
+def test_mixed_devices_and_missing_gpu_index():
+    x = nd.ones(2)
+    y = nd.ones(2, device="cuda")
+    with pytest.raises(RuntimeError, match=r"cpu.*cuda|cuda.*cpu"):
+        x + y
+    with pytest.raises(RuntimeError, match=NO_CUDA):
+        nd.zeros(1, device=f"cuda:{ndl.cuda.device_count()}")
+
+
+def test_out_of_memory_is_a_runtime_error():
+    assert issubclass(ndl.OutOfMemoryError, RuntimeError)
+    with pytest.raises(ndl.OutOfMemoryError, match=r"1125899906842624 bytes"):
+        nd.empty(2 ** 48, dtype=ndl.float32)  # 4 PiB
+
+
+def test_buffer_protocol_refusals_are_python_errors():
+    # pybind11's default buffer hook would abort the interpreter on these.
+    with pytest.raises(BufferError, match=r"bfloat16"):
+        memoryview(nd.ones(3, dtype=ndl.bfloat16))
+    with pytest.raises(BufferError, match=r"C-contiguous"):
+        np.frombuffer(nd.ones(2, 3).T, dtype=np.float32)
+    with pytest.raises(BufferError, match=r"writable.*broadcast"):
+        _request_writable_strided_buffer(nd.ones(1, 3).expand(2, 3))
+
+
+def _request_writable_strided_buffer(x):
+    """PyObject_GetBuffer(x, PyBUF_STRIDES | PyBUF_WRITABLE): what a C extension that writes into
+    strided memory asks for. ctypes raises the Python error the call sets."""
+    import ctypes
+
+    class Py_buffer(ctypes.Structure):
+        _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
+                    ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                    ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
+                    ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                    ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+    PyBUF_STRIDES_WRITABLE = 0x0018 | 0x0001
+    view = Py_buffer()
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(Py_buffer), ctypes.c_int]
+    get(x, ctypes.byref(view), PyBUF_STRIDES_WRITABLE)
