@@ -34,6 +34,8 @@ const Backend& cpu_backend() {
     b.cross_entropy_forward = cpu_kernels::cross_entropy_forward;
     b.cross_entropy_backward = cpu_kernels::cross_entropy_backward;
     b.adamw = cpu_kernels::adamw;
+    b.block_sparse_attention_forward = cpu_kernels::block_sparse_attention_forward;
+    b.block_sparse_attention_backward = cpu_kernels::block_sparse_attention_backward;
     return b;
   }();
   return table;

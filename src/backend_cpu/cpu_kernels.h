@@ -56,6 +56,16 @@ void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
            const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
            double weight_decay, double bias_correction1, double bias_correction2);
 
+// attention.cpp
+void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                                    const BlockLayoutRef& layout, double scale,
+                                    const ArrayRef& out, const ArrayRef& lse);
+void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                                     const ArrayRef& out, const ArrayRef& lse,
+                                     const ArrayRef& dout, const BlockLayoutRef& layout,
+                                     double scale, const ArrayRef& dq, const ArrayRef& dk,
+                                     const ArrayRef& dv);
+
 // indexing.cpp
 void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int64_t n,
                   int64_t inner, const ArrayRef& out);
