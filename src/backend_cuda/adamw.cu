@@ -42,17 +42,17 @@ void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
            double weight_decay, double bias_correction1, double bias_correction2) {
   const int64_t n = param.numel();
   NEEDLE_CHECK(grad.numel() == n && exp_avg.numel() == n && exp_avg_sq.numel() == n, ValueError,
-               "cuda adamw: expected param, grad, exp_avg and exp_avg_sq of equal length, got ",
-               n, ", ", grad.numel(), ", ", exp_avg.numel(), " and ", exp_avg_sq.numel());
+               "cuda adamw: expected param, grad, exp_avg and exp_avg_sq of equal length, got ", n,
+               ", ", grad.numel(), ", ", exp_avg.numel(), " and ", exp_avg_sq.numel());
   NEEDLE_CHECK(exp_avg.dtype == exp_avg_sq.dtype, TypeError,
                "cuda adamw: expected exp_avg and exp_avg_sq of one dtype, got ",
                dtype_name(exp_avg.dtype), " and ", dtype_name(exp_avg_sq.dtype));
   NEEDLE_CHECK(bias_correction1 > 0 && bias_correction2 > 0, ValueError,
-               "cuda adamw: expected positive bias corrections (step >= 1), got ",
-               bias_correction1, " and ", bias_correction2);
-  NEEDLE_CHECK(param.is_compact() && grad.is_compact() && exp_avg.is_compact() &&
-                   exp_avg_sq.is_compact(),
-               ValueError, "cuda adamw: expected compact param, grad, exp_avg and exp_avg_sq");
+               "cuda adamw: expected positive bias corrections (step >= 1), got ", bias_correction1,
+               " and ", bias_correction2);
+  NEEDLE_CHECK(
+      param.is_compact() && grad.is_compact() && exp_avg.is_compact() && exp_avg_sq.is_compact(),
+      ValueError, "cuda adamw: expected compact param, grad, exp_avg and exp_avg_sq");
   NEEDLE_DISPATCH_FLOATING(param.dtype, "adamw", [&] {
     using P = scalar_t;
     using A = acc_t<P>;

@@ -20,19 +20,19 @@ void visit_binary(BinaryOp op, DType dt, const Visit& visit) {
                "float32), got ",
                dtype_name(dt));
   switch (op) {
-#define NEEDLE_ARITH_CASE(Name, fname, ...)                                                   \
-  case BinaryOp::Name:                                                                        \
-    NEEDLE_DISPATCH_ALL(dt, #fname, [&] {                                                     \
-      visit(functors::Name##Functor{}, TypeTag<scalar_t>{}, TypeTag<scalar_t>{});             \
-    })                                                                                        \
+#define NEEDLE_ARITH_CASE(Name, fname, ...)                                       \
+  case BinaryOp::Name:                                                            \
+    NEEDLE_DISPATCH_ALL(dt, #fname, [&] {                                         \
+      visit(functors::Name##Functor{}, TypeTag<scalar_t>{}, TypeTag<scalar_t>{}); \
+    })                                                                            \
     return;
     NEEDLE_BINARY_ARITH_OPS(NEEDLE_ARITH_CASE)
 #undef NEEDLE_ARITH_CASE
-#define NEEDLE_BOOL_CASE(Name, fname, ...)                                                    \
-  case BinaryOp::Name:                                                                        \
-    NEEDLE_DISPATCH_ALL(dt, #fname, [&] {                                                     \
-      visit(functors::Name##Functor{}, TypeTag<scalar_t>{}, TypeTag<bool>{});                 \
-    })                                                                                        \
+#define NEEDLE_BOOL_CASE(Name, fname, ...)                                    \
+  case BinaryOp::Name:                                                        \
+    NEEDLE_DISPATCH_ALL(dt, #fname, [&] {                                     \
+      visit(functors::Name##Functor{}, TypeTag<scalar_t>{}, TypeTag<bool>{}); \
+    })                                                                        \
     return;
     NEEDLE_COMPARE_OPS(NEEDLE_BOOL_CASE)
     NEEDLE_LOGICAL_OPS(NEEDLE_BOOL_CASE)

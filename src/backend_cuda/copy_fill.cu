@@ -42,9 +42,8 @@ void copy(const ArrayRef& src, const ArrayRef& dst) {
                                         cudaMemcpyDeviceToDevice, stream()));
       return;
     }
-    NEEDLE_CUDA_DISPATCH_BITS(size, [&] {
-      launch_elementwise<bits_t, bits_t>("copy", MoveBits<bits_t>{}, dst, src);
-    });
+    NEEDLE_CUDA_DISPATCH_BITS(
+        size, [&] { launch_elementwise<bits_t, bits_t>("copy", MoveBits<bits_t>{}, dst, src); });
     return;
   }
   NEEDLE_DISPATCH_ALL(dst.dtype, "copy", [&] {

@@ -25,12 +25,11 @@ void check_targets_dtype(const ArrayRef& t, const char* op) {
 // loss[r] = lse[r] - logits[r, target[r]] (0 when the target is ignore_index). loss and lse are of
 // stats_dtype(logits) (backend.h): float32, or float64 for float64 logits, i.e. acc_t<T>.
 template <typename T>
-__global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
-                                             DType target_dtype, int64_t target_stride,
-                                             int64_t ignore_index, int64_t rows, int64_t classes,
-                                             acc_t<T>* __restrict__ loss,
-                                             acc_t<T>* __restrict__ lse,
-                                             DeviceErrorFlag flag) {
+__global__ void __launch_bounds__(1024)
+    cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
+                                 DType target_dtype, int64_t target_stride, int64_t ignore_index,
+                                 int64_t rows, int64_t classes, acc_t<T>* __restrict__ loss,
+                                 acc_t<T>* __restrict__ lse, DeviceErrorFlag flag) {
   using A = acc_t<T>;
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -54,13 +53,13 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const
 // R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]),
 // a row of zeros when t[r] is ignore_index. One block per row.
 template <typename T>
-__global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, const void* targets,
-                                              DType target_dtype, int64_t target_stride,
-                                              const void* lse, DType lse_dtype, int64_t lse_stride,
-                                              const void* dloss, DType dloss_dtype,
-                                              int64_t dloss_stride, int64_t ignore_index,
-                                              int64_t rows, int64_t classes,
-                                              T* __restrict__ dlogits, DeviceErrorFlag flag) {
+__global__ void __launch_bounds__(1024)
+    cross_entropy_backward_kernel(const T* __restrict__ logits, const void* targets,
+                                  DType target_dtype, int64_t target_stride, const void* lse,
+                                  DType lse_dtype, int64_t lse_stride, const void* dloss,
+                                  DType dloss_dtype, int64_t dloss_stride, int64_t ignore_index,
+                                  int64_t rows, int64_t classes, T* __restrict__ dlogits,
+                                  DeviceErrorFlag flag) {
   using A = acc_t<T>;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = logits + r * classes;
@@ -91,9 +90,9 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   NEEDLE_CHECK(logits.numel() == rows * classes, ValueError, "cuda ", name, ": expected ", rows,
                " x ", classes, " logits, got ", logits.numel());
   const DType stats = stats_dtype(logits.dtype);
-  NEEDLE_CHECK(loss.dtype == stats && lse.dtype == stats, TypeError, "cuda ", name,
-               ": expected ", dtype_name(stats), " loss and lse, got ", dtype_name(loss.dtype),
-               " and ", dtype_name(lse.dtype));
+  NEEDLE_CHECK(loss.dtype == stats && lse.dtype == stats, TypeError, "cuda ", name, ": expected ",
+               dtype_name(stats), " loss and lse, got ", dtype_name(loss.dtype), " and ",
+               dtype_name(lse.dtype));
   NEEDLE_CHECK(loss.numel() == rows && lse.numel() == rows && targets.numel() == rows, ValueError,
                "cuda ", name, ": expected ", rows, " targets, loss and lse values, got ",
                targets.numel(), ", ", loss.numel(), " and ", lse.numel());

@@ -13,18 +13,18 @@
 
 // Every runtime call goes through NEEDLE_CUDA_CHECK, every cuBLAS call through
 // NEEDLE_CUBLAS_CHECK: a failure becomes needle::RuntimeError naming the call, file and line.
-#define NEEDLE_CUDA_CHECK(expr)                                                            \
-  do {                                                                                     \
-    cudaError_t needle_err_ = (expr);                                                      \
-    if (needle_err_ != cudaSuccess)                                                        \
-      ::needle::cuda::throw_cuda_error(needle_err_, #expr, __FILE__, __LINE__);            \
+#define NEEDLE_CUDA_CHECK(expr)                                                 \
+  do {                                                                          \
+    cudaError_t needle_err_ = (expr);                                           \
+    if (needle_err_ != cudaSuccess)                                             \
+      ::needle::cuda::throw_cuda_error(needle_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define NEEDLE_CUBLAS_CHECK(expr)                                                          \
-  do {                                                                                     \
-    cublasStatus_t needle_st_ = (expr);                                                    \
-    if (needle_st_ != CUBLAS_STATUS_SUCCESS)                                               \
-      ::needle::cuda::throw_cublas_error(needle_st_, #expr, __FILE__, __LINE__);           \
+#define NEEDLE_CUBLAS_CHECK(expr)                                                \
+  do {                                                                           \
+    cublasStatus_t needle_st_ = (expr);                                          \
+    if (needle_st_ != CUBLAS_STATUS_SUCCESS)                                     \
+      ::needle::cuda::throw_cublas_error(needle_st_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 // After every kernel launch: launch-configuration errors surface here, at the launching line.
@@ -44,7 +44,7 @@ void ensure_initialized();
 cudaStream_t stream();
 int num_sms();
 
-// --- the device error flag ------------------------------------------------------------------------
+// --- the device error flag -----------------------------------------------------------------------
 // Kernels cannot throw, and a device assert would kill the context. A kernel that meets a bad
 // index records it instead and the host raises IndexError at the next synchronisation
 // (copy_to_host / synchronize). The first failing thread claims the report with an atomic on a
@@ -59,16 +59,16 @@ struct ErrorRecord {
 enum ErrorKind : int { kNoError = 0, kIndexSelect = 1, kIndexAdd = 2, kCrossEntropyTarget = 3 };
 // Passed to kernels by value.
 struct DeviceErrorFlag {
-  int* claimed;            // device memory: 0 until a thread claims the report
-  ErrorRecord* record;     // mapped pinned host memory, as seen from the device
+  int* claimed;         // device memory: 0 until a thread claims the report
+  ErrorRecord* record;  // mapped pinned host memory, as seen from the device
 };
 DeviceErrorFlag device_error_flag();
 // Throws IndexError (and re-arms the flag) when a kernel has reported an error. Call after a
 // stream synchronisation only.
 void check_device_error_flag();
 
-__device__ __forceinline__ void report_device_error(DeviceErrorFlag flag, int kind,
-                                                    int64_t value, int64_t bound) {
+__device__ __forceinline__ void report_device_error(DeviceErrorFlag flag, int kind, int64_t value,
+                                                    int64_t bound) {
   if (atomicCAS(flag.claimed, 0, 1) == 0) {
     volatile ErrorRecord* r = flag.record;
     r->value = value;
@@ -79,7 +79,7 @@ __device__ __forceinline__ void report_device_error(DeviceErrorFlag flag, int ki
   }
 }
 
-// --- allocator (memory.cu) -------------------------------------------------------------------------
+// --- allocator (memory.cu) -----------------------------------------------------------------------
 void* device_alloc(size_t nbytes);
 void device_free(void* ptr, size_t nbytes);
 
@@ -87,7 +87,8 @@ void device_free(void* ptr, size_t nbytes);
 // sums). Freed on scope exit: the stream orders the kernels that use it before any later user.
 class Workspace {
  public:
-  explicit Workspace(size_t nbytes) : nbytes_(nbytes), ptr_(nbytes ? device_alloc(nbytes) : nullptr) {}
+  explicit Workspace(size_t nbytes)
+      : nbytes_(nbytes), ptr_(nbytes ? device_alloc(nbytes) : nullptr) {}
   ~Workspace() {
     if (ptr_) device_free(ptr_, nbytes_);
   }
@@ -103,7 +104,7 @@ class Workspace {
   void* ptr_;
 };
 
-// --- launch geometry -------------------------------------------------------------------------------
+// --- launch geometry -----------------------------------------------------------------------------
 constexpr int kThreads = 256;
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Blocks for a grid-stride loop over n items of `per_block` each: enough to fill the GPU several
@@ -116,7 +117,7 @@ inline unsigned grid_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned>(blocks);
 }
 
-// --- dtype conversion --------------------------------------------------------------------------------
+// --- dtype conversion ----------------------------------------------------------------------------
 // The type elementwise arithmetic runs in, as on the CPU (cpu_common.h): float for bfloat16,
 // int32 for bool, the type itself otherwise.
 template <typename T>
@@ -152,12 +153,18 @@ __host__ __device__ __forceinline__ To convert(From v) {
 template <typename A>
 __device__ __forceinline__ A load_as(const void* p, DType dt, int64_t i) {
   switch (dt) {
-    case DType::Bool: return convert<A>(static_cast<const bool*>(p)[i]);
-    case DType::Int32: return convert<A>(static_cast<const int32_t*>(p)[i]);
-    case DType::Int64: return convert<A>(static_cast<const int64_t*>(p)[i]);
-    case DType::BFloat16: return convert<A>(static_cast<const bfloat16*>(p)[i]);
-    case DType::Float32: return convert<A>(static_cast<const float*>(p)[i]);
-    default: return convert<A>(static_cast<const double*>(p)[i]);
+    case DType::Bool:
+      return convert<A>(static_cast<const bool*>(p)[i]);
+    case DType::Int32:
+      return convert<A>(static_cast<const int32_t*>(p)[i]);
+    case DType::Int64:
+      return convert<A>(static_cast<const int64_t*>(p)[i]);
+    case DType::BFloat16:
+      return convert<A>(static_cast<const bfloat16*>(p)[i]);
+    case DType::Float32:
+      return convert<A>(static_cast<const float*>(p)[i]);
+    default:
+      return convert<A>(static_cast<const double*>(p)[i]);
   }
 }
 __device__ __forceinline__ int64_t load_as_int64(const void* p, DType dt, int64_t i) {
@@ -168,13 +175,19 @@ __device__ __forceinline__ int64_t load_as_int64(const void* p, DType dt, int64_
 template <typename A>
 __device__ __forceinline__ void store_as(void* p, DType dt, int64_t i, A v) {
   switch (dt) {
-    case DType::BFloat16: static_cast<bfloat16*>(p)[i] = convert<bfloat16>(v); break;
-    case DType::Float32: static_cast<float*>(p)[i] = convert<float>(v); break;
-    default: static_cast<double*>(p)[i] = convert<double>(v); break;
+    case DType::BFloat16:
+      static_cast<bfloat16*>(p)[i] = convert<bfloat16>(v);
+      break;
+    case DType::Float32:
+      static_cast<float*>(p)[i] = convert<float>(v);
+      break;
+    default:
+      static_cast<double*>(p)[i] = convert<double>(v);
+      break;
   }
 }
 
-// --- strided operands --------------------------------------------------------------------------------
+// --- strided operands ----------------------------------------------------------------------------
 // K operands of one shape (operand 0 is the output), dimensions coalesced on the host: size-1 dims
 // dropped, and a dim merged into the next-inner one whenever every operand steps across it as if
 // the two were one. A compact array becomes 1-D, a broadcast row (rows, cols) with stride 0.
@@ -249,7 +262,7 @@ struct alignas(sizeof(T) * N) VecN {
   T v[N];
 };
 
-// --- block reductions --------------------------------------------------------------------------------
+// --- block reductions ----------------------------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

@@ -74,9 +74,8 @@ __global__ void ewise_strided1d_kernel(StridedPlan<1 + sizeof...(In)> plan, F f,
 }
 
 template <typename F, typename Out, typename... In, size_t... I>
-__device__ __forceinline__ void strided_body(const StridedPlan<1 + sizeof...(In)>& plan,
-                                             const F& f, Out* out, std::index_sequence<I...>,
-                                             const In*... in) {
+__device__ __forceinline__ void strided_body(const StridedPlan<1 + sizeof...(In)>& plan, const F& f,
+                                             Out* out, std::index_sequence<I...>, const In*... in) {
   int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < plan.numel;
        i += step) {
@@ -108,9 +107,9 @@ void launch_elementwise(const char* opname, const F& f, const ArrayRef& out,
     constexpr int N = vec_width<Out, In...>();
     bool vectorized =
         aligned_to(o, N * sizeof(Out)) && (aligned_to(in.data, N * sizeof(In)) && ...);
-    ewise_contiguous_kernel<N><<<grid_for(plan.numel, int64_t(kThreads) * N), kThreads, 0,
-                                 stream()>>>(plan.numel, vectorized, f, o,
-                                             static_cast<const In*>(in.data)...);
+    ewise_contiguous_kernel<N>
+        <<<grid_for(plan.numel, int64_t(kThreads) * N), kThreads, 0, stream()>>>(
+            plan.numel, vectorized, f, o, static_cast<const In*>(in.data)...);
   } else if (plan.ndim == 1) {
     ewise_strided1d_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
         plan, f, o, static_cast<const In*>(in.data)...);
@@ -123,12 +122,28 @@ void launch_elementwise(const char* opname, const F& f, const ArrayRef& out,
 
 // Binds bits_t to the unsigned integer of `size` bytes, for kernels that move elements without
 // interpreting them (copy within one dtype, where, fill), so NaN payloads and -0 survive.
-#define NEEDLE_CUDA_DISPATCH_BITS(size, ...)                     \
-  switch (size) {                                                \
-    case 1: { using bits_t = uint8_t; __VA_ARGS__(); break; }    \
-    case 2: { using bits_t = uint16_t; __VA_ARGS__(); break; }   \
-    case 4: { using bits_t = uint32_t; __VA_ARGS__(); break; }   \
-    default: { using bits_t = uint64_t; __VA_ARGS__(); break; }  \
+#define NEEDLE_CUDA_DISPATCH_BITS(size, ...) \
+  switch (size) {                            \
+    case 1: {                                \
+      using bits_t = uint8_t;                \
+      __VA_ARGS__();                         \
+      break;                                 \
+    }                                        \
+    case 2: {                                \
+      using bits_t = uint16_t;               \
+      __VA_ARGS__();                         \
+      break;                                 \
+    }                                        \
+    case 4: {                                \
+      using bits_t = uint32_t;               \
+      __VA_ARGS__();                         \
+      break;                                 \
+    }                                        \
+    default: {                               \
+      using bits_t = uint64_t;               \
+      __VA_ARGS__();                         \
+      break;                                 \
+    }                                        \
   }
 
 }  // namespace needle::cuda

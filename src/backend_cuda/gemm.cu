@@ -46,7 +46,8 @@ cublasHandle_t handle() {
     cublasHandle_t created;
     NEEDLE_CUBLAS_CHECK(cublasCreate(&created));
     NEEDLE_CUBLAS_CHECK(cublasSetStream(created, stream()));
-    NEEDLE_CUBLAS_CHECK(cublasSetWorkspace(created, device_alloc(kCublasWorkspace), kCublasWorkspace));
+    NEEDLE_CUBLAS_CHECK(
+        cublasSetWorkspace(created, device_alloc(kCublasWorkspace), kCublasWorkspace));
     return created;
   }();
   return h;
@@ -108,8 +109,10 @@ void gemm(const GemmArgs& g) {
   const cublasOperation_t op_a = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // applied to B's buffer
   const cublasOperation_t op_b = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // applied to A's buffer
   // Column-major shapes of the stored buffers: B is (n, k), or (k, n) when transposed; A likewise.
-  const int64_t ld_b = g.trans_b ? checked_ld(g.ldb, g.k, g.n, "B") : checked_ld(g.ldb, g.n, g.k, "B");
-  const int64_t ld_a = g.trans_a ? checked_ld(g.lda, g.m, g.k, "A") : checked_ld(g.lda, g.k, g.m, "A");
+  const int64_t ld_b =
+      g.trans_b ? checked_ld(g.ldb, g.k, g.n, "B") : checked_ld(g.ldb, g.n, g.k, "B");
+  const int64_t ld_a =
+      g.trans_a ? checked_ld(g.lda, g.m, g.k, "A") : checked_ld(g.lda, g.k, g.m, "A");
   const int64_t ld_c = checked_ld(g.ldc, g.n, g.m, "C");
   const int m = as_int(g.n, "n"), n = as_int(g.m, "m"), k = as_int(g.k, "k");
   const int lda = as_int(ld_b, "ldb"), ldb = as_int(ld_a, "lda"), ldc = as_int(ld_c, "ldc");

@@ -21,8 +21,7 @@ void check_index(const ArrayRef& index, const char* op) {
 template <typename Bits>
 __global__ void index_select_kernel(const Bits* __restrict__ in, const void* index,
                                     DType index_dtype, int64_t outer, int64_t n, int64_t k,
-                                    int64_t inner, Bits* __restrict__ out,
-                                    DeviceErrorFlag flag) {
+                                    int64_t inner, Bits* __restrict__ out, DeviceErrorFlag flag) {
   const int64_t total = outer * k * inner;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -90,8 +89,8 @@ void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int6
   });
 }
 
-void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n,
-               int64_t inner, const ArrayRef& out) {
+void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n, int64_t inner,
+               const ArrayRef& out) {
   check_index(index, "index_add");
   const int64_t k = index.numel();
   NEEDLE_CHECK(src.dtype == out.dtype, TypeError, "cuda index_add: expected src of dtype ",

@@ -32,18 +32,17 @@ void check_stats(const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, DType
   NEEDLE_CHECK(mean.dtype == want && rstd.dtype == want, TypeError, "cuda ", op, ": expected ",
                dtype_name(want), " mean and rstd, got ", dtype_name(mean.dtype), " and ",
                dtype_name(rstd.dtype));
-  NEEDLE_CHECK(mean.numel() == rows && rstd.numel() == rows, ValueError, "cuda ", op,
-               ": expected ", rows, " mean and rstd values, got ", mean.numel(), " and ",
-               rstd.numel());
+  NEEDLE_CHECK(mean.numel() == rows && rstd.numel() == rows, ValueError, "cuda ", op, ": expected ",
+               rows, " mean and rstd values, got ", mean.numel(), " and ", rstd.numel());
 }
 
 // R = rows, D = features. One block per row:
 // y = (x - mean) * rstd * weight + bias, mean[r], rstd[r] = 1 / sqrt(var + eps).
 template <typename T>
-__global__ void layer_norm_forward_kernel(const T* __restrict__ x, Param weight, Param bias,
-                                          double eps, int64_t rows, int64_t d, T* __restrict__ y,
-                                          acc_t<T>* __restrict__ mean_out,
-                                          acc_t<T>* __restrict__ rstd_out) {
+__global__ void __launch_bounds__(1024)
+    layer_norm_forward_kernel(const T* __restrict__ x, Param weight, Param bias, double eps,
+                              int64_t rows, int64_t d, T* __restrict__ y,
+                              acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -75,10 +74,11 @@ __global__ void layer_norm_forward_kernel(const T* __restrict__ x, Param weight,
 // R = rows, D = features. One block per row. With xhat = (x - mean) * rstd and g = dy * weight:
 // dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)).
 template <typename T>
-__global__ void layer_norm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                              Param weight, const acc_t<T>* __restrict__ mean,
-                                              const acc_t<T>* __restrict__ rstd, int64_t rows,
-                                              int64_t d, T* __restrict__ dx) {
+__global__ void __launch_bounds__(1024)
+    layer_norm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, Param weight,
+                                  const acc_t<T>* __restrict__ mean,
+                                  const acc_t<T>* __restrict__ rstd, int64_t rows, int64_t d,
+                                  T* __restrict__ dx) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -108,8 +108,7 @@ __global__ void layer_norm_backward_dx_kernel(const T* __restrict__ dy, const T*
 // warps stride over the piece's rows (each warp reads 32 consecutive elements of a row).
 // partial_w[p, j] = sum over the piece's rows of dy * xhat, partial_b[p, j] = sum of dy.
 template <typename T>
-__global__ void layer_norm_param_partials_kernel(const T* __restrict__ dy,
-                                                 const T* __restrict__ x,
+__global__ void layer_norm_param_partials_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                                  const acc_t<T>* __restrict__ mean,
                                                  const acc_t<T>* __restrict__ rstd, int64_t rows,
                                                  int64_t d, int64_t pieces, int64_t piece_rows,
@@ -170,9 +169,9 @@ int norm_block_threads(int64_t d) { return row_block_threads(d * 2); }
 }  // namespace
 
 // R = rows, D = features.
-void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias,
-                        double eps, int64_t rows, int64_t d, const ArrayRef& y,
-                        const ArrayRef& mean, const ArrayRef& rstd) {
+void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias, double eps,
+                        int64_t rows, int64_t d, const ArrayRef& y, const ArrayRef& mean,
+                        const ArrayRef& rstd) {
   const char* name = "layer_norm";
   NEEDLE_CHECK(x.numel() == rows * d && y.numel() == rows * d, ValueError, "cuda ", name,
                ": expected ", rows, " x ", d, " x and y, got ", x.numel(), " and ", y.numel(),
@@ -185,9 +184,8 @@ void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRe
   if (rows == 0) return;
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
     layer_norm_forward_kernel<scalar_t><<<grid_for(rows, 1), norm_block_threads(d), 0, stream()>>>(
-        static_cast<const scalar_t*>(x.data), w, b, eps, rows, d,
-        static_cast<scalar_t*>(y.data), static_cast<acc_t<scalar_t>*>(mean.data),
-        static_cast<acc_t<scalar_t>*>(rstd.data));
+        static_cast<const scalar_t*>(x.data), w, b, eps, rows, d, static_cast<scalar_t*>(y.data),
+        static_cast<acc_t<scalar_t>*>(mean.data), static_cast<acc_t<scalar_t>*>(rstd.data));
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }
@@ -198,9 +196,8 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
                          const ArrayRef& dx, const ArrayRef* dweight, const ArrayRef* dbias) {
   const char* name = "layer_norm_backward";
   NEEDLE_CHECK(x.numel() == rows * d && dy.numel() == rows * d && dx.numel() == rows * d,
-               ValueError, "cuda ", name, ": expected ", rows, " x ", d,
-               " dy, x and dx, got ", dy.numel(), ", ", x.numel(), " and ", dx.numel(),
-               " elements");
+               ValueError, "cuda ", name, ": expected ", rows, " x ", d, " dy, x and dx, got ",
+               dy.numel(), ", ", x.numel(), " and ", dx.numel(), " elements");
   NEEDLE_CHECK(dy.dtype == x.dtype && dx.dtype == x.dtype, TypeError, "cuda ", name,
                ": expected dy and dx of dtype ", dtype_name(x.dtype), ", got ",
                dtype_name(dy.dtype), " and ", dtype_name(dx.dtype));

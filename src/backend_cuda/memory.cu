@@ -54,17 +54,17 @@ DeviceState* init_device() {
     cudaGetLastError();  // clear, so the process can go on using the CPU
     throw RuntimeError(detail::concat(
         "CUDA is not available: this build has the CUDA backend but ",
-        err != cudaSuccess ? detail::concat("cudaGetDeviceCount failed with ",
-                                            cudaGetErrorName(err), " (",
-                                            cudaGetErrorString(err), ")")
-                           : std::string("no GPU was found")));
+        err != cudaSuccess
+            ? detail::concat("cudaGetDeviceCount failed with ", cudaGetErrorName(err), " (",
+                             cudaGetErrorString(err), ")")
+            : std::string("no GPU was found")));
   }
   auto* s = new DeviceState;
   NEEDLE_CUDA_CHECK(cudaSetDevice(0));
   NEEDLE_CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
   ErrorRecord* host = nullptr;
-  NEEDLE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(ErrorRecord),
-                                  cudaHostAllocMapped));
+  NEEDLE_CUDA_CHECK(
+      cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(ErrorRecord), cudaHostAllocMapped));
   host->code = kNoError;
   host->value = 0;
   host->bound = 0;
@@ -107,15 +107,15 @@ void check_device_error_flag() {
                                   ") (reported by a kernel at the next synchronisation)"));
 }
 
-// --- caching allocator -------------------------------------------------------------------------------
+// --- caching allocator ---------------------------------------------------------------------------
 namespace {
 
-constexpr size_t kRound = 512;                   // every block is a multiple of this
-constexpr size_t kSmallRequest = 1 << 20;        // requests up to 1 MB use the small pool
-constexpr size_t kSmallSegment = 2 << 20;        // small-pool segments
-constexpr size_t kLargeSegment = 20 << 20;       // large-pool segments for requests < 10 MB
+constexpr size_t kRound = 512;              // every block is a multiple of this
+constexpr size_t kSmallRequest = 1 << 20;   // requests up to 1 MB use the small pool
+constexpr size_t kSmallSegment = 2 << 20;   // small-pool segments
+constexpr size_t kLargeSegment = 20 << 20;  // large-pool segments for requests < 10 MB
 constexpr size_t kMediumRequest = 10 << 20;
-constexpr size_t kLargeRound = 2 << 20;          // larger segments are rounded to 2 MB
+constexpr size_t kLargeRound = 2 << 20;  // larger segments are rounded to 2 MB
 
 struct Block {
   char* ptr;
@@ -218,9 +218,10 @@ class CachingAllocator {
   }
 
   Block* new_segment(size_t size, bool small, size_t requested) {
-    size_t seg = small ? kSmallSegment
-                       : (size < kMediumRequest ? kLargeSegment
-                                                : (size + kLargeRound - 1) / kLargeRound * kLargeRound);
+    size_t seg =
+        small ? kSmallSegment
+              : (size < kMediumRequest ? kLargeSegment
+                                       : (size + kLargeRound - 1) / kLargeRound * kLargeRound);
     void* p = nullptr;
     cudaError_t err = cudaMalloc(&p, seg);
     if (err == cudaErrorMemoryAllocation) {
@@ -234,10 +235,10 @@ class CachingAllocator {
       cudaMemGetInfo(&free_b, &total_b);
       cudaGetLastError();
       throw OutOfMemoryError(detail::concat(
-          "CUDA out of memory: tried to allocate ", requested, " bytes (",
-          format_bytes(requested), "); needle has ", format_bytes(stats_.allocated),
-          " allocated and ", format_bytes(stats_.reserved), " reserved; the device has ",
-          format_bytes(free_b), " free of ", format_bytes(total_b)));
+          "CUDA out of memory: tried to allocate ", requested, " bytes (", format_bytes(requested),
+          "); needle has ", format_bytes(stats_.allocated), " allocated and ",
+          format_bytes(stats_.reserved), " reserved; the device has ", format_bytes(free_b),
+          " free of ", format_bytes(total_b)));
     }
     NEEDLE_CUDA_CHECK(err);
     stats_.num_device_allocs += 1;
@@ -299,7 +300,7 @@ void* device_alloc(size_t nbytes) {
 }
 void device_free(void* ptr, size_t /*nbytes*/) { allocator().release(ptr); }
 
-// --- table entries -----------------------------------------------------------------------------------
+// --- table entries -------------------------------------------------------------------------------
 MemoryStats memory_stats() { return allocator().stats(); }
 void reset_peak_memory_stats() { allocator().reset_peak(); }
 void empty_cache() { allocator().empty_cache(); }

@@ -36,7 +36,8 @@ __global__ void random_kernel(RandomKind kind, T* __restrict__ out, int64_t n, u
     switch (kind) {
       case RandomKind::Uniform:
 #pragma unroll
-        for (int l = 0; l < 4; ++l) v[l] = static_cast<U>(p0 + (p1 - p0) * static_cast<double>(u[l]));
+        for (int l = 0; l < 4; ++l)
+          v[l] = static_cast<U>(p0 + (p1 - p0) * static_cast<double>(u[l]));
         break;
       case RandomKind::Bernoulli:
 #pragma unroll

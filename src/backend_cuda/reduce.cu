@@ -48,10 +48,10 @@ struct Reducer {
   static constexpr bool kWiden = kOp == ReduceOp::Sum || kOp == ReduceOp::Prod;
   static constexpr bool kArg = kOp == ReduceOp::ArgMax || kOp == ReduceOp::ArgMin;
   static constexpr bool kIsMax = kOp == ReduceOp::Max || kOp == ReduceOp::ArgMax;
-  using Acc = std::conditional_t<kWiden && !std::is_floating_point_v<acc_t<T>>, int64_t,
-                                 compute_t<T>>;
-  using Out = std::conditional_t<kArg || (kWiden && !std::is_floating_point_v<acc_t<T>>),
-                                 int64_t, T>;
+  using Acc =
+      std::conditional_t<kWiden && !std::is_floating_point_v<acc_t<T>>, int64_t, compute_t<T>>;
+  using Out =
+      std::conditional_t<kArg || (kWiden && !std::is_floating_point_v<acc_t<T>>), int64_t, T>;
   using S = State<Acc>;
 
   __device__ __forceinline__ static S identity() {
@@ -60,9 +60,7 @@ struct Reducer {
     // Max/Min: the identity loses every comparison; Arg*: index LLONG_MAX marks "empty".
     return S{kIsMax ? lowest_value<Acc>() : highest_value<Acc>(), LLONG_MAX};
   }
-  __device__ __forceinline__ static S make(T x, int64_t idx) {
-    return S{convert<Acc>(x), idx};
-  }
+  __device__ __forceinline__ static S make(T x, int64_t idx) { return S{convert<Acc>(x), idx}; }
   __device__ __forceinline__ static bool better(Acc a, Acc b) { return kIsMax ? a > b : a < b; }
 
   __device__ __forceinline__ static S combine(S a, S b) {
@@ -212,7 +210,8 @@ __global__ void reduce_partials_kernel(const typename Red::S* __restrict__ parti
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t o = k / inner, j = k % inner;
     typename Red::S st = Red::identity();
-    for (int64_t p = 0; p < pieces; ++p) st = Red::combine(st, partial[(o * pieces + p) * inner + j]);
+    for (int64_t p = 0; p < pieces; ++p)
+      st = Red::combine(st, partial[(o * pieces + p) * inner + j]);
     out[k] = Red::finalize(st);
   }
 }
@@ -229,8 +228,7 @@ int64_t choose_pieces(int64_t units, int64_t target, int64_t reduce, int64_t min
 }
 
 template <typename Red, typename T>
-void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner,
-                typename Red::Out* out) {
+void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner, typename Red::Out* out) {
   using S = typename Red::S;
   const int64_t sms = num_sms();
   int64_t pieces;
@@ -244,15 +242,15 @@ void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner,
     const int64_t units = outer * pieces;
     const unsigned grid = grid_for(units, kThreads / tpr);
     if (block_rows)
-      reduce_rows_kernel<Red, kThreads><<<grid, kThreads, 0, stream()>>>(
-          x, outer, reduce, pieces, piece_len, out, ws.as<S>());
+      reduce_rows_kernel<Red, kThreads>
+          <<<grid, kThreads, 0, stream()>>>(x, outer, reduce, pieces, piece_len, out, ws.as<S>());
     else
-      reduce_rows_kernel<Red, 32><<<grid, kThreads, 0, stream()>>>(x, outer, reduce, pieces,
-                                                                   piece_len, out, ws.as<S>());
+      reduce_rows_kernel<Red, 32>
+          <<<grid, kThreads, 0, stream()>>>(x, outer, reduce, pieces, piece_len, out, ws.as<S>());
     NEEDLE_CUDA_LAUNCH_CHECK();
     if (pieces > 1) {
-      reduce_partials_kernel<Red><<<grid_for(outer, kThreads), kThreads, 0, stream()>>>(
-          ws.as<S>(), outer, pieces, 1, out);
+      reduce_partials_kernel<Red>
+          <<<grid_for(outer, kThreads), kThreads, 0, stream()>>>(ws.as<S>(), outer, pieces, 1, out);
       NEEDLE_CUDA_LAUNCH_CHECK();
     }
     return;
@@ -273,12 +271,18 @@ void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner,
 
 const char* reduce_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return "sum";
-    case ReduceOp::Max: return "max";
-    case ReduceOp::Min: return "min";
-    case ReduceOp::Prod: return "prod";
-    case ReduceOp::ArgMax: return "argmax";
-    case ReduceOp::ArgMin: return "argmin";
+    case ReduceOp::Sum:
+      return "sum";
+    case ReduceOp::Max:
+      return "max";
+    case ReduceOp::Min:
+      return "min";
+    case ReduceOp::Prod:
+      return "prod";
+    case ReduceOp::ArgMax:
+      return "argmax";
+    case ReduceOp::ArgMin:
+      return "argmin";
   }
   return "reduce";
 }
@@ -290,8 +294,8 @@ void dispatch_reduce(const ArrayRef& in, int64_t outer, int64_t reduce, int64_t 
     using Red = Reducer<kOp, scalar_t>;
     DType want = dtype_of<typename Red::Out>::value;
     NEEDLE_CHECK(out.dtype == want, TypeError, "cuda ", reduce_name(kOp), " of ",
-                 dtype_name(in.dtype), ": expected an output of dtype ", dtype_name(want),
-                 ", got ", dtype_name(out.dtype));
+                 dtype_name(in.dtype), ": expected an output of dtype ", dtype_name(want), ", got ",
+                 dtype_name(out.dtype));
     run_reduce<Red>(static_cast<const scalar_t*>(in.data), outer, reduce, inner,
                     static_cast<typename Red::Out*>(out.data));
   });
@@ -304,8 +308,8 @@ void reduce(ReduceOp op, const ArrayRef& in, int64_t outer, int64_t reduce, int6
             const ArrayRef& out) {
   const char* name = reduce_name(op);
   NEEDLE_CHECK(outer >= 0 && reduce >= 0 && inner >= 0 && outer * reduce * inner == in.numel(),
-               ValueError, "cuda ", name, ": (outer, reduce, inner) = (", outer, ", ", reduce,
-               ", ", inner, ") does not match the input's ", in.numel(), " elements");
+               ValueError, "cuda ", name, ": (outer, reduce, inner) = (", outer, ", ", reduce, ", ",
+               inner, ") does not match the input's ", in.numel(), " elements");
   NEEDLE_CHECK(outer * inner == out.numel(), ValueError, "cuda ", name, ": expected an output of ",
                outer * inner, " elements, got ", out.numel());
   NEEDLE_CHECK(reduce > 0 || op == ReduceOp::Sum || op == ReduceOp::Prod || outer * inner == 0,
@@ -313,12 +317,18 @@ void reduce(ReduceOp op, const ArrayRef& in, int64_t outer, int64_t reduce, int6
                ": cannot reduce over an empty axis (reduce length 0) since it has no identity");
   if (outer * inner == 0) return;
   switch (op) {
-    case ReduceOp::Sum: return dispatch_reduce<ReduceOp::Sum>(in, outer, reduce, inner, out);
-    case ReduceOp::Prod: return dispatch_reduce<ReduceOp::Prod>(in, outer, reduce, inner, out);
-    case ReduceOp::Max: return dispatch_reduce<ReduceOp::Max>(in, outer, reduce, inner, out);
-    case ReduceOp::Min: return dispatch_reduce<ReduceOp::Min>(in, outer, reduce, inner, out);
-    case ReduceOp::ArgMax: return dispatch_reduce<ReduceOp::ArgMax>(in, outer, reduce, inner, out);
-    case ReduceOp::ArgMin: return dispatch_reduce<ReduceOp::ArgMin>(in, outer, reduce, inner, out);
+    case ReduceOp::Sum:
+      return dispatch_reduce<ReduceOp::Sum>(in, outer, reduce, inner, out);
+    case ReduceOp::Prod:
+      return dispatch_reduce<ReduceOp::Prod>(in, outer, reduce, inner, out);
+    case ReduceOp::Max:
+      return dispatch_reduce<ReduceOp::Max>(in, outer, reduce, inner, out);
+    case ReduceOp::Min:
+      return dispatch_reduce<ReduceOp::Min>(in, outer, reduce, inner, out);
+    case ReduceOp::ArgMax:
+      return dispatch_reduce<ReduceOp::ArgMax>(in, outer, reduce, inner, out);
+    case ReduceOp::ArgMin:
+      return dispatch_reduce<ReduceOp::ArgMin>(in, outer, reduce, inner, out);
   }
 }
 

@@ -40,8 +40,7 @@ __device__ __forceinline__ MaxSum<A> max_sum_merge(MaxSum<A> a, MaxSum<A> b) {
 // (max, sum) of row[0, cols) over the whole block (blockDim.x a multiple of 32); every thread gets
 // the result. `scratch` holds 32 pairs.
 template <typename A, typename T>
-__device__ __forceinline__ MaxSum<A> block_max_sum(const T* row, int64_t cols,
-                                                   MaxSum<A>* scratch) {
+__device__ __forceinline__ MaxSum<A> block_max_sum(const T* row, int64_t cols, MaxSum<A>* scratch) {
   MaxSum<A> st{-INFINITY, A(0)};
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) max_sum_add(st, convert<A>(row[c]));
 #pragma unroll

@@ -9,8 +9,9 @@ namespace {
 
 // R = rows, C = cols. out is (R, C) for Softmax / LogSoftmax and (R) for LogSumExp.
 template <typename T>
-__global__ void row_op_kernel(RowOp op, const T* __restrict__ x, int64_t rows, int64_t cols,
-                              T* __restrict__ out) {
+__global__ void __launch_bounds__(1024)
+    row_op_kernel(RowOp op, const T* __restrict__ x, int64_t rows, int64_t cols,
+                  T* __restrict__ out) {
   using A = acc_t<T>;
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {

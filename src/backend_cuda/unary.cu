@@ -25,19 +25,19 @@ void unary(UnaryOp op, const ArrayRef& a, const ArrayRef& out) {
   NEEDLE_CHECK(out.dtype == want, TypeError, "cuda ", op_name(op), ": expected out of dtype ",
                dtype_name(want), ", got ", dtype_name(out.dtype));
   switch (op) {
-#define NEEDLE_NUMERIC_CASE(Name, fname, ...)                                         \
-  case UnaryOp::Name:                                                                 \
-    NEEDLE_DISPATCH_NUMERIC(a.dtype, #fname, [&] {                                    \
-      run<functors::Name##Functor, scalar_t, scalar_t>(#fname, a, out);               \
-    })                                                                                \
+#define NEEDLE_NUMERIC_CASE(Name, fname, ...)                           \
+  case UnaryOp::Name:                                                   \
+    NEEDLE_DISPATCH_NUMERIC(a.dtype, #fname, [&] {                      \
+      run<functors::Name##Functor, scalar_t, scalar_t>(#fname, a, out); \
+    })                                                                  \
     return;
     NEEDLE_UNARY_NUMERIC_OPS(NEEDLE_NUMERIC_CASE)
 #undef NEEDLE_NUMERIC_CASE
-#define NEEDLE_FLOAT_CASE(Name, fname, ...)                                           \
-  case UnaryOp::Name:                                                                 \
-    NEEDLE_DISPATCH_FLOATING(a.dtype, #fname, [&] {                                   \
-      run<functors::Name##Functor, scalar_t, scalar_t>(#fname, a, out);               \
-    })                                                                                \
+#define NEEDLE_FLOAT_CASE(Name, fname, ...)                             \
+  case UnaryOp::Name:                                                   \
+    NEEDLE_DISPATCH_FLOATING(a.dtype, #fname, [&] {                     \
+      run<functors::Name##Functor, scalar_t, scalar_t>(#fname, a, out); \
+    })                                                                  \
     return;
     NEEDLE_UNARY_FLOAT_OPS(NEEDLE_FLOAT_CASE)
 #undef NEEDLE_FLOAT_CASE

@@ -2,7 +2,6 @@
 // and merging within a segment, empty_cache, and recovery from an out-of-memory request. Needs a
 // GPU (label `gpu`); without one every test passes with a note.
 #include <catch2/catch.hpp>
-
 #include <string>
 #include <vector>
 
@@ -15,11 +14,11 @@ namespace {
 
 const Device kCuda(DeviceType::CUDA, 0);
 
-#define NEEDLE_REQUIRE_GPU()                                    \
-  if (!cuda_is_available()) {                                   \
-    WARN("no CUDA device: CUDA allocator tests skipped");       \
-    SUCCEED("skipped");                                         \
-    return;                                                     \
+#define NEEDLE_REQUIRE_GPU()                              \
+  if (!cuda_is_available()) {                             \
+    WARN("no CUDA device: CUDA allocator tests skipped"); \
+    SUCCEED("skipped");                                   \
+    return;                                               \
   }
 
 // One small training-like step: elementwise ops, a reduction, a matmul; every temporary is
@@ -74,7 +73,7 @@ TEST_CASE("cuda allocator: statistics follow allocations and frees", "[cuda][mem
   const MemoryStats freed = b.memory_stats();
   CHECK(freed.allocated == before.allocated);
   CHECK(freed.peak_allocated == mid.allocated);  // the high-water mark stays until reset
-  CHECK(freed.reserved == mid.reserved);          // freed blocks stay cached
+  CHECK(freed.reserved == mid.reserved);         // freed blocks stay cached
   b.reset_peak_memory_stats();
   CHECK(b.memory_stats().peak_allocated == freed.allocated);
 

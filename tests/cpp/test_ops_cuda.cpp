@@ -7,7 +7,6 @@
 // The CUDA allocator runs in poison mode here: every block it hands out is filled with NaN bytes
 // first, so an output element a kernel forgets to write fails the comparison.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <string>
 #include <vector>
@@ -72,23 +71,30 @@ void expect_pair_close(const Pair& p, Tolerance tol, const std::string& what) {
 
 Tolerance fused_tol(DType dt) {
   switch (dt) {
-    case DType::BFloat16: return {2e-2, 2e-2};
-    case DType::Float32: return {2e-5, 1e-4};
-    default: return {1e-10, 1e-10};
+    case DType::BFloat16:
+      return {2e-2, 2e-2};
+    case DType::Float32:
+      return {2e-5, 1e-4};
+    default:
+      return {1e-10, 1e-10};
   }
 }
 
 }  // namespace
 
 TEST_CASE("cuda op table: unary ops", "[cuda][ops]") { run_family("unary"); }
-TEST_CASE("cuda op table: binary, comparison and logical ops", "[cuda][ops]") { run_family("binary"); }
+TEST_CASE("cuda op table: binary, comparison and logical ops", "[cuda][ops]") {
+  run_family("binary");
+}
 TEST_CASE("cuda op table: where", "[cuda][ops]") { run_family("where"); }
 TEST_CASE("cuda op table: copy and astype", "[cuda][ops]") { run_family("copy"); }
 TEST_CASE("cuda op table: fill", "[cuda][ops]") { run_family("fill"); }
 TEST_CASE("cuda op table: reductions", "[cuda][ops]") { run_family("reduce"); }
 TEST_CASE("cuda op table: matmul", "[cuda][ops]") { run_family("matmul"); }
 TEST_CASE("cuda op table: softmax, log_softmax, logsumexp", "[cuda][ops]") { run_family("rowops"); }
-TEST_CASE("cuda op table: index_select, index_add, embedding", "[cuda][ops]") { run_family("indexing"); }
+TEST_CASE("cuda op table: index_select, index_add, embedding", "[cuda][ops]") {
+  run_family("indexing");
+}
 TEST_CASE("cuda op table: concatenate, stack, split", "[cuda][ops]") { run_family("join"); }
 TEST_CASE("cuda op table: random streams match the CPU's", "[cuda][ops]") { run_family("random"); }
 
@@ -115,10 +121,10 @@ TEST_CASE("cuda layer_norm forward and backward match the CPU kernels", "[cuda][
           const Backend& be = dev ? gb : cb;
           auto pick = [&](Pair& p) { return (dev ? p.gpu : p.cpu).ref(); };
           ArrayRef wr = pick(w), br = pick(b), dwr = pick(dw), dbr = pick(db);
-          be.layer_norm_forward(pick(x), affine ? &wr : nullptr, affine ? &br : nullptr, 1e-5,
-                                rows, d, pick(y), pick(mean), pick(rstd));
-          be.layer_norm_backward(pick(dy), pick(x), affine ? &wr : nullptr, pick(mean),
-                                 pick(rstd), rows, d, pick(dx), &dwr, &dbr);
+          be.layer_norm_forward(pick(x), affine ? &wr : nullptr, affine ? &br : nullptr, 1e-5, rows,
+                                d, pick(y), pick(mean), pick(rstd));
+          be.layer_norm_backward(pick(dy), pick(x), affine ? &wr : nullptr, pick(mean), pick(rstd),
+                                 rows, d, pick(dx), &dwr, &dbr);
         }
         Tolerance t = fused_tol(dt);
         expect_pair_close(y, t, "y");
@@ -162,8 +168,8 @@ TEST_CASE("cuda cross_entropy forward and backward match the CPU kernels", "[cud
         auto pick = [&](Pair& p) { return (dev ? p.gpu : p.cpu).ref(); };
         be.cross_entropy_forward(pick(logits), pick(targets), ignore, rows, classes, pick(loss),
                                  pick(lse));
-        be.cross_entropy_backward(pick(logits), pick(targets), pick(lse), pick(dloss), ignore,
-                                  rows, classes, pick(dlogits));
+        be.cross_entropy_backward(pick(logits), pick(targets), pick(lse), pick(dloss), ignore, rows,
+                                  classes, pick(dlogits));
       }
       expect_pair_close(loss, fused_tol(st), "loss");
       expect_pair_close(lse, fused_tol(st), "lse");
@@ -192,8 +198,8 @@ TEST_CASE("cuda adamw matches the CPU kernel over several steps", "[cuda][fused]
       const double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
       cpu_backend().adamw(p.cpu.ref(), g.cpu.ref(), m.cpu.ref(), v.cpu.ref(), lr, b1, b2, eps, wd,
                           bc1, bc2);
-      cuda_backend().adamw(p.gpu.ref(), g.gpu.ref(), m.gpu.ref(), v.gpu.ref(), lr, b1, b2, eps,
-                           wd, bc1, bc2);
+      cuda_backend().adamw(p.gpu.ref(), g.gpu.ref(), m.gpu.ref(), v.gpu.ref(), lr, b1, b2, eps, wd,
+                           bc1, bc2);
     }
     expect_pair_close(p, fused_tol(ty.param), "param");
     expect_pair_close(m, fused_tol(ty.moments), "exp_avg");
@@ -209,10 +215,12 @@ TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {
       INFO(dtype_name(dt) << " cols=" << cols);
       Pair x = random_pair(rng, {5, cols}, dt);
       for (int which = 0; which < 3; ++which) {
-        NDArray c = which == 0 ? softmax(x.cpu, -1) : which == 1 ? log_softmax(x.cpu, -1)
-                                                                 : logsumexp(x.cpu, -1);
-        NDArray g = which == 0 ? softmax(x.gpu, -1) : which == 1 ? log_softmax(x.gpu, -1)
-                                                                 : logsumexp(x.gpu, -1);
+        NDArray c = which == 0   ? softmax(x.cpu, -1)
+                    : which == 1 ? log_softmax(x.cpu, -1)
+                                 : logsumexp(x.cpu, -1);
+        NDArray g = which == 0   ? softmax(x.gpu, -1)
+                    : which == 1 ? log_softmax(x.gpu, -1)
+                                 : logsumexp(x.gpu, -1);
         expect_close(read_host(g), read_host(c), fused_tol(dt), "row op " + std::to_string(which));
       }
     }
@@ -309,8 +317,9 @@ TEST_CASE("cuda gemm: beta, k = 0, broadcast batch and transposed operands", "[c
           g.beta = 2.0;
           (dev ? cuda_backend() : cpu_backend()).gemm(g);
         }
-        Tolerance t = dt == DType::BFloat16 ? Tolerance{3e-2, 2e-2}
-                      : dt == DType::Float32 ? Tolerance{1e-4, 1e-5} : Tolerance{1e-12, 1e-12};
+        Tolerance t = dt == DType::BFloat16  ? Tolerance{3e-2, 2e-2}
+                      : dt == DType::Float32 ? Tolerance{1e-4, 1e-5}
+                                             : Tolerance{1e-12, 1e-12};
         expect_pair_close(c, t, "C");
       }
     }
@@ -322,7 +331,8 @@ TEST_CASE("cuda matmul precision: TF32 when 'high', full float32 by default", "[
   CHECK_THROWS_AS(set_matmul_precision("fast"), ValueError);
   NEEDLE_REQUIRE_GPU();
   Rng rng(808);
-  Pair a = random_pair(rng, {256, 512}, DType::Float32), b = random_pair(rng, {512, 128}, DType::Float32);
+  Pair a = random_pair(rng, {256, 512}, DType::Float32),
+       b = random_pair(rng, {512, 128}, DType::Float32);
   HostArray ref = read_host(matmul(a.cpu, b.cpu));
   auto max_rel_err = [&](const NDArray& got) {
     HostArray h = read_host(got);
@@ -368,7 +378,8 @@ TEST_CASE("cuda bad indices raise IndexError at the next synchronisation", "[cud
   // A bad target of cross_entropy, reported through copy_to_host this time.
   NDArray logits = NDArray::zeros({2, 3}, DType::Float32, kCuda);
   NDArray targets = NDArray::from_host(std::vector<int64_t>{0, 3}.data(), {2}, DType::Int64, kCuda);
-  NDArray loss = NDArray::empty({2}, DType::Float32, kCuda), lse = NDArray::empty({2}, DType::Float32, kCuda);
+  NDArray loss = NDArray::empty({2}, DType::Float32, kCuda),
+          lse = NDArray::empty({2}, DType::Float32, kCuda);
   gb.cross_entropy_forward(logits.ref(), targets.ref(), -100, 2, 3, loss.ref(), lse.ref());
   CHECK_THROWS_AS(loss.to_vector<float>(), IndexError);
   CHECK_NOTHROW(cuda_synchronize());
