@@ -43,6 +43,9 @@ const Backend& backend_for(const Device& device) {
   const Backend& cuda = cuda_backend();
   NEEDLE_CHECK(device.index < cuda_device_count(), RuntimeError, "device ", device.str(),
                " does not exist: this machine has ", cuda_device_count(), " CUDA device(s)");
+  // The CUDA backend drives one GPU (device 0); another index would silently run there.
+  NEEDLE_CHECK(device.index == 0, RuntimeError, "device ", device.str(),
+               " is not supported: needle's CUDA backend runs on cuda:0 only");
   return cuda;
 }
 
