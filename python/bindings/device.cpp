@@ -1,6 +1,7 @@
 // needle.cuda (torch.cuda's names: is_available, device_count, memory statistics, synchronize)
 // and ndl.memory_stats(device) for any device. In a build without CUDA, everything but
 // is_available/device_count raises RuntimeError("this build has no CUDA ...").
+#include "backend_cuda/cuda_backend.h"
 #include "bindings.h"
 #include "ndarray/error.h"
 
@@ -59,11 +60,24 @@ void init_device(py::module_& m) {
            py::arg("device") = py::none(), "Returns cached, unused blocks to the driver.");
   cuda.def("synchronize",
            [](py::handle d) {
-             const Backend& backend = backend_for(cuda_device(d));
+             backend_for(cuda_device(d));  // a clear error for a device that does not exist
              py::gil_scoped_release release;
-             backend.synchronize();
+             cuda_synchronize();
            },
-           py::arg("device") = py::none(), "Waits for all queued work on the device.");
+           py::arg("device") = py::none(),
+           "Waits for all queued GPU work; raises IndexError for an out-of-range index that a "
+           "kernel reported since the last synchronisation.");
+
+  // torch.set_float32_matmul_precision's values. A build without CUDA keeps the setting as well,
+  // so scripts that set it run unchanged on the CPU.
+  const char* precision_doc =
+      "float32 matmul precision on CUDA: 'highest' (full float32, the default), 'high' (TF32 "
+      "tensor cores) or 'medium' (bfloat16 tensor cores).";
+  cuda.def("set_matmul_precision", &set_matmul_precision, py::arg("precision"), precision_doc);
+  cuda.def("get_matmul_precision", &get_matmul_precision);
+  m.def("set_float32_matmul_precision", &set_matmul_precision, py::arg("precision"),
+        precision_doc);
+  m.def("get_float32_matmul_precision", &get_matmul_precision);
 }
 
 }  // namespace needle::python

@@ -206,10 +206,11 @@ void parse_to_target(py::handle target, std::optional<Device>& device,
     device = py::cast<Device>(target);
   } else if (py::isinstance<py::str>(target)) {
     const std::string s = py::str(target);
-    if (s == "cpu" || s.rfind("cuda", 0) == 0)
-      device = Device(s);
-    else
+    try {
       dtype = dtype_from_name(s);
+    } catch (const TypeError&) {
+      device = Device(s);  // neither a dtype nor a device: ValueError naming both device forms
+    }
   } else {
     dtype = to_dtype(target);
   }

@@ -20,11 +20,13 @@ from ._C import (
     dtype,
     float32,
     float64,
+    get_float32_matmul_precision,
     int32,
     int64,
     manual_seed,
     memory_stats,
     promote_types,
+    set_float32_matmul_precision,
 )
 from .tensor import *  # noqa: F401,F403  (tensor(), creation, Tensor-aware functions)
 from .tensor import cat, concatenate, matmul, stack, tensor, where

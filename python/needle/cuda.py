@@ -12,3 +12,5 @@ memory_reserved = _cuda.memory_reserved
 reset_peak_memory_stats = _cuda.reset_peak_memory_stats
 empty_cache = _cuda.empty_cache
 synchronize = _cuda.synchronize
+set_matmul_precision = _cuda.set_matmul_precision
+get_matmul_precision = _cuda.get_matmul_precision

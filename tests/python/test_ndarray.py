@@ -104,30 +104,32 @@ def test_constructor_copies_an_ndarray():
 _erf = np.vectorize(math.erf)
 UNARY = {
     "neg": np.negative, "abs": np.abs, "relu": lambda a: np.maximum(a, 0), "sign": np.sign,
-    "exp": np.exp, "log": lambda a: np.log(np.abs(a) + 0.1), "sqrt": lambda a: np.sqrt(np.abs(a)),
-    "rsqrt": lambda a: 1 / np.sqrt(np.abs(a) + 0.1), "tanh": np.tanh,
-    "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "sin": np.sin, "cos": np.cos, "erf": _erf,
-    "gelu": lambda a: 0.5 * a * (1 + _erf(a / math.sqrt(2))),
+    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda a: 1 / np.sqrt(a),
+    "tanh": np.tanh, "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "sin": np.sin, "cos": np.cos,
+    "erf": _erf, "gelu": lambda a: 0.5 * a * (1 + _erf(a / math.sqrt(2))),
     "gelu_tanh": lambda a: 0.5 * a * (1 + np.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a**3))),
 }
-# Ops whose domain excludes negatives get |a| (+0.1) as input, matching the references above.
-POSITIVE_INPUT = {"log": 0.1, "sqrt": 0.0, "rsqrt": 0.1}
+POSITIVE_DOMAIN = {"log", "sqrt", "rsqrt"}
+
+
+def test_unary_table_covers_every_generated_op():
+    binary = set(BINARY) | {"logical_not"}
+    assert set(ndl._C.elementwise_ops) - binary == set(UNARY)
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
 @pytest.mark.parametrize("layout", ["compact", "transposed"])
 def test_unary_ops(name, layout):
     a = randn(3, 4)
-    if name in POSITIVE_INPUT:
-        a = np.abs(a) + POSITIVE_INPUT[name]
-    ref = (lambda v: UNARY[name](v)) if name not in POSITIVE_INPUT else {
-        "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda v: 1 / np.sqrt(v)}[name]
+    if name in POSITIVE_DOMAIN:
+        a = np.abs(a) + 0.1
     x = ndl.NDArray(a)
     if layout == "transposed":
         x, a = x.T, a.T
         assert not x.is_contiguous()
-    check(getattr(x, name)(), ref(a.astype(np.float64)), ndl.float32, rtol=1e-5, atol=1e-5)
-    check(getattr(nd, name)(x), ref(a.astype(np.float64)), ndl.float32, rtol=1e-5, atol=1e-5)
+    expected = UNARY[name](a.astype(np.float64))
+    check(getattr(x, name)(), expected, ndl.float32, rtol=1e-5, atol=1e-5)
+    check(getattr(nd, name)(x), expected, ndl.float32, rtol=1e-5, atol=1e-5)
 
 
 def test_float_unary_ops_promote_integers_and_keep_float64():
@@ -510,3 +512,52 @@ def test_cpu_memory_stats_track_allocations():
 def test_cuda_queries_do_not_need_a_gpu():
     assert isinstance(ndl.cuda.is_available(), bool)
     assert ndl.cuda.device_count() >= (1 if ndl.cuda.is_available() else 0)
+
+
+def test_matmul_precision_setting_round_trips():
+    before = ndl.get_float32_matmul_precision()
+    try:
+        ndl.set_float32_matmul_precision("high")
+        assert ndl.cuda.get_matmul_precision() == "high"
+        with pytest.raises(ValueError, match=r"\"highest\", \"high\" or \"medium\", got \"fast\""):
+            ndl.cuda.set_matmul_precision("fast")
+    finally:
+        ndl.set_float32_matmul_precision(before)
+    assert ndl.get_float32_matmul_precision() == before
+
+
+# --- CUDA (skipped without a GPU) ----------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not ndl.cuda.is_available(), reason="needs a GPU")
+
+
+@needs_cuda
+def test_cuda_arrays_match_numpy():
+    a, b = randn(3, 4), randn(4)
+    x = ndl.NDArray(a, device="cuda")
+    assert x.device == ndl.device("cuda:0") and x.is_cuda
+    check(x.cpu(), a)
+    check((x * 2 + ndl.NDArray(b).cuda()).softmax(-1).cpu(),
+          np.exp(2 * a + b) / np.exp(2 * a + b).sum(-1, keepdims=True), rtol=1e-5)
+    check(x.T[::-1].contiguous().cpu(), a.T[::-1])
+    check((x @ x.T).cpu(), a @ a.T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(x), a)  # __array__ copies a CUDA array to the host
+    with pytest.raises(BufferError, match=r"CPU array.*cuda:0"):
+        memoryview(x)
+    ndl.cuda.synchronize()
+
+
+@needs_cuda
+def test_cuda_memory_statistics():
+    ndl.cuda.synchronize()
+    before = ndl.cuda.memory_allocated()
+    x = nd.empty(1 << 20, device="cuda")
+    assert ndl.cuda.memory_allocated() - before >= 4 << 20
+    assert ndl.cuda.max_memory_allocated() >= ndl.cuda.memory_allocated()
+    assert ndl.cuda.memory_reserved() >= ndl.cuda.memory_allocated()
+    del x
+    assert ndl.cuda.memory_allocated() == before
+    ndl.cuda.empty_cache()
+    ndl.cuda.reset_peak_memory_stats()
+    assert ndl.cuda.max_memory_allocated() == ndl.cuda.memory_allocated()
+    assert set(ndl.cuda.memory_stats()) >= {"allocated_bytes", "reserved_bytes"}
