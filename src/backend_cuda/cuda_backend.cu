@@ -37,6 +37,8 @@ const Backend& cuda_backend() {
     b.cross_entropy_forward = cuda::cross_entropy_forward;
     b.cross_entropy_backward = cuda::cross_entropy_backward;
     b.adamw = cuda::adamw;
+    b.block_sparse_attention_forward = cuda::block_sparse_attention_forward;
+    b.block_sparse_attention_backward = cuda::block_sparse_attention_backward;
     return b;
   }();
   return table;

@@ -1,0 +1,449 @@
+// Block-sparse attention, backward (FlashAttention-2 style, no atomics), three launches:
+//   1. delta = rowsum(dO * O), one float per query row (scratch from the caching allocator);
+//   2. dK, dV: a CTA per 64 keys walks the query blocks that read them (the transposed CSR),
+//      recomputes P^T = exp(scale * K Q^T - lse) and accumulates dV += P^T dO and
+//      dK += dS^T Q with dS = P * (dO V^T - delta), all in registers;
+//   3. dQ: a CTA per 64 queries walks its kept key blocks (the row CSR), recomputes P and dS the
+//      same way and accumulates dQ += dS K.
+// Each output element is owned by one CTA, so the sums need no atomics and are deterministic.
+// Tiles are 64 x 64 as in the forward; the inner products run on 32-wide halves of the secondary
+// tile so the four fp32 accumulator sets (dK, dV, S, dP) fit in registers.
+#include "backend_cuda/attention_common.cuh"
+#include "backend_cuda/cuda_internal.h"
+
+namespace needle::cuda {
+namespace attn {
+namespace {
+
+constexpr int kHalf = kTile / 2;
+
+__device__ __forceinline__ float load_float(const uint16_t* p, int64_t i) {
+  return __uint_as_float(uint32_t(p[i]) << 16);
+}
+__device__ __forceinline__ float load_float(const float* p, int64_t i) { return p[i]; }
+
+// R = B * H * Lq rows, D = head dim. delta[r] = sum_d dO[r, d] * O[r, d]; one warp per row.
+template <typename E, int D>
+__global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ dout,
+                             float* __restrict__ delta, int64_t rows) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    float acc = 0.f;
+#pragma unroll
+    for (int j = lane; j < D; j += 32) acc += load_float(out, r * D + j) * load_float(dout, r * D + j);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) delta[r] = acc;
+  }
+}
+
+struct BwdArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* dout;
+  const float* lse;
+  const float* delta;
+  void* dq;
+  void* dk;
+  void* dv;
+  BlockLayoutRef layout;
+  int heads;
+  int64_t lq, lk;
+  float scale;       // dK, dQ = scale * (dS^T Q, dS K)
+  float scale_log2;  // scale * log2(e)
+};
+
+// The row logsumexp in log2 units for exp2; a row with no visible key (lse = -inf) gets +inf so
+// that any score gives p = 0 rather than inf.
+__device__ __forceinline__ float lse_log2(float lse) {
+  return lse == -INFINITY ? INFINITY : lse * kLog2e;
+}
+
+template <typename E, int D, int MT>
+__device__ __forceinline__ void store_rows(E* dst, int64_t p0, int row0, int64_t len,
+                                           const float (&c)[MT][D / 8][4], float mul, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t r = p0 + row0 + m * 16 + g + 8 * i;
+      if (r >= len) continue;
+      E* row = dst + r * D + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float x = c[m][n][2 * i] * mul, y = c[m][n][2 * i + 1] * mul;
+        if constexpr (sizeof(E) == 2) {
+          *reinterpret_cast<uint32_t*>(row + n * 8) = pack_bf16(x, y);
+        } else {
+          *reinterpret_cast<float2*>(row + n * 8) = make_float2(x, y);
+        }
+      }
+    }
+}
+
+// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
+// grid (key tiles of 64, H, B). q, dout (B, H, Lq, D); k, v, dk, dv (B, H, Lk, D);
+// lse, delta (B, H, Lq) float32.
+template <MathMode M, int D>
+__global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a) {
+  using E = elem_t<M>;
+  constexpr int MT = bwd_m_tiles<M, D>(), NT = 32 * bwd_warps<M, D>();
+  constexpr int LD = smem_stride<M, D>();
+  extern __shared__ __align__(16) unsigned char smem[];
+  E* sk = reinterpret_cast<E*>(smem);
+  E* sv = sk + kTile * LD;
+  E* sqdo = sv + kTile * LD;  // two stages of [Q tile, dO tile]
+  float* sstat = reinterpret_cast<float*>(sqdo + 4 * kTile * LD);  // two stages of [lse, delta]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const int row0 = warp * 16 * MT;
+  const int64_t k0 = int64_t(blockIdx.x) * kTile;
+  const int h = blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
+  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * D;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * D;
+  const float* lse = a.lse + bh * a.lq;
+  const float* delta = a.delta + bh * a.lq;
+  const BlockLayoutRef& L = a.layout;
+
+  auto key_pos = [&](int j) -> int64_t { return k0 + j < a.lk ? k0 + j : -1; };
+  load_tile<E, D, NT>(sk, LD, k, key_pos);
+  load_tile<E, D, NT>(sv, LD, v, key_pos);
+  cp_async_commit();
+
+  TileCursor cursor;
+  const int lh = L.layout_heads == 1 ? 0 : h;
+  cursor.init(L.col_ptr, L.row_idx, L.t_block_flags, int64_t(lh) * (L.num_k_blocks + 1),
+              L.num_k_blocks, L.block_size, k0);
+  const int gs = cursor.group_size();
+  auto load_q = [&](const SlotTile& st, int stage) {
+    E* dq_ = sqdo + stage * 2 * kTile * LD;
+    auto pos = [&](int j) -> int64_t {
+      const int64_t p = slot_pos(st, j, gs);
+      return p < a.lq ? p : -1;
+    };
+    load_tile<E, D, NT>(dq_, LD, q, pos);
+    load_tile<E, D, NT>(dq_ + kTile * LD, LD, dout, pos);
+    // Plain stores: this stage was released by the barrier that ended its last use.
+    float* st_lse = sstat + stage * 2 * kTile;
+    for (int j = threadIdx.x; j < kTile; j += NT) {
+      const int64_t p = pos(j);
+      st_lse[j] = p >= 0 ? lse_log2(lse[p]) : INFINITY;
+      st_lse[kTile + j] = p >= 0 ? delta[p] : 0.f;
+    }
+  };
+
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load_q(cur, 0);
+  cp_async_commit();
+
+  float dk[MT][D / 8][4], dv[MT][D / 8][4];
+  zero(dk);
+  zero(dv);
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load_q(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const E* sq = sqdo + stage * 2 * kTile * LD;
+    const E* sdo = sq + kTile * LD;
+    const float* st_lse = sstat + stage * 2 * kTile;
+    const bool need_mask = cur.flagged || gs < kTile ||
+                           (L.causal && k0 + kTile - 1 > cur.start[0]) ||
+                           cur.start[0] + kTile > a.lq;
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+      const int c0 = half * kHalf;
+      // S^T (keys x queries) -> P^T.
+      float p[MT][kHalf / 8][4];
+      zero(p);
+      gemm_xyt<M, D, MT, kHalf>(p, sk + row0 * LD, sq + c0 * LD, LD, lane);
+#pragma unroll
+      for (int n = 0; n < kHalf / 8; ++n) {
+        const int col = c0 + n * 8 + 2 * t;
+        const float l0 = st_lse[col], l1 = st_lse[col + 1];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          p[m][n][0] = fast_exp2(p[m][n][0] * a.scale_log2 - l0);
+          p[m][n][1] = fast_exp2(p[m][n][1] * a.scale_log2 - l1);
+          p[m][n][2] = fast_exp2(p[m][n][2] * a.scale_log2 - l0);
+          p[m][n][3] = fast_exp2(p[m][n][3] * a.scale_log2 - l1);
+        }
+      }
+      // Masked after the exponential (to exactly 0), so any scale, 0 included, is safe.
+      if (need_mask)
+        apply_mask<MT, kHalf>(p, cur, gs, k0, row0, c0, a.lq, L.causal, false, 0.f, lane);
+      gemm_py<M, D, MT, kHalf>(dv, p, sdo + c0 * LD, LD, lane);
+      // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta) in place.
+      float ds[MT][kHalf / 8][4];
+      zero(ds);
+      gemm_xyt<M, D, MT, kHalf>(ds, sv + row0 * LD, sdo + c0 * LD, LD, lane);
+#pragma unroll
+      for (int n = 0; n < kHalf / 8; ++n) {
+        const int col = c0 + n * 8 + 2 * t;
+        const float d0 = st_lse[kTile + col], d1 = st_lse[kTile + col + 1];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          ds[m][n][0] = p[m][n][0] * (ds[m][n][0] - d0);
+          ds[m][n][1] = p[m][n][1] * (ds[m][n][1] - d1);
+          ds[m][n][2] = p[m][n][2] * (ds[m][n][2] - d0);
+          ds[m][n][3] = p[m][n][3] * (ds[m][n][3] - d1);
+        }
+      }
+      gemm_py<M, D, MT, kHalf>(dk, ds, sq + c0 * LD, LD, lane);
+    }
+    __syncthreads();  // the next iteration overwrites this stage
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();
+  store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * D, k0, row0, a.lk, dk, a.scale, lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * D, k0, row0, a.lk, dv, 1.f, lane);
+}
+
+// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
+// grid (query tiles of 64, H, B). q, dout, dq (B, H, Lq, D); k, v (B, H, Lk, D);
+// lse, delta (B, H, Lq) float32.
+template <MathMode M, int D>
+__global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
+  using E = elem_t<M>;
+  constexpr int MT = bwd_m_tiles<M, D>(), NT = 32 * bwd_warps<M, D>();
+  constexpr int LD = smem_stride<M, D>();
+  extern __shared__ __align__(16) unsigned char smem[];
+  E* sq = reinterpret_cast<E*>(smem);
+  E* sdo = sq + kTile * LD;
+  E* skv = sdo + kTile * LD;  // two stages of [K tile, V tile]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+  const int row0 = warp * 16 * MT;
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // long causal rows first
+  const int h = blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
+  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * D;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * D;
+  const BlockLayoutRef& L = a.layout;
+
+  auto query_pos = [&](int j) -> int64_t { return q0 + j < a.lq ? q0 + j : -1; };
+  load_tile<E, D, NT>(sq, LD, q, query_pos);
+  load_tile<E, D, NT>(sdo, LD, dout, query_pos);
+  cp_async_commit();
+
+  // The statistics of the two rows (g, g + 8) of each m-tile this lane holds.
+  float row_lse[MT][2], row_delta[MT][2];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t r = q0 + row0 + m * 16 + g + 8 * i;
+      row_lse[m][i] = r < a.lq ? lse_log2(a.lse[bh * a.lq + r]) : INFINITY;
+      row_delta[m][i] = r < a.lq ? a.delta[bh * a.lq + r] : 0.f;
+    }
+
+  TileCursor cursor;
+  const int lh = L.layout_heads == 1 ? 0 : h;
+  cursor.init(L.row_ptr, L.col_idx, L.block_flags, int64_t(lh) * (L.num_q_blocks + 1),
+              L.num_q_blocks, L.block_size, q0);
+  const int gs = cursor.group_size();
+  auto load_kv = [&](const SlotTile& st, int stage) {
+    E* dk_ = skv + stage * 2 * kTile * LD;
+    auto pos = [&](int j) -> int64_t {
+      const int64_t p = slot_pos(st, j, gs);
+      return p < a.lk ? p : -1;
+    };
+    load_tile<E, D, NT>(dk_, LD, k, pos);
+    load_tile<E, D, NT>(dk_ + kTile * LD, LD, v, pos);
+  };
+
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load_kv(cur, 0);
+  cp_async_commit();
+
+  float dq[MT][D / 8][4];
+  zero(dq);
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load_kv(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const E* sk = skv + stage * 2 * kTile * LD;
+    const E* sv = sk + kTile * LD;
+    const bool need_mask = cur.flagged || gs < kTile ||
+                           (L.causal && cur.start[0] + kTile - 1 > q0) ||
+                           cur.start[0] + kTile > a.lk;
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+      const int c0 = half * kHalf;
+      float p[MT][kHalf / 8][4];
+      zero(p);
+      gemm_xyt<M, D, MT, kHalf>(p, sq + row0 * LD, sk + c0 * LD, LD, lane);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int n = 0; n < kHalf / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            p[m][n][e] = fast_exp2(p[m][n][e] * a.scale_log2 - row_lse[m][e >> 1]);
+      if (need_mask)
+        apply_mask<MT, kHalf>(p, cur, gs, q0, row0, c0, a.lk, L.causal, true, 0.f, lane);
+      float ds[MT][kHalf / 8][4];
+      zero(ds);
+      gemm_xyt<M, D, MT, kHalf>(ds, sdo + row0 * LD, sv + c0 * LD, LD, lane);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int n = 0; n < kHalf / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            ds[m][n][e] = p[m][n][e] * (ds[m][n][e] - row_delta[m][e >> 1]);
+      gemm_py<M, D, MT, kHalf>(dq, ds, sk + c0 * LD, LD, lane);
+    }
+    __syncthreads();
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();
+  store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * D, q0, row0, a.lq, dq, a.scale, lane);
+}
+
+// Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  NEEDLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes)));
+}
+
+template <MathMode M, int D>
+void launch_backward(const BwdArgs& a, int64_t batch) {
+  constexpr int NT = 32 * bwd_warps<M, D>();
+  const size_t tile_bytes = size_t(kTile) * smem_stride<M, D>() * sizeof(elem_t<M>);
+  const size_t dkdv_smem = 6 * tile_bytes + 4 * kTile * sizeof(float);
+  const size_t dq_smem = 6 * tile_bytes;
+  static const bool configured = [&] {
+    allow_smem(dkdv_kernel<M, D>, dkdv_smem);
+    allow_smem(dq_kernel<M, D>, dq_smem);
+    return true;
+  }();
+  (void)configured;
+  const unsigned heads = static_cast<unsigned>(a.heads), b = static_cast<unsigned>(batch);
+  if (a.lk > 0) {
+    dkdv_kernel<M, D><<<dim3(unsigned(ceil_div(a.lk, kTile)), heads, b), NT, dkdv_smem,
+                         stream()>>>(a);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  }
+  if (a.lq > 0) {
+    dq_kernel<M, D><<<dim3(unsigned(ceil_div(a.lq, kTile)), heads, b), NT, dq_smem, stream()>>>(
+        a);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  }
+}
+
+template <MathMode M>
+void dispatch_backward(int64_t d, const BwdArgs& a, int64_t batch) {
+  if (d == 32) launch_backward<M, 32>(a, batch);
+  else if (d == 64) launch_backward<M, 64>(a, batch);
+  else launch_backward<M, 128>(a, batch);
+}
+
+template <typename E>
+void launch_delta(const ArrayRef& out, const ArrayRef& dout, float* delta, int64_t rows,
+                  int64_t d) {
+  constexpr int kRowsPerBlock = 8;  // one warp per row
+  const unsigned blocks = grid_for(rows, kRowsPerBlock);
+  const E* o = static_cast<const E*>(out.data);
+  const E* g = static_cast<const E*>(dout.data);
+  if (d == 32) delta_kernel<E, 32><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(o, g, delta, rows);
+  else if (d == 64) delta_kernel<E, 64><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(o, g, delta, rows);
+  else delta_kernel<E, 128><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(o, g, delta, rows);
+  NEEDLE_CUDA_LAUNCH_CHECK();
+}
+
+void check_like(const ArrayRef& x, const ArrayRef& like, const char* name) {
+  bool same = x.ndim == like.ndim && x.dtype == like.dtype && x.is_compact();
+  for (int i = 0; same && i < x.ndim; ++i) same = x.shape[i] == like.shape[i];
+  NEEDLE_CHECK(same, ValueError, "cuda block_sparse_attention_backward: ", name,
+               " must be a compact array of the shape and dtype of its input");
+}
+
+}  // namespace
+}  // namespace attn
+
+void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                                     const ArrayRef& out, const ArrayRef& lse,
+                                     const ArrayRef& dout, const BlockLayoutRef& layout,
+                                     double scale, const ArrayRef& dq, const ArrayRef& dk,
+                                     const ArrayRef& dv) {
+  using namespace attn;
+  check_attention_args("block_sparse_attention_backward", q, k, v, layout);
+  NEEDLE_CHECK(layout.q_offset == 0, ValueError,
+               "cuda block_sparse_attention_backward: requires q_offset == 0, got ",
+               layout.q_offset);
+  check_like(out, q, "out");
+  check_like(dout, q, "dout");
+  check_like(dq, q, "dq");
+  check_like(dk, k, "dk");
+  check_like(dv, v, "dv");
+  const int64_t batch = q.shape[0], heads = q.shape[1], lq = q.shape[2], d = q.shape[3];
+  NEEDLE_CHECK(lse.dtype == DType::Float32 && lse.is_compact() && lse.numel() == batch * heads * lq,
+               ValueError, "cuda block_sparse_attention_backward: lse must be compact float32 (",
+               batch, ", ", heads, ", ", lq, ")");
+  if (batch == 0 || heads == 0) return;
+  NEEDLE_CHECK(batch <= 65535 && heads <= 65535, ValueError,
+               "cuda block_sparse_attention_backward: batch and heads must be <= 65535");
+  const int64_t rows = batch * heads * lq;
+  Workspace delta(static_cast<size_t>(rows) * sizeof(float));
+  if (rows > 0) {
+    if (q.dtype == DType::BFloat16)
+      launch_delta<uint16_t>(out, dout, delta.as<float>(), rows, d);
+    else
+      launch_delta<float>(out, dout, delta.as<float>(), rows, d);
+  }
+  BwdArgs a{};
+  a.q = q.data;
+  a.k = k.data;
+  a.v = v.data;
+  a.dout = dout.data;
+  a.lse = static_cast<const float*>(lse.data);
+  a.delta = delta.as<float>();
+  a.dq = dq.data;
+  a.dk = dk.data;
+  a.dv = dv.data;
+  a.layout = layout;
+  a.heads = static_cast<int>(heads);
+  a.lq = lq;
+  a.lk = k.shape[2];
+  a.scale = static_cast<float>(scale);
+  a.scale_log2 = static_cast<float>(scale) * kLog2e;
+  switch (math_mode_for(q.dtype)) {
+    case MathMode::kBF16:
+      dispatch_backward<MathMode::kBF16>(d, a, batch);
+      break;
+    case MathMode::kTF32:
+      dispatch_backward<MathMode::kTF32>(d, a, batch);
+      break;
+    case MathMode::kF32x3:
+      dispatch_backward<MathMode::kF32x3>(d, a, batch);
+      break;
+  }
+}
+
+}  // namespace needle::cuda

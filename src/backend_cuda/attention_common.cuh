@@ -1,0 +1,449 @@
+// Pieces shared by the block-sparse attention kernels (attention_forward.cu, attention_backward.cu):
+// the math modes, the warp-level tensor-core GEMMs over shared-memory tiles, cp.async tile loads,
+// the cursor that walks a layout's CSR lists tile by tile, element masking, and host-side checks.
+//
+// Tiling. Every kernel works on tiles of 64 positions on both sides. A CTA owns 64 "primary"
+// positions (query rows in the forward and dQ kernels, key rows in the dK/dV kernel) and walks the
+// kept blocks of the other side ("secondary") 64 slots at a time. A secondary tile is a list of
+// slot groups: with block size b >= 64 one group of 64 consecutive positions (a block of 128 is
+// two tiles); with b = 16 or 32 it gathers the G = 64 / b next blocks kept by any of the G
+// primary layout rows the CTA covers, each group carrying the bit set of the rows that keep it.
+// Gathering rows from different blocks into one tile keeps the tensor-core tiles full for small
+// block sizes; the row bits then drive the element mask.
+//
+// Warp GEMMs. mma.sync m16n8k16 (bf16) or m16n8k8 (tf32) with fp32 accumulators; a warp owns
+// MT * 16 primary rows so each B fragment read from shared memory feeds MT MMAs (shared-memory
+// bandwidth, not the tensor cores, bounds a warp that owns only 16 rows).
+//   bf16: fragments through ldmatrix (.trans for the second GEMM), rows padded by 16 bytes so the
+//   eight row addresses of an 8x8 matrix fall in distinct banks.
+//   fp32: the k index of m16n8k8 is permuted (logical t -> 2t, t+4 -> 2t+1) in both operands,
+//   which leaves the product unchanged, lets Q/K fragments load as float2 and makes the
+//   accumulator layout of S = QK^T exactly the A-operand layout of P for the PV product, so P
+//   never moves between lanes. kTF32 rounds operands to tf32 (torch's "high" precision); kF32x3
+//   splits each operand into a tf32 high part and a tf32 remainder and sums three products
+//   (hi*hi + hi*lo + lo*hi), which keeps float32 accuracy (relative error ~1e-6) on the tensor
+//   cores: the "highest" precision.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "backend_cuda/cuda_common.cuh"
+
+namespace needle::cuda::attn {
+
+enum class MathMode { kBF16, kTF32, kF32x3 };
+
+constexpr int kTile = 64;     // primary rows per CTA and secondary slots per tile
+constexpr int kMaxGroups = 4; // slot groups per tile: 64 / 16 for the smallest block size
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <MathMode M>
+using elem_t = std::conditional_t<M == MathMode::kBF16, uint16_t, float>;
+
+// Row stride of every shared-memory tile, in elements: D plus 16 bytes (bf16) or 32 bytes (fp32)
+// of padding, which keeps ldmatrix rows (bf16) and the half-warp float2 reads (fp32) on distinct
+// banks.
+template <MathMode M, int D>
+constexpr int smem_stride() {
+  return D + 8;
+}
+
+// Rows a warp owns (MT m16 tiles) and warps per CTA. Head dim 128 keeps one m-tile per warp so
+// the fp32 accumulators fit in registers without spilling.
+template <int D>
+constexpr int m_tiles() {
+  return D == 128 ? 1 : 2;
+}
+template <int D>
+constexpr int num_warps() {
+  return kTile / (16 * m_tiles<D>());
+}
+// The backward holds four accumulator sets (dK, dV, S, dP): fp32 operands, which also need
+// their split / converted copies, get one m-tile per warp there.
+template <MathMode M, int D>
+constexpr int bwd_m_tiles() {
+  return M == MathMode::kBF16 ? m_tiles<D>() : 1;
+}
+template <MathMode M, int D>
+constexpr int bwd_warps() {
+  return kTile / (16 * bwd_m_tiles<M, D>());
+}
+
+// --- PTX wrappers ------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy; src_bytes 0 writes zeros (padding rows must be finite: a masked
+// probability of 0 times a garbage NaN would still be NaN).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_tf32(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// c += a * b for one m16n8k8 step with fp32 operands, in mode M (kTF32 or kF32x3).
+template <MathMode M>
+__device__ __forceinline__ void mma_f32(float (&c)[4], const float (&a)[4], float b0, float b1) {
+  uint32_t ah[4], bh0 = to_tf32(b0), bh1 = to_tf32(b1);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) ah[i] = to_tf32(a[i]);
+  if constexpr (M == MathMode::kF32x3) {
+    uint32_t al[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) al[i] = to_tf32(a[i] - __uint_as_float(ah[i]));
+    const uint32_t bl0 = to_tf32(b0 - __uint_as_float(bh0));
+    const uint32_t bl1 = to_tf32(b1 - __uint_as_float(bh1));
+    // Small terms first, so they are not lost against the large one.
+    mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
+    mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+  }
+  mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+}
+
+// --- warp GEMMs over shared-memory tiles ---------------------------------------------------------
+// c[m][n] (MT m16 tiles x N/8 n8 tiles) += X[rows of this warp] . Y[N rows]^T, contracting over D.
+// x: the warp's first row; y: the first of N rows; both with row stride ld elements.
+template <MathMode M, int D, int MT, int N>
+__device__ __forceinline__ void gemm_xyt(float (&c)[MT][N / 8][4], const elem_t<M>* x,
+                                         const elem_t<M>* y, int ld, int lane) {
+  if constexpr (M == MathMode::kBF16) {
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        ldmatrix_x4(a[m], x + (m * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + s * 16 +
+                              8 * (lane >> 4));
+#pragma unroll
+      for (int p = 0; p < N / 16; ++p) {
+        uint32_t b[4];
+        ldmatrix_x4(b, y + (p * 16 + (lane & 7) + 8 * (lane >> 4)) * ld + s * 16 +
+                           8 * ((lane >> 3) & 1));
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          mma_bf16(c[m][2 * p], a[m], b[0], b[1]);
+          mma_bf16(c[m][2 * p + 1], a[m], b[2], b[3]);
+        }
+      }
+    }
+  } else {
+    const int g = lane >> 2, t = lane & 3;
+    // Not unrolled: unrolled, ptxas hoists every k-step's shared-memory reads and the backward's
+    // four accumulator sets then spill.
+#pragma unroll 1
+    for (int s = 0; s < D / 8; ++s) {
+      float a[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float2 lo = *reinterpret_cast<const float2*>(x + (m * 16 + g) * ld + s * 8 + 2 * t);
+        const float2 hi =
+            *reinterpret_cast<const float2*>(x + (m * 16 + g + 8) * ld + s * 8 + 2 * t);
+        a[m][0] = lo.x;
+        a[m][1] = hi.x;
+        a[m][2] = lo.y;
+        a[m][3] = hi.y;
+      }
+#pragma unroll
+      for (int n = 0; n < N / 8; ++n) {
+        const float2 b = *reinterpret_cast<const float2*>(y + (n * 8 + g) * ld + s * 8 + 2 * t);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) mma_f32<M>(c[m][n], a[m], b.x, b.y);
+      }
+    }
+  }
+}
+
+// The bf16 variant with the X fragments already in registers (the forward keeps its Q tile there:
+// it is read once per key tile and would otherwise cost a quarter of the shared-memory traffic).
+template <int D, int MT, int N>
+__device__ __forceinline__ void gemm_xyt_regs(float (&c)[MT][N / 8][4],
+                                              const uint32_t (&xa)[MT][D / 16][4],
+                                              const uint16_t* y, int ld, int lane) {
+#pragma unroll
+  for (int s = 0; s < D / 16; ++s) {
+#pragma unroll
+    for (int p = 0; p < N / 16; ++p) {
+      uint32_t b[4];
+      ldmatrix_x4(b,
+                  y + (p * 16 + (lane & 7) + 8 * (lane >> 4)) * ld + s * 16 + 8 * ((lane >> 3) & 1));
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        mma_bf16(c[m][2 * p], xa[m][s], b[0], b[1]);
+        mma_bf16(c[m][2 * p + 1], xa[m][s], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int D, int MT>
+__device__ __forceinline__ void load_a_regs(uint32_t (&xa)[MT][D / 16][4], const uint16_t* x,
+                                            int ld, int lane) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s)
+      ldmatrix_x4(xa[m][s], x + (m * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + s * 16 +
+                                8 * (lane >> 4));
+}
+
+// c[m][d] (MT m16 tiles x D/8 n8 tiles) += P . Y, contracting over N: P (MT*16 x N) in the
+// accumulator layout gemm_xyt produced, Y (N rows x D) in shared memory from its first row.
+template <MathMode M, int D, int MT, int N>
+__device__ __forceinline__ void gemm_py(float (&c)[MT][D / 8][4], const float (&p)[MT][N / 8][4],
+                                        const elem_t<M>* y, int ld, int lane) {
+  if constexpr (M == MathMode::kBF16) {
+#pragma unroll
+    for (int j = 0; j < N / 16; ++j) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        a[m][0] = pack_bf16(p[m][2 * j][0], p[m][2 * j][1]);
+        a[m][1] = pack_bf16(p[m][2 * j][2], p[m][2 * j][3]);
+        a[m][2] = pack_bf16(p[m][2 * j + 1][0], p[m][2 * j + 1][1]);
+        a[m][3] = pack_bf16(p[m][2 * j + 1][2], p[m][2 * j + 1][3]);
+      }
+#pragma unroll
+      for (int q = 0; q < D / 16; ++q) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, y + (j * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + q * 16 +
+                                 8 * (lane >> 4));
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          mma_bf16(c[m][2 * q], a[m], b[0], b[1]);
+          mma_bf16(c[m][2 * q + 1], a[m], b[2], b[3]);
+        }
+      }
+    }
+  } else {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      float a[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        // Logical k = t is slot 2t, k = t + 4 is slot 2t + 1: the accumulator's own columns.
+        a[m][0] = p[m][j][0];
+        a[m][1] = p[m][j][2];
+        a[m][2] = p[m][j][1];
+        a[m][3] = p[m][j][3];
+      }
+      const elem_t<M>* y0 = y + (j * 8 + 2 * t) * ld + g;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float b0 = y0[n * 8], b1 = y0[ld + n * 8];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) mma_f32<M>(c[m][n], a[m], b0, b1);
+      }
+    }
+  }
+}
+
+template <int MT, int N>
+__device__ __forceinline__ void zero(float (&c)[MT][N][4]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[m][n][i] = 0.f;
+}
+
+// --- tile loads ----------------------------------------------------------------------------------
+// Copies 64 rows of D elements into a shared tile (row stride ld) with cp.async; row j comes from
+// src + pos_j * D where pos_j = row_pos(j), or is zero-filled when row_pos(j) < 0.
+template <typename E, int D, int NT, typename RowPos>
+__device__ __forceinline__ void load_tile(E* dst, int ld, const E* src, RowPos row_pos) {
+  constexpr int kChunks = D * int(sizeof(E)) / 16;  // 16-byte chunks per row
+  constexpr int kPer = sizeof(E) == 2 ? 8 : 4;       // elements per chunk
+  for (int c = threadIdx.x; c < kTile * kChunks; c += NT) {
+    const int row = c / kChunks, col = (c % kChunks) * kPer;
+    const int64_t pos = row_pos(row);
+    const E* s = pos >= 0 ? src + pos * D + col : src;
+    cp_async16(dst + row * ld + col, s, pos >= 0 ? 16 : 0);
+  }
+}
+
+// --- walking a layout's CSR lists ------------------------------------------------------------------
+// One secondary tile: up to four slot groups of `size` = min(b, 64) positions each. Group i holds
+// positions start[i] .. start[i] + size - 1 (start -1: empty group) and is kept by the primary
+// layout rows whose bits are set in bits[i] (bit g: the CTA's g-th layout row of b positions).
+struct SlotTile {
+  int start[kMaxGroups];
+  int bits[kMaxGroups];
+  bool flagged;  // the layout marked a block of this tile as needing element masking
+};
+
+// Picks a[i] for a run-time i without indexing a register array (which would go to local memory).
+__device__ __forceinline__ int pick(const int (&a)[kMaxGroups], int i) {
+  int r = a[0];
+#pragma unroll
+  for (int k = 1; k < kMaxGroups; ++k) r = i == k ? a[k] : r;
+  return r;
+}
+
+// Walks the kept secondary blocks of the primary layout rows a CTA covers (the CTA's 64 primary
+// positions starting at p0), tile by tile. ptr/idx/flags are one CSR (row or transposed) with
+// num_primary_blocks rows per layout head; head_row0 = layout head * (num_primary_blocks + 1).
+class TileCursor {
+ public:
+  __device__ void init(const int32_t* ptr, const int32_t* idx, const int32_t* flags,
+                       int64_t head_row0, int num_primary_blocks, int block_size, int64_t p0) {
+    idx_ = idx;
+    flags_ = flags;
+    b_ = block_size;
+    groups_ = b_ >= kTile ? 1 : kTile / b_;
+    units_ = b_ >= kTile ? b_ / kTile : 1;
+    unit_ = 0;
+    const int first = static_cast<int>(p0 / b_);
+#pragma unroll
+    for (int g = 0; g < kMaxGroups; ++g) {
+      const int row = first + g;
+      const bool ok = g < groups_ && row < num_primary_blocks;
+      cur_[g] = ok ? ptr[head_row0 + row] : 0;
+      end_[g] = ok ? ptr[head_row0 + row + 1] : 0;
+    }
+  }
+
+  // Fills t with the next tile; false when every list is exhausted.
+  __device__ bool next(SlotTile& t) {
+#pragma unroll
+    for (int i = 0; i < kMaxGroups; ++i) {
+      t.start[i] = -1;
+      t.bits[i] = 0;
+    }
+    t.flagged = false;
+    if (groups_ == 1) {
+      if (cur_[0] >= end_[0]) return false;
+      t.start[0] = idx_[cur_[0]] * b_ + unit_ * kTile;
+      t.bits[0] = 1;
+      t.flagged = flags_[cur_[0]] != 0;
+      if (++unit_ == units_) {
+        unit_ = 0;
+        ++cur_[0];
+      }
+      return true;
+    }
+    // Small blocks: merge the sorted lists of the G layout rows, G distinct blocks per tile.
+    bool any = false;
+#pragma unroll
+    for (int i = 0; i < kMaxGroups; ++i) {
+      if (i >= groups_) break;
+      int lo = INT32_MAX;
+#pragma unroll
+      for (int g = 0; g < kMaxGroups; ++g)
+        if (cur_[g] < end_[g]) lo = min(lo, idx_[cur_[g]]);
+      if (lo == INT32_MAX) break;
+      any = true;
+      int bits = 0;
+#pragma unroll
+      for (int g = 0; g < kMaxGroups; ++g) {
+        if (cur_[g] < end_[g] && idx_[cur_[g]] == lo) {
+          bits |= 1 << g;
+          t.flagged |= flags_[cur_[g]] != 0;
+          ++cur_[g];
+        }
+      }
+      t.start[i] = lo * b_;
+      t.bits[i] = bits;
+    }
+    return any;
+  }
+
+  __device__ int group_size() const { return b_ >= kTile ? kTile : b_; }
+
+ private:
+  const int32_t* idx_;
+  const int32_t* flags_;
+  int b_, groups_, units_, unit_;
+  int cur_[kMaxGroups], end_[kMaxGroups];
+};
+
+// The secondary position of slot j of tile t (-1 for an empty group), group size gs.
+__device__ __forceinline__ int64_t slot_pos(const SlotTile& t, int j, int gs) {
+  const int start = pick(t.start, j / gs);
+  return start < 0 ? -1 : int64_t(start) + j % gs;
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Sets s (accumulator layout: MT m16 tiles x N/8 n8 tiles of this warp) to `fill` wherever primary
+// row (p0 + row0 + r) may not see slot (col0 + c) of tile st: an empty group, a position past
+// sec_len, a group the row's layout row does not keep, or, if causal, a key after the query.
+template <int MT, int N>
+__device__ __forceinline__ void apply_mask(float (&s)[MT][N / 8][4], const SlotTile& st, int gs,
+                                           int64_t p0, int row0, int col0, int64_t sec_len,
+                                           bool causal, bool primary_is_query, float fill,
+                                           int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = row0 + m * 16 + g + 8 * (e >> 1);
+        const int col = col0 + n * 8 + 2 * t + (e & 1);
+        const int64_t ppos = p0 + row;
+        const int64_t spos = slot_pos(st, col, gs);
+        const int sub = gs < kTile ? row / gs : 0;
+        bool ok = spos >= 0 && spos < sec_len && ((pick(st.bits, col / gs) >> sub) & 1);
+        if (causal) ok = ok && (primary_is_query ? spos <= ppos : ppos <= spos);
+        if (!ok) s[m][n][e] = fill;
+      }
+}
+
+// --- host side -----------------------------------------------------------------------------------
+// Validates shapes, dtypes and the layout against the contract in backend.h; throws otherwise.
+void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                          const BlockLayoutRef& layout);
+// The math mode for the inputs' dtype and the current matmul precision.
+MathMode math_mode_for(DType dtype);
+
+}  // namespace needle::cuda::attn

@@ -1,0 +1,304 @@
+// Block-sparse attention, forward: a fused FlashAttention-2-style kernel. Each CTA owns 64 query
+// rows of one (batch, head), walks the kept key blocks of their layout rows 64 keys at a time
+// (K/V tiles double-buffered through cp.async), computes S = QK^T on the tensor cores, keeps the
+// softmax online in registers (running max and sum in log2 units, so exp2 needs one FFMA), and
+// accumulates O = PV. Only the diagonal / padded / gathered tiles pay for element masking. It
+// writes O and the row logsumexp the backward needs; nothing of size L x L exists anywhere.
+// The dense layout through this kernel is needle's dense fused attention.
+// Also here: the argument checks and math-mode choice shared with attention_backward.cu.
+#include "backend_cuda/attention_common.cuh"
+#include "backend_cuda/cuda_backend.h"
+#include "backend_cuda/cuda_internal.h"
+
+namespace needle::cuda {
+namespace attn {
+
+void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                          const BlockLayoutRef& layout) {
+  NEEDLE_CHECK(q.ndim == 4 && k.ndim == 4 && v.ndim == 4, ValueError, "cuda ", op,
+               ": expected 4-d q, k, v (B, H, L, D), got ", q.ndim, "-d, ", k.ndim, "-d, ",
+               v.ndim, "-d");
+  NEEDLE_CHECK(q.dtype == k.dtype && q.dtype == v.dtype, TypeError, "cuda ", op,
+               ": q, k, v must share a dtype, got ", dtype_name(q.dtype), ", ",
+               dtype_name(k.dtype), ", ", dtype_name(v.dtype));
+  NEEDLE_CHECK(q.dtype == DType::Float32 || q.dtype == DType::BFloat16, TypeError, "cuda ", op,
+               ": expected float32 or bfloat16 inputs, got ", dtype_name(q.dtype));
+  NEEDLE_CHECK(q.is_compact() && k.is_compact() && v.is_compact(), ValueError, "cuda ", op,
+               ": expected compact q, k, v");
+  const int64_t d = q.shape[3];
+  NEEDLE_CHECK(d == 32 || d == 64 || d == 128, ValueError, "cuda ", op,
+               ": head dim must be 32, 64 or 128, got ", d);
+  for (int i = 0; i < 4; ++i)
+    NEEDLE_CHECK(k.shape[i] == v.shape[i], ValueError, "cuda ", op,
+                 ": k and v shapes differ at dim ", i);
+  NEEDLE_CHECK(k.shape[0] == q.shape[0] && k.shape[1] == q.shape[1] && k.shape[3] == d,
+               ValueError, "cuda ", op, ": k (", k.shape[0], ", ", k.shape[1], ", ", k.shape[2],
+               ", ", k.shape[3], ") does not match q (", q.shape[0], ", ", q.shape[1], ", ",
+               q.shape[2], ", ", d, ")");
+  const int b = layout.block_size;
+  NEEDLE_CHECK(b == 16 || b == 32 || (b > 0 && b % kTile == 0), ValueError, "cuda ", op,
+               ": block size must be 16, 32 or a multiple of 64, got ", b);
+  NEEDLE_CHECK(layout.q_len == q.shape[2] && layout.k_len == k.shape[2], ValueError, "cuda ", op,
+               ": layout is for q_len ", layout.q_len, ", k_len ", layout.k_len, " but q has ",
+               q.shape[2], " rows and k ", k.shape[2]);
+  NEEDLE_CHECK(layout.q_offset >= 0, ValueError, "cuda ", op, ": negative q_offset");
+  NEEDLE_CHECK(layout.num_q_blocks == ceil_div(layout.q_offset + layout.q_len, b) &&
+                   layout.num_k_blocks == ceil_div(layout.k_len, b),
+               ValueError, "cuda ", op, ": layout has ", layout.num_q_blocks, " x ",
+               layout.num_k_blocks, " blocks, inconsistent with its lengths");
+  NEEDLE_CHECK(layout.layout_heads == 1 || layout.layout_heads == q.shape[1], ValueError, "cuda ",
+               op, ": layout has ", layout.layout_heads, " heads, q has ", q.shape[1]);
+  NEEDLE_CHECK(layout.q_offset + layout.q_len < (int64_t(1) << 31) &&
+                   layout.k_len < (int64_t(1) << 31),
+               ValueError, "cuda ", op, ": sequence positions must fit in int32");
+}
+
+MathMode math_mode_for(DType dtype) {
+  if (dtype == DType::BFloat16) return MathMode::kBF16;
+  return get_matmul_precision() == "highest" ? MathMode::kF32x3 : MathMode::kTF32;
+}
+
+namespace {
+
+struct FwdArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  float* lse;
+  BlockLayoutRef layout;
+  int heads;
+  int64_t lq, lk, q_offset;
+  int first_tile;    // the tile holding absolute position q_offset
+  float scale_log2;  // scale * log2(e): scores in log2 units
+};
+
+// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
+// grid (query tiles of 64 absolute positions, H, B); q (B, H, Lq, D), k, v (B, H, Lk, D),
+// out (B, H, Lq, D), lse (B, H, Lq) float32.
+template <MathMode M, int D>
+__global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a) {
+  using E = elem_t<M>;
+  constexpr int MT = m_tiles<D>(), NT = 32 * num_warps<D>(), LD = smem_stride<M, D>();
+  extern __shared__ __align__(16) unsigned char smem[];
+  E* sq = reinterpret_cast<E*>(smem);
+  E* skv = sq + kTile * LD;  // two stages of [K tile, V tile]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const int row0 = warp * 16 * MT;  // the warp's first row within the tile
+  // Later tiles first: under a causal layout they have the most key blocks.
+  const int tile = a.first_tile + static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int h = blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const int64_t q0 = int64_t(tile) * kTile;
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * D;
+  const BlockLayoutRef& L = a.layout;
+
+  load_tile<E, D, NT>(sq, LD, q, [&](int j) -> int64_t {
+    const int64_t r = q0 + j - a.q_offset;
+    return r >= 0 && r < a.lq ? r : -1;
+  });
+  cp_async_commit();
+
+  TileCursor cursor;
+  const int lh = L.layout_heads == 1 ? 0 : h;
+  cursor.init(L.row_ptr, L.col_idx, L.block_flags, int64_t(lh) * (L.num_q_blocks + 1),
+              L.num_q_blocks, L.block_size, q0);
+  const int gs = cursor.group_size();
+  auto load_kv = [&](const SlotTile& st, int stage) {
+    E* dk = skv + stage * 2 * kTile * LD;
+    auto pos = [&](int j) -> int64_t {
+      const int64_t p = slot_pos(st, j, gs);
+      return p < a.lk ? p : -1;
+    };
+    load_tile<E, D, NT>(dk, LD, k, pos);
+    load_tile<E, D, NT>(dk + kTile * LD, LD, v, pos);
+  };
+
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load_kv(cur, 0);
+  cp_async_commit();
+
+  float o[MT][D / 8][4];
+  zero(o);
+  float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mrow[m][i] = -INFINITY;
+      lrow[m][i] = 0.f;
+    }
+  uint32_t qa[MT][M == MathMode::kBF16 ? D / 16 : 1][4];
+  bool q_loaded = false;
+
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load_kv(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const E* sk = skv + stage * 2 * kTile * LD;
+    const E* sv = sk + kTile * LD;
+
+    float s[MT][kTile / 8][4];
+    zero(s);
+    if constexpr (M == MathMode::kBF16) {
+      if (!q_loaded) load_a_regs<D, MT>(qa, sq + row0 * LD, LD, lane);
+      q_loaded = true;
+      gemm_xyt_regs<D, MT, kTile>(s, qa, sk, LD, lane);
+    } else {
+      gemm_xyt<M, D, MT, kTile>(s, sq + row0 * LD, sk, LD, lane);
+    }
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[m][n][e] *= a.scale_log2;
+    const bool need_mask = cur.flagged || gs < kTile ||
+                           (L.causal && cur.start[0] + kTile - 1 > q0) ||
+                           cur.start[0] + kTile > a.lk;
+    if (need_mask) apply_mask<MT, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
+
+    // Online softmax: rescale what was accumulated by 2^(m_old - m_new). A row that has seen
+    // only masked keys keeps m = -inf and subtracts 0 instead, so it stays at p = 0, never NaN.
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kTile / 8; ++n)
+          mx = fmaxf(mx, fmaxf(s[m][n][2 * i], s[m][n][2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(mrow[m][i], mx);
+        const float base = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = fast_exp2(mrow[m][i] - base);
+        mrow[m][i] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kTile / 8; ++n) {
+          s[m][n][2 * i] = fast_exp2(s[m][n][2 * i] - base);
+          s[m][n][2 * i + 1] = fast_exp2(s[m][n][2 * i + 1] - base);
+          sum += s[m][n][2 * i] + s[m][n][2 * i + 1];
+        }
+        // Per-thread partial sums: the four lanes of a row are added once, at the end.
+        lrow[m][i] = lrow[m][i] * alpha + sum;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[m][n][2 * i] *= alpha;
+          o[m][n][2 * i + 1] *= alpha;
+        }
+      }
+    gemm_py<M, D, MT, kTile>(o, s, sv, LD, lane);
+    __syncthreads();  // the next iteration overwrites this stage
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();  // a CTA with no kept block still has its Q copy in flight
+
+  E* out = static_cast<E*>(a.out) + bh * a.lq * D;
+  float* lse = a.lse + bh * a.lq;
+  const int g = lane >> 2;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float l = lrow[m][i];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int64_t r = q0 + row0 + m * 16 + g + 8 * i - a.q_offset;
+      if (r < 0 || r >= a.lq) continue;
+      E* orow = out + r * D + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float x = o[m][n][2 * i] * inv, y = o[m][n][2 * i + 1] * inv;
+        if constexpr (M == MathMode::kBF16) {
+          *reinterpret_cast<uint32_t*>(orow + n * 8) = pack_bf16(x, y);
+        } else {
+          *reinterpret_cast<float2*>(orow + n * 8) = make_float2(x, y);
+        }
+      }
+      if (t == 0) lse[r] = l > 0.f ? (mrow[m][i] + __log2f(l)) * kLn2 : -INFINITY;
+    }
+}
+
+template <MathMode M, int D>
+void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
+  const size_t smem = size_t(5) * kTile * smem_stride<M, D>() * sizeof(elem_t<M>);
+  // Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.
+  static const bool configured = [smem] {
+    NEEDLE_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<M, D>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+    return true;
+  }();
+  (void)configured;
+  forward_kernel<M, D><<<dim3(tiles, heads, batch), 32 * num_warps<D>(), smem, stream()>>>(a);
+  NEEDLE_CUDA_LAUNCH_CHECK();
+}
+
+template <MathMode M>
+void dispatch_forward(int64_t d, const FwdArgs& a, int tiles, int heads, int batch) {
+  if (d == 32) launch_forward<M, 32>(a, tiles, heads, batch);
+  else if (d == 64) launch_forward<M, 64>(a, tiles, heads, batch);
+  else launch_forward<M, 128>(a, tiles, heads, batch);
+}
+
+}  // namespace
+}  // namespace attn
+
+void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
+                                    const BlockLayoutRef& layout, double scale,
+                                    const ArrayRef& out, const ArrayRef& lse) {
+  using namespace attn;
+  check_attention_args("block_sparse_attention_forward", q, k, v, layout);
+  NEEDLE_CHECK(out.dtype == q.dtype && out.is_compact() && out.numel() == q.numel(), ValueError,
+               "cuda block_sparse_attention_forward: out must be a compact array like q");
+  NEEDLE_CHECK(lse.dtype == DType::Float32 && lse.is_compact() &&
+                   lse.numel() == q.shape[0] * q.shape[1] * q.shape[2],
+               ValueError, "cuda block_sparse_attention_forward: lse must be compact float32 (",
+               q.shape[0], ", ", q.shape[1], ", ", q.shape[2], ")");
+  const int64_t batch = q.shape[0], heads = q.shape[1], lq = q.shape[2], d = q.shape[3];
+  if (batch == 0 || heads == 0 || lq == 0) return;
+  NEEDLE_CHECK(batch <= 65535 && heads <= 65535, ValueError,
+               "cuda block_sparse_attention_forward: batch and heads must be <= 65535");
+  FwdArgs a{};
+  a.q = q.data;
+  a.k = k.data;
+  a.v = v.data;
+  a.out = out.data;
+  a.lse = static_cast<float*>(lse.data);
+  a.layout = layout;
+  a.heads = static_cast<int>(heads);
+  a.lq = lq;
+  a.lk = k.shape[2];
+  a.q_offset = layout.q_offset;
+  a.first_tile = static_cast<int>(layout.q_offset / kTile);
+  a.scale_log2 = static_cast<float>(scale) * kLog2e;
+  const int tiles =
+      static_cast<int>(ceil_div(layout.q_offset + lq, kTile) - layout.q_offset / kTile);
+  switch (math_mode_for(q.dtype)) {
+    case MathMode::kBF16:
+      dispatch_forward<MathMode::kBF16>(d, a, tiles, int(heads), int(batch));
+      break;
+    case MathMode::kTF32:
+      dispatch_forward<MathMode::kTF32>(d, a, tiles, int(heads), int(batch));
+      break;
+    case MathMode::kF32x3:
+      dispatch_forward<MathMode::kF32x3>(d, a, tiles, int(heads), int(batch));
+      break;
+  }
+}
+
+}  // namespace needle::cuda
