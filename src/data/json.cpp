@@ -14,13 +14,20 @@ namespace needle::json {
 
 const char* type_name(Type t) {
   switch (t) {
-    case Type::Null: return "null";
-    case Type::Bool: return "bool";
-    case Type::Int: return "integer";
-    case Type::Double: return "number";
-    case Type::String: return "string";
-    case Type::Array: return "array";
-    case Type::Object: return "object";
+    case Type::Null:
+      return "null";
+    case Type::Bool:
+      return "bool";
+    case Type::Int:
+      return "integer";
+    case Type::Double:
+      return "number";
+    case Type::String:
+      return "string";
+    case Type::Array:
+      return "array";
+    case Type::Object:
+      return "object";
   }
   return "?";
 }
@@ -60,20 +67,31 @@ class Parser {
   }
 
   void expect_literal(std::string_view lit) {
-    if (s_.substr(pos_, lit.size()) != lit) fail("invalid literal, expected '" + std::string(lit) + "'");
+    if (s_.substr(pos_, lit.size()) != lit)
+      fail("invalid literal, expected '" + std::string(lit) + "'");
     pos_ += lit.size();
   }
 
   Value value(int depth) {
     if (pos_ >= s_.size()) fail("unexpected end of input, expected a value");
     switch (s_[pos_]) {
-      case '{': return object(depth + 1);
-      case '[': return array(depth + 1);
-      case '"': return Value(string());
-      case 't': expect_literal("true"); return Value(true);
-      case 'f': expect_literal("false"); return Value(false);
-      case 'n': expect_literal("null"); return Value();
-      default: return number();
+      case '{':
+        return object(depth + 1);
+      case '[':
+        return array(depth + 1);
+      case '"':
+        return Value(string());
+      case 't':
+        expect_literal("true");
+        return Value(true);
+      case 'f':
+        expect_literal("false");
+        return Value(false);
+      case 'n':
+        expect_literal("null");
+        return Value();
+      default:
+        return number();
     }
   }
 
@@ -148,10 +166,16 @@ class Parser {
     for (int i = 0; i < 4; ++i) {
       const char c = s_[pos_++];
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else { --pos_; fail("invalid hex digit in \\u escape"); }
+      if (c >= '0' && c <= '9')
+        v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        v |= c - 'A' + 10;
+      else {
+        --pos_;
+        fail("invalid hex digit in \\u escape");
+      }
     }
     return v;
   }
@@ -187,19 +211,36 @@ class Parser {
       if (pos_ >= s_.size()) fail("unterminated escape");
       const char e = s_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           uint32_t cp = hex4();
           if (cp >= 0xDC00 && cp <= 0xDFFF) fail("lone low surrogate in \\u escape");
           if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (s_.substr(pos_, 2) != "\\u") fail("high surrogate not followed by a \\u low surrogate");
+            if (s_.substr(pos_, 2) != "\\u")
+              fail("high surrogate not followed by a \\u low surrogate");
             pos_ += 2;
             const uint32_t lo = hex4();
             if (lo < 0xDC00 || lo > 0xDFFF) fail("high surrogate not followed by a low surrogate");
@@ -236,7 +277,8 @@ class Parser {
       is_int = false;
       ++pos_;
       if (pos_ < s_.size() && (s_[pos_] == '+' || s_[pos_] == '-')) ++pos_;
-      if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9') fail("expected digits in exponent");
+      if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9')
+        fail("expected digits in exponent");
       while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
     }
     const char* first = s_.data() + start;
@@ -253,7 +295,8 @@ class Parser {
       // Underflow is harmless (the value is 0 to double precision); overflow is not.
       const std::string_view text(first, last - first);
       const size_t e = text.find_first_of("eE");
-      if (e != std::string_view::npos && text[e + 1] == '-') return Value(text[0] == '-' ? -0.0 : 0.0);
+      if (e != std::string_view::npos && text[e + 1] == '-')
+        return Value(text[0] == '-' ? -0.0 : 0.0);
       pos_ = start;
       fail("number out of range");
     }

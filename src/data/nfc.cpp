@@ -15,7 +15,8 @@ namespace {
 #include "data/nfc_data.inc"
 
 constexpr uint32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
-constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
+constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount,
+                   kSCount = kLCount * kNCount;
 
 struct Tables {
   std::unordered_map<uint32_t, std::vector<uint32_t>> full_decomposition;
@@ -27,7 +28,8 @@ struct Tables {
     for (size_t i = 0; i < n; i += 3) {
       const uint32_t cp = kDecomposition[i] & 0x7FFFFFFF;
       raw[cp] = {kDecomposition[i + 1], kDecomposition[i + 2]};
-      if (kDecomposition[i] >> 31) composition[key(kDecomposition[i + 1], kDecomposition[i + 2])] = cp;
+      if (kDecomposition[i] >> 31)
+        composition[key(kDecomposition[i + 1], kDecomposition[i + 2])] = cp;
     }
     // Mappings can nest (U+1E08 -> U+00C7 U+0301 -> C U+0327 U+0301); flatten once here.
     for (const auto& [cp, parts] : raw) {
@@ -40,8 +42,8 @@ struct Tables {
 
   static uint64_t key(uint32_t a, uint32_t b) { return (uint64_t{a} << 32) | b; }
 
-  static void expand(const std::unordered_map<uint32_t, std::pair<uint32_t, uint32_t>>& raw, uint32_t cp,
-                     std::vector<uint32_t>& out) {
+  static void expand(const std::unordered_map<uint32_t, std::pair<uint32_t, uint32_t>>& raw,
+                     uint32_t cp, std::vector<uint32_t>& out) {
     const auto it = raw.find(cp);
     if (it == raw.end()) {
       out.push_back(cp);
@@ -63,10 +65,13 @@ uint8_t combining_class(uint32_t cp) {
   size_t lo = 0, hi = n;
   while (lo < hi) {
     const size_t mid = (lo + hi) / 2;
-    if (kCombiningClass[mid * 3 + 1] < cp) lo = mid + 1;
-    else hi = mid;
+    if (kCombiningClass[mid * 3 + 1] < cp)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
-  return lo < n && kCombiningClass[lo * 3] <= cp ? static_cast<uint8_t>(kCombiningClass[lo * 3 + 2]) : 0;
+  return lo < n && kCombiningClass[lo * 3] <= cp ? static_cast<uint8_t>(kCombiningClass[lo * 3 + 2])
+                                                 : 0;
 }
 
 void decompose(uint32_t cp, std::vector<uint32_t>& out) {
@@ -79,15 +84,18 @@ void decompose(uint32_t cp, std::vector<uint32_t>& out) {
   }
   const auto& full = tables().full_decomposition;
   const auto it = full.find(cp);
-  if (it == full.end()) out.push_back(cp);
-  else out.insert(out.end(), it->second.begin(), it->second.end());
+  if (it == full.end())
+    out.push_back(cp);
+  else
+    out.insert(out.end(), it->second.begin(), it->second.end());
 }
 
 // 0 when the pair does not compose.
 uint32_t compose(uint32_t a, uint32_t b) {
   if (a >= kLBase && a < kLBase + kLCount && b >= kVBase && b < kVBase + kVCount)
     return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
-  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase && b < kTBase + kTCount)
+  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase &&
+      b < kTBase + kTCount)
     return a + (b - kTBase);
   const auto& comp = tables().composition;
   const auto it = comp.find(Tables::key(a, b));
@@ -99,7 +107,8 @@ uint32_t compose(uint32_t a, uint32_t b) {
 std::string nfc(std::string_view text) {
   // U+0300 is the first code point that is not NFC-stable in every context; its
   // UTF-8 lead byte is 0xCC, so smaller bytes throughout mean nothing to do.
-  if (std::none_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) >= 0xCC; }))
+  if (std::none_of(text.begin(), text.end(),
+                   [](char c) { return static_cast<unsigned char>(c) >= 0xCC; }))
     return std::string(text);
 
   std::vector<uint32_t> cps;
@@ -118,8 +127,9 @@ std::string nfc(std::string_view text) {
     }
     size_t j = i;
     while (j < cps.size() && combining_class(cps[j]) != 0) ++j;
-    std::stable_sort(cps.begin() + i, cps.begin() + j,
-                     [](uint32_t a, uint32_t b) { return combining_class(a) < combining_class(b); });
+    std::stable_sort(cps.begin() + i, cps.begin() + j, [](uint32_t a, uint32_t b) {
+      return combining_class(a) < combining_class(b);
+    });
     i = j;
   }
   // Composition: a mark joins the last starter unless a mark of equal or higher

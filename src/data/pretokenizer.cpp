@@ -70,10 +70,10 @@ size_t Pretokenizer::next_end(std::string_view text, size_t pos) {
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   // ANCHORED: the piece must start here; NO_UTF_CHECK: the caller validated the
   // text once, and PCRE2 would otherwise re-check the whole subject per call.
-  const int rc = p.jit ? pcre2_jit_match(p.code, subject, text.size(), pos, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK,
-                                         m.data, m.context)
-                       : pcre2_match(p.code, subject, text.size(), pos, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, m.data,
-                                     m.context);
+  const int rc = p.jit ? pcre2_jit_match(p.code, subject, text.size(), pos,
+                                         PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, m.data, m.context)
+                       : pcre2_match(p.code, subject, text.size(), pos,
+                                     PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, m.data, m.context);
   if (rc < 0) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(rc, msg, sizeof msg);
@@ -81,7 +81,8 @@ size_t Pretokenizer::next_end(std::string_view text, size_t pos) {
                              reinterpret_cast<char*>(msg));
   }
   const size_t end = pcre2_get_ovector_pointer(m.data)[1];
-  if (end <= pos) throw std::runtime_error("pre-tokenizer made no progress at byte " + std::to_string(pos));
+  if (end <= pos)
+    throw std::runtime_error("pre-tokenizer made no progress at byte " + std::to_string(pos));
   return end;
 }
 

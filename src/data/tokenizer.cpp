@@ -25,9 +25,9 @@ struct Tokenizer::Cache {
 
 namespace {
 
-std::vector<std::pair<std::string, int32_t>> to_raw_vocab(const std::vector<std::pair<std::string, int32_t>>& vocab,
-                                                          const std::vector<AddedToken>& added,
-                                                          const std::string& source) {
+std::vector<std::pair<std::string, int32_t>> to_raw_vocab(
+    const std::vector<std::pair<std::string, int32_t>>& vocab, const std::vector<AddedToken>& added,
+    const std::string& source) {
   std::vector<std::pair<std::string, int32_t>> raw;
   raw.reserve(vocab.size());
   std::string bytes;
@@ -38,10 +38,11 @@ std::vector<std::pair<std::string, int32_t>> to_raw_vocab(const std::vector<std:
     }
     // Added tokens may be spelled outside the byte-level alphabet (e.g. "<pad> "):
     // they are matched literally and never produced by merges.
-    const bool is_added = std::any_of(added.begin(), added.end(), [&](const AddedToken& t) { return t.id == id; });
+    const bool is_added =
+        std::any_of(added.begin(), added.end(), [&](const AddedToken& t) { return t.id == id; });
     if (!is_added)
-      throw std::invalid_argument(source + ": vocabulary token \"" + spelled + "\" (id " + std::to_string(id) +
-                                  ") is not in GPT-2's byte-level alphabet");
+      throw std::invalid_argument(source + ": vocabulary token \"" + spelled + "\" (id " +
+                                  std::to_string(id) + ") is not in GPT-2's byte-level alphabet");
   }
   return raw;
 }
@@ -49,23 +50,25 @@ std::vector<std::pair<std::string, int32_t>> to_raw_vocab(const std::vector<std:
 }  // namespace
 
 Tokenizer::Tokenizer(const std::vector<std::pair<std::string, int32_t>>& vocab,
-                     const std::vector<std::pair<std::string, std::string>>& merges, std::vector<AddedToken> added,
-                     TokenizerOptions options, const std::string& source, bool ignore_merges)
-    : model_(to_raw_vocab(vocab, added, source),
-             [&] {
-               // Merges are written in the byte-level alphabet too.
-               std::vector<std::pair<std::string, std::string>> raw;
-               raw.reserve(merges.size());
-               std::string l, r;
-               for (size_t i = 0; i < merges.size(); ++i) {
-                 if (!from_byte_level(merges[i].first, l) || !from_byte_level(merges[i].second, r))
-                   throw std::invalid_argument(source + ": merge " + std::to_string(i) +
-                                               " is not in GPT-2's byte-level alphabet");
-                 raw.emplace_back(l, r);
-               }
-               return raw;
-             }(),
-             ignore_merges, source),
+                     const std::vector<std::pair<std::string, std::string>>& merges,
+                     std::vector<AddedToken> added, TokenizerOptions options,
+                     const std::string& source, bool ignore_merges)
+    : model_(
+          to_raw_vocab(vocab, added, source),
+          [&] {
+            // Merges are written in the byte-level alphabet too.
+            std::vector<std::pair<std::string, std::string>> raw;
+            raw.reserve(merges.size());
+            std::string l, r;
+            for (size_t i = 0; i < merges.size(); ++i) {
+              if (!from_byte_level(merges[i].first, l) || !from_byte_level(merges[i].second, r))
+                throw std::invalid_argument(source + ": merge " + std::to_string(i) +
+                                            " is not in GPT-2's byte-level alphabet");
+              raw.emplace_back(l, r);
+            }
+            return raw;
+          }(),
+          ignore_merges, source),
       added_(added),
       options_(options),
       caches_(std::max(2u, std::thread::hardware_concurrency())) {
@@ -73,7 +76,8 @@ Tokenizer::Tokenizer(const std::vector<std::pair<std::string, int32_t>>& vocab,
   int64_t size = 0;
   for (const auto& [spelled, id] : vocab) size = std::max<int64_t>(size, int64_t{id} + 1);
   for (const auto& t : added) {
-    if (t.id < 0) throw std::invalid_argument(source + ": added token \"" + t.content + "\" has a negative id");
+    if (t.id < 0)
+      throw std::invalid_argument(source + ": added token \"" + t.content + "\" has a negative id");
     size = std::max<int64_t>(size, int64_t{t.id} + 1);
   }
   id_to_bytes_.assign(size, "");
@@ -82,7 +86,8 @@ Tokenizer::Tokenizer(const std::vector<std::pair<std::string, int32_t>>& vocab,
   std::string bytes;
   for (const auto& [spelled, id] : vocab) {
     if (id_used_[id])
-      throw std::invalid_argument(source + ": id " + std::to_string(id) + " is given to two vocabulary tokens");
+      throw std::invalid_argument(source + ": id " + std::to_string(id) +
+                                  " is given to two vocabulary tokens");
     id_used_[id] = true;
     id_to_spelling_[id] = spelled;
     spelling_to_id_.emplace(spelled, id);
@@ -125,8 +130,11 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 
 std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string>& texts,
                                                           int num_threads) const {
-  if (num_threads < 0) throw std::invalid_argument("encode_batch: num_threads must be >= 0, got " + std::to_string(num_threads));
-  if (num_threads == 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (num_threads < 0)
+    throw std::invalid_argument("encode_batch: num_threads must be >= 0, got " +
+                                std::to_string(num_threads));
+  if (num_threads == 0)
+    num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   num_threads = static_cast<int>(std::min<size_t>(num_threads, std::max<size_t>(texts.size(), 1)));
   std::vector<std::vector<int32_t>> out(texts.size());
   std::atomic<size_t> next{0};
@@ -159,8 +167,8 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
 
 void Tokenizer::encode_into(std::string_view text, std::vector<int32_t>& out, Cache& cache) const {
   if (const size_t bad = find_invalid_utf8(text); bad != std::string_view::npos)
-    throw std::invalid_argument("encode: text is not valid UTF-8 (ill-formed byte at offset " + std::to_string(bad) +
-                                ")");
+    throw std::invalid_argument("encode: text is not valid UTF-8 (ill-formed byte at offset " +
+                                std::to_string(bad) + ")");
   size_t pos = 0;
   for (const AddedTokenMatch& m : added_.find_all(text)) {
     encode_piece(text.substr(pos, m.begin - pos), out, cache);
@@ -170,7 +178,8 @@ void Tokenizer::encode_into(std::string_view text, std::vector<int32_t>& out, Ca
   encode_piece(text.substr(pos), out, cache);
 }
 
-void Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& out, Cache& cache) const {
+void Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& out,
+                             Cache& cache) const {
   if (piece.empty()) return;
   std::string buffer;
   if (options_.nfc) {
@@ -213,7 +222,9 @@ std::string Tokenizer::decode_bytes(const std::vector<int32_t>& ids) const {
   return out;
 }
 
-std::string Tokenizer::decode(const std::vector<int32_t>& ids) const { return replace_invalid_utf8(decode_bytes(ids)); }
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  return replace_invalid_utf8(decode_bytes(ids));
+}
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   const auto it = spelling_to_id_.find(std::string(token));

@@ -31,21 +31,24 @@ class Tokenizer {
   // files), e.g. "Ġworld"; added tokens are matched literally and may be absent
   // from vocab.
   Tokenizer(const std::vector<std::pair<std::string, int32_t>>& vocab,
-            const std::vector<std::pair<std::string, std::string>>& merges, std::vector<AddedToken> added,
-            TokenizerOptions options, const std::string& source, bool ignore_merges = false);
+            const std::vector<std::pair<std::string, std::string>>& merges,
+            std::vector<AddedToken> added, TokenizerOptions options, const std::string& source,
+            bool ignore_merges = false);
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
   ~Tokenizer();
 
   // GPT-2's encoder.json + vocab.bpe (<|endoftext|> becomes the special token).
-  static Tokenizer from_gpt2(const std::string& encoder_json_path, const std::string& vocab_bpe_path);
+  static Tokenizer from_gpt2(const std::string& encoder_json_path,
+                             const std::string& vocab_bpe_path);
   // A Hugging Face tokenizer.json with a BPE model and a ByteLevel pre-tokenizer.
   static Tokenizer from_file(const std::string& tokenizer_json_path);
 
   // text must be valid UTF-8 (std::invalid_argument otherwise).
   std::vector<int32_t> encode(std::string_view text) const;
   // Encodes many texts on num_threads threads (0: one per hardware thread).
-  std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string>& texts, int num_threads = 0) const;
+  std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string>& texts,
+                                                 int num_threads = 0) const;
 
   // The concatenated bytes of the tokens; may end inside a UTF-8 character.
   std::string decode_bytes(const std::vector<int32_t>& ids) const;
@@ -56,7 +59,7 @@ class Tokenizer {
   int64_t vocab_size() const { return static_cast<int64_t>(id_to_bytes_.size()); }
   std::optional<int32_t> eot_token() const { return eot_; }
   std::optional<int32_t> token_to_id(std::string_view token) const;  // vocabulary spelling
-  std::string id_to_token(int32_t id) const;                          // std::out_of_range if unknown
+  std::string id_to_token(int32_t id) const;                         // std::out_of_range if unknown
   const TokenizerOptions& options() const { return options_; }
 
  private:
@@ -72,7 +75,8 @@ class Tokenizer {
   std::vector<std::string> id_to_bytes_;     // raw bytes per id ("" where the id is unused)
   std::vector<std::string> id_to_spelling_;  // as written in the vocabulary file
   std::vector<bool> id_used_;
-  std::unordered_map<std::string, int32_t> spelling_to_id_;  // vocabulary spellings and added contents
+  std::unordered_map<std::string, int32_t>
+      spelling_to_id_;  // vocabulary spellings and added contents
   std::optional<int32_t> eot_;
   // Word caches kept across calls, one per concurrently encoding thread.
   std::vector<std::unique_ptr<Cache>> caches_;

