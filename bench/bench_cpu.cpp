@@ -52,16 +52,24 @@ struct Row {
 
 using EigenRowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-Row bench_matmul(const std::string& name, int64_t m, int64_t k, int64_t n, int reps) {
+// Two rows: the NDArray op (allocates its output, as user code does) and the gemm kernel writing
+// into a preallocated output, both beside Eigen writing into a preallocated matrix.
+void bench_matmul(std::vector<Row>& rows, const std::string& name, int64_t m, int64_t k, int64_t n,
+                  int reps) {
   NDArray a = random_matrix({m, k}, 1), b = random_matrix({k, n}, 2);
-  const double flops = 2.0 * m * n * k;
-  double t_needle = median_seconds(reps, [&] { NDArray c = matmul(a, b); });
-  // The baseline: Eigen's own GEMM on the same data, output preallocated.
+  NDArray c = NDArray::empty({m, n});
+  const double gflop = 2.0 * m * n * k * 1e-9;
   Eigen::Map<const EigenRowMajor> A(static_cast<const float*>(a.data_ptr()), m, k);
   Eigen::Map<const EigenRowMajor> B(static_cast<const float*>(b.data_ptr()), k, n);
   EigenRowMajor C(m, n);
-  double t_eigen = median_seconds(reps, [&] { C.noalias() = A * B; });
-  return {name, "GFLOP/s", flops / t_needle * 1e-9, flops / t_eigen * 1e-9, "eigen"};
+  const double t_eigen = median_seconds(reps, [&] { C.noalias() = A * B; });
+  const double t_op = median_seconds(reps, [&] { NDArray r = matmul(a, b); });
+  GemmArgs g;
+  g.m = m, g.n = n, g.k = k;
+  g.a = a.data_ptr(), g.lda = k, g.b = b.data_ptr(), g.ldb = n, g.c = c.data_ptr(), g.ldc = n;
+  const double t_kernel = median_seconds(reps, [&] { cpu_backend().gemm(g); });
+  rows.push_back({name, "GFLOP/s", gflop / t_op, gflop / t_eigen, "eigen"});
+  rows.push_back({name + " (kernel)", "GFLOP/s", gflop / t_kernel, gflop / t_eigen, "eigen"});
 }
 
 }  // namespace
@@ -77,15 +85,13 @@ int main(int argc, char** argv) {
   // --- matmul (float32) ---------------------------------------------------------------------------
   std::vector<int64_t> squares = {256, 512, 1024};
   if (!quick) squares.push_back(2048);
-  for (int64_t s : squares)
-    rows.push_back(bench_matmul("matmul " + std::to_string(s) + "^3", s, s, s, reps));
+  for (int64_t s : squares) bench_matmul(rows, "matmul " + std::to_string(s) + "^3", s, s, s, reps);
   // Pythia-70M shapes with B*T = 1024 tokens (2048 would double the time; the rates are the
   // same at this size): QKV projection, MLP up-projection, and the vocabulary head.
   const int64_t bt = 1024;
-  rows.push_back(bench_matmul("matmul pythia qkv 1024x512x1536", bt, 512, 1536, reps));
-  rows.push_back(bench_matmul("matmul pythia mlp 1024x512x2048", bt, 512, 2048, reps));
-  if (!quick)
-    rows.push_back(bench_matmul("matmul pythia head 1024x512x50304", bt, 512, 50304, 3));
+  bench_matmul(rows, "matmul pythia qkv 1024x512x1536", bt, 512, 1536, reps);
+  bench_matmul(rows, "matmul pythia mlp 1024x512x2048", bt, 512, 2048, reps);
+  if (!quick) bench_matmul(rows, "matmul pythia head 1024x512x50304", bt, 512, 50304, 3);
 
   // --- elementwise and reduction bandwidth (float32, 16M elements = 64 MiB per array) ----------------
   const int64_t n = int64_t(1) << 24;
@@ -130,9 +136,9 @@ int main(int argc, char** argv) {
   });
 
   // --- report -------------------------------------------------------------------------------------------
-  std::printf("%-40s %12s %12s %8s\n", "benchmark", "needle", "baseline", "ratio");
+  std::printf("%-44s %12s %12s %8s\n", "benchmark", "needle", "baseline", "ratio");
   for (const Row& r : rows)
-    std::printf("%-40s %8.1f %-3s %8.1f %-3s %7.0f%%  (%s)\n", r.name.c_str(), r.needle,
+    std::printf("%-44s %8.1f %-3s %8.1f %-3s %7.0f%%  (%s)\n", r.name.c_str(), r.needle,
                 r.unit == "GB/s" ? "GB" : "GF", r.baseline, r.unit == "GB/s" ? "GB" : "GF",
                 100.0 * r.needle / r.baseline, r.baseline_name.c_str());
   std::printf("{\"threads\": %d, \"results\": [", omp_get_max_threads());

@@ -1,14 +1,22 @@
 // Elementwise CPU kernels: copy (with dtype conversion), fill, unary, binary, binary with a
 // scalar, and where. All run on the coalescing strided loop of cpu_common.h; each inner run picks
 // a contiguous loop (which the compiler vectorises), a scalar-broadcast loop, or a strided one.
+#include <optional>
+
 #include "backend_cpu/cpu_common.h"
 #include "backend_cpu/cpu_kernels.h"
+#include "backend_cpu/vector_math.h"
 
 namespace needle::cpu_kernels {
 namespace {
 
+// Element i of a run with byte stride `stride`.
 template <typename T>
 inline T& at(char* p, int64_t stride, int64_t i) {
+  return *reinterpret_cast<T*>(p + i * stride);
+}
+template <typename T>
+inline T& at(const char* p, int64_t stride, int64_t i) {
   return *reinterpret_cast<T*>(p + i * stride);
 }
 
@@ -17,12 +25,19 @@ void check_dtype(const char* what, const char* operand, DType expected, DType gi
                dtype_name(expected), ", got ", dtype_name(given));
 }
 
-// out = f(a): In is a's storage type, Out the output's; f runs in compute_t<In>.
+// out = f(a): In is a's storage type, Out the output's; f runs in compute_t<In>. When `vec_op` is
+// given and In is float or double, contiguous runs use its SIMD form (vector_math.h).
 template <typename In, typename Out, typename F>
-void unary_loop(const ArrayRef& a, const ArrayRef& out, F f) {
+void unary_loop(const ArrayRef& a, const ArrayRef& out, F f,
+                std::optional<UnaryOp> vec_op = std::nullopt) {
   using C = compute_t<In>;
   const ArrayRef* ops[2] = {&out, &a};
   for_each_strided(ops, [&](char** p, const int64_t* s, int64_t n) {
+    if constexpr (std::is_same_v<In, Out> && std::is_floating_point_v<In>) {
+      if (vec_op && s[0] == sizeof(Out) && s[1] == sizeof(In) &&
+          vector_unary(*vec_op, reinterpret_cast<const In*>(p[1]), reinterpret_cast<Out*>(p[0]), n))
+        return;
+    }
     if (s[0] == sizeof(Out) && s[1] == sizeof(In)) {
       Out* o = reinterpret_cast<Out*>(p[0]);
       const In* x = reinterpret_cast<const In*>(p[1]);
@@ -89,10 +104,68 @@ void dispatch_binary(BinaryOp op, DType dt, const ArrayRef& x, const ArrayRef& y
   }
 }
 
-// Element-for-element copy between two dtypes.
+// Copy with conversion from S to D (S == D moves bits).
 template <typename S, typename D>
-void convert_loop(const ArrayRef& src, const ArrayRef& dst) {
-  unary_loop<S, D>(src, dst, [](compute_t<S> v) { return v; });
+inline D copy_value(S v) {
+  if constexpr (std::is_same_v<S, D>) {
+    return v;
+  } else {
+    return convert<D>(v);
+  }
+}
+
+// dst (operand 0) contiguous along plan dim 0 while src (operand 1) steps faster along dim 1:
+// the compact() of a transposed view. A plain loop would read one element per cache line; this
+// copies kTile x kTile tiles, whose source lines stay in L1 while the tile is written.
+template <typename S, typename D>
+bool tiled_copy(const StridedPlan<2>& p) {
+  if (p.ndim < 2 || p.strides[0][0] != static_cast<int64_t>(sizeof(D)) ||
+      std::abs(p.strides[1][1]) >= std::abs(p.strides[0][1]))
+    return false;
+  constexpr int64_t kTile = 32;
+  const int64_t n0 = p.shape[0], n1 = p.shape[1];
+  const int64_t outer = p.numel / (n0 * n1), strips = (n1 + kTile - 1) / kTile;
+  parallel_for(outer * strips, std::max<int64_t>(1, kGrain / (kTile * n0)), [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      // Locate the outer (dims >= 2) slice of this strip.
+      int64_t rem = it / strips;
+      char* dst = p.base[0];
+      const char* src = p.base[1];
+      for (int d = 2; d < p.ndim; ++d) {
+        const int64_t i = rem % p.shape[d];
+        rem /= p.shape[d];
+        dst += i * p.strides[d][0];
+        src += i * p.strides[d][1];
+      }
+      const int64_t j0 = (it % strips) * kTile, j1 = std::min(n1, j0 + kTile);
+      for (int64_t i0 = 0; i0 < n0; i0 += kTile) {
+        const int64_t i1 = std::min(n0, i0 + kTile);
+        for (int64_t j = j0; j < j1; ++j) {
+          D* o = reinterpret_cast<D*>(dst + j * p.strides[1][0]);
+          const char* s = src + j * p.strides[1][1];
+          for (int64_t i = i0; i < i1; ++i) o[i] = copy_value<S, D>(at<const S>(s, p.strides[0][1], i));
+        }
+      }
+    }
+  });
+  return true;
+}
+
+// Element-for-element copy from S to D over any layouts.
+template <typename S, typename D>
+void copy_loop(const ArrayRef& src, const ArrayRef& dst) {
+  const ArrayRef* ops[2] = {&dst, &src};
+  StridedPlan<2> plan = make_plan(ops);
+  if (tiled_copy<S, D>(plan)) return;
+  run_plan(plan, [](char** p, const int64_t* s, int64_t n) {
+    if (s[0] == sizeof(D) && s[1] == sizeof(S)) {
+      D* o = reinterpret_cast<D*>(p[0]);
+      const S* x = reinterpret_cast<const S*>(p[1]);
+      for (int64_t i = 0; i < n; ++i) o[i] = copy_value<S, D>(x[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) at<D>(p[0], s[0], i) = copy_value<S, D>(at<const S>(p[1], s[1], i));
+    }
+  });
 }
 
 }  // namespace
@@ -105,17 +178,12 @@ void copy(const ArrayRef& src, const ArrayRef& dst) {
       return;
     }
     // Same dtype: move bits, so NaN payloads and -0.0 are preserved exactly.
-    NEEDLE_DISPATCH_BITS(itemsize(dst.dtype), [&] {
-      const ArrayRef* ops[2] = {&dst, &src};
-      for_each_strided(ops, [](char** p, const int64_t* s, int64_t n) {
-        for (int64_t i = 0; i < n; ++i) at<bits_t>(p[0], s[0], i) = at<const bits_t>(p[1], s[1], i);
-      });
-    });
+    NEEDLE_DISPATCH_BITS(itemsize(dst.dtype), [&] { copy_loop<bits_t, bits_t>(src, dst); });
     return;
   }
   NEEDLE_DISPATCH_ALL(src.dtype, "copy", [&] {
     using S = scalar_t;
-    NEEDLE_DISPATCH_ALL(dst.dtype, "copy", [&] { convert_loop<S, scalar_t>(src, dst); });
+    NEEDLE_DISPATCH_ALL(dst.dtype, "copy", [&] { copy_loop<S, scalar_t>(src, dst); });
   });
 }
 
@@ -150,11 +218,11 @@ void unary(UnaryOp op, const ArrayRef& a, const ArrayRef& out) {
     return;
     NEEDLE_UNARY_NUMERIC_OPS(NEEDLE_NUMERIC_CASE)
 #undef NEEDLE_NUMERIC_CASE
-#define NEEDLE_FLOAT_CASE(Name, fname, ...)                                                         \
-  case UnaryOp::Name:                                                                               \
-    NEEDLE_DISPATCH_FLOATING(a.dtype, #fname,                                                       \
-                             [&] { unary_loop<scalar_t, scalar_t>(a, out, functors::Name##Functor{}); }) \
-    return;
+#define NEEDLE_FLOAT_CASE(Name, fname, ...)                                                 \
+  case UnaryOp::Name:                                                                       \
+    NEEDLE_DISPATCH_FLOATING(a.dtype, #fname, [&] {                                         \
+      unary_loop<scalar_t, scalar_t>(a, out, functors::Name##Functor{}, UnaryOp::Name);     \
+    }) return;
     NEEDLE_UNARY_FLOAT_OPS(NEEDLE_FLOAT_CASE)
 #undef NEEDLE_FLOAT_CASE
     case UnaryOp::LogicalNot:

@@ -431,6 +431,42 @@ inline void add_unary_cases(std::vector<OpCase>& cases) {
   }
 }
 
+// Every unary op on the special values (signed zeros, infinities, NaN, out-of-domain and
+// overflowing inputs) of each floating dtype, against the functor in double rounded to the dtype.
+inline void add_unary_special_cases(std::vector<OpCase>& cases) {
+  std::vector<std::pair<UnaryOp, const char*>> ops = {
+#define NEEDLE_LIST(Name, fname, ...) {UnaryOp::Name, #fname},
+      NEEDLE_UNARY_OPS(NEEDLE_LIST)
+#undef NEEDLE_LIST
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<double> specials = {0.0,  -0.0, inf,  -inf, std::nan(""), -1.0, 1e-30,
+                                        100.0, -100.0, 0.5, 20.0, -20.0};
+  uint64_t seed = 4000;
+  for (auto [op, fname] : ops) {
+    for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
+      OpCase c;
+      c.family = "unary";
+      c.name = std::string("unary/") + fname + "/" + dtype_name(dt) + "/special values";
+      c.dtype = dt;
+      c.seed = ++seed;
+      c.inputs = [=](Device dev) {
+        return std::vector<NDArray>{from_values(specials, {static_cast<int64_t>(specials.size())}, dt, dev)};
+      };
+      c.run = [op = op](const std::vector<NDArray>& in) {
+        return std::vector<NDArray>{unary(op, in[0])};
+      };
+      c.reference = [op = op, dt](const std::vector<HostArray>& in) {
+        HostArray out{in[0].shape, dt, {}, {}};
+        for (double a : in[0].v) out.v.push_back(round_to(dt, apply_unary(op, a)));
+        return std::vector<HostArray>{out};
+      };
+      c.tol = op_tol(dt, dt);
+      cases.push_back(c);
+    }
+  }
+}
+
 inline Domain binary_domain(BinaryOp op, bool rhs) {
   if (is_comparison(op) || op == BinaryOp::Maximum || op == BinaryOp::Minimum)
     return Domain::Discrete;
@@ -1392,6 +1428,7 @@ inline void add_random_cases(std::vector<OpCase>& cases) {
 inline std::vector<OpCase> all_op_cases() {
   std::vector<OpCase> cases;
   add_unary_cases(cases);
+  add_unary_special_cases(cases);
   add_binary_cases(cases);
   add_where_cases(cases);
   add_copy_cases(cases);
