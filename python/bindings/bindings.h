@@ -71,5 +71,6 @@ void init_device(py::module_& m);
 void init_data(py::module_& m);  // data.cpp (the data engineer's)
 void init_autograd(py::module_& m);  // autograd.cpp: Tensor, grad mode, functional
 void init_nn(py::module_& m);        // nn.cpp: needle._C.nn and needle._C.optim
+void init_attention(py::module_& m); // attention.cpp: needle._C.attention (block-sparse)
 
 }  // namespace needle::python

@@ -11,4 +11,5 @@ PYBIND11_MODULE(_C, m) {
   // The Tensor wraps NDArray, so its bindings come after the NDArray class exists.
   needle::python::init_autograd(m);
   needle::python::init_nn(m);
+  needle::python::init_attention(m);
 }

@@ -16,6 +16,7 @@ from .._C.nn import (
     RMSNorm,
     SiLU,
 )
+from .._C.attention import BlockSparseLayout
 from .modules import ModuleList, Sequential
 from . import functional, utils
 from .. import init

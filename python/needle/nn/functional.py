@@ -2,6 +2,7 @@
 the compositions of needle._C.nn (silu, rms_norm, mse_loss, attention, rotary)."""
 from .._C import functional as _F
 from .._C import nn as _nn
+from .._C.attention import block_sparse_attention
 
 linear = _F.linear
 embedding = _F.embedding
