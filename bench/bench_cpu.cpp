@@ -79,10 +79,11 @@ int main(int argc, char** argv) {
   const int reps = quick ? 3 : 7;
   std::vector<Row> rows;
   std::printf("needle CPU benchmark: %d OpenMP threads, Eigen %d.%d.%d, %d repetitions (median)\n",
-              omp_get_max_threads(), EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION,
-              EIGEN_MINOR_VERSION, reps);
+              omp_get_max_threads(), EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION,
+              reps);
 
-  // --- matmul (float32) ---------------------------------------------------------------------------
+  // --- matmul (float32)
+  // ---------------------------------------------------------------------------
   std::vector<int64_t> squares = {256, 512, 1024};
   if (!quick) squares.push_back(2048);
   for (int64_t s : squares) bench_matmul(rows, "matmul " + std::to_string(s) + "^3", s, s, s, reps);
@@ -93,7 +94,8 @@ int main(int argc, char** argv) {
   bench_matmul(rows, "matmul pythia mlp 1024x512x2048", bt, 512, 2048, reps);
   if (!quick) bench_matmul(rows, "matmul pythia head 1024x512x50304", bt, 512, 50304, 3);
 
-  // --- elementwise and reduction bandwidth (float32, 16M elements = 64 MiB per array) ----------------
+  // --- elementwise and reduction bandwidth (float32, 16M elements = 64 MiB per array)
+  // ----------------
   const int64_t n = int64_t(1) << 24;
   const double bytes = static_cast<double>(n) * sizeof(float);
   NDArray x = random_matrix({n}, 3), y = random_matrix({n}, 4);
@@ -125,17 +127,15 @@ int main(int argc, char** argv) {
   kernel_row("exp NDArray op (16M f32, allocates)", 2 * bytes, [&] { NDArray r = exp(x); });
   // Reductions read once: bytes of traffic.
   NDArray rows_out = NDArray::empty({4096}), cols_out = NDArray::empty({4096});
-  kernel_row("sum last axis 4096x4096 f32", bytes, [&] {
-    cpu_b.reduce(ReduceOp::Sum, x.ref(), 4096, 4096, 1, rows_out.ref());
-  });
-  kernel_row("sum first axis 4096x4096 f32", bytes, [&] {
-    cpu_b.reduce(ReduceOp::Sum, x.ref(), 1, 4096, 4096, cols_out.ref());
-  });
-  kernel_row("softmax rows 4096x4096 f32", 2 * bytes, [&] {
-    cpu_b.row_op(RowOp::Softmax, x.ref(), 4096, 4096, out.ref());
-  });
+  kernel_row("sum last axis 4096x4096 f32", bytes,
+             [&] { cpu_b.reduce(ReduceOp::Sum, x.ref(), 4096, 4096, 1, rows_out.ref()); });
+  kernel_row("sum first axis 4096x4096 f32", bytes,
+             [&] { cpu_b.reduce(ReduceOp::Sum, x.ref(), 1, 4096, 4096, cols_out.ref()); });
+  kernel_row("softmax rows 4096x4096 f32", 2 * bytes,
+             [&] { cpu_b.row_op(RowOp::Softmax, x.ref(), 4096, 4096, out.ref()); });
 
-  // --- report -------------------------------------------------------------------------------------------
+  // --- report
+  // -------------------------------------------------------------------------------------------
   std::printf("%-44s %12s %12s %8s\n", "benchmark", "needle", "baseline", "ratio");
   for (const Row& r : rows)
     std::printf("%-44s %8.1f %-3s %8.1f %-3s %7.0f%%  (%s)\n", r.name.c_str(), r.needle,

@@ -42,8 +42,8 @@ void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
            double weight_decay, double bias_correction1, double bias_correction2) {
   const int64_t n = param.numel();
   NEEDLE_CHECK(grad.numel() == n && exp_avg.numel() == n && exp_avg_sq.numel() == n, ValueError,
-               "adamw: expected param, grad, exp_avg and exp_avg_sq of equal length, got ", n,
-               ", ", grad.numel(), ", ", exp_avg.numel(), " and ", exp_avg_sq.numel());
+               "adamw: expected param, grad, exp_avg and exp_avg_sq of equal length, got ", n, ", ",
+               grad.numel(), ", ", exp_avg.numel(), " and ", exp_avg_sq.numel());
   NEEDLE_CHECK(exp_avg.dtype == exp_avg_sq.dtype, TypeError,
                "adamw: expected exp_avg and exp_avg_sq of one dtype, got ",
                dtype_name(exp_avg.dtype), " and ", dtype_name(exp_avg_sq.dtype));

@@ -176,12 +176,28 @@ inline bool all_contiguous(const int64_t* strides, const int64_t (&sizes)[K]) {
 
 // Binds bits_t to the unsigned integer of `size` bytes, for kernels that move elements without
 // interpreting them (copy within one dtype, where, fill), so NaN payloads and -0 survive.
-#define NEEDLE_DISPATCH_BITS(size, ...)                       \
-  switch (size) {                                             \
-    case 1: { using bits_t = uint8_t; __VA_ARGS__(); break; } \
-    case 2: { using bits_t = uint16_t; __VA_ARGS__(); break; } \
-    case 4: { using bits_t = uint32_t; __VA_ARGS__(); break; } \
-    default: { using bits_t = uint64_t; __VA_ARGS__(); break; } \
+#define NEEDLE_DISPATCH_BITS(size, ...) \
+  switch (size) {                       \
+    case 1: {                           \
+      using bits_t = uint8_t;           \
+      __VA_ARGS__();                    \
+      break;                            \
+    }                                   \
+    case 2: {                           \
+      using bits_t = uint16_t;          \
+      __VA_ARGS__();                    \
+      break;                            \
+    }                                   \
+    case 4: {                           \
+      using bits_t = uint32_t;          \
+      __VA_ARGS__();                    \
+      break;                            \
+    }                                   \
+    default: {                          \
+      using bits_t = uint64_t;          \
+      __VA_ARGS__();                    \
+      break;                            \
+    }                                   \
   }
 
 }  // namespace needle::cpu_kernels

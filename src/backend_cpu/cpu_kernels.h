@@ -44,9 +44,9 @@ void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, con
                             int64_t classes, const ArrayRef& dlogits);
 
 // layer_norm.cpp
-void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias,
-                        double eps, int64_t rows, int64_t d, const ArrayRef& y,
-                        const ArrayRef& mean, const ArrayRef& rstd);
+void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias, double eps,
+                        int64_t rows, int64_t d, const ArrayRef& y, const ArrayRef& mean,
+                        const ArrayRef& rstd);
 void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* weight,
                          const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, int64_t d,
                          const ArrayRef& dx, const ArrayRef* dweight, const ArrayRef* dbias);
@@ -58,19 +58,18 @@ void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
 
 // attention.cpp
 void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
-                                    const BlockLayoutRef& layout, double scale,
-                                    const ArrayRef& out, const ArrayRef& lse);
+                                    const BlockLayoutRef& layout, double scale, const ArrayRef& out,
+                                    const ArrayRef& lse);
 void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
-                                     const ArrayRef& out, const ArrayRef& lse,
-                                     const ArrayRef& dout, const BlockLayoutRef& layout,
-                                     double scale, const ArrayRef& dq, const ArrayRef& dk,
-                                     const ArrayRef& dv);
+                                     const ArrayRef& out, const ArrayRef& lse, const ArrayRef& dout,
+                                     const BlockLayoutRef& layout, double scale, const ArrayRef& dq,
+                                     const ArrayRef& dk, const ArrayRef& dv);
 
 // indexing.cpp
 void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int64_t n,
                   int64_t inner, const ArrayRef& out);
-void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n,
-               int64_t inner, const ArrayRef& out);
+void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n, int64_t inner,
+               const ArrayRef& out);
 
 // random.cpp
 void random(RandomKind kind, const ArrayRef& out, uint64_t seed, uint64_t offset, double p0,

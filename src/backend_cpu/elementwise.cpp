@@ -86,17 +86,18 @@ void dispatch_binary(BinaryOp op, DType dt, const ArrayRef& x, const ArrayRef& y
                "to float32), got ",
                dtype_name(dt));
   switch (op) {
-#define NEEDLE_ARITH_CASE(Name, fname, ...)                                              \
-  case BinaryOp::Name:                                                                   \
-    NEEDLE_DISPATCH_ALL(dt, #fname,                                                      \
-                        [&] { binary_loop<scalar_t, scalar_t>(x, y, out, functors::Name##Functor{}); }) \
+#define NEEDLE_ARITH_CASE(Name, fname, ...)                                  \
+  case BinaryOp::Name:                                                       \
+    NEEDLE_DISPATCH_ALL(dt, #fname, [&] {                                    \
+      binary_loop<scalar_t, scalar_t>(x, y, out, functors::Name##Functor{}); \
+    })                                                                       \
     return;
     NEEDLE_BINARY_ARITH_OPS(NEEDLE_ARITH_CASE)
 #undef NEEDLE_ARITH_CASE
-#define NEEDLE_BOOL_CASE(Name, fname, ...)                                               \
-  case BinaryOp::Name:                                                                   \
-    NEEDLE_DISPATCH_ALL(dt, #fname,                                                      \
-                        [&] { binary_loop<scalar_t, bool>(x, y, out, functors::Name##Functor{}); }) \
+#define NEEDLE_BOOL_CASE(Name, fname, ...)                                                      \
+  case BinaryOp::Name:                                                                          \
+    NEEDLE_DISPATCH_ALL(                                                                        \
+        dt, #fname, [&] { binary_loop<scalar_t, bool>(x, y, out, functors::Name##Functor{}); }) \
     return;
     NEEDLE_COMPARE_OPS(NEEDLE_BOOL_CASE)
     NEEDLE_LOGICAL_OPS(NEEDLE_BOOL_CASE)
@@ -125,7 +126,8 @@ bool tiled_copy(const StridedPlan<2>& p) {
   constexpr int64_t kTile = 32;
   const int64_t n0 = p.shape[0], n1 = p.shape[1];
   const int64_t outer = p.numel / (n0 * n1), strips = (n1 + kTile - 1) / kTile;
-  parallel_for(outer * strips, std::max<int64_t>(1, kGrain / (kTile * n0)), [&](int64_t b, int64_t e) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / (kTile * n0));
+  parallel_for(outer * strips, grain, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       // Locate the outer (dims >= 2) slice of this strip.
       int64_t rem = it / strips;
@@ -143,7 +145,8 @@ bool tiled_copy(const StridedPlan<2>& p) {
         for (int64_t j = j0; j < j1; ++j) {
           D* o = reinterpret_cast<D*>(dst + j * p.strides[1][0]);
           const char* s = src + j * p.strides[1][1];
-          for (int64_t i = i0; i < i1; ++i) o[i] = copy_value<S, D>(at<const S>(s, p.strides[0][1], i));
+          for (int64_t i = i0; i < i1; ++i)
+            o[i] = copy_value<S, D>(at<const S>(s, p.strides[0][1], i));
         }
       }
     }
@@ -163,7 +166,8 @@ void copy_loop(const ArrayRef& src, const ArrayRef& dst) {
       const S* x = reinterpret_cast<const S*>(p[1]);
       for (int64_t i = 0; i < n; ++i) o[i] = copy_value<S, D>(x[i]);
     } else {
-      for (int64_t i = 0; i < n; ++i) at<D>(p[0], s[0], i) = copy_value<S, D>(at<const S>(p[1], s[1], i));
+      for (int64_t i = 0; i < n; ++i)
+        at<D>(p[0], s[0], i) = copy_value<S, D>(at<const S>(p[1], s[1], i));
     }
   });
 }
@@ -211,18 +215,20 @@ void fill(const ArrayRef& dst, double value) {
 void unary(UnaryOp op, const ArrayRef& a, const ArrayRef& out) {
   check_dtype(op_name(op), "out", op == UnaryOp::LogicalNot ? DType::Bool : a.dtype, out.dtype);
   switch (op) {
-#define NEEDLE_NUMERIC_CASE(Name, fname, ...)                                                      \
-  case UnaryOp::Name:                                                                              \
-    NEEDLE_DISPATCH_NUMERIC(a.dtype, #fname,                                                       \
-                            [&] { unary_loop<scalar_t, scalar_t>(a, out, functors::Name##Functor{}); }) \
+#define NEEDLE_NUMERIC_CASE(Name, fname, ...)                            \
+  case UnaryOp::Name:                                                    \
+    NEEDLE_DISPATCH_NUMERIC(a.dtype, #fname, [&] {                       \
+      unary_loop<scalar_t, scalar_t>(a, out, functors::Name##Functor{}); \
+    })                                                                   \
     return;
     NEEDLE_UNARY_NUMERIC_OPS(NEEDLE_NUMERIC_CASE)
 #undef NEEDLE_NUMERIC_CASE
-#define NEEDLE_FLOAT_CASE(Name, fname, ...)                                                 \
-  case UnaryOp::Name:                                                                       \
-    NEEDLE_DISPATCH_FLOATING(a.dtype, #fname, [&] {                                         \
-      unary_loop<scalar_t, scalar_t>(a, out, functors::Name##Functor{}, UnaryOp::Name);     \
-    }) return;
+#define NEEDLE_FLOAT_CASE(Name, fname, ...)                                             \
+  case UnaryOp::Name:                                                                   \
+    NEEDLE_DISPATCH_FLOATING(a.dtype, #fname, [&] {                                     \
+      unary_loop<scalar_t, scalar_t>(a, out, functors::Name##Functor{}, UnaryOp::Name); \
+    })                                                                                  \
+    return;
     NEEDLE_UNARY_FLOAT_OPS(NEEDLE_FLOAT_CASE)
 #undef NEEDLE_FLOAT_CASE
     case UnaryOp::LogicalNot:
@@ -268,8 +274,7 @@ void where(const ArrayRef& cond, const ArrayRef& a, const ArrayRef& b, const Arr
   NEEDLE_DISPATCH_BITS(itemsize(out.dtype), [&] {
     const ArrayRef* ops[4] = {&out, &cond, &a, &b};
     for_each_strided(ops, [](char** p, const int64_t* s, int64_t n) {
-      if (s[0] == sizeof(bits_t) && s[1] == 1 && s[2] == sizeof(bits_t) &&
-          s[3] == sizeof(bits_t)) {
+      if (s[0] == sizeof(bits_t) && s[1] == 1 && s[2] == sizeof(bits_t) && s[3] == sizeof(bits_t)) {
         bits_t* o = reinterpret_cast<bits_t*>(p[0]);
         const uint8_t* c = reinterpret_cast<const uint8_t*>(p[1]);
         const bits_t* x = reinterpret_cast<const bits_t*>(p[2]);
@@ -277,9 +282,9 @@ void where(const ArrayRef& cond, const ArrayRef& a, const ArrayRef& b, const Arr
         for (int64_t i = 0; i < n; ++i) o[i] = c[i] ? x[i] : y[i];
       } else {
         for (int64_t i = 0; i < n; ++i)
-          at<bits_t>(p[0], s[0], i) =
-              at<const uint8_t>(p[1], s[1], i) ? at<const bits_t>(p[2], s[2], i)
-                                               : at<const bits_t>(p[3], s[3], i);
+          at<bits_t>(p[0], s[0], i) = at<const uint8_t>(p[1], s[1], i)
+                                          ? at<const bits_t>(p[2], s[2], i)
+                                          : at<const bits_t>(p[3], s[3], i);
       }
     });
   });

@@ -28,8 +28,8 @@ constexpr int64_t kSmallGemm = int64_t(1) << 21;
 // M = rows of C, N = cols of C, K = the contracted dim. C = alpha * op(A) op(B) + beta * C for
 // one matrix of the batch; T is float or double.
 template <typename T>
-void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
-              int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta) {
+void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+              const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta) {
   MutMap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
   if (k == 0 || alpha == T(0)) {
     // op(A) op(B) is empty (or scaled away): C = beta * C, never reading C when beta == 0, as
@@ -100,20 +100,26 @@ void gemm(const GemmArgs& g) {
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
   void (*one)(const GemmArgs&, int64_t) = nullptr;
   switch (g.dtype) {
-    case DType::Float32: one = gemm_one_typed<float>; break;
-    case DType::Float64: one = gemm_one_typed<double>; break;
-    case DType::BFloat16: one = gemm_one_bf16; break;
+    case DType::Float32:
+      one = gemm_one_typed<float>;
+      break;
+    case DType::Float64:
+      one = gemm_one_typed<double>;
+      break;
+    case DType::BFloat16:
+      one = gemm_one_bf16;
+      break;
     default:
-      throw TypeError(detail::concat(
-          "gemm: expected a floating dtype (bfloat16, float32, float64), got ",
-          dtype_name(g.dtype)));
+      throw TypeError(
+          detail::concat("gemm: expected a floating dtype (bfloat16, float32, float64), got ",
+                         dtype_name(g.dtype)));
   }
   if (g.batch > 1 && g.m * g.n * g.k < kSmallGemm) {
     // Eigen sees omp_in_parallel() and stays single-threaded inside each product. A stride_c of
     // 0 would make batch items write the same C, so that case stays sequential.
     if (g.stride_c != 0) {
-      parallel_for(g.batch, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.m * g.n * g.k)),
-                   [&](int64_t b, int64_t e) {
+      const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, g.m * g.n * g.k));
+      parallel_for(g.batch, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) one(g, i);
       });
       return;

@@ -18,12 +18,12 @@ std::vector<int64_t> read_index(const ArrayRef& index, int64_t n, const char* wh
   } else if (index.dtype == DType::Int32) {
     std::copy_n(static_cast<const int32_t*>(index.data), k, idx.begin());
   } else {
-    throw TypeError(detail::concat(what, ": expected an int64 or int32 index, got ",
-                                   dtype_name(index.dtype)));
+    throw TypeError(
+        detail::concat(what, ": expected an int64 or int32 index, got ", dtype_name(index.dtype)));
   }
   for (int64_t j = 0; j < k; ++j)
-    NEEDLE_CHECK(idx[j] >= 0 && idx[j] < n, IndexError, what, ": index ", idx[j],
-                 " (at position ", j, ") is out of range for a dimension of size ", n);
+    NEEDLE_CHECK(idx[j] >= 0 && idx[j] < n, IndexError, what, ": index ", idx[j], " (at position ",
+                 j, ") is out of range for a dimension of size ", n);
   return idx;
 }
 
@@ -43,8 +43,8 @@ void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int6
   const char* src = static_cast<const char*>(in.data);
   char* dst = static_cast<char*>(out.data);
   // Each (o, j) copies one contiguous row of `inner` elements.
-  parallel_for(outer * k, std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)),
-               [&](int64_t b, int64_t e) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1));
+  parallel_for(outer * k, grain, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int64_t o = it / k, j = it % k;
       std::memcpy(dst + it * row_bytes, src + (o * n + idx[j]) * row_bytes, row_bytes);
@@ -55,15 +55,15 @@ void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int6
 // O = outer, N = indexed dim of out, K = number of indices, I = inner.
 // out[o, idx[j], :] += src[o, j, :]. Threads split (o, inner block) pairs and every thread walks
 // all j in order, so repeated indices accumulate without races and in a fixed order.
-void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n,
-               int64_t inner, const ArrayRef& out) {
+void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n, int64_t inner,
+               const ArrayRef& out) {
   const std::vector<int64_t> idx = read_index(index, n, "index_add");
   const int64_t k = static_cast<int64_t>(idx.size());
   NEEDLE_CHECK(src.dtype == out.dtype, TypeError, "index_add: expected src of dtype ",
                dtype_name(out.dtype), ", got ", dtype_name(src.dtype));
   NEEDLE_CHECK(src.numel() == outer * k * inner && out.numel() == outer * n * inner, ValueError,
-               "index_add: expected src of ", outer * k * inner, " and out of ",
-               outer * n * inner, " elements, got ", src.numel(), " and ", out.numel());
+               "index_add: expected src of ", outer * k * inner, " and out of ", outer * n * inner,
+               " elements, got ", src.numel(), " and ", out.numel());
   NEEDLE_DISPATCH_NUMERIC(out.dtype, "index_add", [&] {
     using T = scalar_t;
     using C = compute_t<T>;
@@ -73,14 +73,16 @@ void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_
     constexpr int64_t kBlock = 1024;
     const int64_t blocks = (inner + kBlock - 1) / kBlock;
     const int64_t per_item = std::max<int64_t>(1, k * std::min(inner, kBlock));
-    parallel_for(outer * blocks, std::max<int64_t>(1, kGrain / per_item), [&](int64_t b, int64_t e) {
+    const int64_t grain = std::max<int64_t>(1, kGrain / per_item);
+    parallel_for(outer * blocks, grain, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t o = it / blocks, i0 = (it % blocks) * kBlock;
         const int64_t w = std::min(inner, i0 + kBlock) - i0;
         for (int64_t j = 0; j < k; ++j) {
           const T* from = s + (o * k + j) * inner + i0;
           T* to = o_ptr + (o * n + idx[j]) * inner + i0;
-          for (int64_t i = 0; i < w; ++i) to[i] = convert<T>(convert<C>(to[i]) + convert<C>(from[i]));
+          for (int64_t i = 0; i < w; ++i)
+            to[i] = convert<T>(convert<C>(to[i]) + convert<C>(from[i]));
         }
       }
     });

@@ -32,8 +32,8 @@ void check_stats(const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, DType
   NEEDLE_CHECK(mean.dtype == want && rstd.dtype == want, TypeError, what, ": expected ",
                dtype_name(want), " mean and rstd, got ", dtype_name(mean.dtype), " and ",
                dtype_name(rstd.dtype));
-  NEEDLE_CHECK(mean.numel() == rows && rstd.numel() == rows, ValueError, what, ": expected ",
-               rows, " mean and rstd values, got ", mean.numel(), " and ", rstd.numel());
+  NEEDLE_CHECK(mean.numel() == rows && rstd.numel() == rows, ValueError, what, ": expected ", rows,
+               " mean and rstd values, got ", mean.numel(), " and ", rstd.numel());
 }
 
 // Statistics are float32, or float64 for float64 inputs (stats_dtype).
@@ -61,9 +61,9 @@ void write_floats(const std::vector<double>& v, const ArrayRef& dst, const char*
 }  // namespace
 
 // R = rows, D = normalised features. y = (x - mean) * rstd * weight + bias.
-void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias,
-                        double eps, int64_t rows, int64_t d, const ArrayRef& y,
-                        const ArrayRef& mean, const ArrayRef& rstd) {
+void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias, double eps,
+                        int64_t rows, int64_t d, const ArrayRef& y, const ArrayRef& mean,
+                        const ArrayRef& rstd) {
   const char* name = "layer_norm";
   NEEDLE_CHECK(x.numel() == rows * d && y.numel() == rows * d, ValueError, name, ": expected ",
                rows, " x ", d, " x and y, got ", x.numel(), " and ", y.numel(), " elements");
@@ -76,8 +76,8 @@ void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRe
     using T = scalar_t;
     const T* xp = static_cast<const T*>(x.data);
     T* yp = static_cast<T*>(y.data);
-    parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1)),
-                 [&](int64_t b, int64_t e) {
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1));
+    parallel_for(rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const T* row = xp + r * d;
         double mu = 0;
@@ -128,8 +128,8 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
     const T* xp = static_cast<const T*>(x.data);
     const T* gp = static_cast<const T*>(dy.data);
     T* dxp = static_cast<T*>(dx.data);
-    parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1)),
-                 [&](int64_t b, int64_t e) {
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1));
+    parallel_for(rows, grain, [&](int64_t b, int64_t e) {
       const int piece = omp_get_thread_num();
       std::vector<double>& pw = part_w[piece];
       std::vector<double>& pb = part_b[piece];

@@ -90,7 +90,9 @@ void parallel_memcpy(void* dst, const void* src, size_t nbytes) {
   });
 }
 
-void copy_from_host(void* dst, const void* src, size_t nbytes) { parallel_memcpy(dst, src, nbytes); }
+void copy_from_host(void* dst, const void* src, size_t nbytes) {
+  parallel_memcpy(dst, src, nbytes);
+}
 void copy_to_host(void* dst, const void* src, size_t nbytes) { parallel_memcpy(dst, src, nbytes); }
 
 // CPU kernels run to completion before returning: there is no queued work to wait for.

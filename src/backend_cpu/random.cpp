@@ -56,7 +56,8 @@ void random_typed(RandomKind kind, T* out, int64_t n, uint64_t seed, uint64_t of
       U v[4];
       switch (kind) {
         case RandomKind::Uniform:
-          for (int l = 0; l < 4; ++l) v[l] = static_cast<U>(p0 + (p1 - p0) * static_cast<double>(u[l]));
+          for (int l = 0; l < 4; ++l)
+            v[l] = static_cast<U>(p0 + (p1 - p0) * static_cast<double>(u[l]));
           break;
         case RandomKind::Bernoulli:
           for (int l = 0; l < 4; ++l) v[l] = static_cast<double>(u[l]) < p0 ? U(1) : U(0);

@@ -15,9 +15,9 @@ namespace {
 // The accumulator of Sum and Prod: double for float32 and float64 (float32 sums of millions of
 // values lose digits otherwise), float for bfloat16, int64 for bool and integers.
 template <typename T>
-using sum_acc_t = std::conditional_t<
-    std::is_same_v<T, bfloat16>, float,
-    std::conditional_t<std::is_floating_point_v<T>, double, int64_t>>;
+using sum_acc_t =
+    std::conditional_t<std::is_same_v<T, bfloat16>, float,
+                       std::conditional_t<std::is_floating_point_v<T>, double, int64_t>>;
 
 // Columns handled together when inner > 1. Each reduced row contributes one contiguous run of
 // this many values: long enough for the hardware prefetcher (short runs 16 KiB apart made the
@@ -197,12 +197,18 @@ void reduce_arg(const T* x, int64_t outer, int64_t R, int64_t I, int64_t* out) {
 
 const char* reduce_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return "sum";
-    case ReduceOp::Max: return "max";
-    case ReduceOp::Min: return "min";
-    case ReduceOp::Prod: return "prod";
-    case ReduceOp::ArgMax: return "argmax";
-    case ReduceOp::ArgMin: return "argmin";
+    case ReduceOp::Sum:
+      return "sum";
+    case ReduceOp::Max:
+      return "max";
+    case ReduceOp::Min:
+      return "min";
+    case ReduceOp::Prod:
+      return "prod";
+    case ReduceOp::ArgMax:
+      return "argmax";
+    case ReduceOp::ArgMin:
+      return "argmin";
   }
   return "reduce";
 }

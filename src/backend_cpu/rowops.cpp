@@ -13,7 +13,9 @@ namespace needle::cpu_kernels {
 namespace {
 
 // Rows per parallel piece so that a piece holds about kGrain elements.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1));
+}
 
 // One row loaded into the arithmetic type R (a contiguous copy also for float rows, so Eigen's
 // vectorised exp can run on it; the row is in L1/L2 either way), with scratch for exponentials.
@@ -89,8 +91,8 @@ std::vector<int64_t> read_targets(const ArrayRef& t, int64_t n, const char* what
   } else if (t.dtype == DType::Int32) {
     std::copy_n(static_cast<const int32_t*>(t.data), n, v.begin());
   } else {
-    throw TypeError(detail::concat(what, ": expected int64 (or int32) targets, got ",
-                                   dtype_name(t.dtype)));
+    throw TypeError(
+        detail::concat(what, ": expected int64 (or int32) targets, got ", dtype_name(t.dtype)));
   }
   return v;
 }
@@ -159,8 +161,7 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
       for (int64_t r = b; r < e; ++r) {
         row.load(x + r * classes, classes);
         const R l = row.logsumexp();
-        const double value =
-            t[r] == ignore_index ? 0.0 : static_cast<double>(l - row.x[t[r]]);
+        const double value = t[r] == ignore_index ? 0.0 : static_cast<double>(l - row.x[t[r]]);
         if (stats == DType::Float64) {
           static_cast<double*>(lse.data)[r] = static_cast<double>(l);
           static_cast<double*>(loss.data)[r] = value;

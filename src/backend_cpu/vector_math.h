@@ -1,8 +1,8 @@
 // SIMD forms of the costliest float functions and of NaN-propagating max / min, through Eigen's
 // vectorised kernels. The functors of ops.h call std::exp and friends one element at a time,
-// about ten times slower; Eigen's versions agree with them to 1-2 ulp (exp, log: < 6e-8 relative in float; tanh < 3e-7
-// absolute), give 0 for exp(-inf), inf for exp(inf), NaN for NaN, and flush results below the
-// smallest normal float to 0.
+// about ten times slower; Eigen's versions agree with them to 1-2 ulp (exp, log: < 6e-8 relative in
+// float; tanh < 3e-7 absolute), give 0 for exp(-inf), inf for exp(inf), NaN for NaN, and flush
+// results below the smallest normal float to 0.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -29,12 +29,23 @@ bool vector_unary(UnaryOp op, const T* x, T* o, int64_t n) {
   Eigen::Map<const VecArray<T>> X(x, n);
   Eigen::Map<VecArray<T>> O(o, n);
   switch (op) {
-    case UnaryOp::Exp: O = X.exp(); return true;
-    case UnaryOp::Log: O = X.log(); return true;
-    case UnaryOp::Rsqrt: O = X.rsqrt(); return true;
-    case UnaryOp::Tanh: O = X.tanh(); return true;
-    case UnaryOp::Sigmoid: O = T(1) / (T(1) + (-X).exp()); return true;
-    default: return false;
+    case UnaryOp::Exp:
+      O = X.exp();
+      return true;
+    case UnaryOp::Log:
+      O = X.log();
+      return true;
+    case UnaryOp::Rsqrt:
+      O = X.rsqrt();
+      return true;
+    case UnaryOp::Tanh:
+      O = X.tanh();
+      return true;
+    case UnaryOp::Sigmoid:
+      O = T(1) / (T(1) + (-X).exp());
+      return true;
+    default:
+      return false;
   }
 }
 

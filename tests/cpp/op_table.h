@@ -9,9 +9,8 @@
 // Reference values are read straight from each array's memory through its strides (read_host),
 // never through the copy kernels under test.
 #pragma once
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -43,24 +42,42 @@ struct HostArray {
 
 inline double read_scalar(const char* p, DType dt) {
   switch (dt) {
-    case DType::Bool: return *reinterpret_cast<const uint8_t*>(p) ? 1.0 : 0.0;
-    case DType::Int32: return *reinterpret_cast<const int32_t*>(p);
-    case DType::Int64: return static_cast<double>(*reinterpret_cast<const int64_t*>(p));
-    case DType::BFloat16: return static_cast<float>(*reinterpret_cast<const bfloat16*>(p));
-    case DType::Float32: return *reinterpret_cast<const float*>(p);
-    case DType::Float64: return *reinterpret_cast<const double*>(p);
+    case DType::Bool:
+      return *reinterpret_cast<const uint8_t*>(p) ? 1.0 : 0.0;
+    case DType::Int32:
+      return *reinterpret_cast<const int32_t*>(p);
+    case DType::Int64:
+      return static_cast<double>(*reinterpret_cast<const int64_t*>(p));
+    case DType::BFloat16:
+      return static_cast<float>(*reinterpret_cast<const bfloat16*>(p));
+    case DType::Float32:
+      return *reinterpret_cast<const float*>(p);
+    case DType::Float64:
+      return *reinterpret_cast<const double*>(p);
   }
   return 0;
 }
 
 inline void write_scalar(char* p, DType dt, double v) {
   switch (dt) {
-    case DType::Bool: *reinterpret_cast<uint8_t*>(p) = v != 0; break;
-    case DType::Int32: *reinterpret_cast<int32_t*>(p) = static_cast<int32_t>(v); break;
-    case DType::Int64: *reinterpret_cast<int64_t*>(p) = static_cast<int64_t>(v); break;
-    case DType::BFloat16: *reinterpret_cast<bfloat16*>(p) = bfloat16(static_cast<float>(v)); break;
-    case DType::Float32: *reinterpret_cast<float*>(p) = static_cast<float>(v); break;
-    case DType::Float64: *reinterpret_cast<double*>(p) = v; break;
+    case DType::Bool:
+      *reinterpret_cast<uint8_t*>(p) = v != 0;
+      break;
+    case DType::Int32:
+      *reinterpret_cast<int32_t*>(p) = static_cast<int32_t>(v);
+      break;
+    case DType::Int64:
+      *reinterpret_cast<int64_t*>(p) = static_cast<int64_t>(v);
+      break;
+    case DType::BFloat16:
+      *reinterpret_cast<bfloat16*>(p) = bfloat16(static_cast<float>(v));
+      break;
+    case DType::Float32:
+      *reinterpret_cast<float*>(p) = static_cast<float>(v);
+      break;
+    case DType::Float64:
+      *reinterpret_cast<double*>(p) = v;
+      break;
   }
 }
 
@@ -123,24 +140,44 @@ inline double draw(Rng& rng, Domain dom, DType dt) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
   if (dt == DType::Bool) return u(rng) < 0.5 ? 1.0 : 0.0;
   if (dt == DType::Int32 || dt == DType::Int64) {
-    auto pick = [&](int lo, int hi) { return static_cast<double>(lo + static_cast<int>(rng() % (hi - lo + 1))); };
+    auto pick = [&](int lo, int hi) {
+      return static_cast<double>(lo + static_cast<int>(rng() % (hi - lo + 1)));
+    };
     switch (dom) {
-      case Domain::Positive: return pick(1, 5);
-      case Domain::NonZero: return (u(rng) < 0.5 ? -1 : 1) * pick(1, 5);
-      case Domain::Discrete: return pick(-2, 2);
-      case Domain::NearOne: return pick(-1, 2);
-      case Domain::Exponent: return pick(0, 3);
-      case Domain::Real: return pick(-5, 5);
+      case Domain::Positive:
+        return pick(1, 5);
+      case Domain::NonZero:
+        return (u(rng) < 0.5 ? -1 : 1) * pick(1, 5);
+      case Domain::Discrete:
+        return pick(-2, 2);
+      case Domain::NearOne:
+        return pick(-1, 2);
+      case Domain::Exponent:
+        return pick(0, 3);
+      case Domain::Real:
+        return pick(-5, 5);
     }
   }
   double v = 0;
   switch (dom) {
-    case Domain::Real: v = -3 + 6 * u(rng); break;
-    case Domain::Positive: v = 0.1 + 2.9 * u(rng); break;
-    case Domain::NonZero: v = (u(rng) < 0.5 ? -1 : 1) * (0.5 + 2.5 * u(rng)); break;
-    case Domain::Discrete: v = 0.5 * static_cast<int>(rng() % 9) - 2.0; break;
-    case Domain::NearOne: v = 0.5 + u(rng); break;
-    case Domain::Exponent: v = -1 + 2 * u(rng); break;
+    case Domain::Real:
+      v = -3 + 6 * u(rng);
+      break;
+    case Domain::Positive:
+      v = 0.1 + 2.9 * u(rng);
+      break;
+    case Domain::NonZero:
+      v = (u(rng) < 0.5 ? -1 : 1) * (0.5 + 2.5 * u(rng));
+      break;
+    case Domain::Discrete:
+      v = 0.5 * static_cast<int>(rng() % 9) - 2.0;
+      break;
+    case Domain::NearOne:
+      v = 0.5 + u(rng);
+      break;
+    case Domain::Exponent:
+      v = -1 + 2 * u(rng);
+      break;
   }
   return round_to(dt, v);
 }
@@ -150,11 +187,16 @@ enum class Layout { Compact, Transposed, Strided, Flipped, Broadcast };
 
 inline const char* layout_name(Layout l) {
   switch (l) {
-    case Layout::Compact: return "compact";
-    case Layout::Transposed: return "transposed";
-    case Layout::Strided: return "strided";
-    case Layout::Flipped: return "flipped";
-    case Layout::Broadcast: return "broadcast";
+    case Layout::Compact:
+      return "compact";
+    case Layout::Transposed:
+      return "transposed";
+    case Layout::Strided:
+      return "strided";
+    case Layout::Flipped:
+      return "flipped";
+    case Layout::Broadcast:
+      return "broadcast";
   }
   return "?";
 }
@@ -244,7 +286,8 @@ inline std::string shape_tag(const Shape& s) {
   return os.str();
 }
 
-// --- tolerances and comparison ---------------------------------------------------------------------
+// --- tolerances and comparison
+// ---------------------------------------------------------------------
 
 struct Tolerance {
   double atol = 0, rtol = 0;
@@ -253,10 +296,14 @@ struct Tolerance {
 // Elementwise tolerance of one computation rounded to dt (a few ulps of the output type).
 inline Tolerance tol_for(DType dt) {
   switch (dt) {
-    case DType::BFloat16: return {1e-2, 1e-2};
-    case DType::Float32: return {1e-5, 1e-5};
-    case DType::Float64: return {1e-12, 1e-12};
-    default: return {0, 0};
+    case DType::BFloat16:
+      return {1e-2, 1e-2};
+    case DType::Float32:
+      return {1e-5, 1e-5};
+    case DType::Float64:
+      return {1e-12, 1e-12};
+    default:
+      return {0, 0};
   }
 }
 
@@ -279,8 +326,8 @@ inline void expect_close(const HostArray& actual, const HostArray& expected, Tol
     if (!values_close(actual.v[i], expected.v[i], tol.atol * scale, tol.rtol)) {
       ++bad;
       if (reported++ < 5) {
-        UNSCOPED_INFO("element " << i << " " << shape_tag(unravel(i, expected.shape))
-                                 << ": got " << actual.v[i] << ", expected " << expected.v[i]);
+        UNSCOPED_INFO("element " << i << " " << shape_tag(unravel(i, expected.shape)) << ": got "
+                                 << actual.v[i] << ", expected " << expected.v[i]);
       }
     }
   }
@@ -337,7 +384,8 @@ inline void check_against_cpu(const OpCase& c, Device device) {
   }
 }
 
-// --- elementwise cases -------------------------------------------------------------------------------
+// --- elementwise cases
+// -------------------------------------------------------------------------------
 
 inline DType result_dtype_unary(UnaryOp op, DType dt) {
   if (op == UnaryOp::LogicalNot) return DType::Bool;
@@ -348,10 +396,12 @@ inline DType result_dtype_unary(UnaryOp op, DType dt) {
 inline double apply_unary(UnaryOp op, double a) {
   switch (op) {
 #define NEEDLE_REF_CASE(Name, ...) \
-  case UnaryOp::Name: return functors::Name##Functor{}(a);
+  case UnaryOp::Name:              \
+    return functors::Name##Functor{}(a);
     NEEDLE_UNARY_OPS(NEEDLE_REF_CASE)
 #undef NEEDLE_REF_CASE
-    case UnaryOp::LogicalNot: return a == 0 ? 1.0 : 0.0;
+    case UnaryOp::LogicalNot:
+      return a == 0 ? 1.0 : 0.0;
   }
   return 0;
 }
@@ -359,7 +409,8 @@ inline double apply_unary(UnaryOp op, double a) {
 inline double apply_binary(BinaryOp op, double a, double b) {
   switch (op) {
 #define NEEDLE_REF_CASE(Name, ...) \
-  case BinaryOp::Name: return static_cast<double>(functors::Name##Functor{}(a, b));
+  case BinaryOp::Name:             \
+    return static_cast<double>(functors::Name##Functor{}(a, b));
     NEEDLE_BINARY_OPS(NEEDLE_REF_CASE)
 #undef NEEDLE_REF_CASE
   }
@@ -371,10 +422,13 @@ inline Domain unary_domain(UnaryOp op) {
   switch (op) {
     case UnaryOp::Log:
     case UnaryOp::Sqrt:
-    case UnaryOp::Rsqrt: return Domain::Positive;
+    case UnaryOp::Rsqrt:
+      return Domain::Positive;
     case UnaryOp::LogicalNot:
-    case UnaryOp::Sign: return Domain::Discrete;
-    default: return Domain::Real;
+    case UnaryOp::Sign:
+      return Domain::Discrete;
+    default:
+      return Domain::Real;
   }
 }
 
@@ -394,7 +448,7 @@ inline void add_unary_cases(std::vector<OpCase>& cases) {
 #define NEEDLE_LIST(Name, fname, ...) {UnaryOp::Name, #fname},
       NEEDLE_UNARY_OPS(NEEDLE_LIST)
 #undef NEEDLE_LIST
-      {UnaryOp::LogicalNot, "logical_not"}};
+          {UnaryOp::LogicalNot, "logical_not"}};
   uint64_t seed = 1000;
   for (auto [op, fname] : ops) {
     std::vector<DType> dtypes = {DType::Float32, DType::Float64, DType::BFloat16, DType::Int32};
@@ -440,8 +494,8 @@ inline void add_unary_special_cases(std::vector<OpCase>& cases) {
 #undef NEEDLE_LIST
   };
   const double inf = std::numeric_limits<double>::infinity();
-  const std::vector<double> specials = {0.0,  -0.0, inf,  -inf, std::nan(""), -1.0, 1e-30,
-                                        100.0, -100.0, 0.5, 20.0, -20.0};
+  const std::vector<double> specials = {0.0,   -0.0,  inf,    -inf, std::nan(""), -1.0,
+                                        1e-30, 100.0, -100.0, 0.5,  20.0,         -20.0};
   uint64_t seed = 4000;
   for (auto [op, fname] : ops) {
     for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
@@ -451,7 +505,8 @@ inline void add_unary_special_cases(std::vector<OpCase>& cases) {
       c.dtype = dt;
       c.seed = ++seed;
       c.inputs = [=](Device dev) {
-        return std::vector<NDArray>{from_values(specials, {static_cast<int64_t>(specials.size())}, dt, dev)};
+        return std::vector<NDArray>{
+            from_values(specials, {static_cast<int64_t>(specials.size())}, dt, dev)};
       };
       c.run = [op = op](const std::vector<NDArray>& in) {
         return std::vector<NDArray>{unary(op, in[0])};
@@ -545,8 +600,8 @@ inline void add_binary_cases(std::vector<OpCase>& cases) {
             double y = scalar ? s : at_broadcast(in[1], idx);
             if (scalar_first) std::swap(x, y);
             // Integer inputs of a float computation are converted first, as the kernel sees them.
-            out.v.push_back(round_to(out_dt, apply_binary(op, round_to(compute, x),
-                                                          round_to(compute, y))));
+            out.v.push_back(
+                round_to(out_dt, apply_binary(op, round_to(compute, x), round_to(compute, y))));
           }
           return std::vector<HostArray>{out};
         };
@@ -559,8 +614,8 @@ inline void add_binary_cases(std::vector<OpCase>& cases) {
 
 inline void add_where_cases(std::vector<OpCase>& cases) {
   uint64_t seed = 9000;
-  for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16, DType::Int32, DType::Int64,
-                   DType::Bool}) {
+  for (DType dt :
+       {DType::Float32, DType::Float64, DType::BFloat16, DType::Int32, DType::Int64, DType::Bool}) {
     for (int variant = 0; variant < 4; ++variant) {
       Rng rng(++seed);
       Shape shape = variant == 3 ? Shape{200, 201} : random_shape(rng, 0, 4, 5, true);
@@ -602,8 +657,8 @@ inline void add_where_cases(std::vector<OpCase>& cases) {
 // astype between every pair of dtypes from non-contiguous views, and assignment into a strided
 // destination (setitem) with conversion.
 inline void add_copy_cases(std::vector<OpCase>& cases) {
-  const DType all[] = {DType::Bool, DType::Int32, DType::Int64, DType::BFloat16, DType::Float32,
-                       DType::Float64};
+  const DType all[] = {DType::Bool,     DType::Int32,   DType::Int64,
+                       DType::BFloat16, DType::Float32, DType::Float64};
   uint64_t seed = 11000;
   for (DType from : all) {
     for (DType to : all) {
@@ -645,8 +700,8 @@ inline void add_copy_cases(std::vector<OpCase>& cases) {
     c.seed = s;
     c.inputs = [=](Device dev) {
       Rng r(s);
-      return std::vector<NDArray>{make_array(r, {7, 5}, DType::Float64, Domain::Real,
-                                             Layout::Transposed, dev)};
+      return std::vector<NDArray>{
+          make_array(r, {7, 5}, DType::Float64, Domain::Real, Layout::Transposed, dev)};
     };
     c.run = [=](const std::vector<NDArray>& in) {
       NDArray dst = NDArray::zeros({7, 11}, dt, in[0].device());
@@ -656,7 +711,8 @@ inline void add_copy_cases(std::vector<OpCase>& cases) {
     c.reference = [=](const std::vector<HostArray>& in) {
       HostArray out{{7, 11}, dt, std::vector<double>(77, 0.0), {}};
       for (int64_t i = 0; i < 7; ++i)
-        for (int64_t j = 0; j < 5; ++j) out.v[(6 - i) * 11 + 1 + 2 * j] = round_to(dt, in[0].v[i * 5 + j]);
+        for (int64_t j = 0; j < 5; ++j)
+          out.v[(6 - i) * 11 + 1 + 2 * j] = round_to(dt, in[0].v[i * 5 + j]);
       return std::vector<HostArray>{out};
     };
     c.tol = {0, 0};
@@ -668,8 +724,8 @@ inline void add_copy_cases(std::vector<OpCase>& cases) {
 // take the value, the rest of the storage is untouched.
 inline void add_fill_cases(std::vector<OpCase>& cases) {
   uint64_t seed = 12000;
-  for (DType dt : {DType::Bool, DType::Int32, DType::Int64, DType::BFloat16, DType::Float32,
-                   DType::Float64}) {
+  for (DType dt :
+       {DType::Bool, DType::Int32, DType::Int64, DType::BFloat16, DType::Float32, DType::Float64}) {
     for (Layout lay : {Layout::Compact, Layout::Transposed, Layout::Strided, Layout::Flipped}) {
       for (int variant = 0; variant < 2; ++variant) {
         uint64_t s = ++seed;
@@ -716,12 +772,16 @@ inline const char* ref_reduce_name(RefReduce r) {
 inline DType reduce_result_dtype(RefReduce r, DType in) {
   switch (r) {
     case RefReduce::ArgMax:
-    case RefReduce::ArgMin: return DType::Int64;
+    case RefReduce::ArgMin:
+      return DType::Int64;
     case RefReduce::Sum:
-    case RefReduce::Prod: return is_floating(in) ? in : DType::Int64;
+    case RefReduce::Prod:
+      return is_floating(in) ? in : DType::Int64;
     case RefReduce::Mean:
-    case RefReduce::Var: return is_floating(in) ? in : DType::Float32;
-    default: return in;
+    case RefReduce::Var:
+      return is_floating(in) ? in : DType::Float32;
+    default:
+      return in;
   }
 }
 
@@ -807,14 +867,22 @@ inline HostArray reduce_reference(RefReduce r, const HostArray& x, const std::ve
 inline NDArray run_reduce(RefReduce r, const NDArray& x, const std::vector<int>& dims,
                           bool keepdim) {
   switch (r) {
-    case RefReduce::Sum: return sum(x, dims, keepdim);
-    case RefReduce::Prod: return prod(x, dims, keepdim);
-    case RefReduce::Max: return max(x, dims, keepdim);
-    case RefReduce::Min: return min(x, dims, keepdim);
-    case RefReduce::Mean: return mean(x, dims, keepdim);
-    case RefReduce::Var: return var(x, dims, 1, keepdim);
-    case RefReduce::ArgMax: return argmax(x, dims.empty() ? std::nullopt : std::optional<int>(dims[0]), keepdim);
-    case RefReduce::ArgMin: return argmin(x, dims.empty() ? std::nullopt : std::optional<int>(dims[0]), keepdim);
+    case RefReduce::Sum:
+      return sum(x, dims, keepdim);
+    case RefReduce::Prod:
+      return prod(x, dims, keepdim);
+    case RefReduce::Max:
+      return max(x, dims, keepdim);
+    case RefReduce::Min:
+      return min(x, dims, keepdim);
+    case RefReduce::Mean:
+      return mean(x, dims, keepdim);
+    case RefReduce::Var:
+      return var(x, dims, 1, keepdim);
+    case RefReduce::ArgMax:
+      return argmax(x, dims.empty() ? std::nullopt : std::optional<int>(dims[0]), keepdim);
+    case RefReduce::ArgMin:
+      return argmin(x, dims.empty() ? std::nullopt : std::optional<int>(dims[0]), keepdim);
   }
   return x;
 }
@@ -830,8 +898,8 @@ inline void add_reduce_cases(std::vector<OpCase>& cases) {
       for (int variant = 0; variant < 8; ++variant) {
         Rng rng(++seed);
         if (variant == 7 && r == RefReduce::Prod) continue;
-        const bool needs_elements = r != RefReduce::Sum && r != RefReduce::Prod &&
-                                    r != RefReduce::Mean;
+        const bool needs_elements =
+            r != RefReduce::Sum && r != RefReduce::Prod && r != RefReduce::Mean;
         Shape shape;
         std::vector<int> dims;
         // variants: 0-3 random dims, 4 all dims, 5 large rows (parallel, inner == 1),
@@ -865,8 +933,9 @@ inline void add_reduce_cases(std::vector<OpCase>& cases) {
         Layout lay = random_layout(rng, false);
         // Discrete values give ties (first occurrence) for max/min/arg; near-one keeps
         // products bounded.
-        const Domain dom = r == RefReduce::Prod ? Domain::NearOne
-                           : (needs_elements ? Domain::Discrete : Domain::Real);
+        const Domain dom = r == RefReduce::Prod
+                               ? Domain::NearOne
+                               : (needs_elements ? Domain::Discrete : Domain::Real);
         OpCase c;
         c.family = "reduce";
         std::ostringstream name;
@@ -905,7 +974,8 @@ inline void add_reduce_cases(std::vector<OpCase>& cases) {
     for (int dim : {0, 1}) {
       OpCase c;
       c.family = "reduce";
-      c.name = std::string("reduce/") + ref_reduce_name(r) + "/float32/nan/dim=" + std::to_string(dim);
+      c.name =
+          std::string("reduce/") + ref_reduce_name(r) + "/float32/nan/dim=" + std::to_string(dim);
       c.dtype = DType::Float32;
       const uint64_t s = ++seed;
       c.seed = s;
@@ -932,7 +1002,8 @@ inline void add_reduce_cases(std::vector<OpCase>& cases) {
   }
 }
 
-// --- matmul ---------------------------------------------------------------------------------------
+// --- matmul
+// ---------------------------------------------------------------------------------------
 
 // NumPy matmul in plain loops: 1-D operands promoted and squeezed, batch dims broadcast.
 inline HostArray matmul_reference(const HostArray& a_in, const HostArray& b_in, DType dt) {
@@ -953,7 +1024,8 @@ inline HostArray matmul_reference(const HostArray& a_in, const HostArray& b_in, 
     auto base = [&](const Shape& bs) {
       int64_t flat = 0;
       size_t lead = bidx.size() - bs.size();
-      for (size_t d = 0; d < bs.size(); ++d) flat = flat * bs[d] + (bs[d] == 1 ? 0 : bidx[lead + d]);
+      for (size_t d = 0; d < bs.size(); ++d)
+        flat = flat * bs[d] + (bs[d] == 1 ? 0 : bidx[lead + d]);
       return flat;
     };
     const int64_t oa = base(ba) * m * k, ob = base(bb) * k * n;
@@ -976,12 +1048,21 @@ inline void add_matmul_cases(std::vector<OpCase>& cases) {
   struct Shapes {
     Shape a, b;
   };
-  const std::vector<Shapes> shapes = {
-      {{5, 7}, {7, 3}},         {{1, 4}, {4, 1}},          {{6, 0}, {0, 4}},
-      {{0, 3}, {3, 5}},         {{3, 4}, {4, 0}},          {{3, 9, 4}, {3, 4, 6}},
-      {{2, 1, 5, 3}, {4, 3, 2}}, {{4, 5, 3}, {3, 7}},      {{7}, {7, 4}},
-      {{2, 5, 7}, {7}},         {{8}, {8}},                {{1, 6}, {3, 6, 2}},
-      {{67, 130}, {130, 71}},   {{64, 48, 40}, {40, 36}},  {{9, 17, 33}, {9, 33, 5}}};
+  const std::vector<Shapes> shapes = {{{5, 7}, {7, 3}},
+                                      {{1, 4}, {4, 1}},
+                                      {{6, 0}, {0, 4}},
+                                      {{0, 3}, {3, 5}},
+                                      {{3, 4}, {4, 0}},
+                                      {{3, 9, 4}, {3, 4, 6}},
+                                      {{2, 1, 5, 3}, {4, 3, 2}},
+                                      {{4, 5, 3}, {3, 7}},
+                                      {{7}, {7, 4}},
+                                      {{2, 5, 7}, {7}},
+                                      {{8}, {8}},
+                                      {{1, 6}, {3, 6, 2}},
+                                      {{67, 130}, {130, 71}},
+                                      {{64, 48, 40}, {40, 36}},
+                                      {{9, 17, 33}, {9, 33, 5}}};
   uint64_t seed = 30000;
   for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
     for (const Shapes& sh : shapes) {
@@ -1019,7 +1100,8 @@ inline void add_matmul_cases(std::vector<OpCase>& cases) {
   }
 }
 
-// --- softmax, log_softmax, logsumexp ---------------------------------------------------------------
+// --- softmax, log_softmax, logsumexp
+// ---------------------------------------------------------------
 
 enum class RefRow { Softmax, LogSoftmax, LogSumExp };
 
@@ -1062,8 +1144,9 @@ inline HostArray row_reference(RefRow op, const HostArray& x, int dim, bool keep
 inline void add_row_cases(std::vector<OpCase>& cases) {
   uint64_t seed = 40000;
   for (RefRow op : {RefRow::Softmax, RefRow::LogSoftmax, RefRow::LogSumExp}) {
-    const char* fname = op == RefRow::Softmax ? "softmax"
-                        : op == RefRow::LogSoftmax ? "log_softmax" : "logsumexp";
+    const char* fname = op == RefRow::Softmax      ? "softmax"
+                        : op == RefRow::LogSoftmax ? "log_softmax"
+                                                   : "logsumexp";
     for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
       for (int variant = 0; variant < 6; ++variant) {
         Rng rng(++seed);
@@ -1161,7 +1244,8 @@ inline void add_indexing_cases(std::vector<OpCase>& cases) {
             Rng r(s);
             std::vector<NDArray> in{make_array(r, shape, dt, Domain::Real, lay, dev),
                                     from_values(idx, {k}, index_dt, dev)};
-            if (which) in.push_back(make_array(r, src_shape, dt, Domain::Real, Layout::Transposed, dev));
+            if (which)
+              in.push_back(make_array(r, src_shape, dt, Domain::Real, Layout::Transposed, dev));
             return in;
           };
           c.run = [=](const std::vector<NDArray>& in) {
@@ -1251,11 +1335,13 @@ inline void add_join_cases(std::vector<OpCase>& cases) {
       }
       const uint64_t s = seed;
       std::string tag;
-      for (int p = 0; p < parts; ++p) tag += shape_tag(shapes[p]) + "(" + layout_name(lays[p]) + ")";
+      for (int p = 0; p < parts; ++p)
+        tag += shape_tag(shapes[p]) + "(" + layout_name(lays[p]) + ")";
       auto inputs = [=](Device dev) {
         Rng r(s);
         std::vector<NDArray> in;
-        for (int p = 0; p < parts; ++p) in.push_back(make_array(r, shapes[p], dt, Domain::Real, lays[p], dev));
+        for (int p = 0; p < parts; ++p)
+          in.push_back(make_array(r, shapes[p], dt, Domain::Real, lays[p], dev));
         return in;
       };
       // concatenate along dim: out index maps to (piece, offset along dim).
@@ -1275,7 +1361,8 @@ inline void add_join_cases(std::vector<OpCase>& cases) {
       {
         OpCase c;
         c.family = "join";
-        c.name = std::string("concatenate/") + dtype_name(dt) + "/dim=" + std::to_string(dim) + "/" + tag;
+        c.name = std::string("concatenate/") + dtype_name(dt) + "/dim=" + std::to_string(dim) +
+                 "/" + tag;
         c.dtype = dt;
         c.seed = s;
         c.inputs = inputs;
@@ -1300,10 +1387,13 @@ inline void add_join_cases(std::vector<OpCase>& cases) {
         c.inputs = [=](Device dev) {
           Rng r(s);
           std::vector<NDArray> in;
-          for (int p = 0; p < parts; ++p) in.push_back(make_array(r, shapes[0], dt, Domain::Real, lays[p], dev));
+          for (int p = 0; p < parts; ++p)
+            in.push_back(make_array(r, shapes[0], dt, Domain::Real, lays[p], dev));
           return in;
         };
-        c.run = [=](const std::vector<NDArray>& in) { return std::vector<NDArray>{stack(in, sdim)}; };
+        c.run = [=](const std::vector<NDArray>& in) {
+          return std::vector<NDArray>{stack(in, sdim)};
+        };
         c.reference = [=](const std::vector<HostArray>& in) {
           std::vector<HostArray> ex = in;
           std::vector<Shape> sh;
@@ -1374,8 +1464,9 @@ inline double reference_uniform(uint64_t seed, uint64_t offset, int64_t i, DType
 inline void add_random_cases(std::vector<OpCase>& cases) {
   uint64_t seed = 70000;
   for (RandomKind kind : {RandomKind::Uniform, RandomKind::Normal, RandomKind::Bernoulli}) {
-    const char* kname = kind == RandomKind::Uniform ? "uniform"
-                        : kind == RandomKind::Normal ? "normal" : "bernoulli";
+    const char* kname = kind == RandomKind::Uniform  ? "uniform"
+                        : kind == RandomKind::Normal ? "normal"
+                                                     : "bernoulli";
     for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
       for (Shape shape : {Shape{7}, Shape{3, 0}, Shape{301, 257}}) {
         const uint64_t s = ++seed;
@@ -1386,12 +1477,16 @@ inline void add_random_cases(std::vector<OpCase>& cases) {
         c.dtype = dt;
         c.seed = s;
         // The only input is an empty array that names the device to draw on.
-        c.inputs = [](Device dev) { return std::vector<NDArray>{NDArray::empty({0}, DType::Float32, dev)}; };
+        c.inputs = [](Device dev) {
+          return std::vector<NDArray>{NDArray::empty({0}, DType::Float32, dev)};
+        };
         c.run = [=](const std::vector<NDArray>& in) {
           manual_seed(s);
           const Device dev = in[0].device();
-          if (kind == RandomKind::Uniform) return std::vector<NDArray>{NDArray::uniform(shape, p0, p1, dt, dev)};
-          if (kind == RandomKind::Normal) return std::vector<NDArray>{NDArray::normal(shape, p0, p1, dt, dev)};
+          if (kind == RandomKind::Uniform)
+            return std::vector<NDArray>{NDArray::uniform(shape, p0, p1, dt, dev)};
+          if (kind == RandomKind::Normal)
+            return std::vector<NDArray>{NDArray::normal(shape, p0, p1, dt, dev)};
           return std::vector<NDArray>{NDArray::bernoulli(shape, p0, dt, dev)};
         };
         c.reference = [=](const std::vector<HostArray>&) {
@@ -1405,7 +1500,8 @@ inline void add_random_cases(std::vector<OpCase>& cases) {
               v = reference_uniform(s, 0, i, dt) < p0 ? 1.0 : 0.0;
             } else {
               const int64_t pair = i - (i % 2);
-              const double a = reference_uniform(s, 0, pair, dt), b = reference_uniform(s, 0, pair + 1, dt);
+              const double a = reference_uniform(s, 0, pair, dt),
+                           b = reference_uniform(s, 0, pair + 1, dt);
               const double r = std::sqrt(-2.0 * std::log(1.0 - a)), theta = 6.283185307179586 * b;
               v = p0 + p1 * (i % 2 ? r * std::sin(theta) : r * std::cos(theta));
             }
@@ -1415,15 +1511,17 @@ inline void add_random_cases(std::vector<OpCase>& cases) {
         };
         // float32 normals: logf / cosf against double; the extreme tail (a near 1) amplifies
         // the rounding of 1 - a, hence the absolute 1e-4.
-        c.tol = dt == DType::BFloat16 ? Tolerance{1e-2, 1e-2}
-                : dt == DType::Float32 ? Tolerance{1e-4, 1e-5} : Tolerance{1e-12, 1e-12};
+        c.tol = dt == DType::BFloat16  ? Tolerance{1e-2, 1e-2}
+                : dt == DType::Float32 ? Tolerance{1e-4, 1e-5}
+                                       : Tolerance{1e-12, 1e-12};
         cases.push_back(c);
       }
     }
   }
 }
 
-// --- the whole table ---------------------------------------------------------------------------------
+// --- the whole table
+// ---------------------------------------------------------------------------------
 
 inline std::vector<OpCase> all_op_cases() {
   std::vector<OpCase> cases;

@@ -2,7 +2,6 @@
 // against its float64 formula written out here; the layer_norm backward also against finite
 // differences of the forward kernel.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <limits>
 
@@ -21,9 +20,12 @@ NDArray random_array(uint64_t seed, const Shape& shape, DType dt, Domain dom = D
 
 Tolerance fused_tol(DType dt) {
   switch (dt) {
-    case DType::BFloat16: return {2e-2, 2e-2};
-    case DType::Float32: return {2e-5, 2e-5};
-    default: return {1e-10, 1e-10};
+    case DType::BFloat16:
+      return {2e-2, 2e-2};
+    case DType::Float32:
+      return {2e-5, 2e-5};
+    default:
+      return {1e-10, 1e-10};
   }
 }
 
@@ -132,19 +134,20 @@ TEST_CASE("layer_norm backward agrees with finite differences of the forward", "
     return l;
   };
   NDArray y = NDArray::empty({rows, d}, DType::Float64),
-          mean = NDArray::empty({rows}, DType::Float64), rstd = NDArray::empty({rows}, DType::Float64);
+          mean = NDArray::empty({rows}, DType::Float64),
+          rstd = NDArray::empty({rows}, DType::Float64);
   b.layer_norm_forward(x.ref(), &wr, &br, eps, rows, d, y.ref(), mean.ref(), rstd.ref());
   NDArray dx = NDArray::empty({rows, d}, DType::Float64);
-  b.layer_norm_backward(dy.ref(), x.ref(), &wr, mean.ref(), rstd.ref(), rows, d, dx.ref(),
-                        nullptr, nullptr);
+  b.layer_norm_backward(dy.ref(), x.ref(), &wr, mean.ref(), rstd.ref(), rows, d, dx.ref(), nullptr,
+                        nullptr);
   std::vector<double> analytic = read_host(dx).v, xv = read_host(x).v;
   for (int64_t i = 0; i < rows * d; ++i) {
     std::vector<double> plus = xv, minus = xv;
     plus[i] += h;
     minus[i] -= h;
-    const double numeric =
-        (loss(from_values(plus, {rows, d}, DType::Float64, cpu())) -
-         loss(from_values(minus, {rows, d}, DType::Float64, cpu()))) / (2 * h);
+    const double numeric = (loss(from_values(plus, {rows, d}, DType::Float64, cpu())) -
+                            loss(from_values(minus, {rows, d}, DType::Float64, cpu()))) /
+                           (2 * h);
     INFO("element " << i);
     // Central differences with h = 1e-6 are accurate to about 1e-8 here.
     CHECK(std::abs(analytic[i] - numeric) <= 1e-6 * (1 + std::abs(numeric)));
@@ -164,7 +167,8 @@ TEST_CASE("cross_entropy forward and backward match the float64 formulas", "[fus
       for (int64_t r = 0; r < rows; ++r)
         t[r] = (r % 4 == 1) ? static_cast<double>(ignore) : static_cast<double>(rng() % classes);
       NDArray targets = from_values(t, {rows}, DType::Int64, cpu());
-      NDArray loss = NDArray::empty({rows}, stats_dtype(dt)), lse = NDArray::empty({rows}, stats_dtype(dt));
+      NDArray loss = NDArray::empty({rows}, stats_dtype(dt)),
+              lse = NDArray::empty({rows}, stats_dtype(dt));
       b.cross_entropy_forward(logits.ref(), targets.ref(), ignore, rows, classes, loss.ref(),
                               lse.ref());
       NDArray dloss = random_array(++seed, {rows}, stats_dtype(dt), Domain::Positive);

@@ -1,7 +1,6 @@
 // CPU kernels against the float64 reference of the shared op table (op_table.h), plus the CPU
 // specifics the table cannot express: memory statistics, error messages, the random stream.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstring>
 #include <numeric>
