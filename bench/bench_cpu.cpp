@@ -78,9 +78,18 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const int reps = quick ? 3 : 7;
   std::vector<Row> rows;
-  std::printf("needle CPU benchmark: %d OpenMP threads, Eigen %d.%d.%d, %d repetitions (median)\n",
-              omp_get_max_threads(), EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION,
-              reps);
+  // Other processes on the cores distort two-thread timings badly (a descheduled OpenMP worker
+  // stalls the whole team), so the load is printed beside the results.
+  double load = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
+    std::fclose(f);
+  }
+  std::printf(
+      "needle CPU benchmark: %d OpenMP threads, Eigen %d.%d.%d, %d repetitions (median), "
+      "load average %.2f\n",
+      omp_get_max_threads(), EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, reps,
+      load);
 
   // --- matmul (float32)
   // ---------------------------------------------------------------------------
@@ -141,7 +150,8 @@ int main(int argc, char** argv) {
     std::printf("%-44s %8.1f %-3s %8.1f %-3s %7.0f%%  (%s)\n", r.name.c_str(), r.needle,
                 r.unit == "GB/s" ? "GB" : "GF", r.baseline, r.unit == "GB/s" ? "GB" : "GF",
                 100.0 * r.needle / r.baseline, r.baseline_name.c_str());
-  std::printf("{\"threads\": %d, \"results\": [", omp_get_max_threads());
+  std::printf("{\"threads\": %d, \"load_average\": %.2f, \"results\": [", omp_get_max_threads(),
+              load);
   for (size_t i = 0; i < rows.size(); ++i)
     std::printf("%s{\"name\": \"%s\", \"unit\": \"%s\", \"needle\": %.2f, \"%s\": %.2f}",
                 i ? ", " : "", rows[i].name.c_str(), rows[i].unit.c_str(), rows[i].needle,

@@ -77,6 +77,14 @@ TEST_CASE("cpu memory: statistics count allocations, frees and the peak", "[cpu]
   CHECK(after.peak_allocated >= before.allocated + 4000);
   b.reset_peak_memory_stats();
   CHECK(b.memory_stats().peak_allocated == after.allocated);
+  // Large buffers sit on 2 MiB boundaries (huge pages) but count the bytes asked for.
+  const size_t big = (size_t(3) << 20) + 5;
+  void* r = b.alloc(big);
+  CHECK(reinterpret_cast<uintptr_t>(r) % (size_t(2) << 20) == 0);
+  CHECK(b.memory_stats().allocated - after.allocated == static_cast<int64_t>(big));
+  std::memset(r, 0, big);
+  b.free(r, big);
+  CHECK(b.memory_stats().allocated == after.allocated);
 }
 
 TEST_CASE("cpu memory: an impossible allocation throws OutOfMemoryError naming the size",
