@@ -43,6 +43,20 @@ void ensure_initialized();
 // also what lets the allocator hand a freed block to the next request at once.
 cudaStream_t stream();
 int num_sms();
+// Shared memory one block may use (static plus dynamic) after opting in, 227 KB on Hopper.
+size_t max_shared_memory_per_block();
+
+// Lets `kernel` take all the dynamic shared memory a block may have beside its static shared
+// memory, and returns that many bytes. Call once per kernel (a function-local static).
+template <typename Kernel>
+size_t enable_max_dynamic_shared_memory(Kernel kernel) {
+  cudaFuncAttributes attr;
+  NEEDLE_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const size_t limit = max_shared_memory_per_block() - attr.sharedSizeBytes;
+  NEEDLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(limit)));
+  return limit;
+}
 
 // --- the device error flag -----------------------------------------------------------------------
 // Kernels cannot throw, and a device assert would kill the context. A kernel that meets a bad
@@ -115,6 +129,20 @@ inline unsigned grid_for(int64_t n, int64_t per_block) {
   if (blocks > cap) blocks = cap;
   if (blocks < 1) blocks = 1;
   return static_cast<unsigned>(blocks);
+}
+
+// Blocks of `kernel` that are resident on one SM at once with `threads` threads and `smem` bytes
+// of dynamic shared memory (at least 1). Asked of the runtime once per combination.
+int resident_blocks_per_sm(const void* kernel, int threads, size_t smem);
+
+// The grid for a kernel that loops over `units` work units, one per block at a time: as many
+// blocks as are resident at once (no tail wave of late blocks), never more than the units.
+template <typename Kernel>
+unsigned resident_grid(Kernel kernel, int threads, size_t smem, int64_t units) {
+  const int64_t cap = static_cast<int64_t>(num_sms()) *
+                      resident_blocks_per_sm(reinterpret_cast<const void*>(kernel), threads, smem);
+  const int64_t blocks = units < cap ? units : cap;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
 }
 
 // --- dtype conversion ----------------------------------------------------------------------------

@@ -1,30 +1,59 @@
 // Layer normalisation over the last axis of compact (rows, d) arrays, forward and backward.
 // Statistics are computed in float (double for float64 inputs) with two passes over the row
-// (mean, then the centred variance, the second from L1/L2) and saved as mean / rstd of
-// stats_dtype(x) (backend.h): float32, or float64 for float64 inputs. That is acc_t<T> here.
+// (mean, then the centred variance) and saved as mean / rstd of stats_dtype(x) (backend.h):
+// float32, or float64 for float64 inputs. That is acc_t<T> here. The forward pass stages the row
+// in shared memory (row_cache.cuh), so x is read from device memory once and y written once; rows
+// too long for shared memory re-read x instead.
 // dweight / dbias are column sums over all rows, done in two stages without atomics: blocks
 // write partial sums for pieces of the rows, a second kernel adds the pieces in order.
 #include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/row_cache.cuh"
 #include "backend_cuda/row_stats.cuh"
 
 namespace needle::cuda {
 namespace {
 
-// An optional (d) parameter passed by value: null data means absent.
+// An optional (d) parameter passed by value: null data means absent. `vec`: of the input's dtype
+// and 16-byte aligned, so it can be read in the input's vectors.
 struct Param {
   const void* data = nullptr;
   DType dtype = DType::Float32;
+  bool vec = false;
 };
 
-Param optional_param(const ArrayRef* a, int64_t d, const char* op, const char* operand) {
+Param optional_param(const ArrayRef* a, int64_t d, DType input, const char* op,
+                     const char* operand) {
   if (a == nullptr) return Param{};
   NEEDLE_CHECK(a->numel() == d, ValueError, "cuda ", op, ": expected ", operand, " of ", d,
                " elements, got ", a->numel());
   NEEDLE_CHECK(a->is_compact(), ValueError, "cuda ", op, ": expected a compact ", operand);
   NEEDLE_CHECK(is_floating(a->dtype), TypeError, "cuda ", op, ": expected a floating ", operand,
                ", got ", dtype_name(a->dtype));
-  return Param{a->data, a->dtype};
+  return Param{a->data, a->dtype, a->dtype == input && aligned_to(a->data, 16)};
 }
+
+// The N parameters of vector v (elements v * N ...) as A, or `absent` when p is absent.
+template <typename T, int N, typename A>
+__device__ __forceinline__ void load_param_vec(Param p, int64_t v, A absent, A (&out)[N]) {
+  if (p.data == nullptr) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = absent;
+  } else if (p.vec) {
+    const VecN<T, N> w = static_cast<const VecN<T, N>*>(p.data)[v];
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = convert<A>(w.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = load_as<A>(p.data, p.dtype, v * N + j);
+  }
+}
+
+// a * b rounded once, never contracted into a neighbouring add: the backward pass forms
+// g = dy * weight twice (for mean(g), then for g - mean(g)), and both must be the same number, or
+// with d = 1 the FMA's unrounded product leaves g - mean(g) at the product's rounding error,
+// which rstd = 1 / sqrt(eps) then amplifies (the exact answer is 0).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 void check_stats(const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, DType input,
                  const char* op) {
@@ -71,6 +100,58 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// R = rows, D = features, N = elements per 16-byte vector. One block per row, the row staged in
+// shared memory (D elements of T): y = (x - mean) * rstd * weight + bias, mean[r], rstd[r].
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    layer_norm_forward_cached_kernel(const T* __restrict__ x, Param weight, Param bias, double eps,
+                                     int64_t rows, int64_t d, bool vec, T* __restrict__ y,
+                                     acc_t<T>* __restrict__ mean_out,
+                                     acc_t<T>* __restrict__ rstd_out) {
+  using A = acc_t<T>;
+  constexpr int N = row_vec_width<T>();
+  __shared__ A scratch[32];
+  T* cache = row_cache<T>();
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    A sum = 0;
+    stage_row<A>(x + r * d, cache, d, vec, [&](int64_t, A v) { sum += v; });
+    const A mu = block_sum(sum, scratch) / A(d);
+    A sq = 0;
+    for_each_cached<A>(cache, d, vec, [&](int64_t, A v) {
+      const A c = v - mu;
+      sq += c * c;
+    });
+    const A rs = A(1) / sqrt(block_sum(sq, scratch) / A(d) + A(eps));
+    if (threadIdx.x == 0) {
+      mean_out[r] = mu;
+      rstd_out[r] = rs;
+    }
+    T* yrow = y + r * d;
+    if (vec) {
+      const VecN<T, N>* src = reinterpret_cast<const VecN<T, N>*>(cache);
+      VecN<T, N>* dst = reinterpret_cast<VecN<T, N>*>(yrow);
+      for (int64_t v = threadIdx.x; v < d / N; v += blockDim.x) {
+        const VecN<T, N> a = src[v];
+        A w[N], b[N];
+        load_param_vec<T>(weight, v, A(1), w);
+        load_param_vec<T>(bias, v, A(0), b);
+        VecN<T, N> o;
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+          o.v[j] = convert<T>((convert<A>(a.v[j]) - mu) * rs * w[j] + b[j]);
+        dst[v] = o;
+      }
+    } else {
+      map_cached<A>(cache, d, false, yrow, [&](int64_t j, A v) {
+        A o = (v - mu) * rs;
+        if (weight.data) o *= load_as<A>(weight.data, weight.dtype, j);
+        if (bias.data) o += load_as<A>(bias.data, bias.dtype, j);
+        return o;
+      });
+    }
+  }
+}
+
 // R = rows, D = features. One block per row. With xhat = (x - mean) * rstd and g = dy * weight:
 // dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)).
 template <typename T>
@@ -88,7 +169,7 @@ __global__ void __launch_bounds__(1024)
     A sum_g = 0, sum_gx = 0;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
       A g = convert<A>(grow[j]);
-      if (weight.data) g *= load_as<A>(weight.data, weight.dtype, j);
+      if (weight.data) g = mul_rn(g, load_as<A>(weight.data, weight.dtype, j));
       sum_g += g;
       sum_gx += g * (convert<A>(xrow[j]) - mu) * rs;
     }
@@ -97,7 +178,7 @@ __global__ void __launch_bounds__(1024)
     T* dxrow = dx + r * d;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
       A g = convert<A>(grow[j]);
-      if (weight.data) g *= load_as<A>(weight.data, weight.dtype, j);
+      if (weight.data) g = mul_rn(g, load_as<A>(weight.data, weight.dtype, j));
       const A xhat = (convert<A>(xrow[j]) - mu) * rs;
       dxrow[j] = convert<T>(rs * (g - mean_g - xhat * mean_gx));
     }
@@ -179,13 +260,28 @@ void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRe
   NEEDLE_CHECK(y.dtype == x.dtype, TypeError, "cuda ", name, ": expected y of dtype ",
                dtype_name(x.dtype), ", got ", dtype_name(y.dtype));
   check_stats(mean, rstd, rows, x.dtype, name);
-  const Param w = optional_param(weight, d, name, "weight");
-  const Param b = optional_param(bias, d, name, "bias");
+  const Param w = optional_param(weight, d, x.dtype, name, "weight");
+  const Param b = optional_param(bias, d, x.dtype, name, "bias");
   if (rows == 0) return;
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
-    layer_norm_forward_kernel<scalar_t><<<grid_for(rows, 1), norm_block_threads(d), 0, stream()>>>(
-        static_cast<const scalar_t*>(x.data), w, b, eps, rows, d, static_cast<scalar_t*>(y.data),
-        static_cast<acc_t<scalar_t>*>(mean.data), static_cast<acc_t<scalar_t>*>(rstd.data));
+    using T = scalar_t;
+    const T* xp = static_cast<const T*>(x.data);
+    T* yp = static_cast<T*>(y.data);
+    auto* mp = static_cast<acc_t<T>*>(mean.data);
+    auto* rp = static_cast<acc_t<T>*>(rstd.data);
+    static const size_t smem_limit =
+        enable_max_dynamic_shared_memory(layer_norm_forward_cached_kernel<T>);
+    const size_t smem = static_cast<size_t>(d) * sizeof(T);
+    if (d > 0 && smem <= smem_limit) {
+      const bool vec = rows_vectorizable<T>(x.data, d) && aligned_to(y.data, 16);
+      const int threads = cached_row_threads(vec ? d / row_vec_width<T>() : d);
+      const unsigned grid = resident_grid(layer_norm_forward_cached_kernel<T>, threads, smem, rows);
+      layer_norm_forward_cached_kernel<T>
+          <<<grid, threads, smem, stream()>>>(xp, w, b, eps, rows, d, vec, yp, mp, rp);
+    } else {
+      layer_norm_forward_kernel<T><<<grid_for(rows, 1), norm_block_threads(d), 0, stream()>>>(
+          xp, w, b, eps, rows, d, yp, mp, rp);
+    }
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }
@@ -202,9 +298,9 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
                ": expected dy and dx of dtype ", dtype_name(x.dtype), ", got ",
                dtype_name(dy.dtype), " and ", dtype_name(dx.dtype));
   check_stats(mean, rstd, rows, x.dtype, name);
-  const Param w = optional_param(weight, d, name, "weight");
-  const Param dw = optional_param(dweight, d, name, "dweight");
-  const Param db = optional_param(dbias, d, name, "dbias");
+  const Param w = optional_param(weight, d, x.dtype, name, "weight");
+  const Param dw = optional_param(dweight, d, x.dtype, name, "dweight");
+  const Param db = optional_param(dbias, d, x.dtype, name, "dbias");
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
     using T = scalar_t;
     using A = acc_t<T>;

@@ -12,9 +12,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 
 #include "backend_cuda/cuda_backend.h"
@@ -43,6 +45,7 @@ struct DeviceState {
   DeviceErrorFlag flag{};
   volatile ErrorRecord* host_record = nullptr;
   int sms = 0;
+  int smem_optin = 0;  // shared memory one block may use once it opts in
 };
 
 // Created once, never destroyed: tearing CUDA objects down from static destructors races the
@@ -74,6 +77,8 @@ DeviceState* init_device() {
   NEEDLE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&s->flag.claimed), sizeof(int)));
   NEEDLE_CUDA_CHECK(cudaMemset(s->flag.claimed, 0, sizeof(int)));
   NEEDLE_CUDA_CHECK(cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, 0));
+  NEEDLE_CUDA_CHECK(
+      cudaDeviceGetAttribute(&s->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   return s;
 }
 
@@ -87,6 +92,21 @@ DeviceState& state() {
 void ensure_initialized() { (void)state(); }
 cudaStream_t stream() { return state().stream; }
 int num_sms() { return state().sms; }
+size_t max_shared_memory_per_block() { return static_cast<size_t>(state().smem_optin); }
+
+int resident_blocks_per_sm(const void* kernel, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, int> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_tuple(kernel, threads, smem);
+  auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  int blocks = 0;
+  NEEDLE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+  if (blocks < 1) blocks = 1;
+  known.emplace(key, blocks);
+  return blocks;
+}
 DeviceErrorFlag device_error_flag() { return state().flag; }
 
 void check_device_error_flag() {

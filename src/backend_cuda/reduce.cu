@@ -5,9 +5,12 @@
 //    stride along the row, so a warp reads consecutive elements.
 //  - inner > 1 (columns): a 32 x 8 block covers 32 adjacent columns; the 32 lanes of a warp read
 //    32 consecutive elements of one input row, the 8 warps split the reduced rows.
+// Rows are read in 16-byte vectors when they are aligned and hold whole vectors, four loads in
+// flight per thread.
 // When those units cannot fill the GPU (a full reduction, a few long rows, a column sum over a
-// tall matrix) the reduced axis is split as well: each piece writes a partial state and a second
-// kernel combines the pieces in order. No atomics, so results do not depend on timing.
+// tall matrix) the reduced axis is split as well: each piece writes a partial state, and a second
+// kernel combines the pieces of each output with a warp or, for few outputs, a whole block, in a
+// fixed order. No atomics, so results do not depend on timing.
 #include <climits>
 #include <limits>
 
@@ -115,12 +118,63 @@ __device__ __forceinline__ typename R::S fold_strided(typename R::S st, const T*
   return st;
 }
 
+// Folds the contiguous run x[begin, end) into st, begin and end multiples of N (the elements of
+// a 16-byte vector) and x 16-byte aligned: thread t of `step` threads takes the vectors
+// t, t + step, ..., four loads in flight.
+template <typename R, typename T>
+__device__ __forceinline__ typename R::S fold_vectors(typename R::S st, const T* x, int64_t begin,
+                                                      int64_t end, int64_t t, int64_t step) {
+  constexpr int N = static_cast<int>(16 / sizeof(T));
+  using V = VecN<T, N>;
+  const V* xv = reinterpret_cast<const V*>(x);
+  const int64_t vend = end / N;
+  int64_t v = begin / N + t;
+  for (; v + 3 * step < vend; v += 4 * step) {
+    V a[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) a[k] = xv[v + k * step];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int j = 0; j < N; ++j) st = R::combine(st, R::make(a[k].v[j], (v + k * step) * N + j));
+  }
+  for (; v < vend; v += step) {
+    const V a = xv[v];
+#pragma unroll
+    for (int j = 0; j < N; ++j) st = R::combine(st, R::make(a.v[j], v * N + j));
+  }
+  return st;
+}
+
+// Combines st over each group of kTPR consecutive threads (a warp, or the whole kThreads block);
+// the group's first thread gets the result. Every thread of the block must call it, since a
+// block-wide group synchronises. `scratch` holds kThreads / 32 states.
+template <typename Red, int kTPR>
+__device__ __forceinline__ typename Red::S group_combine(typename Red::S st,
+                                                         typename Red::S* scratch) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) st = Red::combine(st, shfl_xor(st, o));
+  if constexpr (kTPR > 32) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) scratch[warp] = st;
+    __syncthreads();
+    if (warp == 0) {
+      st = lane < kTPR / 32 ? scratch[lane] : Red::identity();
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) st = Red::combine(st, shfl_xor(st, o));
+    }
+    __syncthreads();
+  }
+  return st;
+}
+
 // O = outer rows, R = reduce length, P = pieces per row. A group of kTPR threads (a warp, or the
 // whole 256-thread block) handles one (row, piece) unit at a time. With P == 1 it writes out[row];
-// otherwise the partial state partial[row * P + piece].
+// otherwise the partial state partial[row * P + piece]. vec: rows and pieces are read in 16-byte
+// vectors (x aligned, R and the piece length multiples of the vector width).
 template <typename Red, int kTPR, typename T>
 __global__ void reduce_rows_kernel(const T* __restrict__ x, int64_t outer, int64_t reduce,
-                                   int64_t pieces, int64_t piece_len,
+                                   int64_t pieces, int64_t piece_len, bool vec,
                                    typename Red::Out* __restrict__ out,
                                    typename Red::S* __restrict__ partial) {
   using S = typename Red::S;
@@ -128,36 +182,23 @@ __global__ void reduce_rows_kernel(const T* __restrict__ x, int64_t outer, int64
   __shared__ S scratch[kThreads / 32];
   const int group = threadIdx.x / kTPR, t = threadIdx.x % kTPR;
   const int64_t units = outer * pieces;
-  // All threads of a block run the same number of iterations (the barrier below needs that when
-  // kTPR == kThreads), so the loop runs over blocks of units.
+  // All threads of a block run the same number of iterations (the barrier in group_combine needs
+  // that when kTPR == kThreads), so the loop runs over blocks of units.
   for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * kGroups; u0 < units;
        u0 += static_cast<int64_t>(gridDim.x) * kGroups) {
     const int64_t u = u0 + group;
     S st = Red::identity();
-    int64_t row = 0, piece = 0;
     if (u < units) {
-      row = u / pieces;
-      piece = u % pieces;
-      int64_t begin = piece * piece_len;
-      int64_t end = begin + piece_len < reduce ? begin + piece_len : reduce;
-      st = fold_strided<Red>(st, x + row * reduce, begin, end, t, kTPR, 1);
+      const int64_t row = u / pieces, piece = u % pieces;
+      const int64_t begin = piece * piece_len;
+      const int64_t end = begin + piece_len < reduce ? begin + piece_len : reduce;
+      st = vec ? fold_vectors<Red>(st, x + row * reduce, begin, end, t, kTPR)
+               : fold_strided<Red>(st, x + row * reduce, begin, end, t, kTPR, 1);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) st = Red::combine(st, shfl_xor(st, o));
-    if constexpr (kTPR > 32) {
-      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-      if (lane == 0) scratch[warp] = st;
-      __syncthreads();
-      if (warp == 0) {
-        st = lane < kTPR / 32 ? scratch[lane] : Red::identity();
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) st = Red::combine(st, shfl_xor(st, o));
-      }
-      __syncthreads();
-    }
+    st = group_combine<Red, kTPR>(st, scratch);
     if (t == 0 && u < units) {
       if (pieces == 1)
-        out[row] = Red::finalize(st);
+        out[u] = Red::finalize(st);
       else
         partial[u] = st;
     }
@@ -200,20 +241,46 @@ __global__ void reduce_columns_kernel(const T* __restrict__ x, int64_t outer, in
   }
 }
 
-// O = outer, P = pieces, I = inner: out[o, j] = combine over p of partial[o, p, j], in order.
-template <typename Red>
+// O = outer, P = pieces, I = inner: out[o, j] = combine over p of partial[o, p, j]. A group of
+// kTPR threads per output takes p = t, t + kTPR, ... and merges in a fixed tree, so the result
+// does not depend on timing.
+template <typename Red, int kTPR>
 __global__ void reduce_partials_kernel(const typename Red::S* __restrict__ partial, int64_t outer,
                                        int64_t pieces, int64_t inner,
                                        typename Red::Out* __restrict__ out) {
+  using S = typename Red::S;
+  constexpr int kGroups = kThreads / kTPR;
+  __shared__ S scratch[kThreads / 32];
+  const int group = threadIdx.x / kTPR, t = threadIdx.x % kTPR;
   const int64_t n = outer * inner;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t o = k / inner, j = k % inner;
-    typename Red::S st = Red::identity();
-    for (int64_t p = 0; p < pieces; ++p)
-      st = Red::combine(st, partial[(o * pieces + p) * inner + j]);
-    out[k] = Red::finalize(st);
+  for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * kGroups; u0 < n;
+       u0 += static_cast<int64_t>(gridDim.x) * kGroups) {
+    const int64_t u = u0 + group;
+    S st = Red::identity();
+    if (u < n) {
+      const int64_t o = u / inner, j = u % inner;
+      for (int64_t p = t; p < pieces; p += kTPR)
+        st = Red::combine(st, partial[(o * pieces + p) * inner + j]);
+    }
+    st = group_combine<Red, kTPR>(st, scratch);
+    if (t == 0 && u < n) out[u] = Red::finalize(st);
   }
+}
+
+// The second stage: a block per output when the outputs are too few to fill the GPU with warps
+// and each has many pieces (a full reduction), a warp per output otherwise.
+template <typename Red>
+void combine_partials(const typename Red::S* partial, int64_t outer, int64_t pieces, int64_t inner,
+                      typename Red::Out* out) {
+  const int64_t n = outer * inner;
+  if (n < int64_t(num_sms()) * 8 && pieces >= 128) {
+    reduce_partials_kernel<Red, kThreads>
+        <<<grid_for(n, 1), kThreads, 0, stream()>>>(partial, outer, pieces, inner, out);
+  } else {
+    reduce_partials_kernel<Red, 32>
+        <<<grid_for(n, kThreads / 32), kThreads, 0, stream()>>>(partial, outer, pieces, inner, out);
+  }
+  NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
 // Pieces to split the reduced axis into so that `units` work units become about `target`, each
@@ -231,42 +298,42 @@ template <typename Red, typename T>
 void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner, typename Red::Out* out) {
   using S = typename Red::S;
   const int64_t sms = num_sms();
-  int64_t pieces;
   if (inner == 1) {
     // Short rows: a warp each; long rows: a block each (more loads in flight per row).
     const bool block_rows = reduce >= 4096;
     const int tpr = block_rows ? kThreads : 32;
-    pieces = choose_pieces(outer, block_rows ? sms * 8 : sms * 64, reduce, int64_t(tpr) * 16);
-    const int64_t piece_len = ceil_div(reduce, pieces);
+    constexpr int64_t N = 16 / sizeof(T);
+    int64_t pieces =
+        choose_pieces(outer, block_rows ? sms * 8 : sms * 64, reduce, int64_t(tpr) * 16);
+    // Pieces of whole vectors, so that every piece of an aligned row starts aligned.
+    int64_t piece_len = ceil_div(ceil_div(reduce, pieces), N) * N;
+    if (piece_len == 0) piece_len = N;  // reduce == 0: one empty piece
+    pieces = ceil_div(reduce, piece_len);
+    if (pieces < 1) pieces = 1;
+    const bool vec = aligned_to(x, 16) && reduce % N == 0;
     Workspace ws(pieces > 1 ? static_cast<size_t>(outer * pieces) * sizeof(S) : 0);
-    const int64_t units = outer * pieces;
-    const unsigned grid = grid_for(units, kThreads / tpr);
-    if (block_rows)
-      reduce_rows_kernel<Red, kThreads>
-          <<<grid, kThreads, 0, stream()>>>(x, outer, reduce, pieces, piece_len, out, ws.as<S>());
-    else
-      reduce_rows_kernel<Red, 32>
-          <<<grid, kThreads, 0, stream()>>>(x, outer, reduce, pieces, piece_len, out, ws.as<S>());
-    NEEDLE_CUDA_LAUNCH_CHECK();
-    if (pieces > 1) {
-      reduce_partials_kernel<Red>
-          <<<grid_for(outer, kThreads), kThreads, 0, stream()>>>(ws.as<S>(), outer, pieces, 1, out);
-      NEEDLE_CUDA_LAUNCH_CHECK();
+    const int64_t work_blocks = ceil_div(outer * pieces, kThreads / tpr);
+    if (block_rows) {
+      auto* kernel = reduce_rows_kernel<Red, kThreads, T>;
+      kernel<<<resident_grid(kernel, kThreads, 0, work_blocks), kThreads, 0, stream()>>>(
+          x, outer, reduce, pieces, piece_len, vec, out, ws.as<S>());
+    } else {
+      auto* kernel = reduce_rows_kernel<Red, 32, T>;
+      kernel<<<resident_grid(kernel, kThreads, 0, work_blocks), kThreads, 0, stream()>>>(
+          x, outer, reduce, pieces, piece_len, vec, out, ws.as<S>());
     }
+    NEEDLE_CUDA_LAUNCH_CHECK();
+    if (pieces > 1) combine_partials<Red>(ws.as<S>(), outer, pieces, 1, out);
     return;
   }
   const int64_t tiles = outer * ceil_div(inner, 32);
-  pieces = choose_pieces(tiles, sms * 8, reduce, 8 * 16);
+  const int64_t pieces = choose_pieces(tiles, sms * 8, reduce, 8 * 16);
   const int64_t piece_len = ceil_div(reduce, pieces);
   Workspace ws(pieces > 1 ? static_cast<size_t>(outer * pieces * inner) * sizeof(S) : 0);
   reduce_columns_kernel<Red><<<grid_for(tiles * pieces, 1), dim3(32, 8), 0, stream()>>>(
       x, outer, reduce, inner, pieces, piece_len, out, ws.as<S>());
   NEEDLE_CUDA_LAUNCH_CHECK();
-  if (pieces > 1) {
-    reduce_partials_kernel<Red><<<grid_for(outer * inner, kThreads), kThreads, 0, stream()>>>(
-        ws.as<S>(), outer, pieces, inner, out);
-    NEEDLE_CUDA_LAUNCH_CHECK();
-  }
+  if (pieces > 1) combine_partials<Red>(ws.as<S>(), outer, pieces, inner, out);
 }
 
 const char* reduce_name(ReduceOp op) {

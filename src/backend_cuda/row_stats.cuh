@@ -37,12 +37,10 @@ __device__ __forceinline__ MaxSum<A> max_sum_merge(MaxSum<A> a, MaxSum<A> b) {
   return MaxSum<A>{m, sa + sb};
 }
 
-// (max, sum) of row[0, cols) over the whole block (blockDim.x a multiple of 32); every thread gets
-// the result. `scratch` holds 32 pairs.
-template <typename A, typename T>
-__device__ __forceinline__ MaxSum<A> block_max_sum(const T* row, int64_t cols, MaxSum<A>* scratch) {
-  MaxSum<A> st{-INFINITY, A(0)};
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) max_sum_add(st, convert<A>(row[c]));
+// Merges every thread's (max, sum) over the block (blockDim.x a multiple of 32); every thread
+// gets the result. `scratch` holds 32 pairs; the trailing barrier lets the caller reuse it.
+template <typename A>
+__device__ __forceinline__ MaxSum<A> block_merge_max_sum(MaxSum<A> st, MaxSum<A>* scratch) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     MaxSum<A> other{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)};
@@ -57,8 +55,17 @@ __device__ __forceinline__ MaxSum<A> block_max_sum(const T* row, int64_t cols, M
     MaxSum<A> other{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)};
     st = max_sum_merge(st, other);
   }
-  __syncthreads();  // scratch may be reused by the caller's next row
+  __syncthreads();
   return st;
+}
+
+// (max, sum) of row[0, cols) over the whole block (blockDim.x a multiple of 32); every thread gets
+// the result. `scratch` holds 32 pairs.
+template <typename A, typename T>
+__device__ __forceinline__ MaxSum<A> block_max_sum(const T* row, int64_t cols, MaxSum<A>* scratch) {
+  MaxSum<A> st{-INFINITY, A(0)};
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) max_sum_add(st, convert<A>(row[c]));
+  return block_merge_max_sum(st, scratch);
 }
 
 // log(sum(exp(row))). As on the CPU (and torch.logsumexp), an infinite maximum is the answer

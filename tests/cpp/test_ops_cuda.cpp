@@ -107,7 +107,8 @@ TEST_CASE("cuda layer_norm forward and backward match the CPU kernels", "[cuda][
     int64_t rows, d;
   };
   for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
-    for (Dims dims : {Dims{1, 1}, Dims{7, 5}, Dims{64, 768}, Dims{3, 2049}, Dims{1500, 96}}) {
+    for (Dims dims :
+         {Dims{1, 1}, Dims{7, 5}, Dims{64, 768}, Dims{3, 2049}, Dims{1500, 96}, Dims{5000, 64}}) {
       for (bool affine : {true, false}) {
         const int64_t rows = dims.rows, d = dims.d;
         INFO(dtype_name(dt) << " rows=" << rows << " d=" << d << " affine=" << affine);
@@ -211,9 +212,15 @@ TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(404);
   for (DType dt : {DType::Float32, DType::BFloat16}) {
-    for (int64_t cols : {int64_t(1), int64_t(50304), int64_t(65537)}) {
-      INFO(dtype_name(dt) << " cols=" << cols);
-      Pair x = random_pair(rng, {5, cols}, dt);
+    // Rows staged in shared memory (vectorised or not), rows too long for it (65537 float32),
+    // and more rows than blocks, so each block goes on to further rows.
+    struct Rows {
+      int64_t rows, cols;
+    };
+    for (Rows s : {Rows{5, 1}, Rows{5, 50304}, Rows{5, 65537}, Rows{9000, 40}, Rows{9000, 37}}) {
+      const int64_t cols = s.cols;
+      INFO(dtype_name(dt) << " rows=" << s.rows << " cols=" << cols);
+      Pair x = random_pair(rng, {s.rows, cols}, dt);
       for (int which = 0; which < 3; ++which) {
         NDArray c = which == 0   ? softmax(x.cpu, -1)
                     : which == 1 ? log_softmax(x.cpu, -1)
@@ -230,8 +237,10 @@ TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {
 TEST_CASE("cuda reductions: split paths, ties and NaN", "[cuda][reduce]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(505);
-  // A full reduction of 3M values and a tall column sum both take the two-kernel split path.
-  for (Shape shape : {Shape{3000007}, Shape{1000003, 3}, Shape{2, 70001}}) {
+  // A full reduction of 3M values and a tall column sum both take the two-kernel split path;
+  // 1 << 22 values and rows of 262144 are read in 16-byte vectors, split into pieces.
+  for (Shape shape :
+       {Shape{3000007}, Shape{1000003, 3}, Shape{2, 70001}, Shape{1 << 22}, Shape{3, 262144}}) {
     for (DType dt : {DType::Float32, DType::Int32, DType::Float64}) {
       INFO(shape_tag(shape) << " " << dtype_name(dt));
       Pair x = random_pair(rng, shape, dt, Domain::Discrete);

@@ -1,0 +1,320 @@
+"""needle's CUDA ops and their gradients against torch on the same GPU.
+
+Each case draws fresh random inputs (never zeros), runs the op and its backward in needle on
+cuda:0 and the same op through torch autograd on the GPU in float64 (bfloat16 inputs are rounded
+to bfloat16 first, so both sides see the same numbers), and compares by the relative L2 error
+||needle - torch|| / ||torch|| (METHOD.md's bounds: float32 far under 1e-3, bfloat16 1e-3..1e-2);
+NaN or inf where torch is finite fails. Covered: unary and binary elementwise ops (broadcasting
+included), reductions (the full reduction's two-stage path too), matmul, softmax / log_softmax
+(rows staged in shared memory, rows that cannot be read in vectors, vocabulary-sized rows),
+layer_norm, cross_entropy (ignore_index), embedding, gelu, and the backward of a small MLP with
+cross-entropy.
+
+Output blocks are poisoned first: NaN arrays of each output's size are allocated and freed just
+before the op, so needle's best-fit caching allocator hands those blocks to the kernels and an
+element a kernel fails to write stays NaN.
+
+Skips cleanly without torch, without a GPU, or in a build without CUDA.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ndl = pytest.importorskip("needle")
+
+if not torch.cuda.is_available() or not ndl.cuda.is_available():
+    pytest.skip("needs a CUDA GPU for both torch and needle", allow_module_level=True)
+
+F = ndl.nn.functional
+TF = torch.nn.functional
+TDEV = torch.device("cuda")
+RNG = np.random.default_rng(4)
+TOL = {"float32": 2e-5, "bfloat16": 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def full_float32_matmul():
+    ndl.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+
+
+def ndtype(name):
+    return {"float32": ndl.float32, "bfloat16": ndl.bfloat16}[name]
+
+
+def rounded(a, dtype):
+    """a's values as the dtype stores them (bfloat16 rounding done by torch), as float64."""
+    t = torch.from_numpy(np.asarray(a, np.float32))
+    if dtype == "bfloat16":
+        t = t.bfloat16()
+    return t.double().numpy()
+
+
+def randn(shape, dtype="float32", scale=1.0, shift=0.0, positive=False):
+    a = RNG.standard_normal(shape) * scale + shift
+    if positive:
+        a = np.abs(a) + 0.5
+    return rounded(a, dtype)
+
+
+class Pair:
+    """One input on both sides: a needle Tensor on cuda (of `dtype`) and a float64 torch leaf."""
+
+    def __init__(self, values, dtype="float32", requires_grad=True):
+        self.values = values
+        self.n = ndl.tensor(values.astype(np.float32), dtype=ndtype(dtype), device="cuda",
+                            requires_grad=requires_grad)
+        self.t = torch.tensor(values, dtype=torch.float64, device=TDEV,
+                              requires_grad=requires_grad)
+
+
+def to_np(x):
+    if isinstance(x, ndl.Tensor):
+        x = x.detach()
+    return np.asarray(x.numpy(), dtype=np.float64)
+
+
+def poison(*shapes):
+    junk = [ndl.tensor(np.full(s, np.nan, np.float32), device="cuda") for s in shapes for _ in range(2)]
+    del junk
+
+
+def check(got, want, tol, what):
+    got = to_np(got) if not isinstance(got, np.ndarray) else got
+    want = want.detach().cpu().numpy() if isinstance(want, torch.Tensor) else want
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    assert np.isfinite(got).all() or not np.isfinite(want).all(), f"{what}: non-finite values"
+    denom = np.linalg.norm(want)
+    err = np.linalg.norm(got - want) / (denom if denom > 0 else 1.0)
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+
+
+def check_grads(n_out, t_out, pairs, tol, what):
+    """Backward of sum(out * g) for one random upstream g on both sides; compares out and grads."""
+    check(n_out, t_out, tol, what)
+    g = np.asarray(RNG.standard_normal(tuple(t_out.shape)), dtype=np.float64)
+    gdtype = "bfloat16" if n_out.dtype == ndl.bfloat16 else "float32"
+    n_out.backward(ndl.tensor(g.astype(np.float32), dtype=n_out.dtype, device="cuda"))
+    gt = torch.tensor(rounded(g, gdtype), dtype=torch.float64, device=TDEV)
+    t_out.backward(gt)
+    for i, p in enumerate(pairs):
+        assert p.n.grad is not None, f"{what}: no gradient for input {i}"
+        check(p.n.grad, p.t.grad, tol, f"{what}: grad of input {i}")
+
+
+UNARY = [
+    ("exp", torch.exp, {}), ("log", torch.log, {"positive": True}),
+    ("sqrt", torch.sqrt, {"positive": True}), ("rsqrt", torch.rsqrt, {"positive": True}),
+    ("tanh", torch.tanh, {}), ("sigmoid", torch.sigmoid, {}), ("sin", torch.sin, {}),
+    ("cos", torch.cos, {}), ("erf", torch.erf, {}), ("neg", torch.neg, {}),
+    ("abs", torch.abs, {}), ("relu", torch.relu, {}),
+    ("gelu", lambda x: TF.gelu(x), {}), ("gelu_tanh", lambda x: TF.gelu(x, approximate="tanh"), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name,tfn,kw", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_and_grad(name, tfn, kw, dtype):
+    x = Pair(randn((37, 129), dtype, **kw), dtype)
+    poison((37, 129))
+    check_grads(getattr(x.n, name)(), tfn(x.t), [x], TOL[dtype], name)
+
+
+BINARY = [
+    ("add", lambda a, b: a + b, lambda a, b: a + b),
+    ("sub", lambda a, b: a - b, lambda a, b: a - b),
+    ("mul", lambda a, b: a * b, lambda a, b: a * b),
+    ("div", lambda a, b: a / b, lambda a, b: a / b),
+    ("maximum", lambda a, b: a.maximum(b), torch.maximum),
+    ("minimum", lambda a, b: a.minimum(b), torch.minimum),
+]
+# Same shapes, broadcasting on either side, a scalar-like operand, a non-contiguous operand.
+SHAPES = [((64, 300), (64, 300)), ((8, 1, 33), (5, 1)), ((1, 257), (96, 1)), ((4, 5, 6), (1,))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shapes", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name,nfn,tfn", BINARY, ids=[b[0] for b in BINARY])
+def test_binary_broadcast_and_grad(name, nfn, tfn, shapes, dtype):
+    positive = name == "div"
+    a = Pair(randn(shapes[0], dtype), dtype)
+    b = Pair(randn(shapes[1], dtype, positive=positive), dtype)
+    check_grads(nfn(a.n, b.n), tfn(a.t, b.t), [a, b], TOL[dtype], name)
+
+
+def test_binary_on_transposed_views():
+    a = Pair(randn((300, 200)))
+    b = Pair(randn((200, 300)))
+    check_grads(a.n * b.n.transpose(0, 1) + 2.0, a.t * b.t.transpose(0, 1) + 2.0, [a, b],
+                TOL["float32"], "mul of a transposed view")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape,dim,keepdim", [
+    ((33, 4097), -1, False), ((33, 4097), 0, True), ((5, 700, 9), 1, False),
+    ((2, 3, 50304), -1, False), ((4096, 64), None, False), (((1 << 22) + 12,), None, False),
+], ids=str)
+def test_sum_mean_and_grad(shape, dim, keepdim, dtype):
+    # dim None over the flat 4M elements: the two-stage grid reduction.
+    kw = {} if dim is None else {"dim": dim, "keepdim": keepdim}
+    tol = TOL[dtype] * 5
+    x = Pair(randn(shape, dtype), dtype)
+    check_grads(x.n.sum(**kw), x.t.sum(**kw), [x], tol, "sum")
+    y = Pair(randn(shape, dtype), dtype)
+    check_grads(y.n.mean(**kw), y.t.mean(**kw), [y], tol, "mean")
+
+
+@pytest.mark.parametrize("shape,dim", [((64, 1000), -1), ((1000, 64), 0), ((3, 70000), 1),
+                                       (((1 << 21) + 5,), None)], ids=str)
+def test_max_argmax_and_grad(shape, dim):
+    x = Pair(randn(shape))
+    if dim is None:
+        check(x.n.max(), x.t.max(), 0, "max of all")
+        assert x.n.argmax().item() == x.t.argmax().item()
+        return
+    check_grads(x.n.max(dim=dim), x.t.amax(dim=dim), [x], 0, "max")
+    got = x.n.argmax(dim=dim).numpy()
+    np.testing.assert_array_equal(got, x.t.argmax(dim=dim).cpu().numpy())
+
+
+def test_integer_and_bool_sums():
+    a = RNG.integers(-1000, 1000, size=(3, 100003))
+    n = ndl.tensor(a, device="cuda")
+    np.testing.assert_array_equal(n.sum(dim=-1).numpy(), a.sum(-1))
+    assert n.sum().item() == int(a.sum())
+    mask = ndl.tensor(a > 0, device="cuda")
+    assert mask.sum().item() == int((a > 0).sum())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shapes", [((128, 256), (256, 96)), ((3, 65, 33), (3, 33, 47)),
+                                    ((2, 3, 16, 32), (32, 24)), ((1, 512), (512, 1))], ids=str)
+def test_matmul_and_grad(shapes, dtype):
+    a = Pair(randn(shapes[0], dtype), dtype)
+    b = Pair(randn(shapes[1], dtype), dtype)
+    check_grads(a.n @ b.n, a.t @ b.t, [a, b], 1e-5 if dtype == "float32" else 2e-2, "matmul")
+
+
+def test_matmul_tf32_precision():
+    a, b = Pair(randn((256, 512))), Pair(randn((512, 128)))
+    ndl.set_float32_matmul_precision("high")
+    try:
+        check(a.n @ b.n, a.t @ b.t, 3e-3, "tf32 matmul")
+    finally:
+        ndl.set_float32_matmul_precision("highest")
+
+
+# Rows staged in shared memory (vectorised and not), vocabulary-sized rows, and rows too long for
+# shared memory (the two-pass fallback).
+SOFTMAX_SHAPES = [(64, 1024), (33, 1023), (4, 50304), (3, 7), (2, 70001)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_and_grad(shape, log, dtype):
+    x = Pair(randn(shape, dtype, scale=3.0), dtype)
+    poison(shape)
+    nfn, tfn = (F.log_softmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
+    check_grads(nfn(x.n, -1), tfn(x.t, -1), [x], TOL[dtype], "log_softmax" if log else "softmax")
+
+
+def test_softmax_extreme_rows():
+    a = RNG.standard_normal((4, 1024)).astype(np.float32) * 3
+    a[0, 5] = 1e4  # one dominant entry
+    a[1, :] = -1e4  # all equal and very negative
+    a[2, ::2] = -np.inf  # masked half
+    n = F.softmax(ndl.tensor(a, device="cuda"), -1)
+    t = torch.softmax(torch.tensor(a, dtype=torch.float64, device=TDEV), -1)
+    check(n, t, TOL["float32"], "softmax of extreme rows")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows,d", [(1, 1), (7, 5), (256, 512), (3, 2049), (1500, 96), (2, 60000)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_and_grad(rows, d, affine, dtype):
+    x = Pair(randn((rows, d), dtype, scale=2.0, shift=0.5), dtype)
+    pairs = [x]
+    if affine:
+        w, b = Pair(randn((d,), dtype), dtype), Pair(randn((d,), dtype), dtype)
+        pairs += [w, b]
+        n = F.layer_norm(x.n, (d,), w.n, b.n, 1e-5)
+        t = TF.layer_norm(x.t, (d,), w.t, b.t, 1e-5)
+    else:
+        n = F.layer_norm(x.n, (d,), None, None, 1e-5)
+        t = TF.layer_norm(x.t, (d,), eps=1e-5)
+    tol = TOL[dtype] * (1 if dtype == "bfloat16" else 5)
+    check_grads(n, t, pairs, tol, "layer_norm")
+
+
+@pytest.mark.parametrize("rows,classes", [(64, 10), (128, 50304), (33, 1000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_and_grad(rows, classes, reduction):
+    x = Pair(randn((rows, classes), scale=2.0))
+    target = RNG.integers(0, classes, rows)
+    target[::5] = -100  # ignored rows
+    n = F.cross_entropy(x.n, ndl.tensor(target, device="cuda"), reduction=reduction)
+    t = TF.cross_entropy(x.t, torch.tensor(target, device=TDEV), reduction=reduction)
+    check_grads(n, t, [x], TOL["float32"] * 5, f"cross_entropy ({reduction})")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_embedding_and_grad(dtype):
+    w = Pair(randn((1000, 64), dtype), dtype)
+    ids = RNG.integers(0, 1000, (8, 33))
+    ids[0, :4] = 7  # repeated ids accumulate in the gradient
+    n = F.embedding(ndl.tensor(ids, device="cuda"), w.n)
+    t = TF.embedding(torch.tensor(ids, device=TDEV), w.t)
+    check_grads(n, t, [w], TOL[dtype], "embedding")
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_functional_and_grad(approximate):
+    x = Pair(randn((1 << 16) + 3, scale=3.0))
+    check_grads(F.gelu(x.n, approximate=approximate), TF.gelu(x.t, approximate=approximate), [x],
+                TOL["float32"], f"gelu ({approximate})")
+
+
+def test_mlp_cross_entropy_backward_matches_torch():
+    batch, d_in, hidden, classes = 96, 128, 512, 50
+    x = Pair(randn((batch, d_in)), requires_grad=False)
+    params = [Pair(randn(s, scale=0.1)) for s in ((hidden, d_in), (hidden,), (hidden,), (hidden,),
+                                                  (classes, hidden), (classes,))]
+    w1, b1, g, beta, w2, b2 = params
+    target = RNG.integers(0, classes, batch)
+
+    h = F.gelu(F.linear(x.n, w1.n, b1.n))
+    h = F.layer_norm(h, (hidden,), g.n, beta.n, 1e-5)
+    loss = F.cross_entropy(F.linear(h, w2.n, b2.n), ndl.tensor(target, device="cuda"))
+    th = TF.gelu(TF.linear(x.t, w1.t, b1.t))
+    th = TF.layer_norm(th, (hidden,), g.t, beta.t, 1e-5)
+    tloss = TF.cross_entropy(TF.linear(th, w2.t, b2.t), torch.tensor(target, device=TDEV))
+
+    check(loss, tloss, 1e-5, "loss")
+    loss.backward()
+    tloss.backward()
+    for name, p in zip(["w1", "b1", "ln weight", "ln bias", "w2", "b2"], params):
+        check(p.n.grad, p.t.grad, 1e-4, f"grad of {name}")
+
+
+def test_no_device_allocations_in_steady_state():
+    """After a warm-up step, repeated identical steps reuse the allocator's cached blocks."""
+    w = ndl.tensor(randn((256, 256), scale=0.05).astype(np.float32), device="cuda",
+                   requires_grad=True)
+    x = ndl.tensor(randn((64, 256)).astype(np.float32), device="cuda")
+    target = ndl.tensor(RNG.integers(0, 256, 64), device="cuda")
+
+    def step():
+        loss = F.cross_entropy(F.gelu(F.linear(x, w)), target)
+        w.grad = None
+        loss.backward()
+        return loss
+
+    step()
+    ndl.cuda.synchronize()
+    before = ndl.cuda.memory_stats()["num_device_allocs"]
+    for _ in range(20):
+        step()
+    ndl.cuda.synchronize()
+    assert ndl.cuda.memory_stats()["num_device_allocs"] == before
