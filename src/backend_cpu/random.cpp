@@ -8,8 +8,9 @@
 //    float32, bfloat16: u = philox_uniform_float(X[l])                  (24 bits)
 //    float64:           u = philox_uniform_double(Y[l], X[l])           (53 bits)
 //                       with Y = philox4x32_10(seed ^ kFloat64LowKey, c), an independent
-//                       stream for the low bits, so float64 keeps the one-lane-per-element
-//                       counter layout of the other dtypes.
+//                       stream for the low bits (kFloat64LowKey = 0x9E3779B97F4A7C15), so
+//                       float64 keeps the one-lane-per-element counter layout of the other
+//                       dtypes.
 //  Uniform(p0, p1):   value = p0 + (p1 - p0) * u, evaluated in double, rounded to the dtype.
 //  Bernoulli(p0):     value = (u < p0) ? 1 : 0 (u compared in double).
 //  Normal(p0, p1):    Box-Muller on the lane pairs (0, 1) and (2, 3) of one counter:
