@@ -212,12 +212,14 @@ TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(404);
   for (DType dt : {DType::Float32, DType::BFloat16}) {
-    // Rows staged in shared memory (vectorised or not), rows too long for it (65537 float32),
-    // and more rows than blocks, so each block goes on to further rows.
+    // Rows held in a warp's registers (40, 600, 1024), rows staged in shared memory (vectorised
+    // or not), rows too long for it (65537 float32), and more rows than warps or blocks, so each
+    // goes on to further rows.
     struct Rows {
       int64_t rows, cols;
     };
-    for (Rows s : {Rows{5, 1}, Rows{5, 50304}, Rows{5, 65537}, Rows{9000, 40}, Rows{9000, 37}}) {
+    for (Rows s : {Rows{5, 1}, Rows{5, 50304}, Rows{5, 65537}, Rows{9000, 40}, Rows{9000, 37},
+                   Rows{300, 600}, Rows{300, 1024}}) {
       const int64_t cols = s.cols;
       INFO(dtype_name(dt) << " rows=" << s.rows << " cols=" << cols);
       Pair x = random_pair(rng, {s.rows, cols}, dt);
