@@ -17,7 +17,6 @@ import needle as ndl
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from apps import hf_io  # noqa: E402
 from apps.generate import generate, sample_next  # noqa: E402
 from apps.models import (GPTNeoXConfig, OPTConfig, build_model, config_from_hf,  # noqa: E402
                          from_pretrained, load_hf_checkpoint, save_hf_checkpoint)
