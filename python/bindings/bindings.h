@@ -16,8 +16,9 @@ namespace needle::python {
 
 namespace py = pybind11;
 
-// --- conversions ------------------------------------------------------------------------------------
-// A dtype from a needle dtype, its name ("float32"), a NumPy dtype or scalar type (np.float32).
+// --- conversions
+// ------------------------------------------------------------------------------------ A dtype from
+// a needle dtype, its name ("float32"), a NumPy dtype or scalar type (np.float32).
 DType to_dtype(py::handle obj);
 std::optional<DType> to_optional_dtype(py::handle obj);  // None -> nullopt
 // A device from a needle device or a string ("cpu", "cuda", "cuda:1"); None -> the CPU.
@@ -60,7 +61,8 @@ auto without_gil(F&& f) {
   return std::forward<F>(f)();
 }
 
-// --- areas -------------------------------------------------------------------------------------------
+// --- areas
+// -------------------------------------------------------------------------------------------
 void init_errors(py::module_& m);
 void init_ndarray(py::module_& m);
 // The operators, elementwise/reduction methods and module-level functions of NDArray
@@ -68,9 +70,9 @@ void init_ndarray(py::module_& m);
 void bind_ndarray_ops(py::module_& m, py::class_<NDArray>& cls);
 void bind_ndarray_creation(py::module_& m);
 void init_device(py::module_& m);
-void init_data(py::module_& m);  // data.cpp (the data engineer's)
-void init_autograd(py::module_& m);  // autograd.cpp: Tensor, grad mode, functional
-void init_nn(py::module_& m);        // nn.cpp: needle._C.nn and needle._C.optim
-void init_attention(py::module_& m); // attention.cpp: needle._C.attention (block-sparse)
+void init_data(py::module_& m);       // data.cpp (the data engineer's)
+void init_autograd(py::module_& m);   // autograd.cpp: Tensor, grad mode, functional
+void init_nn(py::module_& m);         // nn.cpp: needle._C.nn and needle._C.optim
+void init_attention(py::module_& m);  // attention.cpp: needle._C.attention (block-sparse)
 
 }  // namespace needle::python

@@ -29,44 +29,53 @@ py::dict stats_dict(const MemoryStats& s) {
   return d;
 }
 
-MemoryStats cuda_stats(py::handle device) { return backend_for(cuda_device(device)).memory_stats(); }
+MemoryStats cuda_stats(py::handle device) {
+  return backend_for(cuda_device(device)).memory_stats();
+}
 
 }  // namespace
 
 void init_device(py::module_& m) {
-  m.def("memory_stats",
-        [](py::handle device) { return stats_dict(backend_for(to_device(device)).memory_stats()); },
-        py::arg("device") = "cpu",
-        "Allocator statistics of a device as a dict of byte counts and allocation counts.");
+  m.def(
+      "memory_stats",
+      [](py::handle device) { return stats_dict(backend_for(to_device(device)).memory_stats()); },
+      py::arg("device") = "cpu",
+      "Allocator statistics of a device as a dict of byte counts and allocation counts.");
 
   py::module_ cuda = m.def_submodule("cuda", "CUDA devices and their memory (torch.cuda's names).");
   cuda.def("is_available", &cuda_is_available,
            "True when this build has the CUDA backend and a GPU is present.");
   cuda.def("device_count", &cuda_device_count);
-  cuda.def("memory_stats", [](py::handle d) { return stats_dict(cuda_stats(d)); },
-           py::arg("device") = py::none());
-  cuda.def("memory_allocated", [](py::handle d) { return cuda_stats(d).allocated; },
-           py::arg("device") = py::none(), "Bytes held by live arrays.");
-  cuda.def("max_memory_allocated", [](py::handle d) { return cuda_stats(d).peak_allocated; },
-           py::arg("device") = py::none(),
-           "Peak of memory_allocated() since the start or reset_peak_memory_stats().");
-  cuda.def("memory_reserved", [](py::handle d) { return cuda_stats(d).reserved; },
-           py::arg("device") = py::none(),
-           "Bytes obtained from the driver, cached blocks included.");
-  cuda.def("reset_peak_memory_stats",
-           [](py::handle d) { backend_for(cuda_device(d)).reset_peak_memory_stats(); },
-           py::arg("device") = py::none());
-  cuda.def("empty_cache", [](py::handle d) { backend_for(cuda_device(d)).empty_cache(); },
-           py::arg("device") = py::none(), "Returns cached, unused blocks to the driver.");
-  cuda.def("synchronize",
-           [](py::handle d) {
-             backend_for(cuda_device(d));  // a clear error for a device that does not exist
-             py::gil_scoped_release release;
-             cuda_synchronize();
-           },
-           py::arg("device") = py::none(),
-           "Waits for all queued GPU work; raises IndexError for an out-of-range index that a "
-           "kernel reported since the last synchronisation.");
+  cuda.def(
+      "memory_stats", [](py::handle d) { return stats_dict(cuda_stats(d)); },
+      py::arg("device") = py::none());
+  cuda.def(
+      "memory_allocated", [](py::handle d) { return cuda_stats(d).allocated; },
+      py::arg("device") = py::none(), "Bytes held by live arrays.");
+  cuda.def(
+      "max_memory_allocated", [](py::handle d) { return cuda_stats(d).peak_allocated; },
+      py::arg("device") = py::none(),
+      "Peak of memory_allocated() since the start or reset_peak_memory_stats().");
+  cuda.def(
+      "memory_reserved", [](py::handle d) { return cuda_stats(d).reserved; },
+      py::arg("device") = py::none(), "Bytes obtained from the driver, cached blocks included.");
+  cuda.def(
+      "reset_peak_memory_stats",
+      [](py::handle d) { backend_for(cuda_device(d)).reset_peak_memory_stats(); },
+      py::arg("device") = py::none());
+  cuda.def(
+      "empty_cache", [](py::handle d) { backend_for(cuda_device(d)).empty_cache(); },
+      py::arg("device") = py::none(), "Returns cached, unused blocks to the driver.");
+  cuda.def(
+      "synchronize",
+      [](py::handle d) {
+        backend_for(cuda_device(d));  // a clear error for a device that does not exist
+        py::gil_scoped_release release;
+        cuda_synchronize();
+      },
+      py::arg("device") = py::none(),
+      "Waits for all queued GPU work; raises IndexError for an out-of-range index that a "
+      "kernel reported since the last synchronisation.");
 
   // torch.set_float32_matmul_precision's values. A build without CUDA keeps the setting as well,
   // so scripts that set it run unchanged on the CPU.
@@ -75,8 +84,7 @@ void init_device(py::module_& m) {
       "tensor cores) or 'medium' (bfloat16 tensor cores).";
   cuda.def("set_matmul_precision", &set_matmul_precision, py::arg("precision"), precision_doc);
   cuda.def("get_matmul_precision", &get_matmul_precision);
-  m.def("set_float32_matmul_precision", &set_matmul_precision, py::arg("precision"),
-        precision_doc);
+  m.def("set_float32_matmul_precision", &set_matmul_precision, py::arg("precision"), precision_doc);
   m.def("get_float32_matmul_precision", &get_matmul_precision);
 }
 

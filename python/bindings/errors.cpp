@@ -11,10 +11,9 @@ namespace needle::python {
 
 void init_errors(py::module_& m) {
   // Created once and kept for the life of the process, like the built-in exception types.
-  static PyObject* out_of_memory =
-      PyErr_NewExceptionWithDoc("needle.OutOfMemoryError",
-                                "A device ran out of memory (a subclass of RuntimeError).",
-                                PyExc_RuntimeError, nullptr);
+  static PyObject* out_of_memory = PyErr_NewExceptionWithDoc(
+      "needle.OutOfMemoryError", "A device ran out of memory (a subclass of RuntimeError).",
+      PyExc_RuntimeError, nullptr);
   if (out_of_memory == nullptr) throw py::error_already_set();
   m.attr("OutOfMemoryError") = py::handle(out_of_memory);
 

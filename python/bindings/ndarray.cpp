@@ -31,12 +31,18 @@ std::optional<int64_t> to_optional_int(py::handle obj, const char* what) {
 
 py::dtype numpy_dtype(DType dt) {
   switch (dt) {
-    case DType::Bool: return py::dtype::of<bool>();
-    case DType::Int32: return py::dtype::of<int32_t>();
-    case DType::Int64: return py::dtype::of<int64_t>();
-    case DType::Float32: return py::dtype::of<float>();
-    case DType::Float64: return py::dtype::of<double>();
-    case DType::BFloat16: break;
+    case DType::Bool:
+      return py::dtype::of<bool>();
+    case DType::Int32:
+      return py::dtype::of<int32_t>();
+    case DType::Int64:
+      return py::dtype::of<int64_t>();
+    case DType::Float32:
+      return py::dtype::of<float>();
+    case DType::Float64:
+      return py::dtype::of<double>();
+    case DType::BFloat16:
+      break;
   }
   throw TypeError("NumPy has no bfloat16 dtype: convert with .astype(ndl.float32) first");
 }
@@ -69,10 +75,11 @@ Strides byte_strides(const NDArray& a) {
   return s;
 }
 
-// --- buffer protocol ------------------------------------------------------------------------------
-// pybind11's own bf_getbuffer lets a C++ exception escape through a C callback (terminating the
-// interpreter) and ignores the consumer's contiguity flags, so NDArray installs these slots.
-// CUDA and bfloat16 arrays refuse with BufferError; NumPy then falls back to __array__ (a copy).
+// --- buffer protocol
+// ------------------------------------------------------------------------------ pybind11's own
+// bf_getbuffer lets a C++ exception escape through a C callback (terminating the interpreter) and
+// ignores the consumer's contiguity flags, so NDArray installs these slots. CUDA and bfloat16
+// arrays refuse with BufferError; NumPy then falls back to __array__ (a copy).
 
 struct BufferView {
   NDArray array;  // keeps the memory alive independently of the Python object
@@ -81,12 +88,18 @@ struct BufferView {
 
 const char* buffer_format(DType dt) {
   switch (dt) {
-    case DType::Bool: return "?";
-    case DType::Int32: return "i";
-    case DType::Int64: return "q";
-    case DType::Float32: return "f";
-    case DType::Float64: return "d";
-    case DType::BFloat16: break;
+    case DType::Bool:
+      return "?";
+    case DType::Int32:
+      return "i";
+    case DType::Int64:
+      return "q";
+    case DType::Float32:
+      return "f";
+    case DType::Float64:
+      return "d";
+    case DType::BFloat16:
+      break;
   }
   return nullptr;
 }
@@ -105,15 +118,17 @@ extern "C" int ndarray_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
   view->obj = nullptr;
   try {
     const NDArray& a = py::cast<const NDArray&>(py::handle(obj));
-    NEEDLE_CHECK(a.device().is_cpu(), ValueError, "the buffer protocol needs a CPU array, got one on ",
-                 a.device().str(), "; use .numpy() or .cpu()");
+    NEEDLE_CHECK(a.device().is_cpu(), ValueError,
+                 "the buffer protocol needs a CPU array, got one on ", a.device().str(),
+                 "; use .numpy() or .cpu()");
     const char* format = buffer_format(a.dtype());
     NEEDLE_CHECK(format != nullptr, ValueError,
                  "bfloat16 has no buffer format; .numpy() returns a float32 copy");
     const bool c_contig = a.is_compact();
     const bool wants_strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES;
     NEEDLE_CHECK(c_contig || (wants_strides && (flags & PyBUF_C_CONTIGUOUS) != PyBUF_C_CONTIGUOUS),
-                 ValueError, "a C-contiguous buffer was requested but the array is a strided view; "
+                 ValueError,
+                 "a C-contiguous buffer was requested but the array is a strided view; "
                  "call .contiguous() first");
     NEEDLE_CHECK((flags & PyBUF_F_CONTIGUOUS) != PyBUF_F_CONTIGUOUS || is_fortran_contiguous(a),
                  ValueError, "a Fortran-contiguous buffer was requested but the array is not");
@@ -158,7 +173,8 @@ extern "C" void ndarray_releasebuffer(PyObject*, Py_buffer* view) {
 
 }  // namespace
 
-// --- indexing -------------------------------------------------------------------------------------
+// --- indexing
+// -------------------------------------------------------------------------------------
 
 std::vector<Index> to_index(py::handle key) {
   std::vector<Index> out;
@@ -224,14 +240,14 @@ void bind_dtype_and_device(py::module_& m) {
       .def_property_readonly("is_floating_point", [](DType dt) { return is_floating(dt); })
       .def("__repr__", [](DType dt) { return std::string("needle.") + dtype_name(dt); })
       .def("__str__", [](DType dt) { return std::string("needle.") + dtype_name(dt); })
-      .def("__eq__", [](DType a, py::handle b) {
-        return py::isinstance<DType>(b) && py::cast<DType>(b) == a;
-      })
+      .def(
+          "__eq__",
+          [](DType a, py::handle b) { return py::isinstance<DType>(b) && py::cast<DType>(b) == a; })
       .def("__hash__", [](DType dt) { return static_cast<int>(dt); })
       .def(py::pickle([](DType dt) { return std::string(dtype_name(dt)); },
                       [](const std::string& name) { return dtype_from_name(name); }));
-  for (DType dt : {DType::Bool, DType::Int32, DType::Int64, DType::BFloat16, DType::Float32,
-                   DType::Float64})
+  for (DType dt :
+       {DType::Bool, DType::Int32, DType::Int64, DType::BFloat16, DType::Float32, DType::Float64})
     m.attr(dtype_name(dt)) = dt;
   m.def("promote_types", &promote_types, py::arg("type1"), py::arg("type2"),
         "The dtype of a binary op between arrays of these dtypes.");
@@ -252,15 +268,16 @@ void bind_dtype_and_device(py::module_& m) {
              return d.is_cpu() ? std::string("device(type='cpu')")
                                : "device(type='cuda', index=" + std::to_string(d.index) + ")";
            })
-      .def("__eq__", [](const Device& a, py::handle b) {
-        if (py::isinstance<Device>(b)) return py::cast<Device>(b) == a;
-        if (!py::isinstance<py::str>(b)) return false;
-        try {
-          return Device(std::string(py::str(b))) == a;
-        } catch (const ValueError&) {
-          return false;  // not a device name: unequal, as for any other object
-        }
-      })
+      .def("__eq__",
+           [](const Device& a, py::handle b) {
+             if (py::isinstance<Device>(b)) return py::cast<Device>(b) == a;
+             if (!py::isinstance<py::str>(b)) return false;
+             try {
+               return Device(std::string(py::str(b))) == a;
+             } catch (const ValueError&) {
+               return false;  // not a device name: unequal, as for any other object
+             }
+           })
       .def("__hash__", [](const Device& d) { return static_cast<int>(d.type) * 1024 + d.index; })
       .def(py::pickle([](const Device& d) { return d.str(); },
                       [](const std::string& s) { return Device(s); }));
@@ -269,7 +286,8 @@ void bind_dtype_and_device(py::module_& m) {
 
 }  // namespace
 
-// --- conversions (bindings.h) ---------------------------------------------------------------------
+// --- conversions (bindings.h)
+// ---------------------------------------------------------------------
 
 DType to_dtype(py::handle obj) {
   if (py::isinstance<DType>(obj)) return py::cast<DType>(obj);
@@ -308,7 +326,8 @@ Shape to_shape(py::handle obj) {
   if (py::isinstance<py::str>(obj) || !py::isinstance<py::sequence>(obj))
     throw TypeError("expected a shape (an int or a sequence of ints), got " + type_name(obj));
   Shape shape;
-  for (py::handle d : py::reinterpret_borrow<py::sequence>(obj)) shape.push_back(to_int(d, "shape"));
+  for (py::handle d : py::reinterpret_borrow<py::sequence>(obj))
+    shape.push_back(to_int(d, "shape"));
   return shape;
 }
 
@@ -370,7 +389,8 @@ NDArray to_ndarray(py::handle obj, std::optional<DType> dtype, std::optional<Dev
   }
   if (python_values && stored == DType::Float64 && !dtype) stored = DType::Float32;
   // astype rather than ascontiguousarray, which turns 0-d arrays into 1-d ones.
-  py::object target = stored == DType::BFloat16 ? py::object(np_dt) : py::object(numpy_dtype(stored));
+  py::object target =
+      stored == DType::BFloat16 ? py::object(np_dt) : py::object(numpy_dtype(stored));
   py::array c = arr.attr("astype")(target, py::arg("order") = "C", py::arg("copy") = false);
   Shape shape(c.shape(), c.shape() + c.ndim());
   const void* data = c.data();
@@ -411,7 +431,8 @@ py::object item_to_python(const NDArray& a) {
   return py::float_(a.item());
 }
 
-// --- the class ------------------------------------------------------------------------------------
+// --- the class
+// ------------------------------------------------------------------------------------
 
 void init_ndarray(py::module_& m) {
   bind_dtype_and_device(m);
@@ -442,17 +463,19 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
       .def_property_readonly("dtype", &NDArray::dtype)
       .def_property_readonly("device", &NDArray::device)
       .def_property_readonly("ndim", &NDArray::ndim)
-      .def_property_readonly("strides", [](const NDArray& a) { return to_tuple(a.strides()); },
-                             "Strides in elements (NumPy's are in bytes).")
+      .def_property_readonly(
+          "strides", [](const NDArray& a) { return to_tuple(a.strides()); },
+          "Strides in elements (NumPy's are in bytes).")
       .def_property_readonly("nbytes", &NDArray::nbytes)
       .def_property_readonly("itemsize", [](const NDArray& a) { return itemsize(a.dtype()); })
       .def_property_readonly("is_cuda", [](const NDArray& a) { return a.device().is_cuda(); })
-      .def("size",
-           [](const NDArray& a, py::handle dim) -> py::object {
-             if (dim.is_none()) return to_tuple(a.shape());
-             return py::int_(a.size(static_cast<int>(to_int(dim, "size"))));
-           },
-           py::arg("dim") = py::none())
+      .def(
+          "size",
+          [](const NDArray& a, py::handle dim) -> py::object {
+            if (dim.is_none()) return to_tuple(a.shape());
+            return py::int_(a.size(static_cast<int>(to_int(dim, "size"))));
+          },
+          py::arg("dim") = py::none())
       .def("numel", &NDArray::numel)
       .def("dim", &NDArray::ndim)
       .def("element_size", [](const NDArray& a) { return itemsize(a.dtype()); })
@@ -477,12 +500,13 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
       .def("numpy", &to_numpy,
            "A NumPy array: a view sharing memory for CPU arrays, a host copy for CUDA ones; "
            "bfloat16 comes back as float32 (NumPy has no bfloat16).")
-      .def("__array__",
-           [](const NDArray& a, py::handle dtype) {
-             py::array out = to_numpy(a);
-             return dtype.is_none() ? out : py::array(out.attr("astype")(dtype));
-           },
-           py::arg("dtype") = py::none());
+      .def(
+          "__array__",
+          [](const NDArray& a, py::handle dtype) {
+            py::array out = to_numpy(a);
+            return dtype.is_none() ? out : py::array(out.attr("astype")(dtype));
+          },
+          py::arg("dtype") = py::none());
 
   // --- views (share memory with the source)
   cls.def("reshape", [](const NDArray& a, const py::args& s) { return a.reshape(to_shape(s)); })
@@ -493,58 +517,67 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
              return a.permute(std::vector<int>(dims.begin(), dims.end()));
            })
       .def("transpose", &NDArray::transpose, py::arg("dim0"), py::arg("dim1"))
-      .def_property_readonly("T",
-                             [](const NDArray& a) {
-                               std::vector<int> dims(a.ndim());
-                               for (int i = 0; i < a.ndim(); ++i) dims[i] = a.ndim() - 1 - i;
-                               return a.permute(dims);
-                             },
-                             "The array with its dims reversed (the transpose of a 2-D array).")
+      .def_property_readonly(
+          "T",
+          [](const NDArray& a) {
+            std::vector<int> dims(a.ndim());
+            for (int i = 0; i < a.ndim(); ++i) dims[i] = a.ndim() - 1 - i;
+            return a.permute(dims);
+          },
+          "The array with its dims reversed (the transpose of a 2-D array).")
       .def("unsqueeze", &NDArray::unsqueeze, py::arg("dim"))
-      .def("squeeze",
-           [](const NDArray& a, py::handle dim) {
-             return dim.is_none() ? a.squeeze() : a.squeeze(static_cast<int>(to_int(dim, "dim")));
-           },
-           py::arg("dim") = py::none())
+      .def(
+          "squeeze",
+          [](const NDArray& a, py::handle dim) {
+            return dim.is_none() ? a.squeeze() : a.squeeze(static_cast<int>(to_int(dim, "dim")));
+          },
+          py::arg("dim") = py::none())
       .def("expand", [](const NDArray& a, const py::args& s) { return a.expand(to_shape(s)); })
-      .def("broadcast_to", [](const NDArray& a, py::handle s) { return a.broadcast_to(to_shape(s)); },
-           py::arg("shape"))
+      .def(
+          "broadcast_to",
+          [](const NDArray& a, py::handle s) { return a.broadcast_to(to_shape(s)); },
+          py::arg("shape"))
       .def("flatten", &NDArray::flatten, py::arg("start_dim") = 0, py::arg("end_dim") = -1)
-      .def("as_strided",
-           [](const NDArray& a, py::handle shape, py::handle strides, int64_t offset) {
-             return a.as_strided(to_shape(shape), to_shape(strides), offset);
-           },
-           py::arg("size"), py::arg("stride"), py::arg("storage_offset") = 0);
+      .def(
+          "as_strided",
+          [](const NDArray& a, py::handle shape, py::handle strides, int64_t offset) {
+            return a.as_strided(to_shape(shape), to_shape(strides), offset);
+          },
+          py::arg("size"), py::arg("stride"), py::arg("storage_offset") = 0);
 
   // --- copies
   cls.def("compact", [](const NDArray& a) { return without_gil([&] { return a.compact(); }); })
       .def("contiguous", [](const NDArray& a) { return without_gil([&] { return a.compact(); }); })
       .def("clone", [](const NDArray& a) { return without_gil([&] { return a.clone(); }); })
-      .def("to",
-           [](const NDArray& a, py::handle target, py::handle dtype) {
-             std::optional<Device> device;
-             std::optional<DType> dt = to_optional_dtype(dtype);
-             parse_to_target(target, device, dt);
-             return without_gil([&] {
-               NDArray r = device ? a.to(*device) : a;
-               return dt ? r.astype(*dt) : r;
-             });
-           },
-           py::arg("device_or_dtype") = py::none(), py::arg("dtype") = py::none())
-      .def("astype",
-           [](const NDArray& a, py::handle dtype) {
-             DType dt = to_dtype(dtype);
-             return without_gil([&] { return a.astype(dt); });
-           },
-           py::arg("dtype"))
+      .def(
+          "to",
+          [](const NDArray& a, py::handle target, py::handle dtype) {
+            std::optional<Device> device;
+            std::optional<DType> dt = to_optional_dtype(dtype);
+            parse_to_target(target, device, dt);
+            return without_gil([&] {
+              NDArray r = device ? a.to(*device) : a;
+              return dt ? r.astype(*dt) : r;
+            });
+          },
+          py::arg("device_or_dtype") = py::none(), py::arg("dtype") = py::none())
+      .def(
+          "astype",
+          [](const NDArray& a, py::handle dtype) {
+            DType dt = to_dtype(dtype);
+            return without_gil([&] { return a.astype(dt); });
+          },
+          py::arg("dtype"))
       .def("cpu", [](const NDArray& a) { return without_gil([&] { return a.to(cpu()); }); })
-      .def("cuda",
-           [](const NDArray& a, int index) {
-             return without_gil([&] { return a.to(Device(DeviceType::CUDA, index)); });
-           },
-           py::arg("device") = 0)
+      .def(
+          "cuda",
+          [](const NDArray& a, int index) {
+            return without_gil([&] { return a.to(Device(DeviceType::CUDA, index)); });
+          },
+          py::arg("device") = 0)
       .def("__copy__", [](const NDArray& a) { return a; })
-      .def("__deepcopy__", [](const NDArray& a, py::handle) { return a.clone(); }, py::arg("memo"))
+      .def(
+          "__deepcopy__", [](const NDArray& a, py::handle) { return a.clone(); }, py::arg("memo"))
       .def(py::pickle(
           [](const NDArray& a) {
             return py::make_tuple(py::array(to_numpy(a).attr("copy")()), a.dtype(), a.device());
@@ -552,9 +585,12 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
           [](const py::tuple& t) {
             return to_ndarray(t[0], py::cast<DType>(t[1]), py::cast<Device>(t[2]));
           }));
-  for (auto [name, dt] : {std::pair{"float", DType::Float32}, {"double", DType::Float64},
-                          {"bfloat16", DType::BFloat16}, {"int", DType::Int32},
-                          {"long", DType::Int64}, {"bool", DType::Bool}}) {
+  for (auto [name, dt] : {std::pair{"float", DType::Float32},
+                          {"double", DType::Float64},
+                          {"bfloat16", DType::BFloat16},
+                          {"int", DType::Int32},
+                          {"long", DType::Int64},
+                          {"bool", DType::Bool}}) {
     const DType target = dt;
     cls.def(name, [target](const NDArray& a) { return a.astype(target); });
   }
@@ -571,27 +607,29 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
                return 0;
              });
            })
-      .def("fill_",
-           [](const NDArray& a, double value) {
-             a.fill(value);
-             return a;
-           },
-           py::arg("value"))
+      .def(
+          "fill_",
+          [](const NDArray& a, double value) {
+            a.fill(value);
+            return a;
+          },
+          py::arg("value"))
       .def("zero_",
            [](const NDArray& a) {
              a.fill(0.0);
              return a;
            })
-      .def("copy_",
-           [](const NDArray& a, py::handle src) {
-             NDArray v = to_ndarray(src, std::nullopt, a.device());
-             without_gil([&] {
-               a.assign(v);
-               return 0;
-             });
-             return a;
-           },
-           py::arg("src"), "Copies src (broadcast, converted to this dtype) into this array.");
+      .def(
+          "copy_",
+          [](const NDArray& a, py::handle src) {
+            NDArray v = to_ndarray(src, std::nullopt, a.device());
+            without_gil([&] {
+              a.assign(v);
+              return 0;
+            });
+            return a;
+          },
+          py::arg("src"), "Copies src (broadcast, converted to this dtype) into this array.");
 
   bind_ndarray_ops(m, cls);
   bind_ndarray_creation(m);
