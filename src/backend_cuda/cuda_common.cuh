@@ -2,7 +2,6 @@
 // flag, dtype conversion, the strided-operand plan (dimension coalescing) and block reductions.
 #pragma once
 #include <cublas_v2.h>
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -160,20 +159,6 @@ struct compute_type<bool> {
 template <typename T>
 using compute_t = typename compute_type<T>::type;
 
-// float -> bfloat16, rounded to nearest even. On the device the hardware conversion (one
-// instruction) replaces bfloat16's integer rounding; NaN still takes bfloat16's own path, which
-// keeps the sign and payload as the CPU does (the hardware would give its canonical NaN).
-__host__ __device__ __forceinline__ bfloat16 float_to_bfloat16(float f) {
-#ifdef __CUDA_ARCH__
-  if (f != f) return bfloat16(f);
-  bfloat16 r;
-  r.bits = __bfloat16_as_ushort(__float2bfloat16_rn(f));
-  return r;
-#else
-  return bfloat16(f);
-#endif
-}
-
 // Value conversion with NumPy/PyTorch semantics: bool is "!= 0", bfloat16 goes through float.
 template <typename To, typename From>
 __host__ __device__ __forceinline__ To convert(From v) {
@@ -184,7 +169,7 @@ __host__ __device__ __forceinline__ To convert(From v) {
   } else if constexpr (std::is_same_v<To, bool>) {
     return v != From(0);
   } else if constexpr (std::is_same_v<To, bfloat16>) {
-    return float_to_bfloat16(static_cast<float>(v));
+    return bfloat16(static_cast<float>(v));
   } else {
     return static_cast<To>(v);
   }
