@@ -7,6 +7,7 @@
 #include "bindings.h"
 #include "ndarray/error.h"
 #include "nn/attention.h"
+#include "nn/block_sparse_layout.h"
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
@@ -276,10 +277,31 @@ void bind_layers(py::module_& nn) {
            arg("input"), arg("target"));
   py::class_<MultiHeadAttention, Module, std::shared_ptr<MultiHeadAttention>>(nn,
                                                                               "MultiHeadAttention")
-      .def(py::init<int64_t, int64_t, bool, bool, int64_t, double, bool, double, std::string>(),
+      // attention: a pattern name ("dense", "local", "global", "strided", "mixed", "random")
+      // or a BlockSparseLayout of the user's own.
+      .def(py::init([](int64_t e, int64_t h, bool bias, bool fused, int64_t rd, double base,
+                       bool causal, double dropout, py::handle attention, int64_t block_size) {
+             if (py::isinstance<BlockSparseLayout>(attention)) {
+               const auto& layout = py::cast<const BlockSparseLayout&>(attention);
+               auto m = std::make_shared<MultiHeadAttention>(e, h, bias, fused, rd, base, causal,
+                                                             dropout, "dense",
+                                                             layout.block_size());
+               m->use_layout(layout);
+               return m;
+             }
+             NEEDLE_CHECK(py::isinstance<py::str>(attention), TypeError,
+                          "MultiHeadAttention: attention must be a pattern name or a "
+                          "BlockSparseLayout, got ",
+                          std::string(py::str(py::type::handle_of(attention))));
+             return std::make_shared<MultiHeadAttention>(e, h, bias, fused, rd, base, causal,
+                                                         dropout, py::cast<std::string>(attention),
+                                                         block_size);
+           }),
            arg("embed_dim"), arg("num_heads"), arg("bias") = true, arg("fused_qkv") = true,
            arg("rotary_dim") = 0, arg("rotary_base") = 10000.0, arg("causal") = true,
-           arg("dropout") = 0.0, arg("attention") = "dense")
+           arg("dropout") = 0.0, arg("attention") = "dense", arg("block_size") = 64)
+      .def_readonly("attention", &MultiHeadAttention::attention)
+      .def_readonly("block_size", &MultiHeadAttention::block_size)
       .def("forward", [](MultiHeadAttention& m, const Tensor& x, std::optional<bool> is_causal) {
              return m.forward(x, is_causal.value_or(m.causal));
            }, arg("input"), arg("is_causal") = py::none())

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ndarray/error.h"
+#include "nn/block_sparse_attention.h"
 
 namespace needle::nn {
 
@@ -81,15 +82,18 @@ Tensor RotaryEmbedding::apply(const Tensor& x, int64_t offset) {
 
 MultiHeadAttention::MultiHeadAttention(int64_t e, int64_t h, bool bias, bool fused, int64_t rd,
                                        double rotary_base, bool c, double dropout,
-                                       const std::string& pattern)
+                                       const std::string& pattern, int64_t b)
     : embed_dim(e), num_heads(h), head_dim(h > 0 ? e / h : 0), rotary_dim(rd), causal(c),
-      dropout_p(dropout), attention(pattern) {
+      dropout_p(dropout), attention(pattern), block_size(b) {
   NEEDLE_CHECK(e > 0 && h > 0 && e % h == 0, ValueError,
                "MultiHeadAttention: embed_dim must be a positive multiple of num_heads, got ", e,
                " and ", h);
-  NEEDLE_CHECK(pattern == "dense", ValueError, "MultiHeadAttention: attention pattern '", pattern,
-               "' is not available; only 'dense' is implemented (block-sparse patterns arrive "
-               "with block-sparse attention)");
+  NEEDLE_CHECK(pattern == "dense" || pattern == "local" || pattern == "global" ||
+                   pattern == "strided" || pattern == "mixed" || pattern == "random",
+               ValueError, "MultiHeadAttention: expected attention in {dense, local, global, "
+               "strided, mixed, random}, got '", pattern, "'");
+  NEEDLE_CHECK(b == 16 || b == 32 || b == 64 || b == 128, ValueError,
+               "MultiHeadAttention: expected block_size in {16, 32, 64, 128}, got ", b);
   NEEDLE_CHECK(rd >= 0 && rd <= head_dim && rd % 2 == 0, ValueError,
                "MultiHeadAttention: rotary_dim must be even and in [0, head_dim=", head_dim,
                "], got ", rd);
@@ -108,7 +112,39 @@ MultiHeadAttention::MultiHeadAttention(int64_t e, int64_t h, bool bias, bool fus
 
 std::string MultiHeadAttention::extra_repr() const {
   return "embed_dim=" + std::to_string(embed_dim) + ", num_heads=" + std::to_string(num_heads) +
-         ", rotary_dim=" + std::to_string(rotary_dim) + ", attention='" + attention + "'";
+         ", rotary_dim=" + std::to_string(rotary_dim) + ", attention='" + attention + "'" +
+         (attention == "dense" ? "" : ", block_size=" + std::to_string(block_size));
+}
+
+void MultiHeadAttention::use_layout(const BlockSparseLayout& layout) {
+  custom_layout_ = layout;
+  attention = "custom";
+  block_size = layout.block_size();
+  layouts_.clear();
+}
+
+const BlockSparseLayout& MultiHeadAttention::layout_for(int64_t seq_len, bool is_causal) {
+  if (custom_layout_) {
+    NEEDLE_CHECK(seq_len <= custom_layout_->q_len(), ValueError,
+                 "MultiHeadAttention: the custom layout covers ", custom_layout_->q_len(),
+                 " positions, got a sequence of ", seq_len);
+    NEEDLE_CHECK(is_causal == custom_layout_->causal(), ValueError,
+                 "MultiHeadAttention: the custom layout is ",
+                 custom_layout_->causal() ? "causal" : "not causal", " but the call asks for ",
+                 is_causal ? "causal" : "non-causal", " attention");
+    return *custom_layout_;
+  }
+  auto key = std::make_pair(seq_len, is_causal);
+  auto it = layouts_.find(key);
+  if (it != layouts_.end()) return it->second;
+  const int64_t b = block_size;
+  BlockSparseLayout layout =
+      attention == "local"     ? BlockSparseLayout::local(seq_len, b, 1, is_causal)
+      : attention == "global"  ? BlockSparseLayout::global(seq_len, b, 1, is_causal)
+      : attention == "strided" ? BlockSparseLayout::strided(seq_len, b, 4, is_causal)
+      : attention == "mixed"   ? BlockSparseLayout::mixed(seq_len, b, 1, 1, 4, is_causal)
+                               : BlockSparseLayout::random(seq_len, b, 3, 0, is_causal);
+  return layouts_.emplace(key, std::move(layout)).first->second;
 }
 
 Tensor MultiHeadAttention::forward(const Tensor& x, bool is_causal) {
@@ -129,7 +165,15 @@ Tensor MultiHeadAttention::forward(const Tensor& x, bool is_causal) {
   };
   q = heads(q), k = heads(k), v = heads(v);
   if (rotary_) q = rotary_->apply(q), k = rotary_->apply(k);
-  Tensor o = scaled_dot_product_attention(q, k, v, is_causal, training() ? dropout_p : 0.0);
+  Tensor o;
+  if (attention == "dense") {
+    o = scaled_dot_product_attention(q, k, v, is_causal, training() ? dropout_p : 0.0);
+  } else {
+    NEEDLE_CHECK(!training() || dropout_p == 0, ValueError, "MultiHeadAttention: attention "
+                 "dropout is not supported with the block-sparse pattern '", attention,
+                 "', got dropout=", dropout_p, "; use dropout=0 or eval()");
+    o = block_sparse_attention(q, k, v, layout_for(L, is_causal));
+  }
   return out_proj->forward(reshape(transpose(o, 1, 2), {B, L, embed_dim}));
 }
 

@@ -5,9 +5,12 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <map>
+#include <optional>
 #include <tuple>
 #include <utility>
 
+#include "nn/block_sparse_layout.h"
 #include "nn/layers.h"
 
 namespace needle::nn {
@@ -38,12 +41,18 @@ class RotaryEmbedding {
 
 // Self-attention over x (B, L, E). fused_qkv: one "qkv" Linear (E -> 3E, output laid out as
 // [q | k | v]); otherwise "q_proj", "k_proj", "v_proj". "out_proj" maps back to E.
-// attention: the attention pattern; only "dense" exists until block-sparse attention lands.
+// attention: "dense" (scaled_dot_product_attention) or a block-sparse pattern with its documented
+// defaults, blocks of block_size: "local" (window 1), "global" (1 global block), "strided"
+// (stride 4), "mixed" (all three), "random" (3 blocks per row, seed 0); see docs/block_sparse.md.
 class MultiHeadAttention : public Module {
  public:
   MultiHeadAttention(int64_t embed_dim, int64_t num_heads, bool bias = true, bool fused_qkv = true,
                      int64_t rotary_dim = 0, double rotary_base = 10000.0, bool causal = true,
-                     double dropout = 0.0, const std::string& attention = "dense");
+                     double dropout = 0.0, const std::string& attention = "dense",
+                     int64_t block_size = 64);
+  // A user's own layout (any pattern, per-head layouts included) instead of a named one; calls
+  // may be shorter than the layout's length.
+  void use_layout(const BlockSparseLayout& layout);
   std::string type_name() const override { return "MultiHeadAttention"; }
   std::string extra_repr() const override;
   Tensor forward(const Tensor& x) override { return forward(x, causal); }
@@ -53,10 +62,16 @@ class MultiHeadAttention : public Module {
   bool causal;
   double dropout_p;
   std::string attention;
+  int64_t block_size;
   std::shared_ptr<Linear> qkv, q_proj, k_proj, v_proj, out_proj;
 
  private:
   std::unique_ptr<RotaryEmbedding> rotary_;
+  // One layout per (sequence length, causal), built on first use; its kernel arrays are cached
+  // per device inside the layout.
+  const BlockSparseLayout& layout_for(int64_t seq_len, bool is_causal);
+  std::map<std::pair<int64_t, bool>, BlockSparseLayout> layouts_;
+  std::optional<BlockSparseLayout> custom_layout_;
 };
 
 }  // namespace needle::nn
