@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "ndarray/backend.h"
+#include "ndarray/convert.h"
 #include "ndarray/dtype.h"
 #include "ndarray/error.h"
 
@@ -18,34 +19,6 @@ namespace needle::cpu_kernels {
 // microseconds, about what 32K simple elementwise operations take.
 constexpr int64_t kGrain = 32768;
 
-// Value conversion with NumPy/PyTorch semantics: bool is "!= 0", bfloat16 goes through float.
-template <typename To, typename From>
-inline To convert(From v) {
-  if constexpr (std::is_same_v<From, bfloat16>) {
-    return convert<To>(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<To, From>) {
-    return v;
-  } else if constexpr (std::is_same_v<To, bool>) {
-    return v != From(0);
-  } else if constexpr (std::is_same_v<To, bfloat16>) {
-    return bfloat16(static_cast<float>(v));
-  } else {
-    return static_cast<To>(v);
-  }
-}
-
-// The type elementwise arithmetic runs in: float for bfloat16 (acc_t), int32 for bool so that
-// arithmetic on bools has no surprising promotions.
-template <typename T>
-struct compute_type {
-  using type = acc_t<T>;
-};
-template <>
-struct compute_type<bool> {
-  using type = int32_t;
-};
-template <typename T>
-using compute_t = typename compute_type<T>::type;
 
 // Calls f(begin, end) on disjoint pieces of [0, n), in parallel when n exceeds `grain`. Each
 // thread gets one contiguous piece, so per-piece setup (index decomposition) happens once.
@@ -174,30 +147,5 @@ inline bool all_contiguous(const int64_t* strides, const int64_t (&sizes)[K]) {
   return true;
 }
 
-// Binds bits_t to the unsigned integer of `size` bytes, for kernels that move elements without
-// interpreting them (copy within one dtype, where, fill), so NaN payloads and -0 survive.
-#define NEEDLE_DISPATCH_BITS(size, ...) \
-  switch (size) {                       \
-    case 1: {                           \
-      using bits_t = uint8_t;           \
-      __VA_ARGS__();                    \
-      break;                            \
-    }                                   \
-    case 2: {                           \
-      using bits_t = uint16_t;          \
-      __VA_ARGS__();                    \
-      break;                            \
-    }                                   \
-    case 4: {                           \
-      using bits_t = uint32_t;          \
-      __VA_ARGS__();                    \
-      break;                            \
-    }                                   \
-    default: {                          \
-      using bits_t = uint64_t;          \
-      __VA_ARGS__();                    \
-      break;                            \
-    }                                   \
-  }
 
 }  // namespace needle::cpu_kernels

@@ -42,7 +42,7 @@ void copy(const ArrayRef& src, const ArrayRef& dst) {
                                         cudaMemcpyDeviceToDevice, stream()));
       return;
     }
-    NEEDLE_CUDA_DISPATCH_BITS(
+    NEEDLE_DISPATCH_BITS(
         size, [&] { launch_elementwise<bits_t, bits_t>("copy", MoveBits<bits_t>{}, dst, src); });
     return;
   }
@@ -67,7 +67,7 @@ void fill(const ArrayRef& dst, double value) {
     NEEDLE_CUDA_CHECK(cudaMemsetAsync(dst.data, 0, dst.numel() * size, stream()));
     return;
   }
-  NEEDLE_CUDA_DISPATCH_BITS(size, [&] {
+  NEEDLE_DISPATCH_BITS(size, [&] {
     launch_elementwise<bits_t>("fill", FillBits<bits_t>{static_cast<bits_t>(bits)}, dst);
   });
 }
@@ -78,7 +78,7 @@ void where(const ArrayRef& cond, const ArrayRef& a, const ArrayRef& b, const Arr
   NEEDLE_CHECK(a.dtype == out.dtype && b.dtype == out.dtype, TypeError,
                "cuda where: a, b and out must share a dtype, got ", dtype_name(a.dtype), ", ",
                dtype_name(b.dtype), " and ", dtype_name(out.dtype));
-  NEEDLE_CUDA_DISPATCH_BITS(itemsize(out.dtype), [&] {
+  NEEDLE_DISPATCH_BITS(itemsize(out.dtype), [&] {
     launch_elementwise<bits_t, bool, bits_t, bits_t>("where", Select<bits_t>{}, out, cond, a, b);
   });
 }

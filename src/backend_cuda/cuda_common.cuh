@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "ndarray/backend.h"
+#include "ndarray/convert.h"
 #include "ndarray/dtype.h"
 #include "ndarray/error.h"
 
@@ -146,34 +147,6 @@ unsigned resident_grid(Kernel kernel, int threads, size_t smem, int64_t units) {
 }
 
 // --- dtype conversion ----------------------------------------------------------------------------
-// The type elementwise arithmetic runs in, as on the CPU (cpu_common.h): float for bfloat16,
-// int32 for bool, the type itself otherwise.
-template <typename T>
-struct compute_type {
-  using type = acc_t<T>;
-};
-template <>
-struct compute_type<bool> {
-  using type = int32_t;
-};
-template <typename T>
-using compute_t = typename compute_type<T>::type;
-
-// Value conversion with NumPy/PyTorch semantics: bool is "!= 0", bfloat16 goes through float.
-template <typename To, typename From>
-__host__ __device__ __forceinline__ To convert(From v) {
-  if constexpr (std::is_same_v<From, bfloat16>) {
-    return convert<To>(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<To, From>) {
-    return v;
-  } else if constexpr (std::is_same_v<To, bool>) {
-    return v != From(0);
-  } else if constexpr (std::is_same_v<To, bfloat16>) {
-    return bfloat16(static_cast<float>(v));
-  } else {
-    return static_cast<To>(v);
-  }
-}
 
 // Reads element i of an array whose dtype is known only at run time (targets, per-row statistics,
 // upstream gradients, layer-norm parameters) as A. The switch is on a value uniform across the

@@ -120,30 +120,5 @@ void launch_elementwise(const char* opname, const F& f, const ArrayRef& out,
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
-// Binds bits_t to the unsigned integer of `size` bytes, for kernels that move elements without
-// interpreting them (copy within one dtype, where, fill), so NaN payloads and -0 survive.
-#define NEEDLE_CUDA_DISPATCH_BITS(size, ...) \
-  switch (size) {                            \
-    case 1: {                                \
-      using bits_t = uint8_t;                \
-      __VA_ARGS__();                         \
-      break;                                 \
-    }                                        \
-    case 2: {                                \
-      using bits_t = uint16_t;               \
-      __VA_ARGS__();                         \
-      break;                                 \
-    }                                        \
-    case 4: {                                \
-      using bits_t = uint32_t;               \
-      __VA_ARGS__();                         \
-      break;                                 \
-    }                                        \
-    default: {                               \
-      using bits_t = uint64_t;               \
-      __VA_ARGS__();                         \
-      break;                                 \
-    }                                        \
-  }
 
 }  // namespace needle::cuda

@@ -81,7 +81,7 @@ void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int6
                outer * k * inner, " elements, got ", in.numel(), " and ", out.numel());
   const int64_t total = outer * k * inner;
   if (total == 0) return;
-  NEEDLE_CUDA_DISPATCH_BITS(itemsize(in.dtype), [&] {
+  NEEDLE_DISPATCH_BITS(itemsize(in.dtype), [&] {
     index_select_kernel<bits_t><<<grid_for(total, kThreads), kThreads, 0, stream()>>>(
         static_cast<const bits_t*>(in.data), index.data, index.dtype, outer, n, k, inner,
         static_cast<bits_t*>(out.data), device_error_flag());
