@@ -1,0 +1,343 @@
+"""Measured comparison on a GPU: Pythia-70M trained with dense, local and mixed (block-sparse)
+attention by apps/train.py, and the same architecture in PyTorch (transformers'
+GPTNeoXForCausalLM, fp32, SDPA) on the same token batches with the same hyperparameters.
+
+    python3 -m apps.compare --steps 1500                       # all four runs, then the table
+    python3 -m apps.compare --steps 1500 --runs dense local    # a subset (results accumulate)
+    python3 -m apps.compare --table                            # print the table of what is there
+
+Each run writes runs/compare/<run>.json (final validation loss, tokens/s, attention density,
+settings) and its training folder runs/compare/runs/<run>/; the table is printed from every JSON
+present, so runs split over several commands still compare, and runs/compare/summary.json and
+runs/compare/loss.png are rewritten each time. Runs only compare when their settings match;
+the table says so when they do not. Without transformers (or torch) the torch run is skipped
+with a note.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    import needle as ndl
+except ImportError:
+    sys.path.insert(0, str(ROOT / "python"))
+    import needle as ndl
+
+import numpy as np
+
+from apps import train_utils as U
+
+NEEDLE_RUNS = ("dense", "local", "mixed")
+ALL_RUNS = NEEDLE_RUNS + ("torch",)
+# Settings that must agree for two runs to be compared.
+SHARED = ("model", "data", "seq_len", "batch_size", "steps", "lr", "warmup_steps", "seed", "matmul_precision")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python3 -m apps.compare", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
+    p.add_argument("--runs", nargs="+", choices=ALL_RUNS, default=list(ALL_RUNS))
+    p.add_argument("--table", action="store_true", help="only print the table of the results present")
+    p.add_argument("--model", default="pythia-70m")
+    p.add_argument("--data", default=str(ROOT / "data" / "sotu"))
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=64, choices=[16, 32, 64, 128])
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 1%% of the steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--matmul-precision", choices=["highest", "high"], default="highest",
+                   help="highest: true fp32 matmuls in both frameworks; high: TF32 in both")
+    p.add_argument("--eval-interval", type=int, default=0, help="default: a tenth of the steps")
+    p.add_argument("--out-dir", default=str(ROOT / "runs" / "compare"))
+    return p
+
+
+def _settings(args):
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(max(1, round(0.01 * args.steps)),
+                                                                           args.steps - 1)
+    return {"model": args.model, "data": str(Path(args.data).resolve()), "seq_len": args.seq_len,
+            "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup_steps": warmup,
+            "seed": args.seed, "matmul_precision": args.matmul_precision, "device": args.device,
+            "block_size": args.block_size, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1,
+            "min_lr_ratio": 0.1, "clip": 1.0, "eps": 1e-8}
+
+
+def _steady_tokens_per_s(records, tokens_per_step, skip=10):
+    """Tokens/s from the median step time after the first `skip` steps (start-up excluded)."""
+    times = [r["step_time"] for r in records if r.get("type") == "train" and r["step"] > skip]
+    return tokens_per_step / statistics.median(times) if times else None
+
+
+# --- needle runs -------------------------------------------------------------------------------------
+def run_needle(pattern, s, args, out_dir):
+    """apps/train.py in a fresh process (so each run starts with an empty GPU allocator)."""
+    name = f"needle-{pattern}"
+    cmd = [sys.executable, "-m", "apps.train", "--model", s["model"], "--attention", pattern,
+           "--block-size", str(s["block_size"]), "--data", s["data"], "--seq-len", str(s["seq_len"]),
+           "--batch-size", str(s["batch_size"]), "--steps", str(s["steps"]), "--lr", str(s["lr"]),
+           "--warmup-steps", str(s["warmup_steps"]), "--seed", str(s["seed"]), "--device", s["device"],
+           "--matmul-precision", s["matmul_precision"], "--eval-interval", str(args.eval_interval),
+           "--out-dir", str(out_dir / "runs"), "--name", name, "--overwrite", "--sample-tokens", "0",
+           "--log-interval", str(max(1, s["steps"] // 20))]
+    print(f"\n== needle, {pattern} attention: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"compare: the {pattern} run failed with status {rc}")
+    run_dir = out_dir / "runs" / name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = U.read_jsonl(run_dir / "metrics.jsonl")
+    tokens_per_step = s["batch_size"] * s["seq_len"]
+    return {
+        "run": pattern, "framework": "needle", "attention": pattern,
+        "attention_density": summary["attention_density"], "parameters": summary["parameters"],
+        "val_loss": summary["val_loss"], "val_ppl": summary["val_ppl"],
+        "final_train_loss": summary["final_train_loss"], "tokens_per_s": summary["tokens_per_s"],
+        "steady_tokens_per_s": _steady_tokens_per_s(records, tokens_per_step),
+        "train_time_s": summary["train_time_s"], "wall_time_s": wall, "unigram_ppl": summary.get("unigram_ppl"),
+        "run_dir": str(run_dir), "settings": s,
+    }
+
+
+# --- the PyTorch run ---------------------------------------------------------------------------------
+def _torch_lr_factor(step, warmup, total, min_ratio):
+    """needle's WarmupCosineLR factor (src/nn/optim.cpp): linear warm-up, cosine to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= total:
+        return min_ratio
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_torch(s, args, out_dir):
+    """transformers' GPTNeoXForCausalLM from the preset's Hugging Face config, trained in fp32
+    with SDPA attention on the very batches apps/train.py draws (same TokenDataLoader, seed)."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        print(f"\n== torch: skipped ({e.name} is not installed)", flush=True)
+        return None
+    from apps.models import PRESETS
+
+    if s["device"].startswith("cuda") and not torch.cuda.is_available():
+        print("\n== torch: skipped (torch sees no GPU)", flush=True)
+        return None
+    device = torch.device(s["device"])
+    torch.backends.cuda.matmul.allow_tf32 = s["matmul_precision"] != "highest"
+    torch.backends.cudnn.allow_tf32 = s["matmul_precision"] != "highest"
+    torch.set_float32_matmul_precision(s["matmul_precision"])
+    torch.manual_seed(s["seed"])
+
+    preset = PRESETS[s["model"]]
+    hf = dict(preset.to_hf())
+    # Newer transformers read the rotary fraction and base under these names.
+    hf.setdefault("partial_rotary_factor", hf.get("rotary_pct"))
+    hf.setdefault("rope_theta", hf.get("rotary_emb_base"))
+    config = transformers.AutoConfig.for_model(**hf)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
+    model.float()
+    model.train()
+    attn_impl = getattr(model.config, "_attn_implementation", None)
+    if attn_impl != "sdpa":
+        raise SystemExit(f"compare: transformers chose attention {attn_impl!r}, not sdpa")
+    inv_freq = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+    if inv_freq and 2 * inv_freq[0].numel() != preset.rotary_dim:
+        raise SystemExit(f"compare: transformers built rotary dim {2 * inv_freq[0].numel()}, the preset has "
+                         f"{preset.rotary_dim}; the architectures differ")
+    num_params = sum(p.numel() for p in model.parameters())
+
+    decay = [p for n, p in model.named_parameters() if U.decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not U.decays(n, p)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _torch_lr_factor(step, s["warmup_steps"], s["steps"], s["min_lr_ratio"]))
+    data = Path(s["data"])
+    loader = ndl.data.TokenDataLoader(data / "train.bin", s["batch_size"], s["seq_len"], seed=s["seed"])
+    run_dir = out_dir / "runs" / "torch"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = U.MetricsLog(run_dir / "metrics.jsonl")
+    metrics.truncate_after(-1)
+
+    def batch(pair):
+        return [torch.from_numpy(t.numpy()).to(device, non_blocking=True) for t in pair]
+
+    def evaluate():
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for x, y in ndl.data.TokenDataLoader(data / "val.bin", s["batch_size"], s["seq_len"], sequential=True):
+                x, y = batch((x, y))
+                logits = model(input_ids=x).logits
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                total += loss.item() * y.numel()
+                count += y.numel()
+        model.train()
+        return total / count
+
+    tokens_per_step = s["batch_size"] * s["seq_len"]
+    eval_every = args.eval_interval
+    print(f"\n== torch {torch.__version__}, transformers {transformers.__version__}: GPTNeoXForCausalLM "
+          f"({num_params / 1e6:.2f}M parameters, sdpa, fp32) on {device}", flush=True)
+    val = evaluate()
+    metrics.append({"type": "eval", "step": 0, "val_loss": val, "val_ppl": math.exp(val)})
+    params = list(model.parameters())
+    progress = U.Progress(s["steps"], 0, every=max(1, s["steps"] // 20))
+    train_time, wall_start = 0.0, time.perf_counter()
+    for step in range(1, s["steps"] + 1):
+        lr = scheduler.get_last_lr()[0]
+        start = time.perf_counter()
+        x, y = batch(next(loader))
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        value = loss.item()  # waits for the GPU, as apps/train.py's loss.item() does
+        seconds = time.perf_counter() - start
+        train_time += seconds
+        if not math.isfinite(value):
+            raise SystemExit(f"compare: torch's loss is {value} at step {step}")
+        metrics.append({"type": "train", "step": step, "loss": value, "lr": lr, "grad_norm": grad_norm,
+                        "step_time": seconds, "tokens_per_s": tokens_per_step / seconds})
+        progress.update(step, value, tokens_per_step / seconds)
+        if step % eval_every == 0 or step == s["steps"]:
+            val = evaluate()
+            metrics.append({"type": "eval", "step": step, "val_loss": val, "val_ppl": math.exp(val)})
+            progress.message(f"step {step}: train loss {value:.4f}, val loss {val:.4f}")
+    progress.close()
+    records = U.read_jsonl(run_dir / "metrics.jsonl")
+    return {
+        "run": "torch", "framework": f"torch {torch.__version__} + transformers {transformers.__version__}",
+        "attention": "dense (sdpa)", "attention_density": 1.0, "parameters": num_params,
+        "val_loss": val, "val_ppl": math.exp(val), "final_train_loss": value,
+        "tokens_per_s": s["steps"] * tokens_per_step / train_time,
+        "steady_tokens_per_s": _steady_tokens_per_s(records, tokens_per_step),
+        "train_time_s": train_time, "wall_time_s": time.perf_counter() - wall_start,
+        "run_dir": str(run_dir), "settings": s,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+
+
+# --- the table -----------------------------------------------------------------------------------------
+def report(out_dir):
+    results = {}
+    for run in ALL_RUNS:
+        path = out_dir / f"{run}.json"
+        if path.is_file():
+            results[run] = json.loads(path.read_text())
+    if not results:
+        print(f"no results in {out_dir}")
+        return None
+    base = next(iter(results.values()))["settings"]
+    mismatched = [r for r, v in results.items() if any(v["settings"].get(k) != base.get(k) for k in SHARED)]
+    print(f"\n{base['model']} on {Path(base['data']).name}, sequence length {base['seq_len']}, batch {base['batch_size']}, "
+          f"{base['steps']} steps, seed {base['seed']}, lr {base['lr']}, fp32 matmuls: {base['matmul_precision']}, "
+          f"block size {base['block_size']}")
+    header = f"{'run':<8} {'attention':<14} {'density':>7} {'val loss':>9} {'val ppl':>9} {'tokens/s':>10} " \
+             f"{'steady tok/s':>12} {'vs dense':>8} {'train s':>8}"
+    print(header)
+    print("-" * len(header))
+    dense = results.get("dense")
+    for run, r in results.items():
+        speed = f"{r['tokens_per_s'] / dense['tokens_per_s']:.2f}x" if dense else "-"
+        steady = f"{r['steady_tokens_per_s']:,.0f}" if r.get("steady_tokens_per_s") else "-"
+        density = "-" if r.get("attention_density") is None else f"{r['attention_density']:.3f}"
+        print(f"{run:<8} {r['attention']:<14} {density:>7} {r['val_loss']:>9.4f} {r['val_ppl']:>9.2f} "
+              f"{r['tokens_per_s']:>10,.0f} {steady:>12} {speed:>8} {r['train_time_s']:>8.1f}")
+    checks = {}
+    if dense and "mixed" in results:
+        gap = results["mixed"]["val_loss"] - dense["val_loss"]
+        checks["mixed_within_0.05_nats_of_dense"] = {"gap_nats": gap, "met": gap <= 0.05}
+    for run in ("local", "mixed"):
+        if dense and run in results:
+            ratio = results[run]["tokens_per_s"] / dense["tokens_per_s"]
+            checks[f"{run}_faster_than_dense"] = {"speedup": ratio, "met": ratio > 1.0}
+    for name, c in checks.items():
+        value = f"gap {c['gap_nats']:+.4f} nats" if "gap_nats" in c else f"{c['speedup']:.2f}x dense's tokens/s"
+        print(f"{name}: {'yes' if c['met'] else 'NO'} ({value})")
+    if mismatched:
+        print(f"warning: {', '.join(mismatched)} ran with other settings than {next(iter(results))}; "
+              "rerun them with the same arguments before comparing")
+    summary = {"settings": base, "results": results, "checks": checks, "mismatched": mismatched}
+    U.atomic_write_json(out_dir / "summary.json", summary)
+    plot(results, out_dir / "loss.png")
+    return summary
+
+
+def plot(results, path):
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
+    for run, r in results.items():
+        records = U.read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+        train = [(x["step"], x["loss"]) for x in records if x.get("type") == "train"]
+        val = [(x["step"], x["val_loss"]) for x in records if x.get("type") == "eval"]
+        if train:
+            steps, losses = np.array(train).T
+            window = max(1, len(losses) // 50)
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax_train.plot(steps[window - 1:], smooth, label=run)
+        if val:
+            steps, losses = np.array(val).T
+            ax_val.plot(steps, losses, "o-", markersize=3, label=run)
+    for ax, title in ((ax_train, "train loss (moving average)"), (ax_val, "validation loss")):
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats/token")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    U.atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        return 0 if report(out_dir) else 1
+    for name in ("steps", "seq_len", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.eval_interval == 0:
+        args.eval_interval = max(1, args.steps // 10)
+    if not (Path(args.data) / "train.bin").is_file():
+        parser.error(f"--data {args.data} has no train.bin (run scripts/fetch_data.sh and python3 -m apps.prepare_data)")
+    s = _settings(args)
+    for run in args.runs:
+        result = run_torch(s, args, out_dir) if run == "torch" else run_needle(run, s, args, out_dir)
+        if result is not None:
+            result["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            U.atomic_write_json(out_dir / f"{run}.json", result)
+    report(out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

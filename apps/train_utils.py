@@ -1,0 +1,318 @@
+"""The pieces of apps/train.py that are not the loop itself: the AdamW parameter groups,
+validation, the unigram baseline, atomic files, checkpoints, the metrics log, the progress line
+and the loss plot. Each is small and testable on its own.
+
+Checkpoint layout (runs/<name>/checkpoints/):
+    step-000200/model.safetensors       model.state_dict()
+    step-000200/optimizer.safetensors   optimizer.state_dict() (AdamW moments, steps, groups)
+    step-000200/state.json              step, scheduler, data-loader and RNG state, counters
+    latest.json                         {"step": 200, "dir": "step-000200"}: the commit point
+A checkpoint directory is complete before latest.json names it (and latest.json is replaced
+with os.replace), so a crash at any moment leaves the previous checkpoint usable.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import needle as ndl
+import needle.nn.functional as F
+from needle.data import TokenDataLoader
+
+CHECKPOINT_FORMAT = 1
+
+
+# --- files -----------------------------------------------------------------------------------------
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data):
+    """Writes data to path through a temporary file, fsync and rename: readers see the old
+    file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file; a torn last line (a crash mid-append) is dropped."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break
+    except FileNotFoundError:
+        pass
+    return records
+
+
+class MetricsLog:
+    """Appends one JSON object per line to runs/<name>/metrics.jsonl, flushed at once so a
+    crash loses at most the line being written."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def truncate_after(self, step):
+        """Keeps the records up to `step` (a resumed run rewrites what came after its
+        checkpoint, so the file never holds two versions of a step)."""
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def append(self, record):
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+# --- optimisation ----------------------------------------------------------------------------------
+def decays(name, param):
+    """Pythia's (GPT-NeoX's) split: weight decay on matrices, none on biases and norm weights.
+    Those are exactly the parameters with fewer than two dimensions; the name test catches a
+    norm whose weight someone made 2-D."""
+    is_norm = any(k in name.lower() for k in ("norm", "ln_", "layernorm"))
+    return param.ndim >= 2 and name.rsplit(".", 1)[-1] != "bias" and not is_norm
+
+
+def param_groups(model, weight_decay):
+    """AdamW parameter groups: [{decayed, weight_decay}, {the rest, 0.0}], empty ones left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if decays(name, p) else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the model has no parameters to train")
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lm_loss(model, x, y):
+    """Mean next-token cross-entropy of model(x) (B, T, V) against y (B, T)."""
+    logits = model(x)
+    if logits.ndim != 3:
+        raise ValueError(f"the model should return logits of shape (B, T, V), got {tuple(logits.shape)}")
+    b, t, v = logits.shape
+    return F.cross_entropy(logits.reshape(b * t, v), y.reshape(b * t)), v
+
+
+def step_seed(seed, step):
+    """The seed of needle's generator for one training step. Reseeding from (seed, step) makes
+    any randomness inside a step (dropout) a function of the step alone, so a resumed run draws
+    what the uninterrupted one drew without needle exposing its generator's offset."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]) >> 1
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+def evaluate(model, val_path, batch_size, seq_len, device, max_batches=0):
+    """Mean cross-entropy (nats per token) over the validation split's non-overlapping windows
+    (the first max_batches batches when max_batches > 0), under no_grad and eval mode.
+    Returns (loss, tokens evaluated)."""
+    loader = TokenDataLoader(val_path, batch_size, seq_len, device=device, sequential=True)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with ndl.no_grad():
+            for i, (x, y) in enumerate(loader):
+                if max_batches and i >= max_batches:
+                    break
+                loss, _ = lm_loss(model, x, y)
+                n = x.shape[0] * x.shape[1]
+                total += loss.item() * n  # batches differ in size at the end: weight by tokens
+                count += n
+    finally:
+        model.train(was_training)
+    return total / count, count
+
+
+def unigram_perplexity(train_tokens, eval_tokens, vocab_size):
+    """Perplexity of a unigram model fitted to train_tokens (add-one smoothing over the whole
+    vocabulary, so a token unseen in training costs a finite amount) on eval_tokens. The bar
+    any language model must clear: it knows word frequencies and nothing about context."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    if counts.size > vocab_size:
+        raise ValueError(f"train tokens go up to id {counts.size - 1}, beyond vocab_size {vocab_size}")
+    log_p = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
+    return float(np.exp(-log_p[np.asarray(eval_tokens, dtype=np.int64)].mean()))
+
+
+def eval_targets(val_tokens, seq_len, max_windows=0):
+    """The validation tokens evaluate() predicts: targets of the non-overlapping windows."""
+    windows = (len(val_tokens) - 1) // seq_len
+    if max_windows:
+        windows = min(windows, max_windows)
+    return val_tokens[1 : 1 + windows * seq_len]
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+def latest_checkpoint(run_dir):
+    """(step, directory) of the committed checkpoint, or None."""
+    pointer = Path(run_dir) / "checkpoints" / "latest.json"
+    try:
+        latest = json.loads(pointer.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{pointer} is not valid JSON ({e}); it is written atomically, so it was edited by hand") from e
+    directory = pointer.parent / latest["dir"]
+    if not directory.is_dir():
+        raise ValueError(f"{pointer} names {directory}, which does not exist")
+    return int(latest["step"]), directory
+
+
+def save_checkpoint(run_dir, step, model, optimizer, state, keep=1):
+    """Writes checkpoint `step` and commits it by replacing latest.json; then removes all but
+    the newest `keep` checkpoints. Returns the checkpoint directory."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    final = root / name
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    ndl.save(model.state_dict(), tmp / "model.safetensors")  # needle's save fsyncs and renames
+    ndl.save(optimizer.state_dict(), tmp / "optimizer.safetensors")
+    atomic_write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "step": step, **state})
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (e.g. Ctrl-C right after a scheduled save)
+        current = latest_checkpoint(run_dir)
+        if current is not None and current[1].name == name:
+            shutil.rmtree(tmp)
+            return final
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    atomic_write_json(root / "latest.json", {"step": step, "dir": name})
+    old = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name != name),
+                 key=lambda p: int(p.name.split("-")[1]))
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(directory, model, optimizer, device=None):
+    """Loads model and optimizer state in place; returns state.json's dict."""
+    directory = Path(directory)
+    state = json.loads((directory / "state.json").read_text())
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{directory} has checkpoint format {state.get('format')}, this app reads {CHECKPOINT_FORMAT}")
+    model.load_state_dict(ndl.load(directory / "model.safetensors", device=device))
+    optimizer.load_state_dict(ndl.load(directory / "optimizer.safetensors", device=device))
+    return state
+
+
+# --- progress --------------------------------------------------------------------------------------
+def format_duration(seconds):
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """One status line: a bar, step, loss, tokens/s and ETA. Redrawn in place on a terminal;
+    elsewhere (logs, CI) printed as a plain line every `every` steps."""
+
+    def __init__(self, total_steps, first_step, every=10, stream=None, width=24):
+        self.total = total_steps
+        self.first = first_step
+        self.every = max(1, every)
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.width = width
+        self.start = time.perf_counter()
+        self.drawn = False
+
+    def update(self, step, loss, tokens_per_s):
+        if not self.tty and step % self.every and step != self.total:
+            return
+        done = step - self.first
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - step) if done else float("nan")
+        filled = int(self.width * step / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        line = (f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                f"elapsed {format_duration(elapsed)}  eta {format_duration(eta) if done else '--:--'}")
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.drawn = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text):
+        """Prints a line without tearing the status line."""
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.drawn = False
+        print(text, file=self.stream, flush=True)
+
+    def close(self):
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+# --- plot ------------------------------------------------------------------------------------------
+def plot_losses(records, path, title, unigram_ppl=None):
+    """Train loss per step (raw and smoothed), validation loss at each evaluation and, when
+    given, the unigram baseline's loss, as a PNG written atomically. Uses the Agg backend: no
+    display is needed."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if r.get("type") == "train"]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("type") == "eval"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    if train:
+        steps, losses = np.array(train).T
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
+        # An exponential moving average with bias correction, so the curve starts at the data.
+        beta, avg, smooth = 0.9, 0.0, []
+        for i, v in enumerate(losses, 1):
+            avg = beta * avg + (1 - beta) * v
+            smooth.append(avg / (1 - beta**i))
+        ax.plot(steps, smooth, color="tab:blue", linewidth=1.6, label="train (smoothed)")
+    if val:
+        steps, losses = np.array(val).T
+        ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.6, markersize=4, label="validation")
+    if unigram_ppl:
+        ax.axhline(math.log(unigram_ppl), color="gray", linestyle="--", linewidth=1,
+                   label=f"unigram baseline (ppl {unigram_ppl:.0f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
