@@ -87,6 +87,7 @@ def run_needle(pattern, s, args, out_dir):
            "--batch-size", str(s["batch_size"]), "--steps", str(s["steps"]), "--lr", str(s["lr"]),
            "--warmup-steps", str(s["warmup_steps"]), "--seed", str(s["seed"]), "--device", s["device"],
            "--matmul-precision", s["matmul_precision"], "--eval-interval", str(args.eval_interval),
+           "--save-interval", str(s["steps"]),  # one checkpoint at the end: saving is not what is timed
            "--out-dir", str(out_dir / "runs"), "--name", name, "--overwrite", "--sample-tokens", "0",
            "--log-interval", str(max(1, s["steps"] // 20))]
     print(f"\n== needle, {pattern} attention: {' '.join(cmd[1:])}", flush=True)
