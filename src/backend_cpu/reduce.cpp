@@ -195,31 +195,13 @@ void reduce_arg(const T* x, int64_t outer, int64_t R, int64_t I, int64_t* out) {
       });
 }
 
-const char* reduce_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum:
-      return "sum";
-    case ReduceOp::Max:
-      return "max";
-    case ReduceOp::Min:
-      return "min";
-    case ReduceOp::Prod:
-      return "prod";
-    case ReduceOp::ArgMax:
-      return "argmax";
-    case ReduceOp::ArgMin:
-      return "argmin";
-  }
-  return "reduce";
-}
-
 }  // namespace
 
 // outer = independent slices before the reduced axes, reduce = reduced length, inner = slices
 // after; in is (outer, reduce, inner), out (outer, inner).
 void reduce(ReduceOp op, const ArrayRef& in, int64_t outer, int64_t reduce, int64_t inner,
             const ArrayRef& out) {
-  const char* name = reduce_name(op);
+  const char* name = op_name(op);
   NEEDLE_CHECK(outer >= 0 && reduce >= 0 && inner >= 0 && outer * reduce * inner == in.numel(),
                ValueError, name, ": (outer, reduce, inner) = (", outer, ", ", reduce, ", ", inner,
                ") does not match the input's ", in.numel(), " elements");

@@ -336,31 +336,13 @@ void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner, typena
   if (pieces > 1) combine_partials<Red>(ws.as<S>(), outer, pieces, inner, out);
 }
 
-const char* reduce_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum:
-      return "sum";
-    case ReduceOp::Max:
-      return "max";
-    case ReduceOp::Min:
-      return "min";
-    case ReduceOp::Prod:
-      return "prod";
-    case ReduceOp::ArgMax:
-      return "argmax";
-    case ReduceOp::ArgMin:
-      return "argmin";
-  }
-  return "reduce";
-}
-
 template <ReduceOp kOp>
 void dispatch_reduce(const ArrayRef& in, int64_t outer, int64_t reduce, int64_t inner,
                      const ArrayRef& out) {
-  NEEDLE_DISPATCH_ALL(in.dtype, reduce_name(kOp), [&] {
+  NEEDLE_DISPATCH_ALL(in.dtype, op_name(kOp), [&] {
     using Red = Reducer<kOp, scalar_t>;
     DType want = dtype_of<typename Red::Out>::value;
-    NEEDLE_CHECK(out.dtype == want, TypeError, "cuda ", reduce_name(kOp), " of ",
+    NEEDLE_CHECK(out.dtype == want, TypeError, "cuda ", op_name(kOp), " of ",
                  dtype_name(in.dtype), ": expected an output of dtype ", dtype_name(want), ", got ",
                  dtype_name(out.dtype));
     run_reduce<Red>(static_cast<const scalar_t*>(in.data), outer, reduce, inner,
@@ -373,7 +355,7 @@ void dispatch_reduce(const ArrayRef& in, int64_t outer, int64_t reduce, int64_t 
 // O = outer, R = reduce, I = inner; in is (O, R, I) compact, out (O, I) compact.
 void reduce(ReduceOp op, const ArrayRef& in, int64_t outer, int64_t reduce, int64_t inner,
             const ArrayRef& out) {
-  const char* name = reduce_name(op);
+  const char* name = op_name(op);
   NEEDLE_CHECK(outer >= 0 && reduce >= 0 && inner >= 0 && outer * reduce * inner == in.numel(),
                ValueError, "cuda ", name, ": (outer, reduce, inner) = (", outer, ", ", reduce, ", ",
                inner, ") does not match the input's ", in.numel(), " elements");

@@ -21,6 +21,18 @@ const char* op_name(BinaryOp op) {
 }
 #undef NEEDLE_NAME_CASE
 
+const char* op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return "sum";
+    case ReduceOp::Max: return "max";
+    case ReduceOp::Min: return "min";
+    case ReduceOp::Prod: return "prod";
+    case ReduceOp::ArgMax: return "argmax";
+    case ReduceOp::ArgMin: return "argmin";
+  }
+  return "reduce";
+}
+
 #define NEEDLE_MATCH(Name, ...) || op == BinaryOp::Name
 bool is_comparison(BinaryOp op) {
   return false NEEDLE_COMPARE_OPS(NEEDLE_MATCH) NEEDLE_LOGICAL_OPS(NEEDLE_MATCH);

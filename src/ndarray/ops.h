@@ -122,6 +122,7 @@ struct LogicalNotFunctor {
 
 // Reductions over a set of axes. Mean and var are composed from Sum in NDArray.
 enum class ReduceOp : uint8_t { Sum, Max, Min, Prod, ArgMax, ArgMin };
+const char* op_name(ReduceOp op);
 
 // Row-wise ops along the last axis of a compact (rows, cols) array.
 enum class RowOp : uint8_t { Softmax, LogSoftmax, LogSumExp };
