@@ -140,7 +140,7 @@ TEST_CASE("rotary embeddings rotate pairs (i, i + r/2) of the first rotary_dim d
   REQUIRE_THROWS_AS(RotaryEmbedding(3), ValueError);
 }
 
-TEST_CASE("causal attention ignores the future; only the dense pattern exists yet") {
+TEST_CASE("causal attention ignores the future; unknown patterns are rejected") {
   manual_seed(5);
   MultiHeadAttention mha(8, 2, true, true, 4);
   Tensor x = Tensor(NDArray::randn({1, 5, 8}));
@@ -152,8 +152,12 @@ TEST_CASE("causal attention ignores the future; only the dense pattern exists ye
   bool differs = false;
   for (int i = 3 * 8; i < 5 * 8; ++i) differs = differs || std::abs(after[i] - before[i]) > 1e-4;
   REQUIRE(differs);
-  REQUIRE_THROWS_WITH(MultiHeadAttention(8, 2, true, true, 0, 1e4, true, 0.0, "local"),
-                      Catch::Contains("'local'") && Catch::Contains("dense"));
+  REQUIRE_THROWS_WITH(MultiHeadAttention(8, 2, true, true, 0, 1e4, true, 0.0, "banded"),
+                      Catch::Contains("'banded'") && Catch::Contains("mixed"));
+  // The block-sparse path keeps causality too.
+  MultiHeadAttention local(8, 2, true, true, 4, 1e4, true, 0.0, "local", 16);
+  std::vector<double> lb = vals(local(x)), la = vals(local(Tensor(changed)));
+  for (int i = 0; i < 3 * 8; ++i) REQUIRE(la[i] == Approx(lb[i]).margin(1e-6));
 }
 
 TEST_CASE("state_dict round trip, strict loading errors by name, registration and repr") {
