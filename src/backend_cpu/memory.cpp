@@ -1,7 +1,7 @@
 // CPU memory: 64-byte aligned host allocations with counting statistics, and host copies. Small
-// blocks go straight to the system allocator; large ones (each op's output at training sizes) are
-// kept in a size-keyed cache when freed, because a fresh large block is first-touched page by
-// page and those faults cost more than the op itself. reserved = allocated + cached.
+// blocks go straight to the system allocator; blocks of 64 KiB and more (each op's output at
+// training sizes) are kept in a size-keyed cache when freed, because a fresh one is mapped and
+// first-touched page by page, which costs more than the op itself. reserved = allocated + cached.
 #include <sys/mman.h>
 
 #include <atomic>
@@ -27,8 +27,12 @@ constexpr size_t kAlignment = 64;
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kHugeThreshold = size_t(1) << 20;
 
-// Freed large blocks by rounded size, up to kCacheLimit bytes in all.
+// Freed blocks of at least kCacheMin bytes (glibc serves those with fresh mmaps) by rounded
+// size, up to kCacheLimit bytes in all.
+constexpr size_t kCacheMin = size_t(64) << 10;
 constexpr size_t kCacheLimit = size_t(2) << 30;
+
+size_t alignment_for(size_t nbytes) { return nbytes >= kHugeThreshold ? kHugePage : kAlignment; }
 std::mutex g_cache_mutex;
 std::multimap<size_t, void*> g_cache;
 size_t g_cached_bytes = 0;
@@ -48,11 +52,11 @@ void raise_peak(int64_t now) {
 
 void* alloc(size_t nbytes) {
   if (nbytes == 0) return nullptr;
-  const size_t align = nbytes >= kHugeThreshold ? kHugePage : kAlignment;
+  const size_t align = alignment_for(nbytes);
   // aligned_alloc requires a multiple of the alignment; the check guards the rounding overflow.
   const size_t rounded = (nbytes + align - 1) / align * align;
   void* ptr = nullptr;
-  if (align == kHugePage && rounded >= nbytes) {
+  if (rounded >= kCacheMin && rounded >= nbytes) {
     std::lock_guard<std::mutex> lock(g_cache_mutex);
     auto it = g_cache.find(rounded);
     if (it != g_cache.end()) {
@@ -84,8 +88,9 @@ void* alloc(size_t nbytes) {
 void free(void* ptr, size_t nbytes) {
   if (ptr == nullptr) return;
   g_allocated.fetch_sub(static_cast<int64_t>(nbytes));
-  if (nbytes >= kHugeThreshold) {
-    const size_t rounded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  const size_t align = alignment_for(nbytes);
+  const size_t rounded = (nbytes + align - 1) / align * align;
+  if (rounded >= kCacheMin) {
     std::lock_guard<std::mutex> lock(g_cache_mutex);
     if (g_cached_bytes + rounded <= kCacheLimit) {
       g_cache.emplace(rounded, ptr);
