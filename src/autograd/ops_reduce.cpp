@@ -91,10 +91,7 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
 
 Tensor mean(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
   Tensor x = is_floating(a.dtype()) ? a : astype(a, DType::Float32);
-  int64_t n = 1;
-  Shape ks = keepdim_shape(x.shape(), dims);
-  for (size_t i = 0; i < ks.size(); ++i)
-    if (ks[i] == 1) n *= x.shape()[i];
+  const int64_t n = reduced_numel(x.shape(), dims);
   return div(sum(x, dims, keepdim), Scalar(static_cast<double>(n)));
 }
 
@@ -111,11 +108,7 @@ Tensor min(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
 Tensor var(const Tensor& a, const std::vector<int>& dims, int64_t correction, bool keepdim) {
   Tensor x = is_floating(a.dtype()) ? a : astype(a, DType::Float32);
   Tensor centered = sub(x, mean(x, dims, true));
-  Shape ks = keepdim_shape(x.shape(), dims);
-  int64_t n = 1;
-  for (size_t i = 0; i < ks.size(); ++i)
-    if (ks[i] == 1) n *= x.shape()[i];
-  double denom = static_cast<double>(n - correction);
+  double denom = static_cast<double>(reduced_numel(x.shape(), dims) - correction);
   return div(sum(mul(centered, centered), dims, keepdim), Scalar(denom > 0 ? denom : 0.0));
 }
 

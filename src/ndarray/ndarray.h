@@ -214,6 +214,8 @@ inline NDArray operator/(const NDArray& a, const Scalar& b) { return div(a, b); 
 inline NDArray operator-(const NDArray& a) { return neg(a); }
 
 // --- reductions (dims empty = all dims) -------------------------------------------------------------
+// How many elements each output of a reduction over `dims` combines.
+int64_t reduced_numel(const Shape& shape, const std::vector<int>& dims);
 NDArray reduce(ReduceOp op, const NDArray& a, std::vector<int> dims, bool keepdim);
 NDArray sum(const NDArray& a, const std::vector<int>& dims = {}, bool keepdim = false);
 NDArray prod(const NDArray& a, const std::vector<int>& dims = {}, bool keepdim = false);

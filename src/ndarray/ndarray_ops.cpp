@@ -187,23 +187,29 @@ NDArray min(const NDArray& a, const std::vector<int>& dims, bool keepdim) {
   return reduce(ReduceOp::Min, a, dims, keepdim);
 }
 
-static int64_t reduced_count(const NDArray& a, const std::vector<int>& dims) {
-  std::vector<bool> mask = reduced_mask(a, dims);
+int64_t reduced_numel(const Shape& shape, const std::vector<int>& dims) {
+  const int nd = static_cast<int>(shape.size());
+  if (dims.empty()) return shape_numel(shape);
+  std::vector<bool> seen(nd, false);
   int64_t n = 1;
-  for (int i = 0; i < a.ndim(); ++i)
-    if (mask[i]) n *= a.shape()[i];
+  for (int d : dims) {
+    int k = normalize_dim(d, nd);
+    if (nd == 0 || seen[k]) continue;
+    seen[k] = true;
+    n *= shape[k];
+  }
   return n;
 }
 
 NDArray mean(const NDArray& a, const std::vector<int>& dims, bool keepdim) {
   NDArray x = is_floating(a.dtype()) ? a : a.astype(DType::Float32);
-  int64_t n = reduced_count(x, dims);
+  int64_t n = reduced_numel(x.shape(), dims);
   return div(sum(x, dims, keepdim), Scalar(static_cast<double>(n)));
 }
 
 NDArray var(const NDArray& a, const std::vector<int>& dims, int64_t correction, bool keepdim) {
   NDArray x = is_floating(a.dtype()) ? a : a.astype(DType::Float32);
-  int64_t n = reduced_count(x, dims);
+  int64_t n = reduced_numel(x.shape(), dims);
   NDArray centered = sub(x, mean(x, dims, true));
   NDArray ss = sum(mul(centered, centered), dims, keepdim);
   double denom = static_cast<double>(n - correction);

@@ -306,36 +306,42 @@ double ConstantLR::factor(int64_t step) const {
   return step < warmup_steps ? warmup_factor(step, warmup_steps) : 1.0;
 }
 
+namespace {
+
+// Warm-up-then-decay schedules: the checks they share, and how far into the decay a step is.
+void check_decay(const char* who, int64_t warmup, int64_t total, const char* ratio_name,
+                 double ratio) {
+  NEEDLE_CHECK(warmup >= 0 && total > warmup, ValueError, who,
+               ": expected 0 <= warmup_steps < total_steps, got ", warmup, " and ", total);
+  NEEDLE_CHECK(ratio >= 0 && ratio <= 1, ValueError, who, ": expected ", ratio_name,
+               " in [0, 1], got ", ratio);
+}
+
+double decay_progress(int64_t step, int64_t warmup, int64_t total) {
+  return std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(total - warmup));
+}
+
+}  // namespace
+
 WarmupCosineLR::WarmupCosineLR(Optimizer& optimizer, int64_t warmup, int64_t total, double min_r)
     : LRScheduler(optimizer), warmup_steps(warmup), total_steps(total), min_ratio(min_r) {
-  NEEDLE_CHECK(warmup >= 0 && total > warmup, ValueError,
-               "WarmupCosineLR: expected 0 <= warmup_steps < total_steps, got ", warmup, " and ",
-               total);
-  NEEDLE_CHECK(min_r >= 0 && min_r <= 1, ValueError,
-               "WarmupCosineLR: expected min_ratio in [0, 1], got ", min_r);
+  check_decay("WarmupCosineLR", warmup, total, "min_ratio", min_r);
   apply();
 }
 double WarmupCosineLR::factor(int64_t step) const {
   if (step < warmup_steps) return warmup_factor(step, warmup_steps);
-  const double progress = std::min(
-      1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps));
+  const double progress = decay_progress(step, warmup_steps, total_steps);
   return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
 LinearDecayLR::LinearDecayLR(Optimizer& optimizer, int64_t warmup, int64_t total, double end_r)
     : LRScheduler(optimizer), warmup_steps(warmup), total_steps(total), end_ratio(end_r) {
-  NEEDLE_CHECK(warmup >= 0 && total > warmup, ValueError,
-               "LinearDecayLR: expected 0 <= warmup_steps < total_steps, got ", warmup, " and ",
-               total);
-  NEEDLE_CHECK(end_r >= 0 && end_r <= 1, ValueError,
-               "LinearDecayLR: expected end_ratio in [0, 1], got ", end_r);
+  check_decay("LinearDecayLR", warmup, total, "end_ratio", end_r);
   apply();
 }
 double LinearDecayLR::factor(int64_t step) const {
   if (step < warmup_steps) return warmup_factor(step, warmup_steps);
-  const double progress = std::min(
-      1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps));
-  return 1.0 + (end_ratio - 1.0) * progress;
+  return 1.0 + (end_ratio - 1.0) * decay_progress(step, warmup_steps, total_steps);
 }
 
 }  // namespace needle::nn
