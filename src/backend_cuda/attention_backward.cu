@@ -118,22 +118,15 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
   cp_async_commit();
 
   TileCursor cursor;
-  const int lh = L.layout_heads == 1 ? 0 : h;
-  cursor.init(L.col_ptr, L.row_idx, L.t_block_flags, int64_t(lh) * (L.num_k_blocks + 1),
-              L.num_k_blocks, L.block_size, k0);
+  open_cursor(cursor, L, h, k0, true);
   const int gs = cursor.group_size();
   auto load_q = [&](const SlotTile& st, int stage) {
-    E* dq_ = sqdo + stage * 2 * kTile * LD;
-    auto pos = [&](int j) -> int64_t {
-      const int64_t p = slot_pos(st, j, gs);
-      return p < a.lq ? p : -1;
-    };
-    load_tile<E, D, NT>(dq_, LD, q, pos);
-    load_tile<E, D, NT>(dq_ + kTile * LD, LD, dout, pos);
+    load_slot_pair<E, D, NT>(sqdo + stage * 2 * kTile * LD, LD, q, dout, st, gs, a.lq);
     // Plain stores: this stage was released by the barrier that ended its last use.
     float* st_lse = sstat + stage * 2 * kTile;
     for (int j = threadIdx.x; j < kTile; j += NT) {
-      const int64_t p = pos(j);
+      const int64_t sp = slot_pos(st, j, gs);
+      const int64_t p = sp < a.lq ? sp : -1;
       st_lse[j] = p >= 0 ? lse_log2(lse[p]) : INFINITY;
       st_lse[kTile + j] = p >= 0 ? delta[p] : 0.f;
     }
@@ -254,18 +247,10 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
     }
 
   TileCursor cursor;
-  const int lh = L.layout_heads == 1 ? 0 : h;
-  cursor.init(L.row_ptr, L.col_idx, L.block_flags, int64_t(lh) * (L.num_q_blocks + 1),
-              L.num_q_blocks, L.block_size, q0);
+  open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    E* dk_ = skv + stage * 2 * kTile * LD;
-    auto pos = [&](int j) -> int64_t {
-      const int64_t p = slot_pos(st, j, gs);
-      return p < a.lk ? p : -1;
-    };
-    load_tile<E, D, NT>(dk_, LD, k, pos);
-    load_tile<E, D, NT>(dk_ + kTile * LD, LD, v, pos);
+    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, st, gs, a.lk);
   };
 
   SlotTile cur, nxt;

@@ -407,6 +407,32 @@ __device__ __forceinline__ int64_t slot_pos(const SlotTile& t, int j, int gs) {
   return start < 0 ? -1 : int64_t(start) + j % gs;
 }
 
+// A cursor over the row CSR (transposed = false: key tiles of a query tile) or the transposed
+// CSR (true: query tiles of a key tile) of layout head h, for the tile starting at position p0.
+__device__ __forceinline__ void open_cursor(TileCursor& c, const BlockLayoutRef& L, int h,
+                                            int64_t p0, bool transposed) {
+  const int lh = L.layout_heads == 1 ? 0 : h;
+  if (transposed)
+    c.init(L.col_ptr, L.row_idx, L.t_block_flags, int64_t(lh) * (L.num_k_blocks + 1),
+           L.num_k_blocks, L.block_size, p0);
+  else
+    c.init(L.row_ptr, L.col_idx, L.block_flags, int64_t(lh) * (L.num_q_blocks + 1),
+           L.num_q_blocks, L.block_size, p0);
+}
+
+// Loads the rows slot tile st gathers (positions below `limit`) from x and y into two
+// consecutive kTile x LD shared-memory tiles starting at dst.
+template <typename E, int D, int NT>
+__device__ __forceinline__ void load_slot_pair(E* dst, int ld, const E* x, const E* y,
+                                               const SlotTile& st, int gs, int64_t limit) {
+  auto pos = [&](int j) -> int64_t {
+    const int64_t p = slot_pos(st, j, gs);
+    return p < limit ? p : -1;
+  };
+  load_tile<E, D, NT>(dst, ld, x, pos);
+  load_tile<E, D, NT>(dst + kTile * ld, ld, y, pos);
+}
+
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

@@ -103,18 +103,10 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
   cp_async_commit();
 
   TileCursor cursor;
-  const int lh = L.layout_heads == 1 ? 0 : h;
-  cursor.init(L.row_ptr, L.col_idx, L.block_flags, int64_t(lh) * (L.num_q_blocks + 1),
-              L.num_q_blocks, L.block_size, q0);
+  open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    E* dk = skv + stage * 2 * kTile * LD;
-    auto pos = [&](int j) -> int64_t {
-      const int64_t p = slot_pos(st, j, gs);
-      return p < a.lk ? p : -1;
-    };
-    load_tile<E, D, NT>(dk, LD, k, pos);
-    load_tile<E, D, NT>(dk + kTile * LD, LD, v, pos);
+    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, st, gs, a.lk);
   };
 
   SlotTile cur, nxt;
