@@ -44,6 +44,8 @@ void ensure_initialized();
 // also what lets the allocator hand a freed block to the next request at once.
 cudaStream_t stream();
 int num_sms();
+// 10 * major + minor of the device (90 on Hopper), read once at initialisation.
+int compute_capability();
 // Shared memory one block may use (static plus dynamic) after opting in, 227 KB on Hopper.
 size_t max_shared_memory_per_block();
 

@@ -46,6 +46,7 @@ struct DeviceState {
   volatile ErrorRecord* host_record = nullptr;
   int sms = 0;
   int smem_optin = 0;  // shared memory one block may use once it opts in
+  int cc = 0;          // compute capability, 10 * major + minor
 };
 
 // Created once, never destroyed: tearing CUDA objects down from static destructors races the
@@ -79,6 +80,10 @@ DeviceState* init_device() {
   NEEDLE_CUDA_CHECK(cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, 0));
   NEEDLE_CUDA_CHECK(
       cudaDeviceGetAttribute(&s->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+  int major = 0, minor = 0;
+  NEEDLE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  NEEDLE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+  s->cc = 10 * major + minor;
   return s;
 }
 
@@ -92,6 +97,7 @@ DeviceState& state() {
 void ensure_initialized() { (void)state(); }
 cudaStream_t stream() { return state().stream; }
 int num_sms() { return state().sms; }
+int compute_capability() { return state().cc; }
 size_t max_shared_memory_per_block() { return static_cast<size_t>(state().smem_optin); }
 
 int resident_blocks_per_sm(const void* kernel, int threads, size_t smem) {
