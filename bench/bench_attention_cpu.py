@@ -8,6 +8,10 @@ For each sequence length and layout this times, forward and forward+backward:
 and prints a table (times in ms, best of --repeats) plus JSON (--json PATH, or '-' for stdout).
 
     PYTHONPATH=python python3 bench/bench_attention_cpu.py --lengths 1024 2048 --heads 4
+    PYTHONPATH=python python3 bench/bench_attention_cpu.py --layouts "mixed(3)" dense   # a subset
+
+Layout names carry their parameters (mixed(w) is mixed(window=w, global_blocks=1, stride=4)), so
+a table stays readable when a pattern's defaults change.
 """
 import argparse
 import json
@@ -23,14 +27,14 @@ from needle._C import attention
 Layout = attention.BlockSparseLayout
 
 
-def layouts(L, b):
-    return {
-        "local(1)": Layout.local(L, b, window=1),
-        "strided(4)": Layout.strided(L, b, stride=4),
-        "mixed": Layout.mixed(L, b),
-        "random(3)": Layout.random(L, b, blocks_per_row=3, seed=0),
-        "dense": Layout.dense(L, b),
-    }
+LAYOUTS = {
+    "local(1)": lambda L, b: Layout.local(L, b, window=1),
+    "strided(4)": lambda L, b: Layout.strided(L, b, stride=4),
+    "mixed(1)": lambda L, b: Layout.mixed(L, b, window=1, global_blocks=1, stride=4),
+    "mixed(3)": lambda L, b: Layout.mixed(L, b, window=3, global_blocks=1, stride=4),
+    "random(3)": lambda L, b: Layout.random(L, b, blocks_per_row=3, seed=0),
+    "dense": lambda L, b: Layout.dense(L, b),
+}
 
 
 def element_mask(layout, L):
@@ -100,6 +104,7 @@ def main():
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-composed", action="store_true",
                         help="skip the composed dense attention (it needs L x L memory)")
@@ -116,10 +121,11 @@ def main():
     print(header)
     print("-" * len(header))
     for L in args.lengths:
-        all_layouts = layouts(L, args.block_size)
-        for name, layout in all_layouts.items():
+        dense_layout = Layout.dense(L, args.block_size)
+        for name in args.layouts:
+            layout = LAYOUTS[name](L, args.block_size)
             row = bench_case(L, args.heads, args.head_dim, args.block_size, name, layout,
-                             all_layouts["dense"], args.repeats, not args.no_composed)
+                             dense_layout, args.repeats, not args.no_composed)
             rows.append(row)
             cells = []
             for phase in ("fwd", "fwd_bwd"):

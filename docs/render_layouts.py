@@ -23,7 +23,7 @@ def patterns(L, b, causal):
         ("local(window=1)", Layout.local(L, b, window=1, causal=causal)),
         ("global_(global_blocks=1)", Layout.global_(L, b, global_blocks=1, causal=causal)),
         ("strided(stride=4)", Layout.strided(L, b, stride=4, causal=causal)),
-        ("mixed()", Layout.mixed(L, b, causal=causal)),
+        ("mixed(window=3)", Layout.mixed(L, b, window=3, global_blocks=1, stride=4, causal=causal)),
         ("random(blocks_per_row=3)", Layout.random(L, b, blocks_per_row=3, seed=0, causal=causal)),
     ]
 

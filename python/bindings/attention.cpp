@@ -68,7 +68,7 @@ void init_attention(py::module_& m) {
       .def_static("strided", &BlockSparseLayout::strided, arg("seq_len"), arg("block_size") = 64,
                   arg("stride") = 4, arg("causal") = true)
       .def_static("mixed", &BlockSparseLayout::mixed, arg("seq_len"), arg("block_size") = 64,
-                  arg("window") = 1, arg("global_blocks") = 1, arg("stride") = 4,
+                  arg("window") = 3, arg("global_blocks") = 1, arg("stride") = 4,
                   arg("causal") = true)
       .def_static("random", &BlockSparseLayout::random, arg("seq_len"), arg("block_size") = 64,
                   arg("blocks_per_row") = 3, arg("seed") = 0, arg("causal") = true,

@@ -142,7 +142,7 @@ const BlockSparseLayout& MultiHeadAttention::layout_for(int64_t seq_len, bool is
       attention == "local"     ? BlockSparseLayout::local(seq_len, b, 1, is_causal)
       : attention == "global"  ? BlockSparseLayout::global(seq_len, b, 1, is_causal)
       : attention == "strided" ? BlockSparseLayout::strided(seq_len, b, 4, is_causal)
-      : attention == "mixed"   ? BlockSparseLayout::mixed(seq_len, b, 1, 1, 4, is_causal)
+      : attention == "mixed"   ? BlockSparseLayout::mixed(seq_len, b, 3, 1, 4, is_causal)
                                : BlockSparseLayout::random(seq_len, b, 3, 0, is_causal);
   return layouts_.emplace(key, std::move(layout)).first->second;
 }

@@ -43,7 +43,8 @@ class RotaryEmbedding {
 // [q | k | v]); otherwise "q_proj", "k_proj", "v_proj". "out_proj" maps back to E.
 // attention: "dense" (scaled_dot_product_attention) or a block-sparse pattern with its documented
 // defaults, blocks of block_size: "local" (window 1), "global" (1 global block), "strided"
-// (stride 4), "mixed" (all three), "random" (3 blocks per row, seed 0); see docs/block_sparse.md.
+// (stride 4), "mixed" (window 3, 1 global block, stride 4), "random" (3 blocks per row, seed 0);
+// see docs/block_sparse.md.
 class MultiHeadAttention : public Module {
  public:
   MultiHeadAttention(int64_t embed_dim, int64_t num_heads, bool bias = true, bool fused_qkv = true,

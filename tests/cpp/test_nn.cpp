@@ -3,11 +3,13 @@
 // with causal masking and partial rotary embeddings.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 #include "ndarray/error.h"
 #include "ndarray/random.h"
 #include "nn/attention.h"
+#include "nn/block_sparse_layout.h"
 #include "nn/init.h"
 
 using namespace needle;
@@ -158,6 +160,33 @@ TEST_CASE("causal attention ignores the future; unknown patterns are rejected") 
   MultiHeadAttention local(8, 2, true, true, 4, 1e4, true, 0.0, "local", 16);
   std::vector<double> lb = vals(local(x)), la = vals(local(Tensor(changed)));
   for (int i = 0; i < 3 * 8; ++i) REQUIRE(la[i] == Approx(lb[i]).margin(1e-6));
+}
+
+TEST_CASE("the named mixed pattern is window 3, 1 global block, stride 4") {
+  // 160 positions in blocks of 16: 10 blocks, where windows 1 and 3 keep different blocks.
+  const int64_t n = 10, b = 16, L = n * b;
+  manual_seed(8);
+  MultiHeadAttention named(8, 2, true, true, 4, 1e4, true, 0.0, "mixed", b);
+  Tensor x(NDArray::randn({1, L, 8}));
+  auto with_window = [&](int64_t window) {
+    std::vector<uint8_t> mask(static_cast<size_t>(n * n));
+    for (int64_t q = 0; q < n; ++q)
+      for (int64_t k = 0; k < n; ++k)
+        mask[static_cast<size_t>(q * n + k)] =
+            std::abs(q - k) <= window || q < 1 || k < 1 || std::abs(q - k) % 4 == 0;
+    MultiHeadAttention layer(8, 2, true, true, 4);
+    layer.load_state_dict(named.state_dict());
+    layer.use_layout(BlockSparseLayout::from_block_mask(mask, 1, n, n, b, L, L, true));
+    return vals(layer(x));
+  };
+  const std::vector<double> got = vals(named(x)), window3 = with_window(3),
+                            window1 = with_window(1);
+  double diff1 = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    REQUIRE(got[i] == Approx(window3[i]).margin(1e-6));
+    diff1 = std::max(diff1, std::abs(got[i] - window1[i]));
+  }
+  REQUIRE(diff1 > 1e-3);
 }
 
 TEST_CASE("state_dict round trip, strict loading errors by name, registration and repr") {

@@ -38,6 +38,23 @@ def test_patterns_equal_dense_inside_one_block_and_differ_beyond(pattern):
         assert diff > 1e-3
 
 
+def test_named_mixed_is_window_3_global_1_stride_4():
+    # 160 positions in blocks of 16: 10 blocks, so windows 1 and 3 keep different blocks.
+    n = 10
+    qb, kb = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    x = ndl.randn(1, n * 16, 32)
+    outputs = {}
+    for window in (3, 1):
+        keep = (abs(qb - kb) <= window) | (qb < 1) | (kb < 1) | (abs(qb - kb) % 4 == 0)
+        _, layer = pair(nn.BlockSparseLayout.from_block_mask(keep, 16, n * 16, causal=True),
+                        rotary_dim=4)
+        outputs[window] = layer(x).detach().numpy()
+    _, named = pair("mixed", rotary_dim=4)
+    got = named(x).detach().numpy()
+    np.testing.assert_allclose(got, outputs[3], atol=1e-6)
+    assert np.abs(got - outputs[1]).max() > 1e-3
+
+
 def test_block_sparse_layer_backward_reaches_every_parameter():
     _, sparse = pair("mixed", rotary_dim=4)
     x = ndl.randn(2, 64, 32, requires_grad=True)

@@ -77,8 +77,14 @@ DEFINITIONS = {
                lambda qb, kb: (qb < 2) | (kb < 2) | (qb == kb)),
     "strided": (lambda n, c: BlockSparseLayout.strided(n * 16, 16, stride=3, causal=c),
                 lambda qb, kb: abs(qb - kb) % 3 == 0),
+    # mixed's defaults: window 3, 1 global block, stride 4.
     "mixed": (lambda n, c: BlockSparseLayout.mixed(n * 16, 16, causal=c),
-              lambda qb, kb: (abs(qb - kb) <= 1) | (qb < 1) | (kb < 1) | (abs(qb - kb) % 4 == 0)),
+              lambda qb, kb: (abs(qb - kb) <= 3) | (qb < 1) | (kb < 1) | (abs(qb - kb) % 4 == 0)),
+    # The default until issue #9, still there when asked for.
+    "mixed(window=1)": (lambda n, c: BlockSparseLayout.mixed(n * 16, 16, window=1, global_blocks=1,
+                                                              stride=4, causal=c),
+                        lambda qb, kb: (abs(qb - kb) <= 1) | (qb < 1) | (kb < 1)
+                        | (abs(qb - kb) % 4 == 0)),
 }
 
 
@@ -116,6 +122,15 @@ def test_densities_at_2048():
     assert BlockSparseLayout.local(2048, causal=False).density() == pytest.approx(94 / 1024)
     assert BlockSparseLayout.global_(2048).density() == pytest.approx(63 / 528)
     assert BlockSparseLayout.strided(2048).num_blocks == sum(q // 4 + 1 for q in range(32))
+    # mixed: local(3) | global(1) | strided(4), counted from its own mask.
+    qb, kb = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    keep = (abs(qb - kb) <= 3) | (qb < 1) | (kb < 1) | (abs(qb - kb) % 4 == 0)
+    for causal, mask, dense in [(True, keep & (kb <= qb), 528), (False, keep, 1024)]:
+        layout = BlockSparseLayout.mixed(2048, causal=causal)
+        np.testing.assert_array_equal(layout.to_block_mask(), mask)
+        assert layout.num_blocks == mask.sum()
+        assert layout.density() == pytest.approx(mask.sum() / dense)
+    assert (keep & (kb <= qb)).sum() == 255  # the figure docs/block_sparse.md quotes
 
 
 def test_csr_round_trip_and_properties():

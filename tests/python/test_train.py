@@ -30,9 +30,11 @@ VOCAB = 64
 # --- a tiny model and corpus ---------------------------------------------------------------------
 # apps/models.py's GPT-NeoX at toy size with the corpus's 64-token vocabulary (the presets' 50,304
 # would make each step cost seconds), and block-sparse attention that is really sparse at this
-# length (4 blocks of 16), so the fused block-sparse kernels are inside every check. The
+# length (4 blocks of 16: local's window 1 keeps 7 of the 10 causal blocks, where mixed's window 3
+# would keep them all), so the fused block-sparse kernels are inside every check. The
 # subprocess test runs the real pythia-tiny preset through the command line.
-MODEL = ["--model", "toy", "--attention", "mixed", "--block-size", "16", "--seq-len", "64"]
+ATTENTION = "local"
+MODEL = ["--model", "toy", "--attention", ATTENTION, "--block-size", "16", "--seq-len", "64"]
 TOY = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=128,
                     max_positions=256)
 
@@ -102,6 +104,7 @@ def test_reference_run_learns_and_writes_its_files(corpus, reference):
     assert summary["finished"] and summary["step"] == 12
     assert summary["val_loss"] == pytest.approx(_losses(reference, "eval")[12])
     assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
+    assert summary["attention_density"] == pytest.approx(7 / 10)  # really sparse, as MODEL promises
     train, val = (np.fromfile(corpus / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
     assert summary["unigram_ppl"] == pytest.approx(U.unigram_perplexity(train, U.eval_targets(val, 64), VOCAB))
     config = json.loads((reference / "config.json").read_text())
@@ -174,7 +177,7 @@ def test_logged_loss_is_the_mean_over_micro_batches(corpus, tmp_path):
     logged = _losses(tmp_path / "accum")[1]
     # The same initial weights and the same three batches, evaluated by hand.
     ndl.manual_seed(5)
-    model = build_toy("toy", "mixed", ndl.cpu(), 16)
+    model = build_toy("toy", ATTENTION, ndl.cpu(), 16)
     loader = ndl.data.TokenDataLoader(corpus / "train.bin", 4, 64, seed=5)
     with ndl.no_grad():
         by_hand = [U.lm_loss(model, *next(loader))[0].item() for _ in range(3)]
