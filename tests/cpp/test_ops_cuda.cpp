@@ -211,15 +211,18 @@ TEST_CASE("cuda adamw matches the CPU kernel over several steps", "[cuda][fused]
 TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(404);
-  for (DType dt : {DType::Float32, DType::BFloat16}) {
-    // Rows held in a warp's registers (40, 600, 1024), rows staged in shared memory (vectorised
-    // or not), rows too long for it (65537 float32), and more rows than warps or blocks, so each
-    // goes on to further rows.
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
+    // Rows held in a warp's registers (40, 600, 1024), rows staged in one block's shared memory
+    // (vectorised or not), rows over 64 KB split over a thread-block cluster of 2 to 8 blocks on
+    // Hopper (50304, 50257 with its rows off 16-byte boundaries, 65537, 120000), rows too long
+    // even for that (600000 float32 / float64: one block per row, read twice), and more rows than
+    // warps or blocks, so each goes on to further rows.
     struct Rows {
       int64_t rows, cols;
     };
-    for (Rows s : {Rows{5, 1}, Rows{5, 50304}, Rows{5, 65537}, Rows{9000, 40}, Rows{9000, 37},
-                   Rows{300, 600}, Rows{300, 1024}}) {
+    for (Rows s : {Rows{5, 1}, Rows{5, 50304}, Rows{7, 50257}, Rows{5, 65537}, Rows{3, 120000},
+                   Rows{2, 600000}, Rows{9000, 40}, Rows{9000, 37}, Rows{300, 600},
+                   Rows{300, 1024}}) {
       const int64_t cols = s.cols;
       INFO(dtype_name(dt) << " rows=" << s.rows << " cols=" << cols);
       Pair x = random_pair(rng, {s.rows, cols}, dt);

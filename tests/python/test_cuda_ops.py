@@ -75,8 +75,9 @@ def to_np(x):
     return np.asarray(x.numpy(), dtype=np.float64)
 
 
-def poison(*shapes):
-    junk = [ndl.tensor(np.full(s, np.nan, np.float32), device="cuda") for s in shapes for _ in range(2)]
+def poison(*shapes, dtype="float32"):
+    junk = [ndl.tensor(np.full(s, np.nan, np.float32), dtype=ndtype(dtype), device="cuda")
+            for s in shapes for _ in range(2)]
     del junk
 
 
@@ -227,13 +228,16 @@ def test_softmax_and_grad(shape, log, dtype):
     check_grads(nfn(x.n, -1), tfn(x.t, -1), [x], TOL[dtype], "log_softmax" if log else "softmax")
 
 
-@pytest.mark.parametrize("cols", [1024, 4096])
+# 50304 and 50257: rows split over a thread-block cluster (on Hopper), aligned and not.
+@pytest.mark.parametrize("cols", [1024, 4096, 50304, 50257])
 def test_softmax_extreme_rows(cols):
-    a = RNG.standard_normal((5, cols)).astype(np.float32) * 3
+    a = RNG.standard_normal((7, cols)).astype(np.float32) * 3
     a[0, 5] = 1e4  # one dominant entry
     a[1, :] = -1e4  # all equal and very negative
     a[2, ::2] = -np.inf  # masked half
     a[3] += 3e3  # a large shift: log_softmax must not lose it
+    a[5, cols - 3] = np.nan  # NaN anywhere in the row: the whole row is NaN, as in torch
+    a[6, cols // 2] = np.inf  # +inf: the whole row is NaN, as in torch
     for nfn, tfn in ((F.softmax, torch.softmax), (F.log_softmax, torch.log_softmax)):
         n = nfn(ndl.tensor(a, device="cuda"), -1)
         t = tfn(torch.tensor(a, dtype=torch.float64, device=TDEV), -1)
@@ -241,6 +245,39 @@ def test_softmax_extreme_rows(cols):
         check(to_np(n)[finite], t[torch.from_numpy(finite).to(TDEV)], TOL["float32"],
               f"{nfn.__name__} of extreme rows")
         assert np.array_equal(np.isfinite(to_np(n)), np.isfinite(t.cpu().numpy()))
+
+
+# Vocabulary-sized rows (split over a thread-block cluster on Hopper), odd lengths whose rows start
+# off a 16-byte boundary (their ends are peeled), a row staged by one block (4097) and single
+# elements; one row, a few, and the 1334 rows of a 64M-element batch. Forward only: the gradient
+# is composed of elementwise ops and a sum, which other tests cover.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows", [1, 7, 1334])
+@pytest.mark.parametrize("cols", [50304, 50257, 4097, 1])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_long_rows(cols, rows, log, dtype):
+    x = Pair(randn((rows, cols), dtype, scale=3.0), dtype, requires_grad=False)
+    poison((rows, cols), dtype=dtype)
+    nfn, tfn = (F.log_softmax, torch.log_softmax) if log else (F.softmax, torch.softmax)
+    got, want = to_np(nfn(x.n, -1)), tfn(x.t, -1).cpu().numpy()
+    what = f"{'log_softmax' if log else 'softmax'} {rows}x{cols}"
+    check(got, want, TOL[dtype], what)
+    # Per element too: every output written, each within a few bfloat16 / float32 roundings.
+    tol = 2 ** -7 if dtype == "bfloat16" else 1e-5
+    scale = np.abs(want) if not log else np.maximum(np.abs(want), 1.0)
+    bad = ~(np.abs(got - want) <= tol * scale + 1e-30)
+    assert not bad.any(), f"{what}: {bad.sum()} elements off, first at {np.argwhere(bad)[0]}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("cols", [50304, 50257])
+def test_softmax_rows_of_an_offset_view(cols, dtype):
+    """x[1:] of a compact array is passed as is: its rows start one row further on, so input and
+    output may sit at different offsets from a 16-byte boundary (the element-by-element path)."""
+    x = Pair(randn((6, cols), dtype, scale=3.0), dtype, requires_grad=False)
+    for nfn, tfn in ((F.softmax, torch.softmax), (F.log_softmax, torch.log_softmax)):
+        poison((5, cols), dtype=dtype)
+        check(nfn(x.n[1:], -1), tfn(x.t[1:], -1), TOL[dtype], f"{nfn.__name__} of x[1:]")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -280,6 +317,50 @@ def test_embedding_and_grad(dtype):
     n = F.embedding(ndl.tensor(ids, device="cuda"), w.n)
     t = TF.embedding(torch.tensor(ids, device=TDEV), w.t)
     check_grads(n, t, [w], TOL[dtype], "embedding")
+
+
+def gelu_inputs(n):
+    """n values over the whole useful range: dense near 0, then out to |x| = 1e4 and beyond
+    (where gelu is x or a flushed -0), and the special values."""
+    a = np.concatenate([
+        np.linspace(-8, 8, n // 2), RNG.standard_normal(n // 4) * 3,
+        np.sign(RNG.standard_normal(n // 4)) * np.exp(RNG.uniform(-20, 9.3, n // 4)),
+        [0.0, -0.0, 1e-30, -1e-30, 13.0, -13.0, 3e38, -3e38, np.inf, -np.inf, np.nan]])
+    return a
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "offset"])
+def test_gelu_accuracy_and_special_values(dtype, offset):
+    """Element by element against float64 on the same (rounded) inputs: bfloat16 within half a
+    bfloat16 unit of the exact value (the kernel's float arithmetic is within 5e-5 relative of it),
+    float32 within 1e-5 relative + 1e-6; +inf gives inf, -inf and NaN give NaN, as on the CPU. Odd
+    lengths and an offset-1 view take the vector kernel's tail and the element-by-element path."""
+    vals = rounded(gelu_inputs((1 << 18) + 5), dtype)
+    x = ndl.tensor(vals.astype(np.float32), dtype=ndtype(dtype), device="cuda")[offset:]
+    vals = vals[offset:]
+    poison(vals.shape, dtype=dtype)
+    got = to_np(F.gelu(x))
+    want = TF.gelu(torch.tensor(vals, dtype=torch.float64, device=TDEV)).cpu().numpy()
+    cpu = to_np(F.gelu(ndl.tensor(vals.astype(np.float32), dtype=ndtype(dtype))))
+    finite = np.isfinite(vals)
+    if dtype == "bfloat16":
+        ok = np.abs(got - want) <= 2 ** -8 * 1.02 * np.abs(want) + 1e-37
+    else:  # erff's absolute error near -1 shows in 1 + erf for x < -4
+        ok = np.abs(got - want) <= 1e-5 * np.abs(want) + 1e-6
+    bad = finite & ~ok
+    assert not bad.any(), (f"gelu {dtype}: {bad.sum()} off, e.g. x={vals[bad][:4]} "
+                           f"got {got[bad][:4]} want {want[bad][:4]}")
+    special = ~finite
+    np.testing.assert_array_equal(np.isnan(got[special]), np.isnan(cpu[special]))
+    np.testing.assert_array_equal(got[special & ~np.isnan(cpu)], cpu[special & ~np.isnan(cpu)])
+    assert got[vals == np.inf].tolist() == [np.inf] and np.isnan(got[vals == -np.inf]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gelu_grad_wide_range(dtype):
+    x = Pair(rounded(np.clip(gelu_inputs(1 << 16)[:-3], -30, 30), dtype), dtype)
+    check_grads(F.gelu(x.n), TF.gelu(x.t), [x], TOL[dtype], f"gelu {dtype}")
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
