@@ -10,6 +10,7 @@
 // tile so the four fp32 accumulator sets (dK, dV, S, dP) fit in registers.
 #include "backend_cuda/attention_common.cuh"
 #include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/sm90/attention_sm90.h"
 
 namespace needle::cuda {
 namespace attn {
@@ -39,51 +40,8 @@ __global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ do
   }
 }
 
-struct BwdArgs {
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* dout;
-  const float* lse;
-  const float* delta;
-  void* dq;
-  void* dk;
-  void* dv;
-  BlockLayoutRef layout;
-  int heads;
-  int64_t lq, lk;
-  float scale;       // dK, dQ = scale * (dS^T Q, dS K)
-  float scale_log2;  // scale * log2(e)
-};
 
-// The row logsumexp in log2 units for exp2; a row with no visible key (lse = -inf) gets +inf so
-// that any score gives p = 0 rather than inf.
-__device__ __forceinline__ float lse_log2(float lse) {
-  return lse == -INFINITY ? INFINITY : lse * kLog2e;
-}
 
-template <typename E, int D, int MT>
-__device__ __forceinline__ void store_rows(E* dst, int64_t p0, int row0, int64_t len,
-                                           const float (&c)[MT][D / 8][4], float mul, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int64_t r = p0 + row0 + m * 16 + g + 8 * i;
-      if (r >= len) continue;
-      E* row = dst + r * D + 2 * t;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const float x = c[m][n][2 * i] * mul, y = c[m][n][2 * i + 1] * mul;
-        if constexpr (sizeof(E) == 2) {
-          *reinterpret_cast<uint32_t*>(row + n * 8) = pack_bf16(x, y);
-        } else {
-          *reinterpret_cast<float2*>(row + n * 8) = make_float2(x, y);
-        }
-      }
-    }
-}
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
 // grid (key tiles of 64, H, B). q, dout (B, H, Lq, D); k, v, dk, dv (B, H, Lk, D);
@@ -153,9 +111,7 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
     const E* sq = sqdo + stage * 2 * kTile * LD;
     const E* sdo = sq + kTile * LD;
     const float* st_lse = sstat + stage * 2 * kTile;
-    const bool need_mask = cur.flagged || gs < kTile ||
-                           (L.causal && k0 + kTile - 1 > cur.start[0]) ||
-                           cur.start[0] + kTile > a.lq;
+    const bool need_mask = tile_needs_mask(cur, gs, k0, a.lq, L.causal, false);
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
       const int c0 = half * kHalf;
@@ -272,9 +228,7 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
     __syncthreads();
     const E* sk = skv + stage * 2 * kTile * LD;
     const E* sv = sk + kTile * LD;
-    const bool need_mask = cur.flagged || gs < kTile ||
-                           (L.causal && cur.start[0] + kTile - 1 > q0) ||
-                           cur.start[0] + kTile > a.lk;
+    const bool need_mask = tile_needs_mask(cur, gs, q0, a.lk, L.causal, true);
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
       const int c0 = half * kHalf;
@@ -420,7 +374,8 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
   a.scale_log2 = static_cast<float>(scale) * kLog2e;
   switch (math_mode_for(q.dtype)) {
     case MathMode::kBF16:
-      dispatch_backward<MathMode::kBF16>(d, a, batch);
+      if (sm90::enabled(d)) sm90::backward(a, d, int(heads), batch);
+      else dispatch_backward<MathMode::kBF16>(d, a, batch);
       break;
     case MathMode::kTF32:
       dispatch_backward<MathMode::kTF32>(d, a, batch);

@@ -439,6 +439,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// Whether secondary tile st (group size gs) needs element masking for the primary tile at p0:
+// the layout flagged one of its blocks, it gathers small blocks, it crosses the causal diagonal,
+// or it runs past sec_len.
+__device__ __forceinline__ bool tile_needs_mask(const SlotTile& st, int gs, int64_t p0,
+                                                int64_t sec_len, bool causal,
+                                                bool primary_is_query) {
+  const int64_t s0 = st.start[0];
+  const bool diagonal = primary_is_query ? s0 + kTile - 1 > p0 : p0 + kTile - 1 > s0;
+  return st.flagged || gs < kTile || (causal && diagonal) || s0 + kTile > sec_len;
+}
+
 // Sets s (accumulator layout: MT m16 tiles x N/8 n8 tiles of this warp) to `fill` wherever primary
 // row (p0 + row0 + r) may not see slot (col0 + c) of tile st: an empty group, a position past
 // sec_len, a group the row's layout row does not keep, or, if causal, a key after the query.
@@ -463,6 +474,153 @@ __device__ __forceinline__ void apply_mask(float (&s)[MT][N / 8][4], const SlotT
         if (causal) ok = ok && (primary_is_query ? spos <= ppos : ppos <= spos);
         if (!ok) s[m][n][e] = fill;
       }
+}
+
+// --- kernel arguments and epilogue pieces shared by the mma.sync and the Hopper (sm90/) kernels --
+// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim. q (B, H, Lq, D), k, v
+// (B, H, Lk, D), out (B, H, Lq, D), lse (B, H, Lq) float32.
+struct FwdArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  float* lse;
+  BlockLayoutRef layout;
+  int heads;
+  int64_t lq, lk, q_offset;
+  int first_tile;    // the tile holding absolute position q_offset
+  float scale_log2;  // scale * log2(e): scores in log2 units
+};
+
+struct BwdArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* dout;
+  const float* lse;
+  const float* delta;
+  void* dq;
+  void* dk;
+  void* dv;
+  BlockLayoutRef layout;
+  int heads;
+  int64_t lq, lk;
+  float scale;       // dK, dQ = scale * (dS^T Q, dS K)
+  float scale_log2;  // scale * log2(e)
+};
+
+// The row logsumexp in log2 units for exp2; a row with no visible key (lse = -inf) gets +inf so
+// that any score gives p = 0 rather than inf.
+__device__ __forceinline__ float lse_log2(float lse) {
+  return lse == -INFINITY ? INFINITY : lse * kLog2e;
+}
+
+// Stores the accumulator rows (layout of gemm_xyt) this lane holds, times mul, to rows p0 + row0 +
+// ... of dst (row length D), skipping rows at or past len.
+template <typename E, int D, int MT>
+__device__ __forceinline__ void store_rows(E* dst, int64_t p0, int row0, int64_t len,
+                                           const float (&c)[MT][D / 8][4], float mul, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t r = p0 + row0 + m * 16 + g + 8 * i;
+      if (r >= len) continue;
+      E* row = dst + r * D + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float x = c[m][n][2 * i] * mul, y = c[m][n][2 * i + 1] * mul;
+        if constexpr (sizeof(E) == 2) {
+          *reinterpret_cast<uint32_t*>(row + n * 8) = pack_bf16(x, y);
+        } else {
+          *reinterpret_cast<float2*>(row + n * 8) = make_float2(x, y);
+        }
+      }
+    }
+}
+
+// One step of the forward's online softmax over a tile of N scores per row: s (accumulator
+// layout, masked entries -inf) times `scale` are the scores in log2 units; scale must be > 0 (the
+// maximum is taken before scaling). Rescales what o, l accumulated by 2^(m_old - m_new), skipped
+// when no row of the warp changed its maximum, and turns s into the probabilities
+// 2^(s * scale - m_new) for the P.V product (one FFMA and one EX2 each). A row that has seen only
+// masked keys keeps m = -inf and subtracts 0 instead, so it stays at p = 0, never NaN. l holds
+// per-lane partial sums: the four lanes of a row are added once, in store_output.
+template <int MT, int N, int D>
+__device__ __forceinline__ void online_softmax(float (&s)[MT][N / 8][4], float (&o)[MT][D / 8][4],
+                                               float (&mrow)[MT][2], float (&lrow)[MT][2],
+                                               float scale) {
+  float alpha[MT][2];
+  bool rescale = false;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < N / 8; ++n) mx = fmaxf(mx, fmaxf(s[m][n][2 * i], s[m][n][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(mrow[m][i], mx * scale);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      alpha[m][i] = fast_exp2(mrow[m][i] - base);
+      rescale |= m_new != mrow[m][i];
+      mrow[m][i] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < N / 8; ++n) {
+        s[m][n][2 * i] = fast_exp2(fmaf(s[m][n][2 * i], scale, -base));
+        s[m][n][2 * i + 1] = fast_exp2(fmaf(s[m][n][2 * i + 1], scale, -base));
+        sum += s[m][n][2 * i] + s[m][n][2 * i + 1];
+      }
+      lrow[m][i] = lrow[m][i] * alpha[m][i] + sum;
+    }
+  if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[m][n][2 * i] *= alpha[m][i];
+          o[m][n][2 * i + 1] *= alpha[m][i];
+        }
+  }
+}
+
+// The forward's epilogue: O = o / l and lse = (m + log2 l) ln 2 for the rows of query tile q0
+// (absolute positions) this lane holds; rows before q_offset or past Lq are not stored.
+template <typename E, int D, int MT>
+__device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64_t q0, int row0,
+                                             const float (&o)[MT][D / 8][4],
+                                             const float (&mrow)[MT][2],
+                                             const float (&lrow)[MT][2], int lane) {
+  E* out = static_cast<E*>(a.out) + bh * a.lq * D;
+  float* lse = a.lse + bh * a.lq;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float l = lrow[m][i];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int64_t r = q0 + row0 + m * 16 + g + 8 * i - a.q_offset;
+      if (r < 0 || r >= a.lq) continue;
+      E* orow = out + r * D + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float x = o[m][n][2 * i] * inv, y = o[m][n][2 * i + 1] * inv;
+        if constexpr (sizeof(E) == 2) {
+          *reinterpret_cast<uint32_t*>(orow + n * 8) = pack_bf16(x, y);
+        } else {
+          *reinterpret_cast<float2*>(orow + n * 8) = make_float2(x, y);
+        }
+      }
+      if (t == 0) lse[r] = l > 0.f ? (mrow[m][i] + __log2f(l)) * kLn2 : -INFINITY;
+    }
 }
 
 // --- host side -----------------------------------------------------------------------------------

@@ -6,9 +6,13 @@
 // writes O and the row logsumexp the backward needs; nothing of size L x L exists anywhere.
 // The dense layout through this kernel is needle's dense fused attention.
 // Also here: the argument checks and math-mode choice shared with attention_backward.cu.
+#include <cstdlib>
+#include <string>
+
 #include "backend_cuda/attention_common.cuh"
 #include "backend_cuda/cuda_backend.h"
 #include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/sm90/attention_sm90.h"
 
 namespace needle::cuda {
 namespace attn {
@@ -53,25 +57,22 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
                ValueError, "cuda ", op, ": sequence positions must fit in int32");
 }
 
+namespace sm90 {
+bool enabled(int64_t d) {
+  static const bool allowed = [] {
+    const char* env = std::getenv("NEEDLE_ATTENTION_WGMMA");
+    return !(env && std::string(env) == "0");
+  }();
+  return allowed && (d == 64 || d == 128) && compute_capability() == 90;
+}
+}  // namespace sm90
+
 MathMode math_mode_for(DType dtype) {
   if (dtype == DType::BFloat16) return MathMode::kBF16;
   return get_matmul_precision() == "highest" ? MathMode::kF32x3 : MathMode::kTF32;
 }
 
 namespace {
-
-struct FwdArgs {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* out;
-  float* lse;
-  BlockLayoutRef layout;
-  int heads;
-  int64_t lq, lk, q_offset;
-  int first_tile;    // the tile holding absolute position q_offset
-  float scale_log2;  // scale * log2(e): scores in log2 units
-};
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
 // grid (query tiles of 64 absolute positions, H, B); q (B, H, Lq, D), k, v (B, H, Lk, D),
@@ -84,7 +85,7 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
   E* sq = reinterpret_cast<E*>(smem);
   E* skv = sq + kTile * LD;  // two stages of [K tile, V tile]
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MT;  // the warp's first row within the tile
   // Later tiles first: under a causal layout they have the most key blocks.
   const int tile = a.first_tile + static_cast<int>(gridDim.x - 1 - blockIdx.x);
@@ -155,42 +156,10 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[m][n][e] *= a.scale_log2;
-    const bool need_mask = cur.flagged || gs < kTile ||
-                           (L.causal && cur.start[0] + kTile - 1 > q0) ||
-                           cur.start[0] + kTile > a.lk;
+    const bool need_mask = tile_needs_mask(cur, gs, q0, a.lk, L.causal, true);
     if (need_mask) apply_mask<MT, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
 
-    // Online softmax: rescale what was accumulated by 2^(m_old - m_new). A row that has seen
-    // only masked keys keeps m = -inf and subtracts 0 instead, so it stays at p = 0, never NaN.
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < kTile / 8; ++n)
-          mx = fmaxf(mx, fmaxf(s[m][n][2 * i], s[m][n][2 * i + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(mrow[m][i], mx);
-        const float base = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = fast_exp2(mrow[m][i] - base);
-        mrow[m][i] = m_new;
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < kTile / 8; ++n) {
-          s[m][n][2 * i] = fast_exp2(s[m][n][2 * i] - base);
-          s[m][n][2 * i + 1] = fast_exp2(s[m][n][2 * i + 1] - base);
-          sum += s[m][n][2 * i] + s[m][n][2 * i + 1];
-        }
-        // Per-thread partial sums: the four lanes of a row are added once, at the end.
-        lrow[m][i] = lrow[m][i] * alpha + sum;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          o[m][n][2 * i] *= alpha;
-          o[m][n][2 * i + 1] *= alpha;
-        }
-      }
+    online_softmax<MT, kTile, D>(s, o, mrow, lrow, 1.f);
     gemm_py<M, D, MT, kTile>(o, s, sv, LD, lane);
     __syncthreads();  // the next iteration overwrites this stage
     cur = nxt;
@@ -198,31 +167,7 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
   }
   cp_async_wait<0>();  // a CTA with no kept block still has its Q copy in flight
 
-  E* out = static_cast<E*>(a.out) + bh * a.lq * D;
-  float* lse = a.lse + bh * a.lq;
-  const int g = lane >> 2;
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float l = lrow[m][i];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const int64_t r = q0 + row0 + m * 16 + g + 8 * i - a.q_offset;
-      if (r < 0 || r >= a.lq) continue;
-      E* orow = out + r * D + 2 * t;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const float x = o[m][n][2 * i] * inv, y = o[m][n][2 * i + 1] * inv;
-        if constexpr (M == MathMode::kBF16) {
-          *reinterpret_cast<uint32_t*>(orow + n * 8) = pack_bf16(x, y);
-        } else {
-          *reinterpret_cast<float2*>(orow + n * 8) = make_float2(x, y);
-        }
-      }
-      if (t == 0) lse[r] = l > 0.f ? (mrow[m][i] + __log2f(l)) * kLn2 : -INFINITY;
-    }
+  store_output<E, D, MT>(a, bh, q0, row0, o, mrow, lrow, lane);
 }
 
 template <MathMode M, int D>
@@ -282,7 +227,9 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
       static_cast<int>(ceil_div(layout.q_offset + lq, kTile) - layout.q_offset / kTile);
   switch (math_mode_for(q.dtype)) {
     case MathMode::kBF16:
-      dispatch_forward<MathMode::kBF16>(d, a, tiles, int(heads), int(batch));
+      // The Hopper forward scales inside its softmax, which needs scale > 0.
+      if (sm90::enabled(d) && scale > 0) sm90::forward(a, d, tiles, int(heads), int(batch));
+      else dispatch_forward<MathMode::kBF16>(d, a, tiles, int(heads), int(batch));
       break;
     case MathMode::kTF32:
       dispatch_forward<MathMode::kTF32>(d, a, tiles, int(heads), int(batch));

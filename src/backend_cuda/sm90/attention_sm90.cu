@@ -1,0 +1,387 @@
+// Block-sparse attention on Hopper (sm_90a), bfloat16, head dim 64 or 128: the forward, dK/dV and
+// dQ kernels of attention_forward.cu / attention_backward.cu with their warp-level mma.sync
+// products replaced by warpgroup wgmma products read straight from swizzled shared memory.
+//
+// Same tiling, layout walk, masking and numerics as the mma.sync kernels (the TileCursor, 64 x 64
+// tiles, online softmax in log2 units, no atomics): a CTA is one warpgroup (4 warps, 128 threads)
+// owning 64 primary rows, warp w the 16 rows 16w..16w+15, so every accumulator is in the same
+// m16n8 fragment layout as before and the softmax / masking code is shared. Per key tile:
+//   forward  S = Q K^T (smem x smem), online softmax in registers, O += P V (P from registers);
+//   dK/dV    S^T = K Q^T and dP^T = V dO^T in one batch, then dV += P^T dO and dK += dS^T Q;
+//   dQ       S = Q K^T and dP = dO V^T in one batch, then dQ += dS K.
+// Several CTAs share an SM (40-48 KB of shared memory each at D = 64), so one CTA's softmax runs
+// while another's products occupy the tensor cores.
+#include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/sm90/attention_sm90.h"
+#include "backend_cuda/sm90/wgmma.cuh"
+
+namespace needle::cuda::attn::sm90 {
+namespace {
+
+// The dynamic shared memory rounded up to the 1024-byte alignment the swizzle needs.
+__device__ __forceinline__ uint16_t* aligned_smem(unsigned char* raw) {
+  const uint32_t pad = (1024u - (smem_addr(raw) & 1023u)) & 1023u;
+  return reinterpret_cast<uint16_t*>(raw + pad);
+}
+
+template <int D>
+constexpr int tile_elems() {
+  return kTile * D;
+}
+
+// grid (query tiles of 64 absolute positions, H, B).
+template <int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(FwdArgs a) {
+  constexpr int TE = tile_elems<D>();
+  extern __shared__ unsigned char smem_raw[];
+  uint16_t* sq = aligned_smem(smem_raw);
+  uint16_t* skv = sq + TE;  // two stages of [K tile, V tile]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = warp * 16;
+  const int tile = a.first_tile + static_cast<int>(gridDim.x - 1 - blockIdx.x);  // long rows first
+  const int h = blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const int64_t q0 = int64_t(tile) * kTile;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
+  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
+  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
+  const BlockLayoutRef& L = a.layout;
+
+  load_tile_sw<D>(sq, q, [&](int j) -> int64_t {
+    const int64_t r = q0 + j - a.q_offset;
+    return r >= 0 && r < a.lq ? r : -1;
+  });
+  cp_async_commit();
+
+  TileCursor cursor;
+  open_cursor(cursor, L, h, q0, false);
+  const int gs = cursor.group_size();
+  auto load_kv = [&](const SlotTile& st, int stage) {
+    uint16_t* dst = skv + stage * 2 * TE;
+    load_slot_pair_sw<D>(dst, dst + TE, k, v, st, gs, a.lk);
+  };
+
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load_kv(cur, 0);
+  cp_async_commit();
+
+  float o[1][D / 8][4];
+  zero(o);
+  float mrow[1][2] = {{-INFINITY, -INFINITY}}, lrow[1][2] = {{0.f, 0.f}};
+
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load_kv(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const uint16_t* sk = skv + stage * 2 * TE;
+    const uint16_t* sv = sk + TE;
+
+    float s[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
+    wgmma_fence();
+    wgmma_xyt<D>(flat(s), sq, sk);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(flat(s));
+    // Raw scores; the softmax scales them by scale * log2(e) (> 0: checked by enabled()).
+    if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
+      apply_mask<1, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
+    online_softmax<1, kTile, D>(s, o, mrow, lrow, a.scale_log2);
+
+    uint32_t pa[4][4];
+    pack_a(pa, s);
+    fence_regs(flat(o));
+    wgmma_fence();
+    wgmma_py<D>(flat(o), pa, sv);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(flat(o));
+    __syncthreads();  // the next iteration overwrites this stage
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();  // a CTA with no kept block still has its Q copy in flight
+  store_output<uint16_t, D, 1>(a, bh, q0, row0, o, mrow, lrow, lane);
+}
+
+// grid (key tiles of 64, H, B).
+template <int D>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(BwdArgs a) {
+  constexpr int TE = tile_elems<D>();
+  extern __shared__ unsigned char smem_raw[];
+  uint16_t* sk = aligned_smem(smem_raw);
+  uint16_t* sv = sk + TE;
+  uint16_t* sqdo = sv + TE;                                    // two stages of [Q, dO]
+  float* sstat = reinterpret_cast<float*>(sqdo + 4 * TE);      // two stages of [lse, delta]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const int row0 = warp * 16;
+  const int64_t k0 = int64_t(blockIdx.x) * kTile;
+  const int h = blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
+  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * D;
+  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
+  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
+  const float* lse = a.lse + bh * a.lq;
+  const float* delta = a.delta + bh * a.lq;
+  const BlockLayoutRef& L = a.layout;
+
+  auto key_pos = [&](int j) -> int64_t { return k0 + j < a.lk ? k0 + j : -1; };
+  load_rows_sw<D, 2>({sk, sv}, {k, v}, key_pos);
+  cp_async_commit();
+
+  TileCursor cursor;
+  open_cursor(cursor, L, h, k0, true);
+  const int gs = cursor.group_size();
+  auto load_q = [&](const SlotTile& st, int stage) {
+    uint16_t* dst = sqdo + stage * 2 * TE;
+    load_slot_pair_sw<D>(dst, dst + TE, q, dout, st, gs, a.lq);
+    // Plain stores: this stage was released by the barrier that ended its last use.
+    float* st_lse = sstat + stage * 2 * kTile;
+    for (int j = threadIdx.x; j < kTile; j += kThreads) {
+      const int64_t sp = slot_pos(st, j, gs);
+      const int64_t p = sp < a.lq ? sp : -1;
+      st_lse[j] = p >= 0 ? lse_log2(lse[p]) : INFINITY;
+      st_lse[kTile + j] = p >= 0 ? delta[p] : 0.f;
+    }
+  };
+
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load_q(cur, 0);
+  cp_async_commit();
+
+  float dk[1][D / 8][4], dv[1][D / 8][4];
+  zero(dk);
+  zero(dv);
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load_q(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const uint16_t* sq = sqdo + stage * 2 * TE;
+    const uint16_t* sdo = sq + TE;
+    const float* st_lse = sstat + stage * 2 * kTile;
+
+    // S^T (keys x queries) and dP^T = V dO^T.
+    float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
+    wgmma_fence();
+    wgmma_xyt<D>(flat(p), sk, sq);
+    wgmma_xyt<D>(flat(dp), sv, sdo);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(flat(p));
+    fence_regs(flat(dp));
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n) {
+      const int col = n * 8 + 2 * t;
+      const float l0 = st_lse[col], l1 = st_lse[col + 1];
+      p[0][n][0] = fast_exp2(p[0][n][0] * a.scale_log2 - l0);
+      p[0][n][1] = fast_exp2(p[0][n][1] * a.scale_log2 - l1);
+      p[0][n][2] = fast_exp2(p[0][n][2] * a.scale_log2 - l0);
+      p[0][n][3] = fast_exp2(p[0][n][3] * a.scale_log2 - l1);
+    }
+    // Masked after the exponential (to exactly 0), so any scale, 0 included, is safe.
+    if (tile_needs_mask(cur, gs, k0, a.lq, L.causal, false))
+      apply_mask<1, kTile>(p, cur, gs, k0, row0, 0, a.lq, L.causal, false, 0.f, lane);
+    // dS^T = P^T * (dP^T - delta), in place.
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n) {
+      const int col = n * 8 + 2 * t;
+      const float d0 = st_lse[kTile + col], d1 = st_lse[kTile + col + 1];
+      dp[0][n][0] = p[0][n][0] * (dp[0][n][0] - d0);
+      dp[0][n][1] = p[0][n][1] * (dp[0][n][1] - d1);
+      dp[0][n][2] = p[0][n][2] * (dp[0][n][2] - d0);
+      dp[0][n][3] = p[0][n][3] * (dp[0][n][3] - d1);
+    }
+    uint32_t pa[4][4], da[4][4];
+    pack_a(pa, p);
+    pack_a(da, dp);
+    fence_regs(flat(dv));
+    fence_regs(flat(dk));
+    wgmma_fence();
+    wgmma_py<D>(flat(dv), pa, sdo);
+    wgmma_py<D>(flat(dk), da, sq);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(flat(dv));
+    fence_regs(flat(dk));
+    __syncthreads();  // the next iteration overwrites this stage
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * D, k0, row0, a.lk, dk,
+                             a.scale, lane);
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * D, k0, row0, a.lk, dv,
+                             1.f, lane);
+}
+
+// grid (query tiles of 64, H, B).
+template <int D>
+__global__ void __launch_bounds__(kThreads) dq_kernel(BwdArgs a) {
+  constexpr int TE = tile_elems<D>();
+  extern __shared__ unsigned char smem_raw[];
+  uint16_t* sq = aligned_smem(smem_raw);
+  uint16_t* sdo = sq + TE;
+  uint16_t* skv = sdo + TE;  // two stages of [K, V]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+  const int row0 = warp * 16;
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // long causal rows first
+  const int h = blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
+  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * D;
+  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
+  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
+  const BlockLayoutRef& L = a.layout;
+
+  auto query_pos = [&](int j) -> int64_t { return q0 + j < a.lq ? q0 + j : -1; };
+  load_rows_sw<D, 2>({sq, sdo}, {q, dout}, query_pos);
+  cp_async_commit();
+
+  // The statistics of the two rows (g, g + 8) this lane holds.
+  float row_lse[2], row_delta[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t r = q0 + row0 + g + 8 * i;
+    row_lse[i] = r < a.lq ? lse_log2(a.lse[bh * a.lq + r]) : INFINITY;
+    row_delta[i] = r < a.lq ? a.delta[bh * a.lq + r] : 0.f;
+  }
+
+  TileCursor cursor;
+  open_cursor(cursor, L, h, q0, false);
+  const int gs = cursor.group_size();
+  auto load_kv = [&](const SlotTile& st, int stage) {
+    uint16_t* dst = skv + stage * 2 * TE;
+    load_slot_pair_sw<D>(dst, dst + TE, k, v, st, gs, a.lk);
+  };
+
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load_kv(cur, 0);
+  cp_async_commit();
+
+  float dq[1][D / 8][4];
+  zero(dq);
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load_kv(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const uint16_t* sk = skv + stage * 2 * TE;
+    const uint16_t* sv = sk + TE;
+
+    float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
+    wgmma_fence();
+    wgmma_xyt<D>(flat(p), sq, sk);
+    wgmma_xyt<D>(flat(dp), sdo, sv);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(flat(p));
+    fence_regs(flat(dp));
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        p[0][n][e] = fast_exp2(p[0][n][e] * a.scale_log2 - row_lse[e >> 1]);
+    if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
+      apply_mask<1, kTile>(p, cur, gs, q0, row0, 0, a.lk, L.causal, true, 0.f, lane);
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[0][n][e] = p[0][n][e] * (dp[0][n][e] - row_delta[e >> 1]);
+    uint32_t da[4][4];
+    pack_a(da, dp);
+    fence_regs(flat(dq));
+    wgmma_fence();
+    wgmma_py<D>(flat(dq), da, sk);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(flat(dq));
+    __syncthreads();
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * D, q0, row0, a.lq, dq,
+                             a.scale, lane);
+}
+
+// Shared memory of each kernel: `tiles` tiles of 64 x D bf16, extra bytes, and 1 KB of slack for
+// the alignment.
+template <int D>
+constexpr size_t smem_bytes(int tiles, size_t extra = 0) {
+  return size_t(tiles) * tile_elems<D>() * 2 + extra + 1024;
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  NEEDLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes)));
+}
+
+template <int D>
+void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
+  constexpr size_t smem = smem_bytes<D>(5);
+  static const bool configured = (allow_smem(forward_kernel<D>, smem), true);
+  (void)configured;
+  forward_kernel<D><<<dim3(tiles, heads, batch), kThreads, smem, stream()>>>(a);
+  NEEDLE_CUDA_LAUNCH_CHECK();
+}
+
+template <int D>
+void launch_backward(const BwdArgs& a, int heads, int64_t batch) {
+  constexpr size_t dkdv_smem = smem_bytes<D>(6, 4 * kTile * sizeof(float));
+  constexpr size_t dq_smem = smem_bytes<D>(6);
+  static const bool configured =
+      (allow_smem(dkdv_kernel<D>, dkdv_smem), allow_smem(dq_kernel<D>, dq_smem), true);
+  (void)configured;
+  const unsigned hs = static_cast<unsigned>(heads), b = static_cast<unsigned>(batch);
+  if (a.lk > 0) {
+    dkdv_kernel<D><<<dim3(unsigned(ceil_div(a.lk, kTile)), hs, b), kThreads, dkdv_smem,
+                     stream()>>>(a);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  }
+  if (a.lq > 0) {
+    dq_kernel<D><<<dim3(unsigned(ceil_div(a.lq, kTile)), hs, b), kThreads, dq_smem, stream()>>>(
+        a);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace
+
+void forward(const FwdArgs& a, int64_t d, int tiles, int heads, int batch) {
+  if (d == 64) launch_forward<64>(a, tiles, heads, batch);
+  else launch_forward<128>(a, tiles, heads, batch);
+}
+
+void backward(const BwdArgs& a, int64_t d, int heads, int64_t batch) {
+  if (d == 64) launch_backward<64>(a, heads, batch);
+  else launch_backward<128>(a, heads, batch);
+}
+
+}  // namespace needle::cuda::attn::sm90
