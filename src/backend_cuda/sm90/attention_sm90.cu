@@ -31,7 +31,7 @@ constexpr int tile_elems() {
 
 // grid (query tiles of 64 absolute positions, H, B).
 template <int D>
-__global__ void __launch_bounds__(kThreads) forward_kernel(FwdArgs a) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdArgs a) {
   constexpr int TE = tile_elems<D>();
   extern __shared__ unsigned char smem_raw[];
   uint16_t* sq = aligned_smem(smem_raw);
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(FwdArgs a) {
 
 // grid (key tiles of 64, H, B).
 template <int D>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(BwdArgs a) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs a) {
   constexpr int TE = tile_elems<D>();
   extern __shared__ unsigned char smem_raw[];
   uint16_t* sk = aligned_smem(smem_raw);
@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(BwdArgs a) {
 
 // grid (query tiles of 64, H, B).
 template <int D>
-__global__ void __launch_bounds__(kThreads) dq_kernel(BwdArgs a) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a) {
   constexpr int TE = tile_elems<D>();
   extern __shared__ unsigned char smem_raw[];
   uint16_t* sq = aligned_smem(smem_raw);
