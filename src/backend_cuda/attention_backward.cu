@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
   E* sqdo = sv + kTile * LD;  // two stages of [Q tile, dO tile]
   float* sstat = reinterpret_cast<float*>(sqdo + 4 * kTile * LD);  // two stages of [lse, delta]
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MT;
   const int64_t k0 = int64_t(blockIdx.x) * kTile;
   const int h = blockIdx.y;
@@ -80,34 +80,13 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
   const int gs = cursor.group_size();
   auto load_q = [&](const SlotTile& st, int stage) {
     load_slot_pair<E, D, NT>(sqdo + stage * 2 * kTile * LD, LD, q, dout, st, gs, a.lq);
-    // Plain stores: this stage was released by the barrier that ended its last use.
-    float* st_lse = sstat + stage * 2 * kTile;
-    for (int j = threadIdx.x; j < kTile; j += NT) {
-      const int64_t sp = slot_pos(st, j, gs);
-      const int64_t p = sp < a.lq ? sp : -1;
-      st_lse[j] = p >= 0 ? lse_log2(lse[p]) : INFINITY;
-      st_lse[kTile + j] = p >= 0 ? delta[p] : 0.f;
-    }
+    load_slot_stats(sstat + stage * 2 * kTile, st, gs, lse, delta, a.lq, NT);
   };
-
-  SlotTile cur, nxt;
-  bool has = cursor.next(cur);
-  if (has) load_q(cur, 0);
-  cp_async_commit();
 
   float dk[MT][D / 8][4], dv[MT][D / 8][4];
   zero(dk);
   zero(dv);
-  for (int stage = 0; has; stage ^= 1) {
-    const bool has_next = cursor.next(nxt);
-    if (has_next) {
-      load_q(nxt, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+  for_each_tile(cursor, load_q, [] {}, [&](const SlotTile& cur, int stage) {
     const E* sq = sqdo + stage * 2 * kTile * LD;
     const E* sdo = sq + kTile * LD;
     const float* st_lse = sstat + stage * 2 * kTile;
@@ -119,18 +98,7 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
       float p[MT][kHalf / 8][4];
       zero(p);
       gemm_xyt<M, D, MT, kHalf>(p, sk + row0 * LD, sq + c0 * LD, LD, lane);
-#pragma unroll
-      for (int n = 0; n < kHalf / 8; ++n) {
-        const int col = c0 + n * 8 + 2 * t;
-        const float l0 = st_lse[col], l1 = st_lse[col + 1];
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          p[m][n][0] = fast_exp2(p[m][n][0] * a.scale_log2 - l0);
-          p[m][n][1] = fast_exp2(p[m][n][1] * a.scale_log2 - l1);
-          p[m][n][2] = fast_exp2(p[m][n][2] * a.scale_log2 - l0);
-          p[m][n][3] = fast_exp2(p[m][n][3] * a.scale_log2 - l1);
-        }
-      }
+      probs_by_col<MT, kHalf>(p, st_lse, c0, a.scale_log2, lane);
       // Masked after the exponential (to exactly 0), so any scale, 0 included, is safe.
       if (need_mask)
         apply_mask<MT, kHalf>(p, cur, gs, k0, row0, c0, a.lq, L.causal, false, 0.f, lane);
@@ -139,25 +107,10 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
       float ds[MT][kHalf / 8][4];
       zero(ds);
       gemm_xyt<M, D, MT, kHalf>(ds, sv + row0 * LD, sdo + c0 * LD, LD, lane);
-#pragma unroll
-      for (int n = 0; n < kHalf / 8; ++n) {
-        const int col = c0 + n * 8 + 2 * t;
-        const float d0 = st_lse[kTile + col], d1 = st_lse[kTile + col + 1];
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          ds[m][n][0] = p[m][n][0] * (ds[m][n][0] - d0);
-          ds[m][n][1] = p[m][n][1] * (ds[m][n][1] - d1);
-          ds[m][n][2] = p[m][n][2] * (ds[m][n][2] - d0);
-          ds[m][n][3] = p[m][n][3] * (ds[m][n][3] - d1);
-        }
-      }
+      dscores_by_col<MT, kHalf>(ds, p, st_lse + kTile, c0, lane);
       gemm_py<M, D, MT, kHalf>(dk, ds, sq + c0 * LD, LD, lane);
     }
-    __syncthreads();  // the next iteration overwrites this stage
-    cur = nxt;
-    has = has_next;
-  }
-  cp_async_wait<0>();
+  });
   store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * D, k0, row0, a.lk, dk, a.scale, lane);
   store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * D, k0, row0, a.lk, dv, 1.f, lane);
 }
@@ -175,7 +128,7 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
   E* sdo = sq + kTile * LD;
   E* skv = sdo + kTile * LD;  // two stages of [K tile, V tile]
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MT;
   const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // long causal rows first
   const int h = blockIdx.y;
@@ -191,16 +144,8 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
   load_tile<E, D, NT>(sdo, LD, dout, query_pos);
   cp_async_commit();
 
-  // The statistics of the two rows (g, g + 8) of each m-tile this lane holds.
   float row_lse[MT][2], row_delta[MT][2];
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int64_t r = q0 + row0 + m * 16 + g + 8 * i;
-      row_lse[m][i] = r < a.lq ? lse_log2(a.lse[bh * a.lq + r]) : INFINITY;
-      row_delta[m][i] = r < a.lq ? a.delta[bh * a.lq + r] : 0.f;
-    }
+  load_row_stats(row_lse, row_delta, a.lse + bh * a.lq, a.delta + bh * a.lq, q0, row0, a.lq, lane);
 
   TileCursor cursor;
   open_cursor(cursor, L, h, q0, false);
@@ -209,23 +154,9 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
     load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, st, gs, a.lk);
   };
 
-  SlotTile cur, nxt;
-  bool has = cursor.next(cur);
-  if (has) load_kv(cur, 0);
-  cp_async_commit();
-
   float dq[MT][D / 8][4];
   zero(dq);
-  for (int stage = 0; has; stage ^= 1) {
-    const bool has_next = cursor.next(nxt);
-    if (has_next) {
-      load_kv(nxt, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+  for_each_tile(cursor, load_kv, [] {}, [&](const SlotTile& cur, int stage) {
     const E* sk = skv + stage * 2 * kTile * LD;
     const E* sv = sk + kTile * LD;
     const bool need_mask = tile_needs_mask(cur, gs, q0, a.lk, L.causal, true);
@@ -235,32 +166,16 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
       float p[MT][kHalf / 8][4];
       zero(p);
       gemm_xyt<M, D, MT, kHalf>(p, sq + row0 * LD, sk + c0 * LD, LD, lane);
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int n = 0; n < kHalf / 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            p[m][n][e] = fast_exp2(p[m][n][e] * a.scale_log2 - row_lse[m][e >> 1]);
+      probs_by_row<MT, kHalf>(p, row_lse, a.scale_log2);
       if (need_mask)
         apply_mask<MT, kHalf>(p, cur, gs, q0, row0, c0, a.lk, L.causal, true, 0.f, lane);
       float ds[MT][kHalf / 8][4];
       zero(ds);
       gemm_xyt<M, D, MT, kHalf>(ds, sdo + row0 * LD, sv + c0 * LD, LD, lane);
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int n = 0; n < kHalf / 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            ds[m][n][e] = p[m][n][e] * (ds[m][n][e] - row_delta[m][e >> 1]);
+      dscores_by_row<MT, kHalf>(ds, p, row_delta);
       gemm_py<M, D, MT, kHalf>(dq, ds, sk + c0 * LD, LD, lane);
     }
-    __syncthreads();
-    cur = nxt;
-    has = has_next;
-  }
-  cp_async_wait<0>();
+  });
   store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * D, q0, row0, a.lq, dq, a.scale, lane);
 }
 

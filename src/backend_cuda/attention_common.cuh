@@ -623,6 +623,127 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64
     }
 }
 
+// --- the main loop and the backward's probability pieces, shared by every kernel --------------
+// Walks the cursor's tiles through a two-stage cp.async pipeline: load(tile, stage) issues the
+// copies of a tile into a stage, body(tile, stage) runs once that stage has landed and the whole
+// CTA may read it, while the next tile's copies are in flight. visible() runs in each thread
+// between its wait and the barrier (the Hopper kernels fence the async proxy there). Copies the
+// caller issued before and committed form the oldest group and have landed by the first body.
+template <typename Load, typename Visible, typename Body>
+__device__ __forceinline__ void for_each_tile(TileCursor& cursor, Load load, Visible visible,
+                                              Body body) {
+  SlotTile cur, nxt;
+  bool has = cursor.next(cur);
+  if (has) load(cur, 0);
+  cp_async_commit();
+  for (int stage = 0; has; stage ^= 1) {
+    const bool has_next = cursor.next(nxt);
+    if (has_next) {
+      load(nxt, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    visible();
+    __syncthreads();
+    body(cur, stage);
+    __syncthreads();  // the next step overwrites this stage
+    cur = nxt;
+    has = has_next;
+  }
+  cp_async_wait<0>();  // a CTA with no kept tile still has its own copies in flight
+}
+
+// The dK/dV kernels' per-slot statistics of query tile st (group size gs): the logsumexp in log2
+// units at dst[0, 64) and delta at dst[64, 128); a slot past lq gets lse +inf (p = 0), delta 0.
+// Plain stores: the stage was released by the barrier that ended its last use.
+__device__ __forceinline__ void load_slot_stats(float* dst, const SlotTile& st, int gs,
+                                                const float* lse, const float* delta, int64_t lq,
+                                                int nthreads) {
+  for (int j = threadIdx.x; j < kTile; j += nthreads) {
+    const int64_t sp = slot_pos(st, j, gs);
+    const int64_t p = sp < lq ? sp : -1;
+    dst[j] = p >= 0 ? lse_log2(lse[p]) : INFINITY;
+    dst[kTile + j] = p >= 0 ? delta[p] : 0.f;
+  }
+}
+
+// The dQ kernels' statistics of the rows (g, g + 8 of each m-tile) this lane holds, for query
+// rows r0 + row0 + ...; rows past lq get lse +inf, delta 0.
+template <int MT>
+__device__ __forceinline__ void load_row_stats(float (&row_lse)[MT][2], float (&row_delta)[MT][2],
+                                               const float* lse, const float* delta, int64_t r0,
+                                               int row0, int64_t lq, int lane) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t r = r0 + row0 + m * 16 + (lane >> 2) + 8 * i;
+      row_lse[m][i] = r < lq ? lse_log2(lse[r]) : INFINITY;
+      row_delta[m][i] = r < lq ? delta[r] : 0.f;
+    }
+}
+
+// Backward probabilities in place, p = 2^(s * scale_log2 - lse): per accumulator row (queries are
+// the rows: dQ) or per column from the staged statistics (queries are the columns c0 + ...: dK/dV).
+template <int MT, int N>
+__device__ __forceinline__ void probs_by_row(float (&p)[MT][N / 8][4],
+                                             const float (&row_lse)[MT][2], float scale_log2) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[m][n][e] = fast_exp2(p[m][n][e] * scale_log2 - row_lse[m][e >> 1]);
+}
+template <int MT, int N>
+__device__ __forceinline__ void probs_by_col(float (&p)[MT][N / 8][4], const float* col_lse,
+                                             int c0, float scale_log2, int lane) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) {
+    const int col = c0 + n * 8 + 2 * (lane & 3);
+    const float l0 = col_lse[col], l1 = col_lse[col + 1];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      p[m][n][0] = fast_exp2(p[m][n][0] * scale_log2 - l0);
+      p[m][n][1] = fast_exp2(p[m][n][1] * scale_log2 - l1);
+      p[m][n][2] = fast_exp2(p[m][n][2] * scale_log2 - l0);
+      p[m][n][3] = fast_exp2(p[m][n][3] * scale_log2 - l1);
+    }
+  }
+}
+
+// dS = P * (dP - delta) in place over dp, delta per row or per column as above.
+template <int MT, int N>
+__device__ __forceinline__ void dscores_by_row(float (&dp)[MT][N / 8][4],
+                                               const float (&p)[MT][N / 8][4],
+                                               const float (&row_delta)[MT][2]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[m][n][e] = p[m][n][e] * (dp[m][n][e] - row_delta[m][e >> 1]);
+}
+template <int MT, int N>
+__device__ __forceinline__ void dscores_by_col(float (&dp)[MT][N / 8][4],
+                                               const float (&p)[MT][N / 8][4],
+                                               const float* col_delta, int c0, int lane) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) {
+    const int col = c0 + n * 8 + 2 * (lane & 3);
+    const float d0 = col_delta[col], d1 = col_delta[col + 1];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      dp[m][n][0] = p[m][n][0] * (dp[m][n][0] - d0);
+      dp[m][n][1] = p[m][n][1] * (dp[m][n][1] - d1);
+      dp[m][n][2] = p[m][n][2] * (dp[m][n][2] - d0);
+      dp[m][n][3] = p[m][n][3] * (dp[m][n][3] - d1);
+    }
+  }
+}
+
 // --- host side -----------------------------------------------------------------------------------
 // Validates shapes, dtypes and the layout against the contract in backend.h; throws otherwise.
 void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,

@@ -69,7 +69,7 @@ bool enabled(int64_t d) {
 
 MathMode math_mode_for(DType dtype) {
   if (dtype == DType::BFloat16) return MathMode::kBF16;
-  return get_matmul_precision() == "highest" ? MathMode::kF32x3 : MathMode::kTF32;
+  return matmul_precision() == MatmulPrecision::kHighest ? MathMode::kF32x3 : MathMode::kTF32;
 }
 
 namespace {
@@ -110,11 +110,6 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
     load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, st, gs, a.lk);
   };
 
-  SlotTile cur, nxt;
-  bool has = cursor.next(cur);
-  if (has) load_kv(cur, 0);
-  cp_async_commit();
-
   float o[MT][D / 8][4];
   zero(o);
   float mrow[MT][2], lrow[MT][2];
@@ -128,16 +123,7 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
   uint32_t qa[MT][M == MathMode::kBF16 ? D / 16 : 1][4];
   bool q_loaded = false;
 
-  for (int stage = 0; has; stage ^= 1) {
-    const bool has_next = cursor.next(nxt);
-    if (has_next) {
-      load_kv(nxt, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+  for_each_tile(cursor, load_kv, [] {}, [&](const SlotTile& cur, int stage) {
     const E* sk = skv + stage * 2 * kTile * LD;
     const E* sv = sk + kTile * LD;
 
@@ -150,22 +136,18 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
     } else {
       gemm_xyt<M, D, MT, kTile>(s, sq + row0 * LD, sk, LD, lane);
     }
+    // Scaled before masking, so any scale (0 or negative included) is exact.
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[m][n][e] *= a.scale_log2;
-    const bool need_mask = tile_needs_mask(cur, gs, q0, a.lk, L.causal, true);
-    if (need_mask) apply_mask<MT, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
-
+    if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
+      apply_mask<MT, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
     online_softmax<MT, kTile, D>(s, o, mrow, lrow, 1.f);
     gemm_py<M, D, MT, kTile>(o, s, sv, LD, lane);
-    __syncthreads();  // the next iteration overwrites this stage
-    cur = nxt;
-    has = has_next;
-  }
-  cp_async_wait<0>();  // a CTA with no kept block still has its Q copy in flight
+  });
 
   store_output<E, D, MT>(a, bh, q0, row0, o, mrow, lrow, lane);
 }

@@ -62,53 +62,23 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
     load_slot_pair_sw<D>(dst, dst + TE, k, v, st, gs, a.lk);
   };
 
-  SlotTile cur, nxt;
-  bool has = cursor.next(cur);
-  if (has) load_kv(cur, 0);
-  cp_async_commit();
-
   float o[1][D / 8][4];
   zero(o);
   float mrow[1][2] = {{-INFINITY, -INFINITY}}, lrow[1][2] = {{0.f, 0.f}};
 
-  for (int stage = 0; has; stage ^= 1) {
-    const bool has_next = cursor.next(nxt);
-    if (has_next) {
-      load_kv(nxt, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();
+  for_each_tile(cursor, load_kv, fence_proxy_async, [&](const SlotTile& cur, int stage) {
     const uint16_t* sk = skv + stage * 2 * TE;
     const uint16_t* sv = sk + TE;
-
     float s[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
-    wgmma_fence();
-    wgmma_xyt<D>(flat(s), sq, sk);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat(s));
-    // Raw scores; the softmax scales them by scale * log2(e) (> 0: checked by enabled()).
+    wgmma_run([&] { wgmma_xyt<D>(flat(s), sq, sk); }, flat(s));
+    // Raw scores; the softmax scales them by scale * log2(e) (> 0: checked by the caller).
     if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
       apply_mask<1, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
     online_softmax<1, kTile, D>(s, o, mrow, lrow, a.scale_log2);
-
     uint32_t pa[4][4];
     pack_a(pa, s);
-    fence_regs(flat(o));
-    wgmma_fence();
-    wgmma_py<D>(flat(o), pa, sv);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat(o));
-    __syncthreads();  // the next iteration overwrites this stage
-    cur = nxt;
-    has = has_next;
-  }
-  cp_async_wait<0>();  // a CTA with no kept block still has its Q copy in flight
+    wgmma_run([&] { wgmma_py<D>(flat(o), pa, sv); }, flat(o));
+  });
   store_output<uint16_t, D, 1>(a, bh, q0, row0, o, mrow, lrow, lane);
 }
 
@@ -122,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   uint16_t* sqdo = sv + TE;                                    // two stages of [Q, dO]
   float* sstat = reinterpret_cast<float*>(sqdo + 4 * TE);      // two stages of [lse, delta]
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
   const int64_t k0 = int64_t(blockIdx.x) * kTile;
   const int h = blockIdx.y;
@@ -145,87 +115,35 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   auto load_q = [&](const SlotTile& st, int stage) {
     uint16_t* dst = sqdo + stage * 2 * TE;
     load_slot_pair_sw<D>(dst, dst + TE, q, dout, st, gs, a.lq);
-    // Plain stores: this stage was released by the barrier that ended its last use.
-    float* st_lse = sstat + stage * 2 * kTile;
-    for (int j = threadIdx.x; j < kTile; j += kThreads) {
-      const int64_t sp = slot_pos(st, j, gs);
-      const int64_t p = sp < a.lq ? sp : -1;
-      st_lse[j] = p >= 0 ? lse_log2(lse[p]) : INFINITY;
-      st_lse[kTile + j] = p >= 0 ? delta[p] : 0.f;
-    }
+    load_slot_stats(sstat + stage * 2 * kTile, st, gs, lse, delta, a.lq, kThreads);
   };
-
-  SlotTile cur, nxt;
-  bool has = cursor.next(cur);
-  if (has) load_q(cur, 0);
-  cp_async_commit();
 
   float dk[1][D / 8][4], dv[1][D / 8][4];
   zero(dk);
   zero(dv);
-  for (int stage = 0; has; stage ^= 1) {
-    const bool has_next = cursor.next(nxt);
-    if (has_next) {
-      load_q(nxt, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();
+  for_each_tile(cursor, load_q, fence_proxy_async, [&](const SlotTile& cur, int stage) {
     const uint16_t* sq = sqdo + stage * 2 * TE;
     const uint16_t* sdo = sq + TE;
     const float* st_lse = sstat + stage * 2 * kTile;
-
     // S^T (keys x queries) and dP^T = V dO^T.
     float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
-    wgmma_fence();
-    wgmma_xyt<D>(flat(p), sk, sq);
-    wgmma_xyt<D>(flat(dp), sv, sdo);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat(p));
-    fence_regs(flat(dp));
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n) {
-      const int col = n * 8 + 2 * t;
-      const float l0 = st_lse[col], l1 = st_lse[col + 1];
-      p[0][n][0] = fast_exp2(p[0][n][0] * a.scale_log2 - l0);
-      p[0][n][1] = fast_exp2(p[0][n][1] * a.scale_log2 - l1);
-      p[0][n][2] = fast_exp2(p[0][n][2] * a.scale_log2 - l0);
-      p[0][n][3] = fast_exp2(p[0][n][3] * a.scale_log2 - l1);
-    }
+    wgmma_run([&] {
+      wgmma_xyt<D>(flat(p), sk, sq);
+      wgmma_xyt<D>(flat(dp), sv, sdo);
+    }, flat(p), flat(dp));
+    probs_by_col<1, kTile>(p, st_lse, 0, a.scale_log2, lane);
     // Masked after the exponential (to exactly 0), so any scale, 0 included, is safe.
     if (tile_needs_mask(cur, gs, k0, a.lq, L.causal, false))
       apply_mask<1, kTile>(p, cur, gs, k0, row0, 0, a.lq, L.causal, false, 0.f, lane);
-    // dS^T = P^T * (dP^T - delta), in place.
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n) {
-      const int col = n * 8 + 2 * t;
-      const float d0 = st_lse[kTile + col], d1 = st_lse[kTile + col + 1];
-      dp[0][n][0] = p[0][n][0] * (dp[0][n][0] - d0);
-      dp[0][n][1] = p[0][n][1] * (dp[0][n][1] - d1);
-      dp[0][n][2] = p[0][n][2] * (dp[0][n][2] - d0);
-      dp[0][n][3] = p[0][n][3] * (dp[0][n][3] - d1);
-    }
+    dscores_by_col<1, kTile>(dp, p, st_lse + kTile, 0, lane);  // dS^T, in place
     uint32_t pa[4][4], da[4][4];
     pack_a(pa, p);
     pack_a(da, dp);
-    fence_regs(flat(dv));
-    fence_regs(flat(dk));
-    wgmma_fence();
-    wgmma_py<D>(flat(dv), pa, sdo);
-    wgmma_py<D>(flat(dk), da, sq);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat(dv));
-    fence_regs(flat(dk));
-    __syncthreads();  // the next iteration overwrites this stage
-    cur = nxt;
-    has = has_next;
-  }
-  cp_async_wait<0>();
+    wgmma_run([&] {
+      wgmma_py<D>(flat(dv), pa, sdo);
+      wgmma_py<D>(flat(dk), da, sq);
+    }, flat(dv), flat(dk));
+  });
   store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * D, k0, row0, a.lk, dk,
                              a.scale, lane);
   store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * D, k0, row0, a.lk, dv,
@@ -241,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   uint16_t* sdo = sq + TE;
   uint16_t* skv = sdo + TE;  // two stages of [K, V]
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
   const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // long causal rows first
   const int h = blockIdx.y;
@@ -256,14 +174,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   load_rows_sw<D, 2>({sq, sdo}, {q, dout}, query_pos);
   cp_async_commit();
 
-  // The statistics of the two rows (g, g + 8) this lane holds.
-  float row_lse[2], row_delta[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t r = q0 + row0 + g + 8 * i;
-    row_lse[i] = r < a.lq ? lse_log2(a.lse[bh * a.lq + r]) : INFINITY;
-    row_delta[i] = r < a.lq ? a.delta[bh * a.lq + r] : 0.f;
-  }
+  float row_lse[1][2], row_delta[1][2];
+  load_row_stats(row_lse, row_delta, a.lse + bh * a.lq, a.delta + bh * a.lq, q0, row0, a.lq, lane);
 
   TileCursor cursor;
   open_cursor(cursor, L, h, q0, false);
@@ -273,59 +185,24 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
     load_slot_pair_sw<D>(dst, dst + TE, k, v, st, gs, a.lk);
   };
 
-  SlotTile cur, nxt;
-  bool has = cursor.next(cur);
-  if (has) load_kv(cur, 0);
-  cp_async_commit();
-
   float dq[1][D / 8][4];
   zero(dq);
-  for (int stage = 0; has; stage ^= 1) {
-    const bool has_next = cursor.next(nxt);
-    if (has_next) {
-      load_kv(nxt, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();
+  for_each_tile(cursor, load_kv, fence_proxy_async, [&](const SlotTile& cur, int stage) {
     const uint16_t* sk = skv + stage * 2 * TE;
     const uint16_t* sv = sk + TE;
-
     float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
-    wgmma_fence();
-    wgmma_xyt<D>(flat(p), sq, sk);
-    wgmma_xyt<D>(flat(dp), sdo, sv);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat(p));
-    fence_regs(flat(dp));
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        p[0][n][e] = fast_exp2(p[0][n][e] * a.scale_log2 - row_lse[e >> 1]);
+    wgmma_run([&] {
+      wgmma_xyt<D>(flat(p), sq, sk);
+      wgmma_xyt<D>(flat(dp), sdo, sv);
+    }, flat(p), flat(dp));
+    probs_by_row<1, kTile>(p, row_lse, a.scale_log2);
     if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
       apply_mask<1, kTile>(p, cur, gs, q0, row0, 0, a.lk, L.causal, true, 0.f, lane);
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[0][n][e] = p[0][n][e] * (dp[0][n][e] - row_delta[e >> 1]);
+    dscores_by_row<1, kTile>(dp, p, row_delta);
     uint32_t da[4][4];
     pack_a(da, dp);
-    fence_regs(flat(dq));
-    wgmma_fence();
-    wgmma_py<D>(flat(dq), da, sk);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat(dq));
-    __syncthreads();
-    cur = nxt;
-    has = has_next;
-  }
-  cp_async_wait<0>();
+    wgmma_run([&] { wgmma_py<D>(flat(dq), da, sk); }, flat(dq));
+  });
   store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * D, q0, row0, a.lq, dq,
                              a.scale, lane);
 }

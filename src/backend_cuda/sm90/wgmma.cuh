@@ -106,6 +106,19 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// Issues the products of issue() as one wgmma group and waits for it. The accumulators it writes
+// are fenced on both sides, so the compiler keeps every other access to them out of the window in
+// which the tensor cores own them.
+template <typename Issue, typename... Acc>
+__device__ __forceinline__ void wgmma_run(Issue issue, Acc&... acc) {
+  (fence_regs(acc), ...);
+  wgmma_fence();
+  issue();
+  wgmma_commit();
+  wgmma_wait<0>();
+  (fence_regs(acc), ...);
+}
+
 template <int MT, int N>
 __device__ __forceinline__ float (&flat(float (&c)[MT][N][4]))[MT * N * 4] {
   return reinterpret_cast<float(&)[MT * N * 4]>(c);
