@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ndarray/backend.h"
+#include "ndarray/matmul_precision.h"  // set / get_matmul_precision, part of this API
 
 namespace needle {
 // The CUDA kernel table for the current device; throws RuntimeError when the build has no CUDA
@@ -20,9 +21,4 @@ void cuda_synchronize();
 // unwritten fails the comparison instead of passing on leftover data. Off by default.
 void cuda_set_alloc_poison(bool on);
 
-// float32 matmul precision, as torch.set_float32_matmul_precision: "highest" (default, full
-// float32), "high" (TF32 tensor cores) or "medium" (bfloat16 tensor cores). ValueError otherwise.
-// A build without CUDA stores the setting too, so scripts run unchanged.
-void set_matmul_precision(const std::string& precision);
-std::string get_matmul_precision();
 }  // namespace needle

@@ -1,39 +1,15 @@
-// Batched GEMM through cuBLAS, and the float32 matmul precision setting.
+// Batched GEMM through cuBLAS, at the float32 matmul precision of ndarray/matmul_precision.h.
 //
 // cuBLAS is column-major; our matrices are row-major. A row-major (r, c) matrix with leading
 // dimension ld is the column-major (c, r) matrix of its transpose, so C = op(A) op(B) is computed
 // as C^T = op(B)^T op(A)^T: the operands swap, m and n swap, and each transpose flag carries over
 // unchanged. No operand is ever copied or transposed in memory.
-#include <mutex>
-#include <string>
 
 #include "backend_cuda/cuda_backend.h"
 #include "backend_cuda/cuda_common.cuh"
 #include "backend_cuda/cuda_internal.h"
 
 namespace needle {
-namespace {
-
-std::mutex precision_mu;
-std::string precision = "highest";
-
-}  // namespace
-
-// "highest": full float32 (CUBLAS_COMPUTE_32F); "high": TF32 tensor cores; "medium": bfloat16
-// tensor cores; as torch.set_float32_matmul_precision.
-void set_matmul_precision(const std::string& p) {
-  NEEDLE_CHECK(p == "highest" || p == "high" || p == "medium", ValueError,
-               "set_matmul_precision: expected \"highest\", \"high\" or \"medium\", got \"", p,
-               "\"");
-  std::lock_guard<std::mutex> lock(precision_mu);
-  precision = p;
-}
-
-std::string get_matmul_precision() {
-  std::lock_guard<std::mutex> lock(precision_mu);
-  return precision;
-}
-
 namespace cuda {
 namespace {
 
@@ -54,10 +30,12 @@ cublasHandle_t handle() {
 }
 
 cublasComputeType_t float32_compute_type() {
-  std::string p = get_matmul_precision();
-  if (p == "high") return CUBLAS_COMPUTE_32F_FAST_TF32;
-  if (p == "medium") return CUBLAS_COMPUTE_32F_FAST_16BF;
-  return CUBLAS_COMPUTE_32F;
+  // "highest": full float32; "high": TF32 tensor cores; "medium": bfloat16 tensor cores.
+  switch (matmul_precision()) {
+    case MatmulPrecision::kHigh: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case MatmulPrecision::kMedium: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    default: return CUBLAS_COMPUTE_32F;
+  }
 }
 
 // The leading dimension handed to cuBLAS for a column-major (rows, cols) operand. When the

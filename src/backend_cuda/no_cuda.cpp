@@ -1,6 +1,4 @@
 // Linked instead of the CUDA library when the build has no CUDA (NEEDLE_CUDA=OFF, or no nvcc).
-#include <mutex>
-
 #include "backend_cuda/cuda_backend.h"
 #include "ndarray/error.h"
 
@@ -11,9 +9,6 @@ const char* kNoCuda =
     "this build has no CUDA: needle was configured without the CUDA backend "
     "(rebuild with -DNEEDLE_CUDA=ON on a machine with the CUDA toolkit)";
 
-std::mutex precision_mu;
-std::string precision = "highest";
-
 }  // namespace
 
 const Backend& cuda_backend() { throw RuntimeError(kNoCuda); }
@@ -22,18 +17,5 @@ bool cuda_is_available() { return false; }
 int cuda_device_count() { return 0; }
 void cuda_synchronize() { throw RuntimeError(kNoCuda); }
 void cuda_set_alloc_poison(bool) {}
-
-void set_matmul_precision(const std::string& p) {
-  NEEDLE_CHECK(p == "highest" || p == "high" || p == "medium", ValueError,
-               "set_matmul_precision: expected \"highest\", \"high\" or \"medium\", got \"", p,
-               "\"");
-  std::lock_guard<std::mutex> lock(precision_mu);
-  precision = p;
-}
-
-std::string get_matmul_precision() {
-  std::lock_guard<std::mutex> lock(precision_mu);
-  return precision;
-}
 
 }  // namespace needle

@@ -272,12 +272,9 @@ __global__ void __launch_bounds__(kClusterThreads, 4)
 // cluster kernel (a build for older targets only compiles its body away). Asked once.
 bool clusters_available() {
   static const bool ok = [] {
-    int dev = 0, major = 0;
-    NEEDLE_CUDA_CHECK(cudaGetDevice(&dev));
-    NEEDLE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     cudaFuncAttributes attr;
     NEEDLE_CUDA_CHECK(cudaFuncGetAttributes(&attr, row_op_cluster_kernel<float>));
-    return major >= 9 && attr.ptxVersion >= 90;
+    return compute_capability() >= 90 && attr.ptxVersion >= 90;
   }();
   return ok;
 }
