@@ -16,7 +16,6 @@ with a note.
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -283,8 +282,6 @@ def report(out_dir):
 
 
 def plot(results, path):
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,10 +307,7 @@ def plot(results, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    U.atomic_write_bytes(path, buf.getvalue())
+    U.save_figure(fig, path)
 
 
 def main(argv=None):

@@ -7,14 +7,14 @@ is refused with a message saying so. F16/BF16 weights become the model's float32
 checkpoints carry (causal-mask tables, rotary inv_freq) are not parameters and are skipped.
 """
 import json
-import os
-import tempfile
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 
 import needle as ndl
+
+from .files import atomic_write_json
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -159,32 +159,6 @@ def load_hf_checkpoint(model, path, strict=True):
     return LoadResult(missing, unexpected + mismatched, ignored)
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path, text):
-    """Writes text through a temporary file in the same folder, fsync and rename, so a crash
-    leaves the old file or the new one, never a torn mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_hf_checkpoint(model, path):
     """Writes `path`/model.safetensors (Hugging Face names, float32) and `path`/config.json."""
     path = Path(path)
@@ -192,5 +166,5 @@ def save_hf_checkpoint(model, path):
     state = dict(model.named_parameters())
     # transformers refuses safetensors files without a "format" entry in the metadata.
     ndl.save(state, str(path / SAFETENSORS), metadata={"format": "pt"})
-    write_text_atomic(path / CONFIG, json.dumps(model.config.to_hf(), indent=2) + "\n")
+    atomic_write_json(path / CONFIG, model.config.to_hf())
     return path

@@ -14,7 +14,6 @@ already records the same inputs and settings is not rebuilt (--force rebuilds it
 import argparse
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from apps.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT_VERSION = 1
@@ -105,15 +106,6 @@ def _fetch(data_dir, keys):
     subprocess.run(["bash", str(script), str(data_dir), *keys], check=True)
 
 
-def _atomic_write_bytes(path, write):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -149,7 +141,7 @@ def build(name, documents, tokenizer, out_dir, config, licence_files=(), num_thr
     for split, idx in (("train", train_idx), ("val", val_idx)):
         arr = np.fromiter((t for i in idx for t in (*ids[i], eot)), dtype=np.uint16)
         tokens[split] = int(arr.size)
-        _atomic_write_bytes(out_dir / f"{split}.bin", arr.tofile)
+        atomic_write(out_dir / f"{split}.bin", arr.tofile)
     copied = []
     for src in licence_files:
         dst = out_dir / f"{src.name}.{src.parent.name}"
@@ -167,7 +159,7 @@ def build(name, documents, tokenizer, out_dir, config, licence_files=(), num_thr
         "licence_files": copied,
         "config": config,
     }
-    _atomic_write_bytes(out_dir / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode() + b"\n"))
+    atomic_write(out_dir / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode() + b"\n"))
     return meta
 
 

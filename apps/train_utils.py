@@ -25,33 +25,12 @@ import needle as ndl
 import needle.nn.functional as F
 from needle.data import TokenDataLoader
 
+# Re-exported: train.py and compare.py write their files through U.atomic_write_*.
+from apps.files import atomic_write_bytes, atomic_write_json, fsync_dir, save_figure  # noqa: F401
+
 CHECKPOINT_FORMAT = 1
 
 
-# --- files -----------------------------------------------------------------------------------------
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data):
-    """Writes data to path through a temporary file, fsync and rename: readers see the old
-    file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def read_jsonl(path):
@@ -195,7 +174,7 @@ def save_checkpoint(run_dir, step, model, optimizer, state, keep=1):
     ndl.save(model.state_dict(), tmp / "model.safetensors")  # needle's save fsyncs and renames
     ndl.save(optimizer.state_dict(), tmp / "optimizer.safetensors")
     atomic_write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "step": step, **state})
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # the same step saved again (e.g. Ctrl-C right after a scheduled save)
         current = latest_checkpoint(run_dir)
         if current is not None and current[1].name == name:
@@ -203,7 +182,7 @@ def save_checkpoint(run_dir, step, model, optimizer, state, keep=1):
             return final
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_json(root / "latest.json", {"step": step, "dir": name})
     old = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name != name),
                  key=lambda p: int(p.name.split("-")[1]))
@@ -281,8 +260,6 @@ def plot_losses(records, path, title, unigram_ppl=None):
     """Train loss per step (raw and smoothed), validation loss at each evaluation and, when
     given, the unigram baseline's loss, as a PNG written atomically. Uses the Agg backend: no
     display is needed."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +289,4 @@ def plot_losses(records, path, title, unigram_ppl=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
