@@ -59,9 +59,10 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MT;
-  const int64_t k0 = int64_t(blockIdx.x) * kTile;
-  const int h = blockIdx.y;
-  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const CtaTile ct = cta_tile(a.layout.k_order, a.k_tiles, 0, a.heads, a.layout.layout_heads);
+  const int64_t k0 = int64_t(ct.tile) * kTile;
+  const int h = ct.h;
+  const int64_t bh = ct.bh;
   const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
   const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * D;
   const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
@@ -130,9 +131,10 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MT;
-  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // long causal rows first
-  const int h = blockIdx.y;
-  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const CtaTile ct = cta_tile(a.layout.q_order, a.q_tiles, 0, a.heads, a.layout.layout_heads);
+  const int64_t q0 = int64_t(ct.tile) * kTile;
+  const int h = ct.h;
+  const int64_t bh = ct.bh;
   const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
   const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * D;
   const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
@@ -200,13 +202,11 @@ void launch_backward(const BwdArgs& a, int64_t batch) {
   (void)configured;
   const unsigned heads = static_cast<unsigned>(a.heads), b = static_cast<unsigned>(batch);
   if (a.lk > 0) {
-    dkdv_kernel<M, D><<<dim3(unsigned(ceil_div(a.lk, kTile)), heads, b), NT, dkdv_smem,
-                         stream()>>>(a);
+    dkdv_kernel<M, D><<<tile_grid(a.k_tiles, heads, b), NT, dkdv_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
   if (a.lq > 0) {
-    dq_kernel<M, D><<<dim3(unsigned(ceil_div(a.lq, kTile)), heads, b), NT, dq_smem, stream()>>>(
-        a);
+    dq_kernel<M, D><<<tile_grid(a.q_tiles, heads, b), NT, dq_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
 }
@@ -261,8 +261,6 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
                ValueError, "cuda block_sparse_attention_backward: lse must be compact float32 (",
                batch, ", ", heads, ", ", lq, ")");
   if (batch == 0 || heads == 0) return;
-  NEEDLE_CHECK(batch <= 65535 && heads <= 65535, ValueError,
-               "cuda block_sparse_attention_backward: batch and heads must be <= 65535");
   const int64_t rows = batch * heads * lq;
   Workspace delta(static_cast<size_t>(rows) * sizeof(float));
   if (rows > 0) {
@@ -285,6 +283,8 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
   a.heads = static_cast<int>(heads);
   a.lq = lq;
   a.lk = k.shape[2];
+  a.q_tiles = static_cast<int>(ceil_div(lq, kTile));
+  a.k_tiles = static_cast<int>(ceil_div(a.lk, kTile));
   a.scale = static_cast<float>(scale);
   a.scale_log2 = static_cast<float>(scale) * kLog2e;
   switch (math_mode_for(q.dtype)) {

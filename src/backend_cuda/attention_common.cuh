@@ -30,12 +30,13 @@
 #include <cstdint>
 
 #include "backend_cuda/cuda_common.cuh"
+#include "ndarray/error.h"
 
 namespace needle::cuda::attn {
 
 enum class MathMode { kBF16, kTF32, kF32x3 };
 
-constexpr int kTile = 64;     // primary rows per CTA and secondary slots per tile
+constexpr int kTile = kAttentionTile;  // primary rows per CTA and secondary slots per tile
 constexpr int kMaxGroups = 4; // slot groups per tile: 64 / 16 for the smallest block size
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -489,6 +490,7 @@ struct FwdArgs {
   int heads;
   int64_t lq, lk, q_offset;
   int first_tile;    // the tile holding absolute position q_offset
+  int tiles;         // query tiles in the grid: first_tile .. first_tile + tiles - 1
   float scale_log2;  // scale * log2(e): scores in log2 units
 };
 
@@ -505,9 +507,52 @@ struct BwdArgs {
   BlockLayoutRef layout;
   int heads;
   int64_t lq, lk;
+  int q_tiles, k_tiles;  // ceil(lq / 64), ceil(lk / 64)
   float scale;       // dK, dQ = scale * (dS^T Q, dS K)
   float scale_log2;  // scale * log2(e)
 };
+
+// Which tile of which head and batch item a CTA owns. Every kernel's grid is one-dimensional,
+// tiles x heads x batch CTAs, enumerated through the layout's work order (q_order / k_order in
+// BlockLayoutRef; entry = layout head * tiles + tile, heaviest first): the CTA's position in the
+// order is blockIdx.x / reps and its batch item (and head, when all heads share one layout)
+// blockIdx.x % reps, so every head's and batch item's longest rows launch before any shorter
+// one. Without an order (forward with q_offset > 0) the tiles run last-first.
+struct CtaTile {
+  int tile;    // absolute 64-position tile
+  int h;       // head
+  int64_t bh;  // batch item * heads + h
+};
+__device__ __forceinline__ CtaTile cta_tile(const int32_t* order, int tiles, int first_tile,
+                                            int heads, int layout_heads) {
+  const bool per_head = order != nullptr && layout_heads > 1;
+  const unsigned entries = per_head ? unsigned(tiles) * unsigned(heads) : unsigned(tiles);
+  const unsigned reps = gridDim.x / entries;
+  const unsigned pos = blockIdx.x / reps, rep = blockIdx.x % reps;
+  CtaTile c;
+  if (order == nullptr) {
+    c.tile = first_tile + tiles - 1 - static_cast<int>(pos);
+  } else {
+    const int e = __ldg(order + pos);
+    c.tile = e % tiles;
+    if (per_head) {
+      c.h = e / tiles;
+      c.bh = int64_t(rep) * heads + c.h;
+      return c;
+    }
+  }
+  c.h = static_cast<int>(rep % unsigned(heads));
+  c.bh = rep;
+  return c;
+}
+
+// The grid of cta_tile: tiles x heads x batch CTAs in one dimension.
+inline dim3 tile_grid(int64_t tiles, int64_t heads, int64_t batch) {
+  const int64_t n = tiles * heads * batch;
+  NEEDLE_CHECK(n <= int64_t(0x7fffffff), ValueError,
+               "cuda block_sparse_attention: at most 2^31 - 1 tiles x heads x batch, got ", n);
+  return dim3(static_cast<unsigned>(n));
+}
 
 // The row logsumexp in log2 units for exp2; a row with no visible key (lse = -inf) gets +inf so
 // that any score gives p = 0 rather than inf.

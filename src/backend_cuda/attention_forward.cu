@@ -87,10 +87,10 @@ __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MT;  // the warp's first row within the tile
-  // Later tiles first: under a causal layout they have the most key blocks.
-  const int tile = a.first_tile + static_cast<int>(gridDim.x - 1 - blockIdx.x);
-  const int h = blockIdx.y;
-  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const CtaTile ct = cta_tile(a.layout.q_order, a.tiles, a.first_tile, a.heads,
+                             a.layout.layout_heads);
+  const int tile = ct.tile, h = ct.h;
+  const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
   const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
   const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
@@ -163,7 +163,7 @@ void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
     return true;
   }();
   (void)configured;
-  forward_kernel<M, D><<<dim3(tiles, heads, batch), 32 * num_warps<D>(), smem, stream()>>>(a);
+  forward_kernel<M, D><<<tile_grid(tiles, heads, batch), 32 * num_warps<D>(), smem, stream()>>>(a);
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
@@ -190,8 +190,6 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
                q.shape[0], ", ", q.shape[1], ", ", q.shape[2], ")");
   const int64_t batch = q.shape[0], heads = q.shape[1], lq = q.shape[2], d = q.shape[3];
   if (batch == 0 || heads == 0 || lq == 0) return;
-  NEEDLE_CHECK(batch <= 65535 && heads <= 65535, ValueError,
-               "cuda block_sparse_attention_forward: batch and heads must be <= 65535");
   FwdArgs a{};
   a.q = q.data;
   a.k = k.data;
@@ -207,6 +205,7 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
   a.scale_log2 = static_cast<float>(scale) * kLog2e;
   const int tiles =
       static_cast<int>(ceil_div(layout.q_offset + lq, kTile) - layout.q_offset / kTile);
+  a.tiles = tiles;
   switch (math_mode_for(q.dtype)) {
     case MathMode::kBF16:
       // The Hopper forward scales inside its softmax, which needs scale > 0.

@@ -67,6 +67,10 @@ struct GemmArgs {
 // Query row r of q sits at absolute position q_offset + r (q_offset > 0 for decoding with a KV
 // cache) and reads layout row (q_offset + r) / b. Key j is visible to query position i when its
 // block is kept and, if causal, j <= i; positions >= k_len are padding and never visible.
+// Positions per CTA tile in the CUDA attention kernels (both sides); the layout's work orders
+// below are computed over tiles of this size.
+constexpr int kAttentionTile = 64;
+
 struct BlockLayoutRef {
   int32_t block_size = 64;
   int64_t q_len = 0, k_len = 0, q_offset = 0;
@@ -85,6 +89,14 @@ struct BlockLayoutRef {
   const int32_t* col_ptr = nullptr;
   const int32_t* row_idx = nullptr;
   const int32_t* t_block_flags = nullptr;
+  // Work orders for the CUDA kernels, which give each CTA 64 positions (a "tile") of one head:
+  // the (layout head, tile) pairs of the query side (q_order: forward and dQ) and of the key side
+  // (k_order: dK/dV), entry = layout head * tiles + tile, sorted by the tile's kept work,
+  // heaviest first. CTAs launch in this order across all heads and batch items, so the longest
+  // rows start first and the grid ends on short ones (longest-processing-time-first scheduling).
+  // q_order is null when q_offset > 0 (the kernels then take the later tiles first).
+  const int32_t* q_order = nullptr;
+  const int32_t* k_order = nullptr;
 };
 
 // Allocator statistics for one device (bytes unless named otherwise).

@@ -26,9 +26,10 @@ struct BlockSparseLayout::Data {
 struct BlockSparseLayout::Cache {
   struct Arrays {
     int64_t q_blocks = 0, k_blocks = 0;
-    NDArray row_ptr, col_idx, block_flags, col_ptr, row_idx, t_block_flags;
+    NDArray row_ptr, col_idx, block_flags, col_ptr, row_idx, t_block_flags, q_order, k_order;
   };
-  using Key = std::tuple<int, int, int64_t, int64_t, bool, bool>;
+  // (device type, device index, query blocks, key blocks, query tiles, key tiles, q_pad, k_pad)
+  using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, bool, bool>;
   std::mutex mutex;
   std::map<Key, Arrays> entries;
 };
@@ -36,6 +37,32 @@ struct BlockSparseLayout::Cache {
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The CUDA kernels' work order over one side of the layout (see q_order in BlockLayoutRef): ptr is
+// a per-head CSR offset array (heads runs of blocks + 1 entries) over blocks of size b; a kernel
+// tile is `tile` consecutive positions, and its work is the number of (position, kept key or
+// query position) pairs it covers. Returns entry = head * tiles + t for every pair, heaviest
+// first; equal work keeps the later tile first (causal rows grow with the tile index).
+std::vector<int32_t> tile_work_order(const std::vector<int32_t>& ptr, int64_t heads, int64_t blocks,
+                                     int64_t b, int64_t tiles, int64_t tile) {
+  std::vector<int64_t> work(static_cast<size_t>(heads * tiles), 0);
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const size_t r = static_cast<size_t>(h * (blocks + 1) + blk);
+      const int64_t kept = ptr[r + 1] - ptr[r];
+      for (int64_t t = blk * b / tile; t < tiles && t * tile < (blk + 1) * b; ++t) {
+        const int64_t overlap = std::min((blk + 1) * b, (t + 1) * tile) - std::max(blk * b, t * tile);
+        work[static_cast<size_t>(h * tiles + t)] += kept * b * overlap;
+      }
+    }
+  std::vector<int32_t> order(work.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+    const int64_t wx = work[static_cast<size_t>(x)], wy = work[static_cast<size_t>(y)];
+    return wx != wy ? wx > wy : x % tiles > y % tiles;
+  });
+  return order;
+}
 
 void check_geometry(const char* what, int64_t block_size, int64_t q_len, int64_t k_len) {
   NEEDLE_CHECK(block_size == 16 || block_size == 32 || block_size == 64 || block_size == 128,
@@ -361,7 +388,10 @@ BlockLayoutRef BlockSparseLayout::ref(const Device& device, int64_t q_len, int64
   const int64_t b = d.block_size, q_end = q_offset + q_len;
   const int64_t qbc = ceil_div(q_end, b), kbc = ceil_div(k_len, b);
   const bool q_pad = q_end % b != 0, k_pad = k_len % b != 0;
-  const Cache::Key key{static_cast<int>(device.type), device.index, qbc, kbc, q_pad, k_pad};
+  // The kernels' 64-position tiles (kAttentionTile in backend.h), counted from position 0.
+  const int64_t q_tiles = ceil_div(q_end, kAttentionTile), k_tiles = ceil_div(k_len, kAttentionTile);
+  const Cache::Key key{static_cast<int>(device.type), device.index, qbc, kbc, q_tiles, k_tiles,
+                       q_pad, k_pad};
 
   std::lock_guard<std::mutex> lock(cache_->mutex);
   auto it = cache_->entries.find(key);
@@ -401,6 +431,8 @@ BlockLayoutRef BlockSparseLayout::ref(const Device& device, int64_t q_len, int64
     arrays.q_blocks = qbc, arrays.k_blocks = kbc;
     arrays.row_ptr = upload(rp), arrays.col_idx = upload(ci), arrays.block_flags = upload(fl);
     arrays.col_ptr = upload(cp), arrays.row_idx = upload(ri), arrays.t_block_flags = upload(tf);
+    arrays.q_order = upload(tile_work_order(rp, d.heads, qbc, b, q_tiles, kAttentionTile));
+    arrays.k_order = upload(tile_work_order(cp, d.heads, kbc, b, k_tiles, kAttentionTile));
     it = cache_->entries.emplace(key, std::move(arrays)).first;
   }
   const Cache::Arrays& a = it->second;
@@ -415,6 +447,8 @@ BlockLayoutRef BlockSparseLayout::ref(const Device& device, int64_t q_len, int64
   ref.row_ptr = ptr(a.row_ptr), ref.col_idx = ptr(a.col_idx), ref.block_flags = ptr(a.block_flags);
   ref.col_ptr = ptr(a.col_ptr), ref.row_idx = ptr(a.row_idx);
   ref.t_block_flags = ptr(a.t_block_flags);
+  ref.q_order = q_offset == 0 ? ptr(a.q_order) : nullptr;
+  ref.k_order = ptr(a.k_order);
   return ref;
 }
 

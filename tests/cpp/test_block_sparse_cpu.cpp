@@ -442,3 +442,54 @@ TEST_CASE("kernel arrays are cached per device and geometry", "[block_sparse][la
       REQUIRE(a.block_flags[e] == (kb == qb ? 1 : 0));  // 256 = 8 full blocks: only the diagonal
     }
 }
+
+// The CUDA kernels' work orders, recomputed here from the block mask: every (head, 64-position
+// tile) pair once, in nonincreasing order of kept (position, position) pairs.
+TEST_CASE("work orders list every tile once, heaviest first", "[block_sparse][layout]") {
+  struct Case {
+    BlockSparseLayout layout;
+    int64_t lq, lk;
+  };
+  const std::vector<Case> cases = {
+      {BlockSparseLayout::dense(300, 128), 300, 300},
+      {BlockSparseLayout::mixed(256, 16), 256, 256},
+      {BlockSparseLayout::global(320, 32, 1, false), 320, 320},
+      {BlockSparseLayout::random(200, 32, 2, 7, true, 3), 200, 200},
+  };
+  for (const Case& c : cases) {
+    const BlockSparseLayout& layout = c.layout;
+    const BlockLayoutRef ref = layout.ref(cpu(), c.lq, c.lk);
+    const int64_t b = layout.block_size(), heads = layout.heads();
+    const int64_t qb = layout.num_q_blocks(), kb = layout.num_k_blocks();
+    const std::vector<uint8_t> mask = layout.block_mask();  // (heads, QB, KB)
+    for (bool keys : {false, true}) {
+      const int64_t len = keys ? c.lk : c.lq, tiles = (len + 63) / 64;
+      const int32_t* order = keys ? ref.k_order : ref.q_order;
+      std::vector<int64_t> work(static_cast<size_t>(heads * tiles), 0);
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < qb; ++i)
+          for (int64_t j = 0; j < kb; ++j) {
+            if (!mask[static_cast<size_t>((h * qb + i) * kb + j)]) continue;
+            const int64_t blk = keys ? j : i;  // the side being ordered
+            for (int64_t p = blk * b; p < (blk + 1) * b && p < tiles * 64; ++p)
+              work[static_cast<size_t>(h * tiles + p / 64)] += b;
+          }
+      std::vector<int> seen(work.size(), 0);
+      for (size_t i = 0; i < work.size(); ++i) {
+        INFO(layout.name() << (keys ? " keys" : " queries") << " position " << i);
+        REQUIRE(order[i] >= 0);
+        REQUIRE(order[i] < static_cast<int32_t>(work.size()));
+        ++seen[static_cast<size_t>(order[i])];
+        if (i > 0) REQUIRE(work[static_cast<size_t>(order[i - 1])] >= work[static_cast<size_t>(order[i])]);
+      }
+      for (int s : seen) REQUIRE(s == 1);
+    }
+  }
+  // Causal dense: the later query tiles first, the earlier key tiles first.
+  const BlockSparseLayout dense = BlockSparseLayout::dense(256, 64);  // owns the arrays
+  const BlockLayoutRef d = dense.ref(cpu(), 256, 256);
+  REQUIRE(std::vector<int32_t>(d.q_order, d.q_order + 4) == std::vector<int32_t>{3, 2, 1, 0});
+  REQUIRE(std::vector<int32_t>(d.k_order, d.k_order + 4) == std::vector<int32_t>{0, 1, 2, 3});
+  // Decoding (q_offset > 0) has no query order.
+  REQUIRE(dense.ref(cpu(), 1, 200, 199).q_order == nullptr);
+}

@@ -39,9 +39,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
-  const int tile = a.first_tile + static_cast<int>(gridDim.x - 1 - blockIdx.x);  // long rows first
-  const int h = blockIdx.y;
-  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const CtaTile ct = cta_tile(a.layout.q_order, a.tiles, a.first_tile, a.heads,
+                             a.layout.layout_heads);
+  const int tile = ct.tile, h = ct.h;
+  const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
   const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
@@ -94,9 +95,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
-  const int64_t k0 = int64_t(blockIdx.x) * kTile;
-  const int h = blockIdx.y;
-  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const CtaTile ct = cta_tile(a.layout.k_order, a.k_tiles, 0, a.heads, a.layout.layout_heads);
+  const int64_t k0 = int64_t(ct.tile) * kTile;
+  const int h = ct.h;
+  const int64_t bh = ct.bh;
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
   const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * D;
   const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
@@ -161,9 +163,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
-  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // long causal rows first
-  const int h = blockIdx.y;
-  const int64_t bh = int64_t(blockIdx.z) * a.heads + h;
+  const CtaTile ct = cta_tile(a.layout.q_order, a.q_tiles, 0, a.heads, a.layout.layout_heads);
+  const int64_t q0 = int64_t(ct.tile) * kTile;
+  const int h = ct.h;
+  const int64_t bh = ct.bh;
   const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
   const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * D;
   const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
@@ -225,7 +228,7 @@ void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
   constexpr size_t smem = smem_bytes<D>(5);
   static const bool configured = (allow_smem(forward_kernel<D>, smem), true);
   (void)configured;
-  forward_kernel<D><<<dim3(tiles, heads, batch), kThreads, smem, stream()>>>(a);
+  forward_kernel<D><<<tile_grid(tiles, heads, batch), kThreads, smem, stream()>>>(a);
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
@@ -238,13 +241,11 @@ void launch_backward(const BwdArgs& a, int heads, int64_t batch) {
   (void)configured;
   const unsigned hs = static_cast<unsigned>(heads), b = static_cast<unsigned>(batch);
   if (a.lk > 0) {
-    dkdv_kernel<D><<<dim3(unsigned(ceil_div(a.lk, kTile)), hs, b), kThreads, dkdv_smem,
-                     stream()>>>(a);
+    dkdv_kernel<D><<<tile_grid(a.k_tiles, hs, b), kThreads, dkdv_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
   if (a.lq > 0) {
-    dq_kernel<D><<<dim3(unsigned(ceil_div(a.lq, kTile)), hs, b), kThreads, dq_smem, stream()>>>(
-        a);
+    dq_kernel<D><<<tile_grid(a.q_tiles, hs, b), kThreads, dq_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
 }
