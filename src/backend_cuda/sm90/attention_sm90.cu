@@ -19,23 +19,17 @@ namespace needle::cuda::attn::sm90 {
 namespace {
 
 // The dynamic shared memory rounded up to the 1024-byte alignment the swizzle needs.
-__device__ __forceinline__ uint16_t* aligned_smem(unsigned char* raw) {
-  const uint32_t pad = (1024u - (smem_addr(raw) & 1023u)) & 1023u;
-  return reinterpret_cast<uint16_t*>(raw + pad);
-}
-
-template <int D>
-constexpr int tile_elems() {
-  return kTile * D;
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  return raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
 }
 
 // grid (query tiles of 64 absolute positions, H, B).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdArgs a) {
-  constexpr int TE = tile_elems<D>();
+  constexpr uint32_t TB = tile_bytes<D>();
   extern __shared__ unsigned char smem_raw[];
-  uint16_t* sq = aligned_smem(smem_raw);
-  uint16_t* skv = sq + TE;  // two stages of [K tile, V tile]
+  const uint32_t sq = smem_addr(aligned_smem(smem_raw));
+  const uint32_t skv = sq + TB;  // two stages of [K tile, V tile]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
@@ -49,7 +43,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
   const BlockLayoutRef& L = a.layout;
 
-  load_tile_sw<D>(sq, q, [&](int j) -> int64_t {
+  load_rows_sw<D, 1>({sq}, {q}, [&](int j) -> int64_t {
     const int64_t r = q0 + j - a.q_offset;
     return r >= 0 && r < a.lq ? r : -1;
   });
@@ -59,8 +53,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    uint16_t* dst = skv + stage * 2 * TE;
-    load_slot_pair_sw<D>(dst, dst + TE, k, v, st, gs, a.lk);
+    const uint32_t dst = skv + stage * 2 * TB;
+    load_slot_pair_sw<D>(dst, dst + TB, k, v, st, gs, a.lk);
   };
 
   float o[1][D / 8][4];
@@ -68,8 +62,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   float mrow[1][2] = {{-INFINITY, -INFINITY}}, lrow[1][2] = {{0.f, 0.f}};
 
   for_each_tile(cursor, load_kv, fence_proxy_async, [&](const SlotTile& cur, int stage) {
-    const uint16_t* sk = skv + stage * 2 * TE;
-    const uint16_t* sv = sk + TE;
+    const uint32_t sk = skv + stage * 2 * TB, sv = sk + TB;
     float s[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
     wgmma_run([&] { wgmma_xyt<D>(flat(s), sq, sk); }, flat(s));
     // Raw scores; the softmax scales them by scale * log2(e) (> 0: checked by the caller).
@@ -86,12 +79,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
 // grid (key tiles of 64, H, B).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs a) {
-  constexpr int TE = tile_elems<D>();
+  constexpr uint32_t TB = tile_bytes<D>();
   extern __shared__ unsigned char smem_raw[];
-  uint16_t* sk = aligned_smem(smem_raw);
-  uint16_t* sv = sk + TE;
-  uint16_t* sqdo = sv + TE;                                    // two stages of [Q, dO]
-  float* sstat = reinterpret_cast<float*>(sqdo + 4 * TE);      // two stages of [lse, delta]
+  unsigned char* base = aligned_smem(smem_raw);
+  const uint32_t sk = smem_addr(base), sv = sk + TB;
+  const uint32_t sqdo = sv + TB;                              // two stages of [Q, dO]
+  float* sstat = reinterpret_cast<float*>(base + 6 * TB);     // two stages of [lse, delta]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
@@ -107,16 +100,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   const float* delta = a.delta + bh * a.lq;
   const BlockLayoutRef& L = a.layout;
 
-  auto key_pos = [&](int j) -> int64_t { return k0 + j < a.lk ? k0 + j : -1; };
-  load_rows_sw<D, 2>({sk, sv}, {k, v}, key_pos);
+  load_run_sw<D, 2>({sk, sv}, {k, v}, k0, a.lk);
   cp_async_commit();
 
   TileCursor cursor;
   open_cursor(cursor, L, h, k0, true);
   const int gs = cursor.group_size();
   auto load_q = [&](const SlotTile& st, int stage) {
-    uint16_t* dst = sqdo + stage * 2 * TE;
-    load_slot_pair_sw<D>(dst, dst + TE, q, dout, st, gs, a.lq);
+    const uint32_t dst = sqdo + stage * 2 * TB;
+    load_slot_pair_sw<D>(dst, dst + TB, q, dout, st, gs, a.lq);
     load_slot_stats(sstat + stage * 2 * kTile, st, gs, lse, delta, a.lq, kThreads);
   };
 
@@ -124,8 +116,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   zero(dk);
   zero(dv);
   for_each_tile(cursor, load_q, fence_proxy_async, [&](const SlotTile& cur, int stage) {
-    const uint16_t* sq = sqdo + stage * 2 * TE;
-    const uint16_t* sdo = sq + TE;
+    const uint32_t sq = sqdo + stage * 2 * TB, sdo = sq + TB;
     const float* st_lse = sstat + stage * 2 * kTile;
     // S^T (keys x queries) and dP^T = V dO^T.
     float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
@@ -155,11 +146,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
 // grid (query tiles of 64, H, B).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a) {
-  constexpr int TE = tile_elems<D>();
+  constexpr uint32_t TB = tile_bytes<D>();
   extern __shared__ unsigned char smem_raw[];
-  uint16_t* sq = aligned_smem(smem_raw);
-  uint16_t* sdo = sq + TE;
-  uint16_t* skv = sdo + TE;  // two stages of [K, V]
+  const uint32_t sq = smem_addr(aligned_smem(smem_raw)), sdo = sq + TB;
+  const uint32_t skv = sdo + TB;  // two stages of [K, V]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16;
@@ -173,8 +163,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
   const BlockLayoutRef& L = a.layout;
 
-  auto query_pos = [&](int j) -> int64_t { return q0 + j < a.lq ? q0 + j : -1; };
-  load_rows_sw<D, 2>({sq, sdo}, {q, dout}, query_pos);
+  load_run_sw<D, 2>({sq, sdo}, {q, dout}, q0, a.lq);
   cp_async_commit();
 
   float row_lse[1][2], row_delta[1][2];
@@ -184,15 +173,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    uint16_t* dst = skv + stage * 2 * TE;
-    load_slot_pair_sw<D>(dst, dst + TE, k, v, st, gs, a.lk);
+    const uint32_t dst = skv + stage * 2 * TB;
+    load_slot_pair_sw<D>(dst, dst + TB, k, v, st, gs, a.lk);
   };
 
   float dq[1][D / 8][4];
   zero(dq);
   for_each_tile(cursor, load_kv, fence_proxy_async, [&](const SlotTile& cur, int stage) {
-    const uint16_t* sk = skv + stage * 2 * TE;
-    const uint16_t* sv = sk + TE;
+    const uint32_t sk = skv + stage * 2 * TB, sv = sk + TB;
     float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
     wgmma_run([&] {
       wgmma_xyt<D>(flat(p), sq, sk);
@@ -214,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
 // the alignment.
 template <int D>
 constexpr size_t smem_bytes(int tiles, size_t extra = 0) {
-  return size_t(tiles) * tile_elems<D>() * 2 + extra + 1024;
+  return size_t(tiles) * tile_bytes<D>() + extra + 1024;
 }
 
 template <typename Kernel>

@@ -23,64 +23,118 @@ namespace needle::cuda::attn::sm90 {
 constexpr int kPanelBytes = kTile * 64 * 2;  // one 64 x 64 bf16 panel
 constexpr int kThreads = 128;                // one warpgroup per CTA
 
+// Shared-memory tiles are handled as 32-bit shared-space byte addresses (smem_addr), so the
+// loads and the matrix descriptors below add compile-time offsets to a few base registers.
+template <int D>
+constexpr uint32_t tile_bytes() {
+  return kTile * D * 2;
+}
+
+// 16-byte global->shared copies: `full` copies all 16 bytes, `zfill` copies src_bytes (0 or 16)
+// and zero-fills the rest (padding rows must be finite: a masked probability of 0 times a
+// garbage NaN would still be NaN).
+__device__ __forceinline__ void cp_async16_full(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+
 // Tile loads with cp.async. Thread t always copies 16-byte chunk t % C of a row (C = D / 8
-// chunks per row) for rows t / C + i * (128 / C): the swizzled column of that chunk is the same
-// for all its rows, and a row's source position is computed once for all its matrices.
-// Row j comes from src + pos_j * D where pos_j = row_pos(j), or is zero-filled when pos_j < 0.
+// chunks per row) for rows t / C + i * (128 / C) (R = 128 / C rows apart, a multiple of 8, so
+// every row it copies has the same row % 8): the swizzled byte offset of its first chunk is
+// fixed for the CTA's lifetime and later rows add i * R * 128 bytes.
+template <int D>
+struct ChunkMap {
+  static constexpr int C = D / 8, R = kThreads / C;
+  int chunk, r0;
+  uint32_t offset;  // byte offset of (row r0, chunk) in a tile
+  __device__ __forceinline__ ChunkMap() {
+    chunk = threadIdx.x % C;
+    r0 = threadIdx.x / C;
+    offset = uint32_t(r0 * 128 + (chunk / 8) * kPanelBytes + ((chunk % 8) ^ (r0 % 8)) * 16);
+  }
+};
+
+// Gathered rows: row j comes from src + pos_j * D where pos_j = row_pos(j), or is zero-filled
+// when pos_j < 0; a row's position is computed once for all NMat matrices.
 template <int D, int NMat, typename RowPos>
-__device__ __forceinline__ void load_rows_sw(uint16_t* const (&dst)[NMat],
+__device__ __forceinline__ void load_rows_sw(const uint32_t (&dst)[NMat],
                                              const uint16_t* const (&src)[NMat], RowPos row_pos) {
-  constexpr int C = D / 8, R = kThreads / C;
-  const int chunk = threadIdx.x % C, r0 = threadIdx.x / C;
-  // row % 8 == r0 % 8 for every row this thread copies (R is a multiple of 8).
-  const int col = (chunk / 8) * (kTile * 64) + ((chunk % 8) ^ (r0 % 8)) * 8;
+  const ChunkMap<D> cm;
 #pragma unroll
-  for (int i = 0; i < kTile / R; ++i) {
-    const int row = r0 + i * R;
-    const int64_t pos = row_pos(row);
-    const int64_t off = pos >= 0 ? pos * D + chunk * 8 : 0;
+  for (int i = 0; i < kTile / cm.R; ++i) {
+    const int64_t pos = row_pos(cm.r0 + i * cm.R);
+    const int64_t off = pos >= 0 ? pos * D + cm.chunk * 8 : 0;
 #pragma unroll
     for (int m = 0; m < NMat; ++m)
-      cp_async16(dst[m] + row * 64 + col, src[m] + off, pos >= 0 ? 16 : 0);
+      cp_async16_zfill(dst[m] + cm.offset + i * cm.R * 128, src[m] + off, pos >= 0 ? 16 : 0);
   }
 }
 
-template <int D, typename RowPos>
-__device__ __forceinline__ void load_tile_sw(uint16_t* dst, const uint16_t* src, RowPos row_pos) {
-  load_rows_sw<D, 1>({dst}, {src}, row_pos);
+// A run: row j comes from position start + j, rows at or past limit are zero-filled. A run that
+// lies wholly below limit (every tile but a sequence's last) needs one base pointer per matrix
+// and no per-row checks.
+template <int D, int NMat>
+__device__ __forceinline__ void load_run_sw(const uint32_t (&dst)[NMat],
+                                            const uint16_t* const (&src)[NMat], int64_t start,
+                                            int64_t limit) {
+  const ChunkMap<D> cm;
+  if (start + kTile <= limit) {
+#pragma unroll
+    for (int m = 0; m < NMat; ++m) {
+      const uint16_t* s = src[m] + (start + cm.r0) * D + cm.chunk * 8;
+#pragma unroll
+      for (int i = 0; i < kTile / cm.R; ++i)
+        cp_async16_full(dst[m] + cm.offset + i * cm.R * 128, s + i * cm.R * D);
+    }
+  } else {
+    load_rows_sw<D, NMat>(dst, src, [&](int j) -> int64_t {
+      return start + j < limit ? start + j : -1;
+    });
+  }
 }
 
 // The K and V (or Q and dO) rows of slot tile st (group size gs, positions below limit).
 template <int D>
-__device__ __forceinline__ void load_slot_pair_sw(uint16_t* dx, uint16_t* dy, const uint16_t* x,
+__device__ __forceinline__ void load_slot_pair_sw(uint32_t dx, uint32_t dy, const uint16_t* x,
                                                   const uint16_t* y, const SlotTile& st, int gs,
                                                   int64_t limit) {
-  load_rows_sw<D, 2>({dx, dy}, {x, y}, [&](int j) -> int64_t {
-    // A tile of block size >= 64 is one run of 64 consecutive positions.
-    const int64_t p = gs == kTile ? int64_t(st.start[0]) + j : slot_pos(st, j, gs);
-    return p < limit ? p : -1;
-  });
+  // A tile of block size >= 64 is one run of 64 consecutive positions.
+  if (gs == kTile) {
+    load_run_sw<D, 2>({dx, dy}, {x, y}, st.start[0], limit);
+  } else {
+    load_rows_sw<D, 2>({dx, dy}, {x, y}, [&](int j) -> int64_t {
+      const int64_t p = slot_pos(st, j, gs);
+      return p < limit ? p : -1;
+    });
+  }
 }
 
-// Shared-memory matrix descriptor: start address, leading / stride byte offsets (16-byte units),
-// 128-byte swizzle (mode 1 in bits 62-63).
-__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(lbo >> 4) << 16) |
-         (uint64_t(sbo >> 4) << 32) | (uint64_t(1) << 62);
+// Shared-memory matrix descriptor of the tile at shared address `tile`, `offset` bytes in:
+// start address, leading / stride byte offsets (16-byte units), 128-byte swizzle (mode 1 in
+// bits 62-63). The start field (bits 0-13) holds any shared address >> 4 with room for the
+// offsets, so the offset is added to the tile's low word without carries: the compiler keeps
+// one base per tile and adds a constant per k-step.
+__device__ __forceinline__ uint64_t make_desc(uint32_t tile, uint32_t offset, uint32_t lbo,
+                                              uint32_t sbo) {
+  const uint32_t lo = ((tile >> 4) | ((lbo >> 4) << 16)) + (offset >> 4);
+  const uint32_t hi = (sbo >> 4) | (1u << 30);
+  return (uint64_t(hi) << 32) | lo;
 }
 
 // K-major operand (64 rows of M or N, K along the D columns), k-step ks of 16 columns: the
 // panel ks / 4, 32 bytes per step inside it; 8-row core groups 1024 bytes apart (SBO); LBO is
 // unused with a swizzle (1 by convention).
-template <int D>
-__device__ __forceinline__ uint64_t desc_kmajor(const uint16_t* tile, int ks) {
-  return make_desc(smem_addr(tile) + (ks / 4) * kPanelBytes + (ks % 4) * 32, 16, 1024);
+__device__ __forceinline__ uint64_t desc_kmajor(uint32_t tile, int ks) {
+  return make_desc(tile, (ks / 4) * kPanelBytes + (ks % 4) * 32, 16, 1024);
 }
 
 // MN-major operand (rows = K, the D columns = N), k-step j of 16 rows: 2048 bytes per step;
 // 8-row groups along K 1024 bytes apart (SBO), 64-column panels along N kPanelBytes apart (LBO).
-__device__ __forceinline__ uint64_t desc_mnmajor(const uint16_t* tile, int j) {
-  return make_desc(smem_addr(tile) + j * 2048, kPanelBytes, 1024);
+__device__ __forceinline__ uint64_t desc_mnmajor(uint32_t tile, int j) {
+  return make_desc(tile, j * 2048, kPanelBytes, 1024);
 }
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -166,7 +220,7 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a
 // o (64 x D) += A (registers) . B (16 x D, MN-major tile at k-step j).
 template <int D>
 __device__ __forceinline__ void wgmma_rs_mn(float (&o)[D / 2], const uint32_t (&a)[4],
-                                            const uint16_t* tile, int j) {
+                                            uint32_t tile, int j) {
   if constexpr (D == 64) wgmma_rs_n64<1>(o, a, desc_mnmajor(tile, j), 1);
   else wgmma_rs_n128<1>(o, a, desc_mnmajor(tile, j), 1);
 }
@@ -174,10 +228,10 @@ __device__ __forceinline__ void wgmma_rs_mn(float (&o)[D / 2], const uint32_t (&
 // c (64 x 64) = X . Y^T over D for two K-major tiles (rows of X = M, rows of Y = N); issued, not
 // waited for.
 template <int D>
-__device__ __forceinline__ void wgmma_xyt(float (&c)[32], const uint16_t* x, const uint16_t* y) {
+__device__ __forceinline__ void wgmma_xyt(float (&c)[32], uint32_t x, uint32_t y) {
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks)
-    wgmma_ss_n64<0>(c, desc_kmajor<D>(x, ks), desc_kmajor<D>(y, ks), ks > 0);
+    wgmma_ss_n64<0>(c, desc_kmajor(x, ks), desc_kmajor(y, ks), ks > 0);
 }
 
 // The A-operand fragments of a 64 x 64 product P . Y from P in accumulator layout (the
@@ -195,7 +249,7 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&p)[1][
 // acc (64 x D) += P . Y for a P held as packed A fragments and Y an MN-major tile; issued.
 template <int D>
 __device__ __forceinline__ void wgmma_py(float (&acc)[D / 2], const uint32_t (&a)[4][4],
-                                         const uint16_t* y) {
+                                         uint32_t y) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) wgmma_rs_mn<D>(acc, a[j], y, j);
 }
