@@ -350,13 +350,8 @@ class TileCursor {
 
   // Fills t with the next tile; false when every list is exhausted.
   __device__ bool next(SlotTile& t) {
-#pragma unroll
-    for (int i = 0; i < kMaxGroups; ++i) {
-      t.start[i] = -1;
-      t.bits[i] = 0;
-    }
-    t.flagged = false;
     if (groups_ == 1) {
+      // One group of 64 slots: only group 0 of t is ever read (slot j is in group j / 64).
       if (cur_[0] >= end_[0]) return false;
       t.start[0] = idx_[cur_[0]] * b_ + unit_ * kTile;
       t.bits[0] = 1;
@@ -367,6 +362,12 @@ class TileCursor {
       }
       return true;
     }
+#pragma unroll
+    for (int i = 0; i < kMaxGroups; ++i) {
+      t.start[i] = -1;
+      t.bits[i] = 0;
+    }
+    t.flagged = false;
     // Small blocks: merge the sorted lists of the G layout rows, G distinct blocks per tile.
     bool any = false;
 #pragma unroll
@@ -677,7 +678,7 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64
 template <typename Load, typename Visible, typename Body>
 __device__ __forceinline__ void for_each_tile(TileCursor& cursor, Load load, Visible visible,
                                               Body body) {
-  SlotTile cur, nxt;
+  SlotTile cur{}, nxt{};
   bool has = cursor.next(cur);
   if (has) load(cur, 0);
   cp_async_commit();
@@ -747,8 +748,9 @@ __device__ __forceinline__ void probs_by_col(float (&p)[MT][N / 8][4], const flo
                                              int c0, float scale_log2, int lane) {
 #pragma unroll
   for (int n = 0; n < N / 8; ++n) {
-    const int col = c0 + n * 8 + 2 * (lane & 3);
-    const float l0 = col_lse[col], l1 = col_lse[col + 1];
+    // Columns 2t and 2t + 1 together (col is even, the stage arrays 8-byte aligned).
+    const float2 l = *reinterpret_cast<const float2*>(col_lse + c0 + n * 8 + 2 * (lane & 3));
+    const float l0 = l.x, l1 = l.y;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       p[m][n][0] = fast_exp2(p[m][n][0] * scale_log2 - l0);
@@ -777,8 +779,8 @@ __device__ __forceinline__ void dscores_by_col(float (&dp)[MT][N / 8][4],
                                                const float* col_delta, int c0, int lane) {
 #pragma unroll
   for (int n = 0; n < N / 8; ++n) {
-    const int col = c0 + n * 8 + 2 * (lane & 3);
-    const float d0 = col_delta[col], d1 = col_delta[col + 1];
+    const float2 d = *reinterpret_cast<const float2*>(col_delta + c0 + n * 8 + 2 * (lane & 3));
+    const float d0 = d.x, d1 = d.y;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       dp[m][n][0] = p[m][n][0] * (dp[m][n][0] - d0);
