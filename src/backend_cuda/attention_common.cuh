@@ -461,6 +461,27 @@ __device__ __forceinline__ void apply_mask(float (&s)[MT][N / 8][4], const SlotT
                                            bool causal, bool primary_is_query, float fill,
                                            int lane) {
   const int g = lane >> 2, t = lane & 3;
+  if (gs == kTile) {
+    // One run of 64 positions from s0 (every row keeps it): slot c is position s0 + c, and the
+    // checks reduce to 32-bit compares of c against the tile's end and the diagonal offset
+    // d = p0 - s0 (clamped: |c - row| < 64, so any |d| >= 128 decides the same way).
+    const int64_t s0 = st.start[0];
+    const int lim = static_cast<int>(max(int64_t(0), min(sec_len - s0, int64_t(kTile))));
+    const int d = static_cast<int>(max(int64_t(-2 * kTile), min(p0 - s0, int64_t(2 * kTile))));
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = row0 + m * 16 + g + 8 * (e >> 1);
+          const int col = col0 + n * 8 + 2 * t + (e & 1);
+          bool ok = col < lim;
+          if (causal) ok = ok && (primary_is_query ? col <= row + d : row + d <= col);
+          if (!ok) s[m][n][e] = fill;
+        }
+    return;
+  }
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
