@@ -44,8 +44,8 @@ __global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ do
 
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
-// grid (key tiles of 64, H, B). q, dout (B, H, Lq, D); k, v, dk, dv (B, H, Lk, D);
-// lse, delta (B, H, Lq) float32.
+// One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
+// q, dout (B, H, Lq, D); k, v, dk, dv (B, H, Lk, D); lse, delta (B, H, Lq) float32.
 template <MathMode M, int D>
 __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a) {
   using E = elem_t<M>;
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
 }
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
-// grid (query tiles of 64, H, B). q, dout, dq (B, H, Lq, D); k, v (B, H, Lk, D);
-// lse, delta (B, H, Lq) float32.
+// One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
+// q, dout, dq (B, H, Lq, D); k, v (B, H, Lk, D); lse, delta (B, H, Lq) float32.
 template <MathMode M, int D>
 __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
   using E = elem_t<M>;

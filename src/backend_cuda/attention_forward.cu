@@ -75,8 +75,8 @@ MathMode math_mode_for(DType dtype) {
 namespace {
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
-// grid (query tiles of 64 absolute positions, H, B); q (B, H, Lq, D), k, v (B, H, Lk, D),
-// out (B, H, Lq, D), lse (B, H, Lq) float32.
+// One CTA per (64-position query tile, head, batch item), in the q_order work order (cta_tile);
+// q (B, H, Lq, D), k, v (B, H, Lk, D), out (B, H, Lq, D), lse (B, H, Lq) float32.
 template <MathMode M, int D>
 __global__ void __launch_bounds__(32 * num_warps<D>()) forward_kernel(FwdArgs a) {
   using E = elem_t<M>;

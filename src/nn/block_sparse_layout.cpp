@@ -51,7 +51,8 @@ std::vector<int32_t> tile_work_order(const std::vector<int32_t>& ptr, int64_t he
       const size_t r = static_cast<size_t>(h * (blocks + 1) + blk);
       const int64_t kept = ptr[r + 1] - ptr[r];
       for (int64_t t = blk * b / tile; t < tiles && t * tile < (blk + 1) * b; ++t) {
-        const int64_t overlap = std::min((blk + 1) * b, (t + 1) * tile) - std::max(blk * b, t * tile);
+        const int64_t overlap =
+            std::min((blk + 1) * b, (t + 1) * tile) - std::max(blk * b, t * tile);
         work[static_cast<size_t>(h * tiles + t)] += kept * b * overlap;
       }
     }
@@ -389,7 +390,8 @@ BlockLayoutRef BlockSparseLayout::ref(const Device& device, int64_t q_len, int64
   const int64_t qbc = ceil_div(q_end, b), kbc = ceil_div(k_len, b);
   const bool q_pad = q_end % b != 0, k_pad = k_len % b != 0;
   // The kernels' 64-position tiles (kAttentionTile in backend.h), counted from position 0.
-  const int64_t q_tiles = ceil_div(q_end, kAttentionTile), k_tiles = ceil_div(k_len, kAttentionTile);
+  const int64_t q_tiles = ceil_div(q_end, kAttentionTile);
+  const int64_t k_tiles = ceil_div(k_len, kAttentionTile);
   const Cache::Key key{static_cast<int>(device.type), device.index, qbc, kbc, q_tiles, k_tiles,
                        q_pad, k_pad};
 

@@ -480,7 +480,8 @@ TEST_CASE("work orders list every tile once, heaviest first", "[block_sparse][la
         REQUIRE(order[i] >= 0);
         REQUIRE(order[i] < static_cast<int32_t>(work.size()));
         ++seen[static_cast<size_t>(order[i])];
-        if (i > 0) REQUIRE(work[static_cast<size_t>(order[i - 1])] >= work[static_cast<size_t>(order[i])]);
+        if (i > 0)
+          REQUIRE(work[static_cast<size_t>(order[i - 1])] >= work[static_cast<size_t>(order[i])]);
       }
       for (int s : seen) REQUIRE(s == 1);
     }

@@ -23,7 +23,7 @@ __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
   return raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
 }
 
-// grid (query tiles of 64 absolute positions, H, B).
+// One CTA per (64-position query tile, head, batch item), in the q_order work order (cta_tile).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdArgs a) {
   constexpr uint32_t TB = tile_bytes<D>();
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   store_output<uint16_t, D, 1>(a, bh, q0, row0, o, mrow, lrow, lane);
 }
 
-// grid (key tiles of 64, H, B).
+// One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs a) {
   constexpr uint32_t TB = tile_bytes<D>();
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
                              1.f, lane);
 }
 
-// grid (query tiles of 64, H, B).
+// One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a) {
   constexpr uint32_t TB = tile_bytes<D>();
