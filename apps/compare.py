@@ -5,6 +5,8 @@ GPTNeoXForCausalLM, fp32, SDPA) on the same token batches with the same hyperpar
     python3 -m apps.compare --steps 1500                       # all four runs, then the table
     python3 -m apps.compare --steps 1500 --runs dense local    # a subset (results accumulate)
     python3 -m apps.compare --table                            # print the table of what is there
+    python3 -m apps.compare --seeds runs/compare runs/compare/seed1 runs/compare/seed2
+                                  # mixed - dense over seeds, one out-dir per seed (--seed S --out-dir D)
 
 Each run writes runs/compare/<run>.json (final validation loss, tokens/s, attention density,
 settings) and its training folder runs/compare/runs/<run>/; the table is printed from every JSON
@@ -45,6 +47,9 @@ def build_parser():
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
     p.add_argument("--runs", nargs="+", choices=ALL_RUNS, default=list(ALL_RUNS))
     p.add_argument("--table", action="store_true", help="only print the table of the results present")
+    p.add_argument("--seeds", nargs="+", metavar="DIR", default=None,
+                   help="only summarise dense vs mixed over several out-dirs (one seed each); "
+                        "writes seeds.json into --out-dir")
     p.add_argument("--model", default="pythia-70m")
     p.add_argument("--data", default=str(ROOT / "data" / "sotu"))
     p.add_argument("--seq-len", type=int, default=2048)
@@ -69,6 +74,11 @@ def _settings(args):
             "seed": args.seed, "matmul_precision": args.matmul_precision, "device": args.device,
             "block_size": args.block_size, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1,
             "min_lr_ratio": 0.1, "clip": 1.0, "eps": 1e-8}
+
+
+def _val_curve(records):
+    """[step, validation loss] at every evaluation, kept in the run's JSON (the run folder is not)."""
+    return [[r["step"], r["val_loss"]] for r in records if r.get("type") == "eval"]
 
 
 def _steady_tokens_per_s(records, tokens_per_step, skip=10):
@@ -105,6 +115,7 @@ def run_needle(pattern, s, args, out_dir):
         "val_loss": summary["val_loss"], "val_ppl": summary["val_ppl"],
         "final_train_loss": summary["final_train_loss"], "tokens_per_s": summary["tokens_per_s"],
         "steady_tokens_per_s": _steady_tokens_per_s(records, tokens_per_step),
+        "val_curve": _val_curve(records),
         "train_time_s": summary["train_time_s"], "wall_time_s": wall, "unigram_ppl": summary.get("unigram_ppl"),
         "run_dir": str(run_dir), "settings": s,
     }
@@ -229,6 +240,7 @@ def run_torch(s, args, out_dir):
         "val_loss": val, "val_ppl": math.exp(val), "final_train_loss": value,
         "tokens_per_s": s["steps"] * tokens_per_step / train_time,
         "steady_tokens_per_s": _steady_tokens_per_s(records, tokens_per_step),
+        "val_curve": _val_curve(records),
         "train_time_s": train_time, "wall_time_s": time.perf_counter() - wall_start,
         "run_dir": str(run_dir), "settings": s,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -281,6 +293,52 @@ def report(out_dir):
     return summary
 
 
+def seeds_report(dirs, out_path):
+    """mixed - dense validation loss at the end, per seed and its mean / sample std, from out-dirs
+    that each hold a dense.json and a mixed.json of one seed (settings other than the seed equal)."""
+    rows = []
+    for d in map(Path, dirs):
+        pair = {}
+        for run in ("dense", "mixed"):
+            path = d / f"{run}.json"
+            if not path.is_file():
+                raise SystemExit(f"--seeds: {path} is missing (run --runs dense mixed --out-dir {d})")
+            pair[run] = json.loads(path.read_text())
+        rows.append((str(d), pair["dense"], pair["mixed"]))
+    base = rows[0][1]["settings"]
+    for d, dense, mixed in rows:
+        for r in (dense, mixed):
+            other = [k for k in SHARED if k not in ("seed", "data") and r["settings"].get(k) != base.get(k)]
+            if Path(r["settings"]["data"]).name != Path(base["data"]).name:  # same corpus, any machine
+                other.append("data")
+            if other:
+                raise SystemExit(f"--seeds: {d} ran with other settings ({', '.join(other)})")
+    print(f"{base['model']}, sequence length {base['seq_len']}, batch {base['batch_size']}, {base['steps']} steps: "
+          "dense vs mixed per seed")
+    header = f"{'seed':>4} {'dense val':>9} {'mixed val':>9} {'mixed - dense':>13} {'mixed tok/s vs dense':>20}  dir"
+    print(header)
+    print("-" * len(header))
+    gaps = []
+    for d, dense, mixed in rows:
+        gap = mixed["val_loss"] - dense["val_loss"]
+        gaps.append(gap)
+        print(f"{dense['settings']['seed']:>4} {dense['val_loss']:>9.4f} {mixed['val_loss']:>9.4f} {gap:>+13.4f} "
+              f"{mixed['tokens_per_s'] / dense['tokens_per_s']:>19.2f}x  {d}")
+    mean = statistics.mean(gaps)
+    std = statistics.stdev(gaps) if len(gaps) > 1 else None
+    spread = f", sample std {std:.4f}" if std is not None else ""
+    print(f"mixed - dense: mean {mean:+.4f} nats over {len(gaps)} seeds{spread}; within 0.05: "
+          f"{'yes' if mean <= 0.05 else 'NO'}")
+    summary = {"settings": base, "seeds": [{"dir": d, "seed": dense["settings"]["seed"],
+                                            "dense_val_loss": dense["val_loss"], "mixed_val_loss": mixed["val_loss"],
+                                            "gap_nats": mixed["val_loss"] - dense["val_loss"],
+                                            "mixed_speedup": mixed["tokens_per_s"] / dense["tokens_per_s"]}
+                                           for d, dense, mixed in rows],
+               "mean_gap_nats": mean, "std_gap_nats": std, "within_0.05": mean <= 0.05}
+    U.atomic_write_json(out_path, summary)
+    return summary
+
+
 def plot(results, path):
     import matplotlib
 
@@ -317,6 +375,9 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.table:
         return 0 if report(out_dir) else 1
+    if args.seeds:
+        seeds_report(args.seeds, out_dir / "seeds.json")
+        return 0
     for name in ("steps", "seq_len", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")

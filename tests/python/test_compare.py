@@ -1,0 +1,54 @@
+"""apps.compare's summary over seeds (--seeds), on result files written here."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from apps import compare  # noqa: E402
+
+
+def _write(d, run, seed, val_loss, tokens_per_s, **overrides):
+    settings = {"model": "pythia-70m", "data": f"/machine{seed}/data/sotu", "seq_len": 2048, "batch_size": 8,
+                "steps": 1500, "lr": 1e-3, "warmup_steps": 15, "seed": seed, "matmul_precision": "highest"}
+    settings.update(overrides)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{run}.json").write_text(json.dumps({"run": run, "val_loss": val_loss, "tokens_per_s": tokens_per_s,
+                                               "settings": settings}))
+
+
+def test_seeds_report_gaps_mean_and_std(tmp_path, capsys):
+    for seed, (dense, mixed) in enumerate([(4.25, 4.31), (4.26, 4.30), (4.27, 4.35)]):
+        _write(tmp_path / f"s{seed}", "dense", seed, dense, 100.0)
+        _write(tmp_path / f"s{seed}", "mixed", seed, mixed, 112.0)
+    out = tmp_path / "seeds.json"
+    summary = compare.seeds_report([tmp_path / f"s{i}" for i in range(3)], out)
+    gaps = [s["gap_nats"] for s in summary["seeds"]]
+    assert gaps == pytest.approx([0.06, 0.04, 0.08])
+    assert summary["mean_gap_nats"] == pytest.approx(0.06)
+    assert summary["std_gap_nats"] == pytest.approx(0.02)
+    assert summary["within_0.05"] is False
+    assert [s["mixed_speedup"] for s in summary["seeds"]] == pytest.approx([1.12] * 3)
+    assert json.loads(out.read_text())["mean_gap_nats"] == pytest.approx(0.06)
+    assert "mean +0.0600 nats over 3 seeds" in capsys.readouterr().out
+
+
+def test_seeds_report_rejects_missing_runs_and_other_settings(tmp_path):
+    _write(tmp_path / "a", "dense", 0, 4.25, 100.0)
+    with pytest.raises(SystemExit, match="mixed.json is missing"):
+        compare.seeds_report([tmp_path / "a"], tmp_path / "seeds.json")
+    _write(tmp_path / "a", "mixed", 0, 4.30, 110.0)
+    _write(tmp_path / "b", "dense", 1, 4.25, 100.0)
+    _write(tmp_path / "b", "mixed", 1, 4.30, 110.0, steps=1000)
+    with pytest.raises(SystemExit, match="other settings \\(steps\\)"):
+        compare.seeds_report([tmp_path / "a", tmp_path / "b"], tmp_path / "seeds.json")
+    assert not (tmp_path / "seeds.json").exists()
+
+
+def test_val_curve_keeps_every_evaluation():
+    records = [{"type": "train", "step": 1, "loss": 9.0}, {"type": "eval", "step": 0, "val_loss": 10.5},
+               {"type": "train", "step": 2, "loss": 8.0}, {"type": "eval", "step": 2, "val_loss": 7.25}]
+    assert compare._val_curve(records) == [[0, 10.5], [2, 7.25]]
