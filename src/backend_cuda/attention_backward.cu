@@ -40,16 +40,24 @@ __global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ do
   }
 }
 
-
-
+// dK/dV: K and V tiles, two stages of [Q tile, dO tile] and of [lse, delta]; dQ: Q and dO tiles,
+// two stages of [K tile, V tile].
+template <MathMode M, int D>
+constexpr size_t dkdv_smem_bytes() {
+  return 6 * tile_smem_bytes<M, D>() + 4 * kTile * sizeof(float);
+}
+template <MathMode M, int D>
+constexpr size_t dq_smem_bytes() {
+  return 6 * tile_smem_bytes<M, D>();
+}
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
 // One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
 // q, dout (B, H, Lq, D); k, v, dk, dv (B, H, Lk, D); lse, delta (B, H, Lq) float32.
 template <MathMode M, int D>
-__global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a) {
+__global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a) {
   using E = elem_t<M>;
-  constexpr int MT = bwd_m_tiles<M, D>(), NT = 32 * bwd_warps<M, D>();
+  constexpr int MT = m_tiles<M, D>(), NT = 32 * num_warps<M, D>();
   constexpr int LD = smem_stride<M, D>();
   extern __shared__ __align__(16) unsigned char smem[];
   E* sk = reinterpret_cast<E*>(smem);
@@ -120,9 +128,9 @@ __global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dkdv_kernel(BwdArgs a)
 // One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
 // q, dout, dq (B, H, Lq, D); k, v (B, H, Lk, D); lse, delta (B, H, Lq) float32.
 template <MathMode M, int D>
-__global__ void __launch_bounds__(32 * bwd_warps<M, D>()) dq_kernel(BwdArgs a) {
+__global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   using E = elem_t<M>;
-  constexpr int MT = bwd_m_tiles<M, D>(), NT = 32 * bwd_warps<M, D>();
+  constexpr int MT = m_tiles<M, D>(), NT = 32 * num_warps<M, D>();
   constexpr int LD = smem_stride<M, D>();
   extern __shared__ __align__(16) unsigned char smem[];
   E* sq = reinterpret_cast<E*>(smem);
@@ -190,11 +198,9 @@ void allow_smem(Kernel kernel, size_t bytes) {
 
 template <MathMode M, int D>
 void launch_backward(const BwdArgs& a, int64_t batch) {
-  constexpr int NT = 32 * bwd_warps<M, D>();
-  const size_t tile_bytes = size_t(kTile) * smem_stride<M, D>() * sizeof(elem_t<M>);
-  const size_t dkdv_smem = 6 * tile_bytes + 4 * kTile * sizeof(float);
-  const size_t dq_smem = 6 * tile_bytes;
-  static const bool configured = [&] {
+  constexpr int NT = 32 * num_warps<M, D>();
+  constexpr size_t dkdv_smem = dkdv_smem_bytes<M, D>(), dq_smem = dq_smem_bytes<M, D>();
+  static const bool configured = [] {
     allow_smem(dkdv_kernel<M, D>, dkdv_smem);
     allow_smem(dq_kernel<M, D>, dq_smem);
     return true;

@@ -19,10 +19,14 @@
 //   fp32: the k index of m16n8k8 is permuted (logical t -> 2t, t+4 -> 2t+1) in both operands,
 //   which leaves the product unchanged, lets Q/K fragments load as float2 and makes the
 //   accumulator layout of S = QK^T exactly the A-operand layout of P for the PV product, so P
-//   never moves between lanes. kTF32 rounds operands to tf32 (torch's "high" precision); kF32x3
-//   splits each operand into a tf32 high part and a tf32 remainder and sums three products
-//   (hi*hi + hi*lo + lo*hi), which keeps float32 accuracy (relative error ~1e-6) on the tensor
-//   cores: the "highest" precision.
+//   never moves between lanes. kTF32 hands the float32 bits to the tensor cores as they are:
+//   they read a tf32 operand's sign, exponent and top 10 mantissa bits, i.e. truncate it (torch's
+//   "high" precision). kF32x3 splits each operand x into hi (x with its low 13 bits cleared, an
+//   exact tf32) and lo = x - hi (exact in float32, read truncated) and sums three products
+//   (lo*hi + hi*lo + hi*hi): float32 accuracy (outputs within ~3e-6 of float64) on the tensor
+//   cores, torch's "highest" precision. The split is one LOP and one FADD per value; the
+//   round-to-nearest cvt.rna.tf32.f32 it replaced compiles on sm_90 to a branchy sequence of
+//   about ten instructions per value and made the float32 backward 1.4x slower.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -52,25 +56,23 @@ constexpr int smem_stride() {
   return D + 8;
 }
 
-// Rows a warp owns (MT m16 tiles) and warps per CTA. Head dim 128 keeps one m-tile per warp so
-// the fp32 accumulators fit in registers without spilling.
-template <int D>
+// Rows a warp owns (MT m16 tiles) and warps per CTA. bf16 gives a warp two m-tiles below head
+// dim 128, so each B fragment read from shared memory feeds two MMAs; float32 keeps one (its
+// three products per step leave the tensor cores, not shared memory, the bound, and four warps
+// per CTA hide their latency better than two: float32 forward 1.2x faster than with two
+// m-tiles), as does head dim 128, whose fp32 accumulators would not fit otherwise.
+template <MathMode M, int D>
 constexpr int m_tiles() {
-  return D == 128 ? 1 : 2;
+  return M == MathMode::kBF16 && D != 128 ? 2 : 1;
 }
-template <int D>
+template <MathMode M, int D>
 constexpr int num_warps() {
-  return kTile / (16 * m_tiles<D>());
+  return kTile / (16 * m_tiles<M, D>());
 }
-// The backward holds four accumulator sets (dK, dV, S, dP): fp32 operands, which also need
-// their split / converted copies, get one m-tile per warp there.
+// Bytes of one shared tile (64 rows of smem_stride elements).
 template <MathMode M, int D>
-constexpr int bwd_m_tiles() {
-  return M == MathMode::kBF16 ? m_tiles<D>() : 1;
-}
-template <MathMode M, int D>
-constexpr int bwd_warps() {
-  return kTile / (16 * bwd_m_tiles<M, D>());
+constexpr size_t tile_smem_bytes() {
+  return size_t(kTile) * smem_stride<M, D>() * sizeof(elem_t<M>);
 }
 
 // --- PTX wrappers ------------------------------------------------------------------------------
@@ -115,11 +117,6 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], uint32_t a0, uint32_t a1
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-  return r;
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -128,20 +125,25 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // c += a * b for one m16n8k8 step with fp32 operands, in mode M (kTF32 or kF32x3).
 template <MathMode M>
 __device__ __forceinline__ void mma_f32(float (&c)[4], const float (&a)[4], float b0, float b1) {
-  uint32_t ah[4], bh0 = to_tf32(b0), bh1 = to_tf32(b1);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) ah[i] = to_tf32(a[i]);
   if constexpr (M == MathMode::kF32x3) {
-    uint32_t al[4];
+    constexpr uint32_t kHi = 0xffffe000u;  // sign, exponent and the 10 mantissa bits of tf32
+    uint32_t ah[4], al[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) al[i] = to_tf32(a[i] - __uint_as_float(ah[i]));
-    const uint32_t bl0 = to_tf32(b0 - __uint_as_float(bh0));
-    const uint32_t bl1 = to_tf32(b1 - __uint_as_float(bh1));
+    for (int i = 0; i < 4; ++i) {
+      ah[i] = __float_as_uint(a[i]) & kHi;
+      al[i] = __float_as_uint(a[i] - __uint_as_float(ah[i]));
+    }
+    const uint32_t bh0 = __float_as_uint(b0) & kHi, bh1 = __float_as_uint(b1) & kHi;
+    const uint32_t bl0 = __float_as_uint(b0 - __uint_as_float(bh0));
+    const uint32_t bl1 = __float_as_uint(b1 - __uint_as_float(bh1));
     // Small terms first, so they are not lost against the large one.
     mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
     mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+    mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+  } else {
+    mma_tf32(c, __float_as_uint(a[0]), __float_as_uint(a[1]), __float_as_uint(a[2]),
+             __float_as_uint(a[3]), __float_as_uint(b0), __float_as_uint(b1));
   }
-  mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
 }
 
 // --- warp GEMMs over shared-memory tiles ---------------------------------------------------------
