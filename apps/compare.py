@@ -293,9 +293,26 @@ def report(out_dir):
     return summary
 
 
+def _lowest(result):
+    """[step, loss] of the run's lowest validation loss (from its val_curve), or None without one."""
+    curve = result.get("val_curve") or []
+    return list(min(curve, key=lambda point: point[1])) if curve else None
+
+
+def _mean_std_stderr(values):
+    """Mean, sample std and standard error of the mean (std and stderr None for one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, None, None
+    std = statistics.stdev(values)
+    return mean, std, std / len(values) ** 0.5
+
+
 def seeds_report(dirs, out_path):
-    """mixed - dense validation loss at the end, per seed and its mean / sample std, from out-dirs
-    that each hold a dense.json and a mixed.json of one seed (settings other than the seed equal)."""
+    """mixed - dense validation loss at the end, per seed and its mean / sample std / standard error,
+    and the same gap between the two runs' lowest validation losses (from their val_curve: a run that
+    overfits ends above its lowest point), from out-dirs that each hold a dense.json and a mixed.json
+    of one seed (settings other than the seed equal)."""
     rows = []
     for d in map(Path, dirs):
         pair = {}
@@ -314,27 +331,38 @@ def seeds_report(dirs, out_path):
             if other:
                 raise SystemExit(f"--seeds: {d} ran with other settings ({', '.join(other)})")
     print(f"{base['model']}, sequence length {base['seq_len']}, batch {base['batch_size']}, {base['steps']} steps: "
-          "dense vs mixed per seed")
-    header = f"{'seed':>4} {'dense val':>9} {'mixed val':>9} {'mixed - dense':>13} {'mixed tok/s vs dense':>20}  dir"
+          "dense vs mixed per seed (end of run; 'lowest' = each run's lowest validation loss, at its step)")
+    header = (f"{'seed':>4} {'dense val':>9} {'mixed val':>9} {'mixed - dense':>13} {'mixed tok/s vs dense':>20} "
+              f"{'dense lowest':>17} {'mixed lowest':>17} {'gap at lowest':>13}  dir")
     print(header)
     print("-" * len(header))
-    gaps = []
+    seeds = []
     for d, dense, mixed in rows:
-        gap = mixed["val_loss"] - dense["val_loss"]
-        gaps.append(gap)
-        print(f"{dense['settings']['seed']:>4} {dense['val_loss']:>9.4f} {mixed['val_loss']:>9.4f} {gap:>+13.4f} "
-              f"{mixed['tokens_per_s'] / dense['tokens_per_s']:>19.2f}x  {d}")
-    mean = statistics.mean(gaps)
-    std = statistics.stdev(gaps) if len(gaps) > 1 else None
-    spread = f", sample std {std:.4f}" if std is not None else ""
-    print(f"mixed - dense: mean {mean:+.4f} nats over {len(gaps)} seeds{spread}; within 0.05: "
+        lowest = {name: _lowest(r) for name, r in (("dense", dense), ("mixed", mixed))}
+        seed = {"dir": d, "seed": dense["settings"]["seed"], "dense_val_loss": dense["val_loss"],
+                "mixed_val_loss": mixed["val_loss"], "gap_nats": mixed["val_loss"] - dense["val_loss"],
+                "mixed_speedup": mixed["tokens_per_s"] / dense["tokens_per_s"],
+                "dense_lowest": lowest["dense"], "mixed_lowest": lowest["mixed"],
+                "gap_at_lowest_nats": (lowest["mixed"][1] - lowest["dense"][1]
+                                       if lowest["dense"] and lowest["mixed"] else None)}
+        seeds.append(seed)
+        cells = [f"{r[1]:.4f} @{r[0]:>6}" if r else "-" for r in (lowest["dense"], lowest["mixed"])]
+        at_lowest = "-" if seed["gap_at_lowest_nats"] is None else f"{seed['gap_at_lowest_nats']:+.4f}"
+        print(f"{seed['seed']:>4} {dense['val_loss']:>9.4f} {mixed['val_loss']:>9.4f} {seed['gap_nats']:>+13.4f} "
+              f"{seed['mixed_speedup']:>19.2f}x {cells[0]:>17} {cells[1]:>17} {at_lowest:>13}  {d}")
+    mean, std, stderr = _mean_std_stderr([s["gap_nats"] for s in seeds])
+    spread = f", sample std {std:.4f}, standard error {stderr:.4f}" if std is not None else ""
+    print(f"mixed - dense at the end: mean {mean:+.4f} nats over {len(seeds)} seeds{spread}; within 0.05: "
           f"{'yes' if mean <= 0.05 else 'NO'}")
-    summary = {"settings": base, "seeds": [{"dir": d, "seed": dense["settings"]["seed"],
-                                            "dense_val_loss": dense["val_loss"], "mixed_val_loss": mixed["val_loss"],
-                                            "gap_nats": mixed["val_loss"] - dense["val_loss"],
-                                            "mixed_speedup": mixed["tokens_per_s"] / dense["tokens_per_s"]}
-                                           for d, dense, mixed in rows],
-               "mean_gap_nats": mean, "std_gap_nats": std, "within_0.05": mean <= 0.05}
+    at_lowest = [s["gap_at_lowest_nats"] for s in seeds if s["gap_at_lowest_nats"] is not None]
+    low_mean, low_std, low_stderr = _mean_std_stderr(at_lowest) if at_lowest else (None, None, None)
+    if at_lowest:
+        low_spread = f", sample std {low_std:.4f}" if low_std is not None else ""
+        print(f"mixed - dense at each run's lowest validation loss: mean {low_mean:+.4f} nats over "
+              f"{len(at_lowest)} seeds{low_spread}")
+    summary = {"settings": base, "seeds": seeds, "mean_gap_nats": mean, "std_gap_nats": std,
+               "stderr_gap_nats": stderr, "within_0.05": mean <= 0.05,
+               "mean_gap_at_lowest_nats": low_mean, "std_gap_at_lowest_nats": low_std}
     U.atomic_write_json(out_path, summary)
     return summary
 

@@ -11,13 +11,15 @@ sys.path.insert(0, str(ROOT))
 from apps import compare  # noqa: E402
 
 
-def _write(d, run, seed, val_loss, tokens_per_s, **overrides):
+def _write(d, run, seed, val_loss, tokens_per_s, curve=None, **overrides):
     settings = {"model": "pythia-70m", "data": f"/machine{seed}/data/sotu", "seq_len": 2048, "batch_size": 8,
                 "steps": 1500, "lr": 1e-3, "warmup_steps": 15, "seed": seed, "matmul_precision": "highest"}
     settings.update(overrides)
     d.mkdir(parents=True, exist_ok=True)
-    (d / f"{run}.json").write_text(json.dumps({"run": run, "val_loss": val_loss, "tokens_per_s": tokens_per_s,
-                                               "settings": settings}))
+    result = {"run": run, "val_loss": val_loss, "tokens_per_s": tokens_per_s, "settings": settings}
+    if curve is not None:
+        result["val_curve"] = curve
+    (d / f"{run}.json").write_text(json.dumps(result))
 
 
 def test_seeds_report_gaps_mean_and_std(tmp_path, capsys):
@@ -34,6 +36,24 @@ def test_seeds_report_gaps_mean_and_std(tmp_path, capsys):
     assert [s["mixed_speedup"] for s in summary["seeds"]] == pytest.approx([1.12] * 3)
     assert json.loads(out.read_text())["mean_gap_nats"] == pytest.approx(0.06)
     assert "mean +0.0600 nats over 3 seeds" in capsys.readouterr().out
+
+
+def test_seeds_report_gap_at_each_runs_lowest_validation_loss(tmp_path, capsys):
+    # seed 0: both runs lowest mid-run, mixed then overfits more; seed 1 has no curve (older JSON)
+    _write(tmp_path / "s0", "dense", 0, 4.30, 100.0, curve=[[0, 10.9], [750, 4.00], [1500, 4.30]])
+    _write(tmp_path / "s0", "mixed", 0, 4.40, 110.0, curve=[[0, 10.9], [600, 4.02], [750, 4.03], [1500, 4.40]])
+    _write(tmp_path / "s1", "dense", 1, 4.25, 100.0)
+    _write(tmp_path / "s1", "mixed", 1, 4.27, 110.0)
+    summary = compare.seeds_report([tmp_path / "s0", tmp_path / "s1"], tmp_path / "seeds.json")
+    s0, s1 = summary["seeds"]
+    assert s0["dense_lowest"] == [750, 4.00] and s0["mixed_lowest"] == [600, 4.02]
+    assert s0["gap_at_lowest_nats"] == pytest.approx(0.02)
+    assert s1["dense_lowest"] is None and s1["gap_at_lowest_nats"] is None
+    assert summary["mean_gap_at_lowest_nats"] == pytest.approx(0.02)
+    assert summary["mean_gap_nats"] == pytest.approx(0.06)
+    assert summary["stderr_gap_nats"] == pytest.approx(0.04)  # std 0.04 * sqrt(2) over sqrt(2)
+    out = capsys.readouterr().out
+    assert "at each run's lowest validation loss: mean +0.0200 nats over 1 seeds" in out
 
 
 def test_seeds_report_rejects_missing_runs_and_other_settings(tmp_path):
