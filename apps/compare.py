@@ -132,20 +132,14 @@ def _torch_lr_factor(step, warmup, total, min_ratio):
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def run_torch(s, args, out_dir):
-    """transformers' GPTNeoXForCausalLM from the preset's Hugging Face config, trained in fp32
-    with SDPA attention on the very batches apps/train.py draws (same TokenDataLoader, seed)."""
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        print(f"\n== torch: skipped ({e.name} is not installed)", flush=True)
-        return None
+def torch_model_and_optimizer(s):
+    """transformers' GPTNeoXForCausalLM of the preset, fp32 with SDPA attention, in train mode, and
+    its AdamW + warm-up/cosine schedule as apps/train.py sets them up: (torch, model, optimizer,
+    scheduler). Raises ImportError without torch or transformers."""
+    import torch
+    import transformers
     from apps.models import PRESETS
 
-    if s["device"].startswith("cuda") and not torch.cuda.is_available():
-        print("\n== torch: skipped (torch sees no GPU)", flush=True)
-        return None
     device = torch.device(s["device"])
     torch.backends.cuda.matmul.allow_tf32 = s["matmul_precision"] != "highest"
     torch.backends.cudnn.allow_tf32 = s["matmul_precision"] != "highest"
@@ -168,8 +162,6 @@ def run_torch(s, args, out_dir):
     if inv_freq and 2 * inv_freq[0].numel() != preset.rotary_dim:
         raise SystemExit(f"compare: transformers built rotary dim {2 * inv_freq[0].numel()}, the preset has "
                          f"{preset.rotary_dim}; the architectures differ")
-    num_params = sum(p.numel() for p in model.parameters())
-
     decay = [p for n, p in model.named_parameters() if U.decays(n, p)]
     no_decay = [p for n, p in model.named_parameters() if not U.decays(n, p)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s["weight_decay"]},
@@ -177,6 +169,25 @@ def run_torch(s, args, out_dir):
                                   lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _torch_lr_factor(step, s["warmup_steps"], s["steps"], s["min_lr_ratio"]))
+    return torch, model, optimizer, scheduler
+
+
+def run_torch(s, args, out_dir):
+    """transformers' GPTNeoXForCausalLM from the preset's Hugging Face config, trained in fp32
+    with SDPA attention on the very batches apps/train.py draws (same TokenDataLoader, seed)."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        print(f"\n== torch: skipped ({e.name} is not installed)", flush=True)
+        return None
+
+    if s["device"].startswith("cuda") and not torch.cuda.is_available():
+        print("\n== torch: skipped (torch sees no GPU)", flush=True)
+        return None
+    torch, model, optimizer, scheduler = torch_model_and_optimizer(s)
+    device = torch.device(s["device"])
+    num_params = sum(p.numel() for p in model.parameters())
     data = Path(s["data"])
     loader = ndl.data.TokenDataLoader(data / "train.bin", s["batch_size"], s["seq_len"], seed=s["seed"])
     run_dir = out_dir / "runs" / "torch"

@@ -1,0 +1,218 @@
+"""Where a training step's GPU time goes: Pythia-70M trained by needle (apps/train.py's step) and by
+transformers + torch (apps.compare's torch run), one after the other in one process on one GPU.
+
+For each framework: a few warm-up steps, then --timed steps by the wall clock (synchronised at the
+end), then --profiled steps under torch.profiler with only the CUDA activity. CUPTI records every
+kernel the process launches, needle's included, so both frameworks are seen by the same tool. From
+the trace: GPU busy time per step (the union of kernel, memcpy and memset intervals), idle time
+(the step's span minus busy), kernel launches per step, and GPU time by category and by kernel.
+
+    PYTHONPATH=python python3 bench/profile_train_step.py --json runs/gpu-h100/profile_train_step.json
+
+Prints tables and writes JSON; needs a CUDA build of needle, torch and transformers.
+"""
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "python"))
+
+# Category of a kernel, by the first pattern its name matches (case-insensitive).
+CATEGORIES = (
+    ("attention", r"attention|flash|fmha|sdpa|attn"),
+    ("matmul", r"gemm|cutlass|cublas|xmma|nvjet|matmul|splitk|sm\d+_"),
+    ("cross-entropy", r"cross_entropy|log_softmax|nll_loss|softmax"),
+    ("optimizer", r"adam|multi_tensor|foreach|clip|norm_scale|grad_norm"),
+    ("layer norm", r"layer_?norm"),
+    ("reduction", r"reduce|sum|mean|\bmax\b|argmax"),
+    ("copy / layout", r"copy|transpose|permute|\bcat\b|CatArray|memcpy|memset|fill|gather|scatter|index|embedding"),
+)
+EVENT_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def category(name):
+    for label, pattern in CATEGORIES:
+        if re.search(pattern, name, re.IGNORECASE):
+            return label
+    return "elementwise / other"
+
+
+def summarise_trace(trace, steps):
+    """GPU time of a Chrome trace (torch.profiler's export_chrome_trace): per step, busy (union of
+    kernel/memcpy/memset intervals), span (first start to last end) and idle = span - busy, in ms;
+    launches per step; and ms per step by category and by kernel name (largest first)."""
+    if steps <= 0:
+        raise ValueError(f"summarise_trace: expected steps >= 1, got {steps}")
+    events = [e for e in trace.get("traceEvents", [])
+              if e.get("ph") == "X" and e.get("cat") in EVENT_KINDS and "dur" in e and "ts" in e]
+    if not events:
+        raise ValueError("summarise_trace: the trace holds no GPU kernel, memcpy or memset events "
+                         "(did the profiler record the CUDA activity?)")
+    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events)
+    busy, (cur_start, cur_end) = 0.0, intervals[0]
+    for start, end in intervals[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    busy += cur_end - cur_start
+    span = max(end for _, end in intervals) - intervals[0][0]
+    by_category, by_kernel, launches = defaultdict(float), defaultdict(lambda: [0.0, 0]), 0
+    for e in events:
+        name = e.get("name", "?") if e["cat"] == "kernel" else e["cat"]
+        launches += e["cat"] == "kernel"
+        by_category[category(name)] += float(e["dur"])
+        by_kernel[name][0] += float(e["dur"])
+        by_kernel[name][1] += 1
+    per_step = 1e-3 / steps  # us over all steps -> ms per step
+    return {
+        "steps": steps,
+        "busy_ms": busy * per_step, "span_ms": span * per_step, "idle_ms": (span - busy) * per_step,
+        "kernel_launches": launches / steps,
+        "by_category_ms": dict(sorted(((k, v * per_step) for k, v in by_category.items()),
+                                      key=lambda kv: -kv[1])),
+        "by_kernel": [{"name": k, "ms": v[0] * per_step, "calls": v[1] / steps}
+                      for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])],
+    }
+
+
+def needle_step(s):
+    """apps/train.py's training step (grad_accum 1) on a fresh model; returns step()."""
+    import needle as ndl
+    from apps import train_utils as U
+    from apps.train import default_build_model
+
+    device = ndl.device(s["device"])
+    ndl.set_float32_matmul_precision(s["matmul_precision"])
+    ndl.manual_seed(s["seed"])
+    model = default_build_model(s["model"], "dense", device, s["block_size"])
+    model.train()
+    params = list(model.parameters())
+    optimizer = ndl.optim.AdamW(U.param_groups(model, s["weight_decay"]), lr=s["lr"],
+                                betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"])
+    loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
+                                      device=device, seed=s["seed"])
+
+    def step():
+        x, y = next(loader)
+        loss, _ = U.lm_loss(model, x, y)
+        value = loss.item()
+        (loss * 1.0).backward()
+        ndl.nn.utils.clip_grad_norm_(params, s["clip"])
+        optimizer.step()
+        optimizer.zero_grad()
+        return value
+
+    return step, ndl.cuda.synchronize
+
+
+def torch_step(s):
+    """apps.compare's torch training step on a fresh transformers model; returns step()."""
+    import needle as ndl
+    from apps.compare import torch_model_and_optimizer
+
+    torch, model, optimizer, scheduler = torch_model_and_optimizer(s)
+    device = torch.device(s["device"])
+    params = list(model.parameters())
+    loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
+                                      seed=s["seed"])
+
+    def step():
+        x, y = (torch.from_numpy(t.numpy()).to(device, non_blocking=True) for t in next(loader))
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return loss.item()
+
+    return step, torch.cuda.synchronize
+
+
+def measure(name, make_step, s, args):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    step, synchronize = make_step(s)
+    for _ in range(args.warmup):
+        step()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(args.timed):
+        step()
+    synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3 / args.timed
+    with tempfile.TemporaryDirectory() as tmp:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.profiled):
+                step()
+            synchronize()
+            torch.cuda.synchronize()
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        summary = summarise_trace(json.loads(path.read_text()), args.profiled)
+    tokens = s["batch_size"] * s["seq_len"]
+    summary.update({"framework": name, "wall_ms_per_step": wall_ms, "tokens_per_s": tokens / wall_ms * 1e3})
+    return summary
+
+
+def print_table(results, top):
+    names = [r["framework"] for r in results]
+    print(f"{'per step':<28}" + "".join(f"{n:>16}" for n in names))
+    rows = [("wall ms (unprofiled)", "wall_ms_per_step", "{:.1f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+            ("GPU busy ms", "busy_ms", "{:.1f}"), ("GPU idle ms (in the span)", "idle_ms", "{:.1f}"),
+            ("kernel launches", "kernel_launches", "{:.0f}")]
+    for label, key, fmt in rows:
+        print(f"{label:<28}" + "".join(f"{fmt.format(r[key]):>16}" for r in results))
+    cats = []
+    for r in results:
+        cats += [c for c in r["by_category_ms"] if c not in cats]
+    print("GPU ms by category:")
+    for c in cats:
+        print(f"  {c:<26}" + "".join(f"{r['by_category_ms'].get(c, 0.0):>16.2f}" for r in results))
+    for r in results:
+        print(f"\n{r['framework']}: the {top} kernels with the most GPU time (ms per step, calls per step)")
+        for k in r["by_kernel"][:top]:
+            print(f"  {k['ms']:8.2f} {k['calls']:6.0f}  {category(k['name']):<20} {k['name'][:110]}")
+
+
+def main(argv=None):
+    from apps import compare
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--timed", type=int, default=10)
+    p.add_argument("--profiled", type=int, default=3)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--frameworks", nargs="+", choices=["needle", "torch"], default=["needle", "torch"])
+    p.add_argument("--json", default=None, help="write the results here")
+    args, rest = p.parse_known_args(argv)
+    for name in ("warmup", "timed", "profiled"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name}: expected >= 1, got {getattr(args, name)}")
+    s = compare._settings(compare.build_parser().parse_args(rest))  # --seq-len, --batch-size, --data, ...
+    makers = {"needle": needle_step, "torch": torch_step}
+    results = [measure(n, makers[n], s, args) for n in args.frameworks]
+    print(f"{s['model']}, sequence length {s['seq_len']}, batch {s['batch_size']}, fp32 matmuls "
+          f"{s['matmul_precision']}, dense attention; {args.profiled} profiled steps")
+    print_table(results, args.top)
+    if args.json:
+        import torch
+        from apps import train_utils as U
+
+        U.atomic_write_json(Path(args.json), {"settings": s, "device": torch.cuda.get_device_name(),
+                                              "torch": torch.__version__, "results": results})
+
+
+if __name__ == "__main__":
+    main()

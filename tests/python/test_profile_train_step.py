@@ -1,0 +1,53 @@
+"""bench/profile_train_step.py's trace summary, on Chrome traces written here (no GPU, no torch)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("profile_train_step", ROOT / "bench" / "profile_train_step.py")
+prof = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prof)
+
+
+def _event(cat, name, ts, dur, ph="X"):
+    return {"ph": ph, "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+
+def test_busy_idle_launches_and_groups_per_step():
+    trace = {"traceEvents": [
+        _event("kernel", "ampere_sgemm_128x64_nn", 0, 100),
+        _event("kernel", "needle::cuda::attn::forward_kernel<float>", 90, 30),  # overlaps the gemm by 10
+        _event("gpu_memcpy", "Memcpy HtoD", 150, 10),
+        _event("kernel", "needle::cuda::adamw_kernel<float>", 200, 20),
+        _event("kernel", "ampere_sgemm_128x64_nn", 300, 100),
+        _event("cpu_op", "aten::mm", 0, 1000),          # host events are not GPU time
+        _event("kernel", "ignored instant", 50, 0, ph="i"),
+    ]}
+    s = prof.summarise_trace(trace, steps=2)
+    # busy: [0,120] + [150,160] + [200,220] + [300,400] = 250 us; span 400 us; over 2 steps, in ms
+    assert s["busy_ms"] == pytest.approx(0.125)
+    assert s["span_ms"] == pytest.approx(0.2)
+    assert s["idle_ms"] == pytest.approx(0.075)
+    assert s["kernel_launches"] == 2.0
+    assert s["by_category_ms"] == pytest.approx({"matmul": 0.1, "attention": 0.015, "optimizer": 0.01,
+                                                 "copy / layout": 0.005})
+    assert list(s["by_category_ms"]) == ["matmul", "attention", "optimizer", "copy / layout"]
+    top = s["by_kernel"][0]
+    assert top["name"] == "ampere_sgemm_128x64_nn" and top["ms"] == pytest.approx(0.1) and top["calls"] == 1.0
+
+
+def test_categories_of_both_frameworks_kernels():
+    assert prof.category("fmha_cutlassB_f32_aligned_64x64_k64_sm80") == "attention"
+    assert prof.category("sm90_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize128x128x8") == "matmul"
+    assert prof.category("needle::cuda::(anonymous namespace)::cross_entropy_forward_kernel<float>") == "cross-entropy"
+    assert prof.category("void at::native::vectorized_layer_norm_kernel<float, float>") == "layer norm"
+    assert prof.category("void at::native::multi_tensor_apply_kernel<...>") == "optimizer"
+    assert prof.category("needle::cuda::ewise_contiguous_kernel<needle::cuda::AddOp>") == "elementwise / other"
+
+
+def test_bad_input_is_an_error():
+    with pytest.raises(ValueError, match="no GPU kernel"):
+        prof.summarise_trace({"traceEvents": [_event("cpu_op", "aten::mm", 0, 5)]}, steps=1)
+    with pytest.raises(ValueError, match="expected steps >= 1, got 0"):
+        prof.summarise_trace({"traceEvents": []}, steps=0)
