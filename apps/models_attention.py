@@ -1,6 +1,6 @@
 """Attention plumbing shared by the apps/ language models (apps/models.py): the choice of attention
 kernel per model (dense or a block-sparse pattern), the KV cache used by generation, and GPT-NeoX
-rotary tables laid out for the fused per-head [q | k | v] projection.
+rotary embeddings of q and k (only their rotated dims are computed on).
 
 Shapes: B = batch, H = heads, T = new tokens, S = keys (cached + new), D = head dim.
 """
@@ -200,10 +200,11 @@ class KVCache:
 
 
 class RotaryTables:
-    """GPT-NeoX rotary embeddings applied to the per-head [q | k | v] projection (B, T, H, 3, D)
-    in four kernels: x * cos + swap(x) * sin, where swap exchanges the two halves of the rotary
-    dims and sin carries rotate_half's sign. The pass-through dims and v get cos 1 and sin 0, so
-    they come out unchanged.
+    """GPT-NeoX rotary embeddings of the first rotary_dim dims of each head of q or k (B, H, T, D):
+    y = x * cos + swap(x) * sin on those dims, where swap exchanges their two halves and sin
+    carries rotate_half's sign; the other D - rotary_dim dims pass through. Only the rotated dims
+    are computed on (Pythia rotates 16 of 64), and the result is one compact (B, H, T, D) tensor,
+    which the attention kernels read without another copy.
 
     The angles follow Hugging Face's float32 arithmetic (inv_freq = 1 / base^(arange(0, rot, 2) /
     rot) and position * inv_freq in float32) so logits agree to float32 rounding; tables are
@@ -218,20 +219,14 @@ class RotaryTables:
         self._tables = {}
 
     def _build(self, length):
-        rot, half, D = self.rotary_dim, self.rotary_dim // 2, self.head_dim
+        """(cos, sin) of shape (length, rotary_dim): [cos | cos] and [-sin | sin] per position."""
+        rot = self.rotary_dim
         exponent = np.arange(0, rot, 2, dtype=np.int64).astype(np.float32) / np.float32(rot)
         inv_freq = (np.float32(1.0) / (np.float32(self.base) ** exponent)).astype(np.float32)
         angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]  # float32
         cos = np.cos(angles.astype(np.float64)).astype(np.float32)
         sin = np.sin(angles.astype(np.float64)).astype(np.float32)
-        cos_t = np.ones((length, 1, 3, D), np.float32)
-        sin_t = np.zeros((length, 1, 3, D), np.float32)
-        for part in (0, 1):  # q and k rotate; v does not
-            cos_t[:, 0, part, :half] = cos
-            cos_t[:, 0, part, half:rot] = cos
-            sin_t[:, 0, part, :half] = -sin
-            sin_t[:, 0, part, half:rot] = sin
-        return cos_t, sin_t
+        return np.concatenate([cos, cos], axis=1), np.concatenate([-sin, sin], axis=1)
 
     def tables(self, offset, length, device, dtype):
         end = offset + length
@@ -245,10 +240,11 @@ class RotaryTables:
             self._tables[key] = cached
         return cached[0][offset:end], cached[1][offset:end]
 
-    def apply(self, qkv, offset):
-        """qkv (B, T, H, 3, D) at positions offset.. -> the same with q and k rotated."""
+    def rotate(self, x, offset):
+        """x (B, H, T, D) at positions offset.. (a view is fine) -> compact (B, H, T, D), rotated."""
         rot, half = self.rotary_dim, self.rotary_dim // 2
-        cos, sin = self.tables(offset, qkv.shape[1], qkv.device, qkv.dtype)
-        swapped = ndl.cat([qkv[..., half:rot], qkv[..., :half], qkv[..., rot:]], dim=-1) \
-            if rot < self.head_dim else ndl.cat([qkv[..., half:rot], qkv[..., :half]], dim=-1)
-        return qkv * cos + swapped * sin
+        cos, sin = self.tables(offset, x.shape[2], x.device, x.dtype)
+        part = x[..., :rot]
+        swapped = ndl.cat([part[..., half:], part[..., :half]], dim=-1)
+        rotated = part * cos + swapped * sin
+        return ndl.cat([rotated, x[..., rot:]], dim=-1) if rot < self.head_dim else rotated

@@ -58,6 +58,10 @@ struct GetItemFn : Op {
   std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
     return {index_backward(g, inputs[0].shape(), index)};
   }
+  bool scatters_gradient() const override { return true; }
+  void add_gradient_into(const Tensor& g, const NDArray& input_grad) override {
+    add_into(input_grad.getitem(index), g.data());
+  }
 };
 
 struct ConcatFn : Op {

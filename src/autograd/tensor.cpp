@@ -2,6 +2,7 @@
 #include "autograd/tensor.h"
 
 #include <unordered_map>
+#include <unordered_set>
 
 #include "autograd/functional.h"
 #include "ndarray/error.h"
@@ -9,6 +10,10 @@
 namespace needle {
 
 Op::~Op() = default;
+
+void Op::add_gradient_into(const Tensor&, const NDArray&) {
+  NEEDLE_CHECK(false, RuntimeError, "backward: op '", name(), "' does not scatter its gradient");
+}
 
 // Destroying the last reference to a long chain would recurse once per node; unlink the chain
 // iteratively instead so graphs of any depth free safely.
@@ -109,6 +114,30 @@ static std::vector<std::shared_ptr<TensorImpl>> topo_order(const std::shared_ptr
 
 static Tensor accumulate(const Tensor& acc, const Tensor& g) { return acc.defined() ? add(acc, g) : g; }
 
+// A scattering op's gradient (Op::scatters_gradient) added into its input's slot: into the slot's
+// buffer in place when this engine owns it, else into a new owned buffer (zeros, or a copy of the
+// gradient gathered so far). False, with nothing done, when the op does not scatter or the
+// slot's dtype or device differs from g's (the general path promotes those).
+static bool scatter_gradient(Op& op, const Tensor& g,
+                             std::unordered_map<TensorImpl*, Tensor>& grads,
+                             std::unordered_set<TensorImpl*>& owned) {
+  if (!op.scatters_gradient() || op.inputs.size() != 1) return false;
+  const Tensor& input = op.inputs[0];
+  if (!input.defined() || !input.requires_grad()) return true;  // nothing to propagate
+  auto found = grads.find(input.impl().get());
+  if (found != grads.end() && (found->second.dtype() != g.dtype() || found->second.device() != g.device()))
+    return false;
+  if (found == grads.end() || !owned.count(found->second.impl().get())) {
+    NDArray buffer = found == grads.end() ? NDArray::zeros(input.shape(), g.dtype(), g.device())
+                                          : found->second.data().clone();
+    Tensor slot(buffer);
+    owned.insert(slot.impl().get());
+    found = grads.insert_or_assign(input.impl().get(), std::move(slot)).first;
+  }
+  op.add_gradient_into(g, found->second.data());
+  return true;
+}
+
 void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_graph) const {
   NEEDLE_CHECK(requires_grad(), ValueError,
                "backward: this tensor does not require grad and has no graph (did an input set "
@@ -129,6 +158,9 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
   EnableGradGuard mode(create_graph);
   std::vector<std::shared_ptr<TensorImpl>> order = topo_order(impl_);
   std::unordered_map<TensorImpl*, Tensor> grads;
+  // Gradient buffers this loop allocated for scattering ops and that nothing else references yet:
+  // they may be added into in place until their node is reached.
+  std::unordered_set<TensorImpl*> owned;
   grads[impl_.get()] = seed;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     std::shared_ptr<TensorImpl> node = std::move(*it);
@@ -136,6 +168,7 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
     if (found == grads.end()) continue;
     Tensor g = std::move(found->second);
     grads.erase(found);
+    owned.erase(g.impl().get());
     if (!node->op) {
       NEEDLE_CHECK(!node->graph_freed, RuntimeError,
                    "backward: trying to backward through the graph a second time (or directly "
@@ -146,11 +179,19 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
       leaf.impl()->grad = accumulate(leaf.grad(), g).impl();
       continue;
     }
+    if (!create_graph && scatter_gradient(*node->op, g, grads, owned)) {
+      if (!retain_graph) {
+        node->op.reset();
+        node->graph_freed = true;
+      }
+      continue;
+    }
     std::vector<Tensor> in_grads = node->op->gradient(g, Tensor(node));
     const std::vector<Tensor>& inputs = node->op->inputs;
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (!inputs[i].defined() || !inputs[i].requires_grad() || !in_grads[i].defined()) continue;
       Tensor& slot = grads[inputs[i].impl().get()];
+      if (slot.defined()) owned.erase(slot.impl().get());
       slot = accumulate(slot, in_grads[i]);
     }
     if (!retain_graph) {

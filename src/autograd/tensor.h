@@ -21,6 +21,13 @@ struct Op {
   virtual ~Op();
   virtual const char* name() const = 0;
   virtual std::vector<Tensor> gradient(const Tensor& grad_out, const Tensor& out) = 0;
+  // Ops of one input whose gradient is zero outside a view of it (getitem) say so here and add
+  // grad_out into that view of input_grad, a buffer of the input's shape and grad_out's dtype
+  // that the backward engine owns. The engine then gathers the gradients of several views of one
+  // tensor (q, k and v sliced from one projection) in one buffer, instead of a zero-filled
+  // tensor per view and a sum of them. Used only when backward builds no graph.
+  virtual bool scatters_gradient() const { return false; }
+  virtual void add_gradient_into(const Tensor& grad_out, const NDArray& input_grad);
 };
 
 struct TensorImpl {

@@ -199,6 +199,11 @@ NEEDLE_BINARY_OPS(NEEDLE_DECLARE_BINARY)
 NDArray binary(BinaryOp op, const NDArray& a, const NDArray& b);
 NDArray binary(BinaryOp op, const NDArray& a, const Scalar& b, bool scalar_first = false);
 
+// dst += src in place, elementwise: src broadcast to dst's shape and converted to dst's dtype; dst
+// may be a strided view (the autograd engine gathers slice gradients this way); src may share
+// dst's buffer (it is copied first then).
+void add_into(const NDArray& dst, const NDArray& src);
+
 NDArray where(const NDArray& cond, const NDArray& a, const NDArray& b);
 NDArray where(const NDArray& cond, const NDArray& a, const Scalar& b);
 NDArray clamp(const NDArray& a, std::optional<double> min, std::optional<double> max);

@@ -66,6 +66,21 @@ NDArray binary(BinaryOp op, const NDArray& a, const NDArray& b) {
   return out;
 }
 
+void add_into(const NDArray& dst, const NDArray& src) {
+  check_same_device(dst, src, "add_into");
+  for (int d = 0; d < dst.ndim(); ++d) {
+    NEEDLE_CHECK(dst.shape()[d] == 1 || dst.strides()[d] != 0, ValueError,
+                 "add_into: expected a dst whose elements are distinct, got a broadcast view (shape ",
+                 shape_str(dst.shape()), ", stride 0 in dim ", d, ")");
+  }
+  if (dst.numel() == 0) return;
+  NDArray y = src.astype(dst.dtype());
+  if (y.buffer() == dst.buffer()) y = y.clone();  // the kernel reads dst[i] and src[i], writes dst[i]
+  y = y.broadcast_to(dst.shape());
+  // out aliases a element for element, which every elementwise kernel allows.
+  dst.backend().binary(BinaryOp::Add, dst.ref(), y.ref(), dst.ref());
+}
+
 NDArray binary(BinaryOp op, const NDArray& a, const Scalar& s, bool scalar_first) {
   DType dt = compute_dtype(op, promote_with_scalar(a.dtype(), s));
   NDArray x = a.astype(dt);

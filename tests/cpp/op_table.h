@@ -718,6 +718,35 @@ inline void add_copy_cases(std::vector<OpCase>& cases) {
     c.tol = {0, 0};
     cases.push_back(c);
   }
+  // add_into: a strided, flipped view of a matrix of ones += a transposed float64 source,
+  // converted to the view's dtype first; the elements outside the view stay 1.
+  for (DType dt : {DType::Float32, DType::Float64, DType::Int64, DType::BFloat16}) {
+    uint64_t s = ++seed;
+    OpCase c;
+    c.family = "copy";
+    c.name = std::string("add_into/strided_dst/") + dtype_name(dt) + "/[7,5]+=float64[7,5]";
+    c.dtype = dt;
+    c.seed = s;
+    c.inputs = [=](Device dev) {
+      Rng r(s);
+      return std::vector<NDArray>{
+          make_array(r, {7, 5}, DType::Float64, Domain::Real, Layout::Transposed, dev)};
+    };
+    c.run = [=](const std::vector<NDArray>& in) {
+      NDArray dst = NDArray::ones({7, 11}, dt, in[0].device());
+      add_into(dst.slice(1, 1, std::nullopt, 2).slice(0, std::nullopt, std::nullopt, -1), in[0]);
+      return std::vector<NDArray>{dst};
+    };
+    c.reference = [=](const std::vector<HostArray>& in) {
+      HostArray out{{7, 11}, dt, std::vector<double>(77, 1.0), {}};
+      for (int64_t i = 0; i < 7; ++i)
+        for (int64_t j = 0; j < 5; ++j)
+          out.v[(6 - i) * 11 + 1 + 2 * j] = round_to(dt, 1.0 + round_to(dt, in[0].v[i * 5 + j]));
+      return std::vector<HostArray>{out};
+    };
+    c.tol = {0, 0};
+    cases.push_back(c);
+  }
 }
 
 // fill() of a compact array and of transposed, strided and flipped views: the view's elements

@@ -122,6 +122,15 @@ TEST_CASE("cpu indexing: out-of-range indices raise IndexError naming index and 
   CHECK_THROWS_AS(index_add(x, 1, negative, NDArray::ones({4, 1})), IndexError);
 }
 
+TEST_CASE("add_into: a broadcast dst is refused, a src sharing dst's buffer is read first", "[cpu]") {
+  NDArray row = NDArray::ones({1, 3}, DType::Float32);
+  CHECK_THROWS_WITH(add_into(row.broadcast_to({2, 3}), NDArray::ones({2, 3}, DType::Float32)),
+                    Catch::Contains("broadcast view") && Catch::Contains("stride 0 in dim 0"));
+  NDArray a = NDArray::arange(0, 4, 1, DType::Float64);
+  add_into(a.slice(0, 1, std::nullopt), a.slice(0, 0, 3));  // a[1:] += a[:3], overlapping
+  CHECK(a.to_vector<double>() == std::vector<double>{0, 1, 3, 5});
+}
+
 TEST_CASE("cpu kernels: dtype mismatches are rejected with both dtypes named", "[cpu]") {
   const Backend& b = cpu_backend();
   float a[4] = {1, 2, 3, 4};
