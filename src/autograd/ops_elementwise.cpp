@@ -15,7 +15,6 @@ Tensor constant_like(const NDArray& values, const Tensor& like) {
 
 Tensor positive_mask(const Tensor& a) { return constant_like(gt(a.data(), Scalar(0)), a); }
 
-constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kTwoOverSqrtPi = 1.12837916709551257390;
 
@@ -40,11 +39,12 @@ struct UnaryFn : Op {
       case UnaryOp::Sin: return {mul(g, cos(a))};
       case UnaryOp::Cos: return {neg(mul(g, sin(a)))};
       case UnaryOp::Erf: return {mul(g, mul(exp(neg(mul(a, a))), Scalar(kTwoOverSqrtPi)))};
-      case UnaryOp::Gelu: {
-        // d/da a*Phi(a) = Phi(a) + a*phi(a)
-        Tensor cdf = mul(add(erf(mul(a, Scalar(kInvSqrt2))), Scalar(1.0)), Scalar(0.5));
+      // d/da a*Phi(a) = Phi(a) + a*phi(a), one kernel (gelu_grad), itself differentiable.
+      case UnaryOp::Gelu: return {mul(g, gelu_grad(a))};
+      case UnaryOp::GeluGrad: {
+        // d/da (Phi(a) + a*phi(a)) = 2 phi(a) + a phi'(a) = phi(a) (2 - a^2)
         Tensor pdf = mul(exp(mul(mul(a, a), Scalar(-0.5))), Scalar(kInvSqrt2Pi));
-        return {mul(g, add(cdf, mul(a, pdf)))};
+        return {mul(g, mul(pdf, sub(Scalar(2.0), mul(a, a))))};
       }
       case UnaryOp::GeluTanh: {
         const double k = 0.79788456080286535588, c = 0.044715;

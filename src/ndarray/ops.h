@@ -18,6 +18,10 @@
   X(Tanh, tanh, std::tanh(a))                                                 \
   X(Sigmoid, sigmoid, T(1) / (T(1) + std::exp(-a)))                           \
   X(Gelu, gelu, T(0.5) * a * (T(1) + std::erf(a * T(0.70710678118654752440)))) \
+  /* d gelu / da = Phi(a) + a phi(a): GELU's backward in one kernel */          \
+  X(GeluGrad, gelu_grad,                                                      \
+    T(0.5) * (T(1) + std::erf(a * T(0.70710678118654752440))) +               \
+        a * T(0.39894228040143267794) * std::exp(T(-0.5) * a * a))            \
   X(GeluTanh, gelu_tanh,                                                      \
     T(0.5) * a *                                                              \
         (T(1) + std::tanh(T(0.79788456080286535588) * (a + T(0.044715) * a * a * a)))) \

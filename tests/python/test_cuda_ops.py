@@ -113,6 +113,7 @@ UNARY = [
     ("cos", torch.cos, {}), ("erf", torch.erf, {}), ("neg", torch.neg, {}),
     ("abs", torch.abs, {}), ("relu", torch.relu, {}),
     ("gelu", lambda x: TF.gelu(x), {}), ("gelu_tanh", lambda x: TF.gelu(x, approximate="tanh"), {}),
+    ("gelu_grad", lambda x: torch.ops.aten.gelu_backward(torch.ones_like(x), x), {}),
 ]
 
 

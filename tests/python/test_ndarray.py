@@ -107,6 +107,7 @@ UNARY = {
     "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "rsqrt": lambda a: 1 / np.sqrt(a),
     "tanh": np.tanh, "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "sin": np.sin, "cos": np.cos,
     "erf": _erf, "gelu": lambda a: 0.5 * a * (1 + _erf(a / math.sqrt(2))),
+    "gelu_grad": lambda a: 0.5 * (1 + _erf(a / math.sqrt(2))) + a * np.exp(-a * a / 2) / math.sqrt(2 * math.pi),
     "gelu_tanh": lambda a: 0.5 * a * (1 + np.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a**3))),
 }
 POSITIVE_DOMAIN = {"log", "sqrt", "rsqrt"}
