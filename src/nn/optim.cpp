@@ -246,11 +246,20 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   for (const Tensor& p : params)
     if (p.defined() && p.grad().defined()) grads.push_back(p.grad().data());
   if (grads.empty()) return 0.0;
-  // Per-tensor partial norms stay on the device; one host read at the end.
+  // Per-tensor partial norms stay on the device; one host read at the end. The max norm is exact
+  // in the gradients' dtype; the 2-norm squares in float32 or float64 (bfloat16 is widened
+  // first) and sums each tensor with the reduction's float accumulator; any other p in float64.
   NDArray total;
   for (const NDArray& g : grads) {
-    NDArray a = abs(g.astype(DType::Float64));
-    NDArray part = inf ? max(a) : sum(pow(a, Scalar(norm_type)));
+    NDArray part;
+    if (inf) {
+      part = max(abs(g)).astype(DType::Float64);
+    } else if (norm_type == 2.0) {
+      NDArray x = g.dtype() == DType::Float64 ? g : g.astype(DType::Float32);
+      part = sum(mul(x, x)).astype(DType::Float64);
+    } else {
+      part = sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type)));
+    }
     total = total.defined() ? (inf ? maximum(total, part) : add(total, part)) : part;
   }
   const double norm = inf ? total.item() : std::pow(total.item(), 1.0 / norm_type);

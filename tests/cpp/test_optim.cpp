@@ -141,6 +141,23 @@ TEST_CASE("clip_grad_norm_ returns the global norm and scales to max_norm") {
   REQUIRE(clip_grad_norm_({p, q}, 100.0, INFINITY) == Approx(7.0));
 }
 
+TEST_CASE("clip_grad_norm_: a million float32 values, bfloat16 gradients and p = 3") {
+  Tensor big(NDArray::zeros({1 << 20}, DType::Float32), true);
+  big.set_grad(Tensor(NDArray::randn({1 << 20}, DType::Float32)));
+  double want = 0;
+  for (double v : big.grad().data().to_vector<double>()) want += v * v;
+  REQUIRE(clip_grad_norm_({big}, 1e9) == Approx(std::sqrt(want)).epsilon(1e-6));
+  Tensor half(NDArray::zeros({2}, DType::BFloat16), true);
+  const double hv[2] = {3, -4};
+  half.set_grad(Tensor(NDArray::from_host(hv, {2}, DType::Float64).astype(DType::BFloat16)));
+  REQUIRE(clip_grad_norm_({half}, 1.0) == Approx(5.0));
+  require_close(values(half.grad()), {3 / 5.0, -4 / 5.0}, 1e-2);
+  Tensor p = param({0, 0, 0}), q = param({0, 0, 0});
+  set_grad(p, {3, 0, 0});
+  set_grad(q, {0, -4, 0});
+  REQUIRE(clip_grad_norm_({p, q}, 100.0, 3.0) == Approx(std::cbrt(91.0)));
+}
+
 TEST_CASE("lr schedules: warm-up, cosine to a floor, linear decay") {
   Tensor p = param(kStart);
   SGD opt({{{p}, {}}}, 1.0);
