@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from apps.generate import generate, sample_next  # noqa: E402
 from apps.models import (GPTNeoXConfig, OPTConfig, build_model, config_from_hf,  # noqa: E402
                          from_pretrained, load_hf_checkpoint, save_hf_checkpoint)
-from apps.models_attention import block_sparse_api  # noqa: E402
+from apps.models_attention import RotaryTables, block_sparse_api  # noqa: E402
 
 HAS_BLOCK_SPARSE = block_sparse_api()[0] is not None
 needs_block_sparse = pytest.mark.skipif(not HAS_BLOCK_SPARSE,
@@ -189,6 +189,38 @@ def test_dense_logits_match_reference(family):
     want = REFERENCES[family](params64(model), cfg, ids)
     assert got.shape == (2, 37, cfg.vocab_size)
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("packed_max_tokens", [0, 10**9], ids=["per-head rotary", "packed rotary"])
+def test_both_rotary_paths_match_reference(monkeypatch, packed_max_tokens):
+    monkeypatch.setattr(RotaryTables, "PACKED_MAX_TOKENS", packed_max_tokens)
+    cfg = CONFIGS["gpt_neox"]
+    model = randomise(build_model(cfg))
+    ids = np.random.default_rng(6).integers(0, cfg.vocab_size, (2, 29))
+    np.testing.assert_allclose(logits_of(model, ids), REFERENCES["gpt_neox"](params64(model), cfg, ids),
+                               atol=2e-4, rtol=1e-4)
+
+
+def test_rotary_paths_agree_bit_for_bit_with_their_gradients():
+    rot = RotaryTables(head_dim=16, rotary_dim=4, base=10000, length=8)
+    x = np.random.default_rng(7).standard_normal((2, 5, 3, 3, 16)).astype(np.float32)  # (B, T, H, 3, D)
+    w = np.random.default_rng(8).standard_normal((2, 3, 5, 16)).astype(np.float32)
+    results = []
+    for packed in (True, False):
+        qkv = ndl.tensor(x, requires_grad=True)
+        if packed:
+            qkv2 = rot.apply(qkv, 6)  # positions 6..10: the tables grow past length 8
+            q, k, v = (qkv2[:, :, :, i].permute(0, 2, 1, 3) for i in range(3))
+        else:
+            q, k, v = (qkv[:, :, :, i].permute(0, 2, 1, 3) for i in range(3))
+            q, k = rot.rotate(q, 6), rot.rotate(k, 6)
+        ((q * ndl.tensor(w)).sum() + (k * 2.0).sum() + (v * 3.0).sum()).backward()
+        results.append([t.detach().numpy() for t in (q, k, v)] + [qkv.grad.numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(results[1][2], x[:, :, :, 2].transpose(0, 2, 1, 3))  # v passes through
+    np.testing.assert_array_equal(results[1][0][..., 4:], x[:, :, :, 0, 4:].transpose(0, 2, 1, 3))
+    assert not np.allclose(results[1][0][..., :4], x[:, :, :, 0, :4].transpose(0, 2, 1, 3))
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "opt"])
