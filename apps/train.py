@@ -429,6 +429,8 @@ def train(argv=None, build_model=None):
     run_tokens, run_time = tokens_seen - run_start_tokens, train_time - run_start_time
     records = U.read_jsonl(run_dir / "metrics.jsonl")
     final_eval = [r for r in records if r["type"] == "eval" and r["step"] == step]
+    # A run that overfits ends above its lowest validation loss: say where that was.
+    best_eval = min((r for r in records if r["type"] == "eval"), key=lambda r: r["val_loss"], default=None)
     summary = {
         "name": run_dir.name, "run_dir": str(run_dir), "model": cfg["model"], "attention": cfg["attention"],
         "attention_density": density, "parameters": num_params, "device": args.device, "seq_len": cfg["seq_len"],
@@ -439,6 +441,8 @@ def train(argv=None, build_model=None):
         "final_train_loss": next(r["loss"] for r in reversed(records) if r["type"] == "train"),
         "val_loss": final_eval[0]["val_loss"] if final_eval else None,
         "val_ppl": final_eval[0]["val_ppl"] if final_eval else None,
+        "best_val_loss": best_eval["val_loss"] if best_eval else None,
+        "best_val_step": best_eval["step"] if best_eval else None,
         "unigram_ppl": unigram_ppl,
     }
     if step < cfg["steps"]:
@@ -506,6 +510,9 @@ def main(argv=None, build_model=None):
         print(f"final validation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
               f"(unigram perplexity of the corpus: {summary['unigram_ppl']:.2f}); "
               f"{summary['tokens_per_s']:,.0f} tokens/s over {U.format_duration(summary['train_time_s'])} of training")
+        if summary.get("best_val_loss") is not None and summary["best_val_loss"] < summary["val_loss"]:
+            print(f"lowest validation loss {summary['best_val_loss']:.4f} at step {summary['best_val_step']} "
+                  "(the model overfits the training split after it)")
         if summary.get("sample") is not None:
             print("sample:\n" + summary["sample"])
         print(f"run folder: {summary['run_dir']}")

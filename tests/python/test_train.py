@@ -104,6 +104,9 @@ def test_reference_run_learns_and_writes_its_files(corpus, reference):
     assert summary["finished"] and summary["step"] == 12
     assert summary["val_loss"] == pytest.approx(_losses(reference, "eval")[12])
     assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
+    evals = _losses(reference, "eval")
+    assert summary["best_val_loss"] == min(evals.values())
+    assert evals[summary["best_val_step"]] == summary["best_val_loss"]
     assert summary["attention_density"] == pytest.approx(7 / 10)  # really sparse, as MODEL promises
     train, val = (np.fromfile(corpus / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
     assert summary["unigram_ppl"] == pytest.approx(U.unigram_perplexity(train, U.eval_targets(val, 64), VOCAB))
