@@ -59,8 +59,13 @@ struct GetItemFn : Op {
     return {index_backward(g, inputs[0].shape(), index)};
   }
   bool scatters_gradient() const override { return true; }
-  void add_gradient_into(const Tensor& g, const NDArray& input_grad) override {
-    add_into(input_grad.getitem(index), g.data());
+  void add_gradient_into(const Tensor& g, const NDArray& input_grad, bool zeros) override {
+    NDArray view = input_grad.getitem(index);
+    if (zeros) {
+      view.assign(g.data());
+    } else {
+      add_into(view, g.data());
+    }
   }
 };
 

@@ -11,7 +11,7 @@ namespace needle {
 
 Op::~Op() = default;
 
-void Op::add_gradient_into(const Tensor&, const NDArray&) {
+void Op::add_gradient_into(const Tensor&, const NDArray&, bool) {
   NEEDLE_CHECK(false, RuntimeError, "backward: op '", name(), "' does not scatter its gradient");
 }
 
@@ -127,14 +127,15 @@ static bool scatter_gradient(Op& op, const Tensor& g,
   auto found = grads.find(input.impl().get());
   if (found != grads.end() && (found->second.dtype() != g.dtype() || found->second.device() != g.device()))
     return false;
-  if (found == grads.end() || !owned.count(found->second.impl().get())) {
-    NDArray buffer = found == grads.end() ? NDArray::zeros(input.shape(), g.dtype(), g.device())
-                                          : found->second.data().clone();
+  const bool zeros = found == grads.end();
+  if (zeros || !owned.count(found->second.impl().get())) {
+    NDArray buffer = zeros ? NDArray::zeros(input.shape(), g.dtype(), g.device())
+                           : found->second.data().clone();
     Tensor slot(buffer);
     owned.insert(slot.impl().get());
     found = grads.insert_or_assign(input.impl().get(), std::move(slot)).first;
   }
-  op.add_gradient_into(g, found->second.data());
+  op.add_gradient_into(g, found->second.data(), zeros);
   return true;
 }
 

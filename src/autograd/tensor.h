@@ -25,9 +25,10 @@ struct Op {
   // grad_out into that view of input_grad, a buffer of the input's shape and grad_out's dtype
   // that the backward engine owns. The engine then gathers the gradients of several views of one
   // tensor (q, k and v sliced from one projection) in one buffer, instead of a zero-filled
-  // tensor per view and a sum of them. Used only when backward builds no graph.
+  // tensor per view and a sum of them. Used only when backward builds no graph. `zeros` says
+  // input_grad is still all zeros, so the op may copy rather than add.
   virtual bool scatters_gradient() const { return false; }
-  virtual void add_gradient_into(const Tensor& grad_out, const NDArray& input_grad);
+  virtual void add_gradient_into(const Tensor& grad_out, const NDArray& input_grad, bool zeros);
 };
 
 struct TensorImpl {
