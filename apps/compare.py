@@ -365,15 +365,16 @@ def seeds_report(dirs, out_path):
     spread = f", sample std {std:.4f}, standard error {stderr:.4f}" if std is not None else ""
     print(f"mixed - dense at the end: mean {mean:+.4f} nats over {len(seeds)} seeds{spread}; within 0.05: "
           f"{'yes' if mean <= 0.05 else 'NO'}")
+    summary = {"settings": base, "seeds": seeds, "mean_gap_nats": mean, "std_gap_nats": std,
+               "stderr_gap_nats": stderr, "within_0.05": mean <= 0.05,
+               "mean_gap_at_lowest_nats": None, "std_gap_at_lowest_nats": None}
     at_lowest = [s["gap_at_lowest_nats"] for s in seeds if s["gap_at_lowest_nats"] is not None]
-    low_mean, low_std, low_stderr = _mean_std_stderr(at_lowest) if at_lowest else (None, None, None)
     if at_lowest:
+        low_mean, low_std, _ = _mean_std_stderr(at_lowest)
+        summary.update(mean_gap_at_lowest_nats=low_mean, std_gap_at_lowest_nats=low_std)
         low_spread = f", sample std {low_std:.4f}" if low_std is not None else ""
         print(f"mixed - dense at each run's lowest validation loss: mean {low_mean:+.4f} nats over "
               f"{len(at_lowest)} seeds{low_spread}")
-    summary = {"settings": base, "seeds": seeds, "mean_gap_nats": mean, "std_gap_nats": std,
-               "stderr_gap_nats": stderr, "within_0.05": mean <= 0.05,
-               "mean_gap_at_lowest_nats": low_mean, "std_gap_at_lowest_nats": low_std}
     U.atomic_write_json(out_path, summary)
     return summary
 

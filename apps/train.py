@@ -290,9 +290,7 @@ def train(argv=None, build_model=None):
     model.train()
     params = list(model.parameters())
     num_params = sum(int(np.prod(p.shape)) for p in params)
-    groups = U.param_groups(model, cfg["weight_decay"])
-    optimizer = ndl.optim.AdamW(groups, lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"],
-                                weight_decay=cfg["weight_decay"])
+    optimizer = U.adamw(model, cfg)
     # Built before any optimizer state is loaded: it records the peak lr of each group.
     scheduler = ndl.optim.lr_scheduler.WarmupCosineLR(optimizer, cfg["warmup_steps"], cfg["steps"],
                                                       cfg["min_lr_ratio"])

@@ -87,6 +87,13 @@ def param_groups(model, weight_decay):
     return [g for g in groups if g["params"]]
 
 
+def adamw(model, cfg):
+    """apps/train.py's optimizer: AdamW over param_groups with cfg's lr, beta1, beta2, eps and
+    weight_decay (a train config or apps.compare's settings)."""
+    return ndl.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"],
+                           betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+
+
 def lm_loss(model, x, y):
     """Mean next-token cross-entropy of model(x) (B, T, V) against y (B, T)."""
     logits = model(x)

@@ -96,8 +96,7 @@ def needle_step(s):
     model = default_build_model(s["model"], "dense", device, s["block_size"])
     model.train()
     params = list(model.parameters())
-    optimizer = ndl.optim.AdamW(U.param_groups(model, s["weight_decay"]), lr=s["lr"],
-                                betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"])
+    optimizer = U.adamw(model, s)
     loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
                                       device=device, seed=s["seed"])
 
@@ -111,7 +110,7 @@ def needle_step(s):
         optimizer.zero_grad()
         return value
 
-    return step, ndl.cuda.synchronize
+    return step
 
 
 def torch_step(s):
@@ -136,14 +135,15 @@ def torch_step(s):
         scheduler.step()
         return loss.item()
 
-    return step, torch.cuda.synchronize
+    return step
 
 
 def measure(name, make_step, s, args):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    step, synchronize = make_step(s)
+    step = make_step(s)
+    synchronize = torch.cuda.synchronize  # the whole device: needle's stream and torch's
     for _ in range(args.warmup):
         step()
     synchronize()
@@ -157,7 +157,6 @@ def measure(name, make_step, s, args):
             for _ in range(args.profiled):
                 step()
             synchronize()
-            torch.cuda.synchronize()
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         summary = summarise_trace(json.loads(path.read_text()), args.profiled)

@@ -58,15 +58,7 @@ struct GetItemFn : Op {
   std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
     return {index_backward(g, inputs[0].shape(), index)};
   }
-  bool scatters_gradient() const override { return true; }
-  void add_gradient_into(const Tensor& g, const NDArray& input_grad, bool zeros) override {
-    NDArray view = input_grad.getitem(index);
-    if (zeros) {
-      view.assign(g.data());
-    } else {
-      add_into(view, g.data());
-    }
-  }
+  const std::vector<Index>* view_index() const override { return &index; }
 };
 
 struct ConcatFn : Op {

@@ -11,10 +11,6 @@ namespace needle {
 
 Op::~Op() = default;
 
-void Op::add_gradient_into(const Tensor&, const NDArray&, bool) {
-  NEEDLE_CHECK(false, RuntimeError, "backward: op '", name(), "' does not scatter its gradient");
-}
-
 // Destroying the last reference to a long chain would recurse once per node; unlink the chain
 // iteratively instead so graphs of any depth free safely.
 TensorImpl::~TensorImpl() {
@@ -114,14 +110,15 @@ static std::vector<std::shared_ptr<TensorImpl>> topo_order(const std::shared_ptr
 
 static Tensor accumulate(const Tensor& acc, const Tensor& g) { return acc.defined() ? add(acc, g) : g; }
 
-// A scattering op's gradient (Op::scatters_gradient) added into its input's slot: into the slot's
-// buffer in place when this engine owns it, else into a new owned buffer (zeros, or a copy of the
-// gradient gathered so far). False, with nothing done, when the op does not scatter or the
-// slot's dtype or device differs from g's (the general path promotes those).
+// The gradient of a view op (Op::view_index) written into its view of the input's slot: in place
+// when this engine owns the slot's buffer, else into a new owned buffer (zeros, or a copy of the
+// gradient gathered so far). False, with nothing done, when the op is no view or the slot's
+// dtype or device differs from g's (the general path promotes those).
 static bool scatter_gradient(Op& op, const Tensor& g,
                              std::unordered_map<TensorImpl*, Tensor>& grads,
                              std::unordered_set<TensorImpl*>& owned) {
-  if (!op.scatters_gradient() || op.inputs.size() != 1) return false;
+  const std::vector<Index>* index = op.view_index();
+  if (index == nullptr || op.inputs.size() != 1) return false;
   const Tensor& input = op.inputs[0];
   if (!input.defined() || !input.requires_grad()) return true;  // nothing to propagate
   auto found = grads.find(input.impl().get());
@@ -135,7 +132,12 @@ static bool scatter_gradient(Op& op, const Tensor& g,
     owned.insert(slot.impl().get());
     found = grads.insert_or_assign(input.impl().get(), std::move(slot)).first;
   }
-  op.add_gradient_into(g, found->second.data(), zeros);
+  NDArray view = found->second.data().getitem(*index);
+  if (zeros) {
+    view.assign(g.data());  // the rest of the buffer stays zero
+  } else {
+    add_into(view, g.data());
+  }
   return true;
 }
 

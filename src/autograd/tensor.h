@@ -21,14 +21,11 @@ struct Op {
   virtual ~Op();
   virtual const char* name() const = 0;
   virtual std::vector<Tensor> gradient(const Tensor& grad_out, const Tensor& out) = 0;
-  // Ops of one input whose gradient is zero outside a view of it (getitem) say so here and add
-  // grad_out into that view of input_grad, a buffer of the input's shape and grad_out's dtype
-  // that the backward engine owns. The engine then gathers the gradients of several views of one
-  // tensor (q, k and v sliced from one projection) in one buffer, instead of a zero-filled
-  // tensor per view and a sum of them. Used only when backward builds no graph. `zeros` says
-  // input_grad is still all zeros, so the op may copy rather than add.
-  virtual bool scatters_gradient() const { return false; }
-  virtual void add_gradient_into(const Tensor& grad_out, const NDArray& input_grad, bool zeros);
+  // Ops whose output is a view of their one input (getitem) return the view's index: their
+  // gradient is zero outside it, so the backward engine, when it builds no graph, writes or adds
+  // grad_out into that view of one gradient buffer per input instead of making a zero-filled
+  // tensor per view and summing them (q, k and v sliced from one projection share one buffer).
+  virtual const std::vector<Index>* view_index() const { return nullptr; }
 };
 
 struct TensorImpl {

@@ -690,62 +690,44 @@ inline void add_copy_cases(std::vector<OpCase>& cases) {
       }
     }
   }
-  // Assignment into every other column (and flipped rows) of a zero matrix.
-  for (DType dt : {DType::Float32, DType::Int64, DType::BFloat16}) {
-    uint64_t s = ++seed;
-    OpCase c;
-    c.family = "copy";
-    c.name = std::string("assign/strided_dst/") + dtype_name(dt) + "/[7,5]<-float64[7,5]";
-    c.dtype = dt;
-    c.seed = s;
-    c.inputs = [=](Device dev) {
-      Rng r(s);
-      return std::vector<NDArray>{
-          make_array(r, {7, 5}, DType::Float64, Domain::Real, Layout::Transposed, dev)};
-    };
-    c.run = [=](const std::vector<NDArray>& in) {
-      NDArray dst = NDArray::zeros({7, 11}, dt, in[0].device());
-      dst.slice(1, 1, std::nullopt, 2).slice(0, std::nullopt, std::nullopt, -1).assign(in[0]);
-      return std::vector<NDArray>{dst};
-    };
-    c.reference = [=](const std::vector<HostArray>& in) {
-      HostArray out{{7, 11}, dt, std::vector<double>(77, 0.0), {}};
-      for (int64_t i = 0; i < 7; ++i)
-        for (int64_t j = 0; j < 5; ++j)
-          out.v[(6 - i) * 11 + 1 + 2 * j] = round_to(dt, in[0].v[i * 5 + j]);
-      return std::vector<HostArray>{out};
-    };
-    c.tol = {0, 0};
-    cases.push_back(c);
-  }
-  // add_into: a strided, flipped view of a matrix of ones += a transposed float64 source,
-  // converted to the view's dtype first; the elements outside the view stay 1.
-  for (DType dt : {DType::Float32, DType::Float64, DType::Int64, DType::BFloat16}) {
-    uint64_t s = ++seed;
-    OpCase c;
-    c.family = "copy";
-    c.name = std::string("add_into/strided_dst/") + dtype_name(dt) + "/[7,5]+=float64[7,5]";
-    c.dtype = dt;
-    c.seed = s;
-    c.inputs = [=](Device dev) {
-      Rng r(s);
-      return std::vector<NDArray>{
-          make_array(r, {7, 5}, DType::Float64, Domain::Real, Layout::Transposed, dev)};
-    };
-    c.run = [=](const std::vector<NDArray>& in) {
-      NDArray dst = NDArray::ones({7, 11}, dt, in[0].device());
-      add_into(dst.slice(1, 1, std::nullopt, 2).slice(0, std::nullopt, std::nullopt, -1), in[0]);
-      return std::vector<NDArray>{dst};
-    };
-    c.reference = [=](const std::vector<HostArray>& in) {
-      HostArray out{{7, 11}, dt, std::vector<double>(77, 1.0), {}};
-      for (int64_t i = 0; i < 7; ++i)
-        for (int64_t j = 0; j < 5; ++j)
-          out.v[(6 - i) * 11 + 1 + 2 * j] = round_to(dt, 1.0 + round_to(dt, in[0].v[i * 5 + j]));
-      return std::vector<HostArray>{out};
-    };
-    c.tol = {0, 0};
-    cases.push_back(c);
+  // Into every other column (and flipped rows) of a matrix, from a transposed float64 source
+  // converted to the matrix's dtype: assign into zeros, and add_into ones; the elements outside
+  // the view keep their value.
+  for (bool add : {false, true}) {
+    for (DType dt : {DType::Float32, DType::Float64, DType::Int64, DType::BFloat16}) {
+      uint64_t s = ++seed;
+      const double init = add ? 1.0 : 0.0;
+      OpCase c;
+      c.family = "copy";
+      c.name = std::string(add ? "add_into" : "assign") + "/strided_dst/" + dtype_name(dt) +
+               (add ? "/[7,5]+=float64[7,5]" : "/[7,5]<-float64[7,5]");
+      c.dtype = dt;
+      c.seed = s;
+      c.inputs = [=](Device dev) {
+        Rng r(s);
+        return std::vector<NDArray>{
+            make_array(r, {7, 5}, DType::Float64, Domain::Real, Layout::Transposed, dev)};
+      };
+      c.run = [=](const std::vector<NDArray>& in) {
+        NDArray dst = NDArray::full({7, 11}, init, dt, in[0].device());
+        NDArray view = dst.slice(1, 1, std::nullopt, 2).slice(0, std::nullopt, std::nullopt, -1);
+        if (add) {
+          add_into(view, in[0]);
+        } else {
+          view.assign(in[0]);
+        }
+        return std::vector<NDArray>{dst};
+      };
+      c.reference = [=](const std::vector<HostArray>& in) {
+        HostArray out{{7, 11}, dt, std::vector<double>(77, init), {}};
+        for (int64_t i = 0; i < 7; ++i)
+          for (int64_t j = 0; j < 5; ++j)
+            out.v[(6 - i) * 11 + 1 + 2 * j] = round_to(dt, init + round_to(dt, in[0].v[i * 5 + j]));
+        return std::vector<HostArray>{out};
+      };
+      c.tol = {0, 0};
+      cases.push_back(c);
+    }
   }
 }
 

@@ -151,8 +151,8 @@ std::vector<GradCase> grad_cases() {
                      return getitem(x[0], {Index::slice(std::nullopt, std::nullopt, -2),
                                            Index::new_axis(), Index::slice(1, 5)});
                    }});
-  // Several views of one input: the engine gathers their gradients in one buffer (getitem
-  // scatters), overlapping views included, before or after a gradient of another op (exp).
+  // Several views of one input: the engine gathers their gradients in one buffer (getitem is a
+  // view op), overlapping views included, before or after a gradient of another op (exp).
   cases.push_back({"views of one tensor", one({4, 6}), [](auto& x) {
                      const Index all = Index::slice();
                      Tensor a = getitem(x[0], {all, Index::slice(0, 3)});
