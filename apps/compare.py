@@ -11,7 +11,7 @@ GPTNeoXForCausalLM, fp32, SDPA) on the same token batches with the same hyperpar
 Each run writes runs/compare/<run>.json (final validation loss, tokens/s, attention density,
 settings) and its training folder runs/compare/runs/<run>/; the table is printed from every JSON
 present, so runs split over several commands still compare, and runs/compare/summary.json and
-runs/compare/loss.png are rewritten each time. Runs only compare when their settings match;
+runs/compare/loss.png are rewritten after each command that runs something (--table only prints). Runs only compare when their settings match;
 the table says so when they do not. Without transformers (or torch) the torch run is skipped
 with a note.
 """
@@ -259,7 +259,9 @@ def run_torch(s, args, out_dir):
 
 
 # --- the table -----------------------------------------------------------------------------------------
-def report(out_dir):
+def report(out_dir, write=True):
+    """Prints the table of the run JSONs in out_dir and the issue's checks; with write, also
+    rewrites summary.json and loss.png there."""
     results = {}
     for run in ALL_RUNS:
         path = out_dir / f"{run}.json"
@@ -299,8 +301,9 @@ def report(out_dir):
         print(f"warning: {', '.join(mismatched)} ran with other settings than {next(iter(results))}; "
               "rerun them with the same arguments before comparing")
     summary = {"settings": base, "results": results, "checks": checks, "mismatched": mismatched}
-    U.atomic_write_json(out_dir / "summary.json", summary)
-    plot(results, out_dir / "loss.png")
+    if write:
+        U.atomic_write_json(out_dir / "summary.json", summary)
+        plot(results, out_dir / "loss.png")
     return summary
 
 
@@ -414,7 +417,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.table:
-        return 0 if report(out_dir) else 1
+        return 0 if report(out_dir, write=False) else 1
     if args.seeds:
         seeds_report(args.seeds, out_dir / "seeds.json")
         return 0

@@ -72,3 +72,19 @@ def test_val_curve_keeps_every_evaluation():
     records = [{"type": "train", "step": 1, "loss": 9.0}, {"type": "eval", "step": 0, "val_loss": 10.5},
                {"type": "train", "step": 2, "loss": 8.0}, {"type": "eval", "step": 2, "val_loss": 7.25}]
     assert compare._val_curve(records) == [[0, 10.5], [2, 7.25]]
+
+
+def test_table_prints_from_the_jsons_and_writes_nothing(tmp_path, capsys):
+    _write(tmp_path, "dense", 0, 4.25, 100.0, block_size=64)
+    _write(tmp_path, "mixed", 0, 4.32, 112.0, block_size=64)
+    for run, density in (("dense", 1.0), ("mixed", 0.483)):  # the fields a finished run has
+        path = tmp_path / f"{run}.json"
+        r = json.loads(path.read_text())
+        r.update(attention=run, attention_density=density, val_ppl=70.0, train_time_s=200.0)
+        path.write_text(json.dumps(r))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert compare.main(["--table", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mixed_within_0.05_nats_of_dense: NO (gap +0.0700 nats)" in out
+    assert "mixed_faster_than_dense: yes (1.12x" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
