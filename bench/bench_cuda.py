@@ -1,7 +1,7 @@
 """CUDA kernel benchmark: needle's CUDA ops against torch on the same GPU, in the same run.
 
 Usage (on the GPU machine, with needle._C built there):
-    PYTHONPATH=python python3 bench/bench_cuda.py [out.json]
+    PYTHONPATH=python python3 bench/bench_cuda.py [out.json] [--only-strided]
 
 What it measures (issue 4's bar):
   - device-to-device copy bandwidth, torch's `copy_` and needle's `copy_`, 64M float32: the
@@ -11,6 +11,8 @@ What it measures (issue 4's bar):
     layer_norm over rows of 512 (forward, affine): achieved GB/s from the bytes the op must move
     (each input read once, each output written once), the ratio to torch's same op, and the
     share of the copy bandwidth;
+  - operands that are not one dense run, at Pythia-70M training shapes: a row-broadcast (bias)
+    add, the (B, T, H, D) -> (B, H, T, D) copy around attention, a head slice times a table;
   - matmul at the Pythia-70M shapes (M x K x N = tokens x in x out), float32 without TF32
     (needle "highest", torch allow_tf32=False), float32 with TF32 (needle "high", torch
     allow_tf32=True) and bfloat16: TFLOP/s and the ratio to torch.matmul;
@@ -28,10 +30,10 @@ the median per call. torch's median by CUDA events is recorded beside it as a ch
 method. Inputs are random normal values, never zeros; each result is compared element by element
 with torch's (relative L2 error), so an unwritten output shows up.
 """
+import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -132,16 +134,20 @@ def randn(*shape, dtype=torch.float32):
     return torch.randn(*shape, device=TDEV, dtype=torch.float32).to(dtype)
 
 
-def bandwidth_cases():
-    f32 = torch.float32
-    # Copy: the ceiling. Both copy into an existing array, so no allocation is timed.
+def copy_case():
+    """Copy: the ceiling, as GB/s. Both copy into an existing array, so no allocation is timed."""
     src = randn(N64M)
     tdst = torch.empty_like(src)
     nsrc = needle_from(src)
     ndst = needle_from(randn(N64M))
     copy = case("copy", "copy_ f32 64M", [ndst, nsrc], [tdst, src], lambda d, s: d.copy_(s),
                 lambda d, s: d.copy_(s), nbytes=8 * N64M)
-    del tdst, ndst
+    return max(copy["needle_rate"], copy["torch_rate"])
+
+
+def bandwidth_cases():
+    f32 = torch.float32
+    copy_bw = copy_case()
 
     for dt, tag in ((f32, "f32"), (torch.bfloat16, "bf16")):
         esz = 4 if dt == f32 else 2
@@ -184,7 +190,29 @@ def bandwidth_cases():
          lambda v, g, c: torch.nn.functional.layer_norm(v, (d,), g, c, 1e-5),
          nbytes=8 * x.numel() + 8 * d)
     del x, nx
-    return max(copy["needle_rate"], copy["torch_rate"])
+    return copy_bw
+
+
+def strided_cases():
+    """Operands that are not one dense run (the N-D strided kernel), at Pythia-70M training
+    shapes (batch 8 x 2048 tokens, 8 heads of 64): the Linear bias add, the (B, T, H, D) ->
+    (B, H, T, D) copy around attention, and the rotary product of each head's first 16 dims with
+    a (T, 16) table."""
+    x, bias = randn(16384, 1536), randn(1536)
+    nx, nbias = needle_from(x), needle_from(bias)
+    case("strided", "add row-broadcast f32 16384x1536", [nx, nbias], [x, bias],
+         lambda v, c: v + c, lambda v, c: v + c, nbytes=8 * x.numel() + 4 * bias.numel())
+    del x, nx
+    h = randn(8, 2048, 8, 64)
+    nh = needle_from(h)
+    case("strided", "permute copy f32 8x2048x8x64", [nh], [h],
+         lambda v: v.permute(0, 2, 1, 3).compact(), lambda v: v.permute(0, 2, 1, 3).contiguous(),
+         nbytes=8 * h.numel())
+    t = randn(2048, 16)
+    nt = needle_from(t)
+    case("strided", "mul head slice by table f32 8x8x2048x16", [nh, nt], [h, t],
+         lambda v, c: v.permute(0, 2, 1, 3)[..., :16] * c,
+         lambda v, c: v.permute(0, 2, 1, 3)[..., :16] * c, nbytes=8 * h.numel() // 4 + 4 * t.numel())
 
 
 def matmul_cases():
@@ -301,12 +329,22 @@ def main():
         return
     torch.manual_seed(0)
     device = torch.cuda.get_device_name(0)
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.environ.get("OUT", "."),
-                                                             "bench_cuda.json")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", nargs="?",
+                        default=os.path.join(os.environ.get("OUT", "."), "bench_cuda.json"))
+    parser.add_argument("--only-strided", action="store_true",
+                        help="the copy ceiling and the strided cases only (a quick before/after)")
+    args = parser.parse_args()
+    out = args.out
     result = {"device": device, "torch": torch.__version__, "rows": ROWS}
     print(f"device: {device}", flush=True)
-    copy_bw = bandwidth_cases()
-    matmul_cases()
+    if args.only_strided:
+        copy_bw = copy_case()
+        strided_cases()
+    else:
+        copy_bw = bandwidth_cases()
+        strided_cases()
+        matmul_cases()
     for r in ROWS:
         if r["unit"] == "GB/s":
             r["needle_pct_of_copy"] = 100 * r["needle_rate"] / copy_bw
@@ -315,6 +353,8 @@ def main():
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print_table(device, copy_bw)
+    if args.only_strided:
+        return
 
     alloc = allocator_checks()
     result["allocator"] = alloc

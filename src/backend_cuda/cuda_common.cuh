@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "backend_cuda/int_divider.h"
 #include "ndarray/backend.h"
 #include "ndarray/convert.h"
 #include "ndarray/dtype.h"
@@ -224,6 +225,60 @@ struct StridedPlan {
     return true;
   }
 };
+
+// A StridedPlan whose element count and every operand's offsets fit in int32: index arithmetic
+// in 32 bits with IntDivider, several times cheaper per element than 64-bit division. Built by
+// narrow_plan; the N-D strided kernel uses it whenever it applies (every tensor under 2^31
+// elements whose views span under 2^31 elements).
+template <int K>
+struct StridedPlan32 {
+  int ndim = 0;  // innermost first, as in StridedPlan
+  uint32_t numel = 0;
+  IntDivider sizes[kMaxDims];
+  int32_t strides[K][kMaxDims] = {};
+
+  __device__ __forceinline__ void offsets(uint32_t i, int32_t (&off)[K]) const {
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = 0;
+#pragma unroll
+    for (int d = 0; d < kMaxDims; ++d) {
+      if (d == ndim - 1) {  // the outermost dim: what is left of i is its index
+#pragma unroll
+        for (int k = 0; k < K; ++k) off[k] += static_cast<int32_t>(i) * strides[k][d];
+        break;
+      }
+      uint32_t q = sizes[d].div(i);
+      int32_t idx = static_cast<int32_t>(i - q * sizes[d].divisor);
+      i = q;
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += idx * strides[k][d];
+    }
+  }
+};
+
+// Fills `out` from `p` and returns true when p's element count and every operand's extent
+// (the sum of |stride| * (size - 1) over dims) fit in int32.
+template <int K>
+bool narrow_plan(const StridedPlan<K>& p, StridedPlan32<K>* out) {
+  constexpr int64_t kMax = 0x7fffffff;
+  if (p.numel > kMax) return false;
+  for (int k = 0; k < K; ++k) {
+    int64_t extent = 0;
+    for (int d = 0; d < p.ndim; ++d) {
+      int64_t s = p.strides[k][d] < 0 ? -p.strides[k][d] : p.strides[k][d];
+      if (s > kMax) return false;
+      extent += s * (p.shape[d] - 1);
+      if (extent > kMax) return false;
+    }
+  }
+  out->ndim = p.ndim;
+  out->numel = static_cast<uint32_t>(p.numel);
+  for (int d = 0; d < p.ndim; ++d) {
+    out->sizes[d] = IntDivider(static_cast<uint32_t>(p.shape[d]));
+    for (int k = 0; k < K; ++k) out->strides[k][d] = static_cast<int32_t>(p.strides[k][d]);
+  }
+  return true;
+}
 
 template <int K>
 StridedPlan<K> make_plan(const ArrayRef* const (&ops)[K], const char* opname) {

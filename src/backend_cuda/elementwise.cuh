@@ -6,7 +6,8 @@
 //  - contiguous: every operand dense; 16-byte vector loads/stores when all pointers are aligned,
 //  - 1-D strided: one coalesced dim with any strides, which covers scalar broadcast (stride 0)
 //    and simple slices without any index division,
-//  - N-D strided: per-element index decomposition over up to kMaxDims dims, int64 throughout.
+//  - N-D strided: per-element index decomposition over up to kMaxDims dims: in 32 bits with
+//    multiply-shift division (StridedPlan32) when every index and offset fits, else int64.
 #pragma once
 #include <utility>
 
@@ -91,6 +92,42 @@ __global__ void ewise_strided_kernel(StridedPlan<1 + sizeof...(In)> plan, F f, O
   strided_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
 }
 
+// The N-D strided kernel with 32-bit index arithmetic: each thread takes kStridedUnroll elements
+// blockDim.x apart (coalesced across the warp), computes every offset and result first and
+// stores last, so its loads are in flight together.
+constexpr int kStridedUnroll = 4;
+
+template <typename F, typename Out, typename... In, size_t... I>
+__device__ __forceinline__ void strided32_body(const StridedPlan32<1 + sizeof...(In)>& plan,
+                                               const F& f, Out* out, std::index_sequence<I...>,
+                                               const In*... in) {
+  constexpr int K = 1 + sizeof...(In);
+  const uint32_t n = plan.numel;
+  const uint32_t step = gridDim.x * blockDim.x * kStridedUnroll;
+  for (uint32_t base = blockIdx.x * blockDim.x * kStridedUnroll + threadIdx.x; base < n;
+       base += step) {
+    int32_t off[kStridedUnroll][K];
+    Out r[kStridedUnroll];
+#pragma unroll
+    for (int j = 0; j < kStridedUnroll; ++j) {
+      uint32_t i = base + j * blockDim.x;
+      if (i < n) {
+        plan.offsets(i, off[j]);
+        r[j] = f(in[off[j][I + 1]]...);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kStridedUnroll; ++j)
+      if (base + j * blockDim.x < n) out[off[j][0]] = r[j];
+  }
+}
+
+template <typename F, typename Out, typename... In>
+__global__ void ewise_strided32_kernel(StridedPlan32<1 + sizeof...(In)> plan, F f, Out* out,
+                                       const In*... in) {
+  strided32_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
+}
+
 template <typename T>
 using ArrayRefFor = ArrayRef;
 
@@ -113,6 +150,9 @@ void launch_elementwise(const char* opname, const F& f, const ArrayRef& out,
   } else if (plan.ndim == 1) {
     ewise_strided1d_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
         plan, f, o, static_cast<const In*>(in.data)...);
+  } else if (StridedPlan32<K> narrow; narrow_plan(plan, &narrow)) {
+    ewise_strided32_kernel<<<grid_for(plan.numel, int64_t(kThreads) * kStridedUnroll), kThreads, 0,
+                             stream()>>>(narrow, f, o, static_cast<const In*>(in.data)...);
   } else {
     ewise_strided_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
         plan, f, o, static_cast<const In*>(in.data)...);

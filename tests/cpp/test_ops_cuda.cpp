@@ -299,6 +299,28 @@ TEST_CASE("cuda elementwise: vectorised, misaligned and strided paths", "[cuda][
   }
 }
 
+TEST_CASE("cuda elementwise: views spanning 2^31 elements keep 64-bit offsets",
+          "[cuda][elementwise]") {
+  NEEDLE_REQUIRE_GPU();
+  // Strided kernels index in 32 bits when every offset fits; two rows of 64 bools 2^31 elements
+  // apart (a 2 GiB buffer) do not, so the copy into the view, the copy out of it and a unary op
+  // on it must take the 64-bit path. Truncated offsets would wrap the second row.
+  const int64_t row_stride = int64_t(1) << 31;
+  NDArray buf = NDArray::zeros({row_stride + 64}, DType::Bool, kCuda);
+  NDArray view = buf.as_strided({2, 64}, {row_stride, 1}, 0);
+  Rng rng(808);
+  Pair rows = random_pair(rng, {2, 64}, DType::Bool);
+  view.assign(rows.gpu);
+  expect_close(read_host(view.compact()), read_host(rows.cpu), {0, 0}, "copy out of the view");
+  expect_close(read_host(logical_not(view)), read_host(logical_not(rows.cpu)), {0, 0},
+               "logical_not of the view");
+  // The elements next to the rows are untouched.
+  NDArray zeros = NDArray::zeros({64}, DType::Bool);
+  expect_close(read_host(buf.slice(0, 64, 128).compact()), read_host(zeros), {0, 0}, "after row 0");
+  expect_close(read_host(buf.slice(0, row_stride - 64, row_stride).compact()), read_host(zeros),
+               {0, 0}, "before row 1");
+}
+
 TEST_CASE("cuda gemm: beta, k = 0, broadcast batch and transposed operands", "[cuda][gemm]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(707);
