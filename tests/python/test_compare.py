@@ -54,6 +54,17 @@ def test_seeds_report_gap_at_each_runs_lowest_validation_loss(tmp_path, capsys):
     assert summary["stderr_gap_nats"] == pytest.approx(0.04)  # std 0.04 * sqrt(2) over sqrt(2)
     out = capsys.readouterr().out
     assert "at each run's lowest validation loss: mean +0.0200 nats over 1 seeds" in out
+    # seed 0's curves share steps 0, 750 and 1500: the plot of curves and gaps is written beside
+    assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "seeds.png" in out
+
+
+def test_seeds_plot_needs_curves(tmp_path):
+    _write(tmp_path / "s0", "dense", 0, 4.30, 100.0)
+    _write(tmp_path / "s0", "mixed", 0, 4.40, 110.0, curve=[[0, 10.9], [1500, 4.40]])
+    compare.seeds_report([tmp_path / "s0"], tmp_path / "seeds.json")
+    assert (tmp_path / "seeds.json").exists()
+    assert not (tmp_path / "seeds.png").exists()  # dense has no curve: nothing to draw
 
 
 def test_seeds_report_rejects_missing_runs_and_other_settings(tmp_path):
