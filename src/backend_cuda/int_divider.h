@@ -1,7 +1,7 @@
 // Unsigned division by a divisor fixed on the host: a multiply-high, an add and a shift in place
 // of a division (Granlund & Montgomery 1994; PyTorch's IntDivider). Exact for every dividend
-// below 2^31, which the 32-bit strided plan (cuda_common.cuh) guarantees. Host-compilable so the
-// CPU tests can check it exhaustively where no GPU is present.
+// below 2^31, which the 32-bit strided plan (cuda_common.cuh) guarantees. Host-compilable, so the
+// CPU tests (tests/cpp/test_int_divider.cpp) check it against the hardware's division in CI.
 #pragma once
 #include <cstdint>
 
