@@ -390,58 +390,59 @@ def seeds_plot(pairs, path):
     mixed - dense at each evaluated step, from each run's val_curve; the issue's 0.05-nat line is
     drawn on the gap. Steps shared by both runs of a seed are used, means over the steps every seed
     shares. Writes `path` (PNG) and returns it, or returns None when no seed has both curves."""
-    curves = []
+    curves = []  # per seed: {step: (dense loss, mixed loss)}
     for dense, mixed in pairs:
         d, m = dict(map(tuple, dense.get("val_curve") or [])), dict(map(tuple, mixed.get("val_curve") or []))
-        steps = sorted(set(d) & set(m))
-        if steps:
-            curves.append((dense["settings"]["seed"], steps, [d[t] for t in steps], [m[t] for t in steps]))
+        if set(d) & set(m):
+            curves.append({t: (d[t], m[t]) for t in sorted(set(d) & set(m))})
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax_val, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
-    for seed, steps, d, m in curves:
+    for c in curves:
+        steps, (d, m) = list(c), np.array(list(c.values())).T
         ax_val.plot(steps, d, color="C0", alpha=0.35, linewidth=1)
         ax_val.plot(steps, m, color="C1", alpha=0.35, linewidth=1)
-        ax_gap.plot(steps, np.subtract(m, d), color="0.6", linewidth=1)
-    common = sorted(set.intersection(*(set(steps) for _, steps, _, _ in curves)))
+        ax_gap.plot(steps, m - d, color="0.6", linewidth=1)
+    common = sorted(set.intersection(*(set(c) for c in curves)))
     if common:
-        at = [{t: (dv, mv) for t, dv, mv in zip(steps, d, m)} for _, steps, d, m in curves]
-        dense_mean = [np.mean([a[t][0] for a in at]) for t in common]
-        mixed_mean = [np.mean([a[t][1] for a in at]) for t in common]
-        ax_val.plot(common, dense_mean, color="C0", linewidth=2.5, label=f"dense (mean of {len(curves)})")
-        ax_val.plot(common, mixed_mean, color="C1", linewidth=2.5, label=f"mixed (mean of {len(curves)})")
-        ax_gap.plot(common, np.subtract(mixed_mean, dense_mean), color="black", linewidth=2.5,
-                    label=f"mean of {len(curves)} seeds")
+        d, m = np.array([[c[t] for t in common] for c in curves]).mean(axis=0).T
+        n = len(curves)
+        ax_val.plot(common, d, color="C0", linewidth=2.5, label=f"dense (mean of {n})")
+        ax_val.plot(common, m, color="C1", linewidth=2.5, label=f"mixed (mean of {n})")
+        ax_gap.plot(common, m - d, color="black", linewidth=2.5, label=f"mean of {n} seeds")
     ax_gap.axhline(0.05, color="C3", linestyle="--", linewidth=1, label="+0.05 (the target at the end)")
     ax_gap.axhline(0.0, color="0.3", linewidth=0.8)
-    for ax, title, ylabel in ((ax_val, "validation loss per seed", "nats/token"),
-                              (ax_gap, "mixed - dense validation loss", "nats/token")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
     # The first evaluations (near ln V) would flatten the interesting range.
-    late = [v for _, steps, d, m in curves for t, dv, mv in zip(steps, d, m) if t >= steps[-1] * 0.2
-            for v in (dv, mv)]
-    if late:
-        ax_val.set_ylim(min(late) - 0.05, max(late) + 0.05)
-    fig.tight_layout()
-    U.save_figure(fig, path)
+    late = [v for c in curves for t, pair in c.items() if t >= max(c) * 0.2 for v in pair]
+    ax_val.set_ylim(min(late) - 0.05, max(late) + 0.05)
+    _finish(fig, ((ax_val, "validation loss per seed"), (ax_gap, "mixed - dense validation loss")), path)
     return path
 
 
-def plot(results, path):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _finish(fig, axes, path):
+    """Labels each (axis, title) of a loss-against-step figure and writes it to `path` as PNG."""
+    for ax, title in axes:
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats/token")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    U.save_figure(fig, path)
+
+
+def plot(results, path):
+    plt = _pyplot()
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
     for run, r in results.items():
         records = U.read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
@@ -455,14 +456,7 @@ def plot(results, path):
         if val:
             steps, losses = np.array(val).T
             ax_val.plot(steps, losses, "o-", markersize=3, label=run)
-    for ax, title in ((ax_train, "train loss (moving average)"), (ax_val, "validation loss")):
-        ax.set_xlabel("step")
-        ax.set_ylabel("nats/token")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    U.save_figure(fig, path)
+    _finish(fig, ((ax_train, "train loss (moving average)"), (ax_val, "validation loss")), path)
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "backend_cuda/int_divider.h"
+#include "backend_cuda/strided_plan.h"
 #include "ndarray/backend.h"
 #include "ndarray/convert.h"
 #include "ndarray/dtype.h"
@@ -189,124 +189,6 @@ __device__ __forceinline__ void store_as(void* p, DType dt, int64_t i, A v) {
       static_cast<double*>(p)[i] = convert<double>(v);
       break;
   }
-}
-
-// --- strided operands ----------------------------------------------------------------------------
-// K operands of one shape (operand 0 is the output), dimensions coalesced on the host: size-1 dims
-// dropped, and a dim merged into the next-inner one whenever every operand steps across it as if
-// the two were one. A compact array becomes 1-D, a broadcast row (rows, cols) with stride 0.
-// Strides are in elements of each operand's own dtype. Passed to kernels by value.
-template <int K>
-struct StridedPlan {
-  int ndim = 0;  // innermost first
-  int64_t numel = 1;
-  int64_t shape[kMaxDims] = {};
-  int64_t strides[K][kMaxDims] = {};
-
-  // Element offsets of every operand at linear (row-major) index i.
-  __device__ __forceinline__ void offsets(int64_t i, int64_t (&off)[K]) const {
-#pragma unroll
-    for (int k = 0; k < K; ++k) off[k] = 0;
-#pragma unroll
-    for (int d = 0; d < kMaxDims; ++d) {
-      if (d == ndim) break;
-      int64_t idx = i % shape[d];
-      i /= shape[d];
-#pragma unroll
-      for (int k = 0; k < K; ++k) off[k] += idx * strides[k][d];
-    }
-  }
-  // True when every operand is one dense run (the contiguous fast path).
-  bool contiguous() const {
-    if (ndim == 0) return true;
-    if (ndim > 1) return false;
-    for (int k = 0; k < K; ++k)
-      if (strides[k][0] != 1) return false;
-    return true;
-  }
-};
-
-// A StridedPlan whose element count and every operand's offsets fit in int32: index arithmetic
-// in 32 bits with IntDivider, several times cheaper per element than 64-bit division. Built by
-// narrow_plan; the N-D strided kernel uses it whenever it applies (every tensor under 2^31
-// elements whose views span under 2^31 elements).
-template <int K>
-struct StridedPlan32 {
-  int ndim = 0;  // innermost first, as in StridedPlan
-  uint32_t numel = 0;
-  IntDivider sizes[kMaxDims];
-  int32_t strides[K][kMaxDims] = {};
-
-  __device__ __forceinline__ void offsets(uint32_t i, int32_t (&off)[K]) const {
-#pragma unroll
-    for (int k = 0; k < K; ++k) off[k] = 0;
-#pragma unroll
-    for (int d = 0; d < kMaxDims; ++d) {
-      if (d == ndim - 1) {  // the outermost dim: what is left of i is its index
-#pragma unroll
-        for (int k = 0; k < K; ++k) off[k] += static_cast<int32_t>(i) * strides[k][d];
-        break;
-      }
-      uint32_t q = sizes[d].div(i);
-      int32_t idx = static_cast<int32_t>(i - q * sizes[d].divisor);
-      i = q;
-#pragma unroll
-      for (int k = 0; k < K; ++k) off[k] += idx * strides[k][d];
-    }
-  }
-};
-
-// Fills `out` from `p` and returns true when p's element count and every operand's extent
-// (the sum of |stride| * (size - 1) over dims) fit in int32.
-template <int K>
-bool narrow_plan(const StridedPlan<K>& p, StridedPlan32<K>* out) {
-  constexpr int64_t kMax = 0x7fffffff;
-  if (p.numel > kMax) return false;
-  for (int k = 0; k < K; ++k) {
-    int64_t extent = 0;
-    for (int d = 0; d < p.ndim; ++d) {
-      int64_t s = p.strides[k][d] < 0 ? -p.strides[k][d] : p.strides[k][d];
-      if (s > kMax) return false;
-      extent += s * (p.shape[d] - 1);
-      if (extent > kMax) return false;
-    }
-  }
-  out->ndim = p.ndim;
-  out->numel = static_cast<uint32_t>(p.numel);
-  for (int d = 0; d < p.ndim; ++d) {
-    out->sizes[d] = IntDivider(static_cast<uint32_t>(p.shape[d]));
-    for (int k = 0; k < K; ++k) out->strides[k][d] = static_cast<int32_t>(p.strides[k][d]);
-  }
-  return true;
-}
-
-template <int K>
-StridedPlan<K> make_plan(const ArrayRef* const (&ops)[K], const char* opname) {
-  StridedPlan<K> p;
-  const ArrayRef& ref = *ops[0];
-  for (int k = 1; k < K; ++k) {
-    bool same = ops[k]->ndim == ref.ndim;
-    for (int d = 0; same && d < ref.ndim; ++d) same = ops[k]->shape[d] == ref.shape[d];
-    NEEDLE_CHECK(same, ValueError, "cuda ", opname, ": operand ", k, " has ", ops[k]->ndim,
-                 " dims and a different shape from the output (", ref.ndim,
-                 " dims); NDArray must broadcast operands to the output shape first");
-  }
-  p.numel = ref.numel();
-  if (p.numel == 0) return p;
-  for (int d = ref.ndim - 1; d >= 0; --d) {
-    if (ref.shape[d] == 1) continue;
-    bool merge = p.ndim > 0;
-    for (int k = 0; merge && k < K; ++k)
-      merge = ops[k]->strides[d] == p.strides[k][p.ndim - 1] * p.shape[p.ndim - 1];
-    if (merge) {
-      p.shape[p.ndim - 1] *= ref.shape[d];
-      continue;
-    }
-    p.shape[p.ndim] = ref.shape[d];
-    for (int k = 0; k < K; ++k) p.strides[k][p.ndim] = ops[k]->strides[d];
-    ++p.ndim;
-  }
-  return p;
 }
 
 // True when `p` is aligned for `bytes`-wide vector accesses.
