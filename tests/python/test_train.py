@@ -135,6 +135,29 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, reference, tmp_path):
         np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.skipif(not ndl.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_runs_repeat_and_resume_bit_for_bit(corpus, tmp_path):
+    # On the GPU too the same command gives the same losses and weights to the last bit (no
+    # atomics in any reduction, the embedding's gradient included), and a resumed run continues
+    # exactly: the same bits as the uninterrupted one.
+    common = ("--device", "cuda", "--steps", "8", "--save-interval", "8")
+    for name in ("a", "b"):
+        assert _run(_args(corpus, tmp_path, name, *common)) == 0
+    assert _run(_args(corpus, tmp_path, "split", *common, "--stop-at", "4")) == 0
+    assert _run(_args(corpus, tmp_path, "split", "--resume")) == 0
+    a = _losses(tmp_path / "a")
+    assert sorted(a) == list(range(1, 9))
+    for name in ("b", "split"):
+        assert _losses(tmp_path / name) == a, name
+        assert _losses(tmp_path / name, "eval") == _losses(tmp_path / "a", "eval"), name
+    (sa, wa) = _weights(tmp_path / "a")
+    for name in ("b", "split"):
+        s, w = _weights(tmp_path / name)
+        assert s == sa == 8
+        for k in wa:
+            assert np.array_equal(w[k].view(np.uint8), wa[k].view(np.uint8)), (name, k)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(corpus, reference, tmp_path, capfd):
     argv = _args(corpus, tmp_path, "nan", "--steps", "12", "--save-interval", "2")
     assert _run(argv + ["--test-hook-nan-at-step", "5"]) == train_app.EXIT_NONFINITE
