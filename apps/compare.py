@@ -43,7 +43,7 @@ SHARED = ("model", "data", "seq_len", "batch_size", "steps", "lr", "warmup_steps
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python3 -m apps.compare", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=U.HelpFormatter)
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
     p.add_argument("--runs", nargs="+", choices=ALL_RUNS, default=list(ALL_RUNS))
     p.add_argument("--table", action="store_true", help="only print the table of the results present")

@@ -77,7 +77,7 @@ class Stop(Exception):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python3 -m apps.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=U.HelpFormatter)
     d = DEFAULTS
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help=f"preset from apps/models.py (default {d['model']})")

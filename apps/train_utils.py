@@ -11,6 +11,7 @@ A checkpoint directory is complete before latest.json names it (and latest.json 
 with os.replace), so a crash at any moment leaves the previous checkpoint usable.
 """
 
+import argparse
 import json
 import math
 import os
@@ -31,6 +32,16 @@ from apps.files import atomic_write_bytes, atomic_write_json, fsync_dir, save_fi
 CHECKPOINT_FORMAT = 1
 
 
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in --help, except where the default is None: there the option's value
+    comes from elsewhere (a preset, the other options), which its help text says."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def read_jsonl(path):
