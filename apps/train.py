@@ -60,6 +60,9 @@ DEFAULTS = {
     "seed": 0,
 }
 DEFAULT_STEPS = 1000
+# Where and how the run computes. Not trajectory settings (a resumed run may move to another
+# device when told to), but a resumed run keeps its own unless the command line says otherwise.
+RUN_DEFAULTS = {"device": "cpu", "matmul_precision": "highest"}
 EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM = 1, 130, 143
 
 
@@ -88,9 +91,10 @@ def build_parser():
                         "when the sequence spans several blocks")
     g.add_argument("--data", help=f"prepared token folder with train.bin, val.bin, meta.json (default {d['data']})")
     g.add_argument("--seq-len", type=int, help=f"tokens per sequence (default {d['seq_len']})")
-    g.add_argument("--device", default="cpu", help="cpu or cuda")
-    g.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default="highest",
-                   help="float32 matmul precision on CUDA (highest: true fp32; high: TF32)")
+    g.add_argument("--device", help="cpu or cuda (default cpu; a resumed run keeps its own)")
+    g.add_argument("--matmul-precision", choices=["highest", "high", "medium"],
+                   help="float32 matmul precision on CUDA (highest: true fp32; high: TF32; default "
+                        "highest; a resumed run keeps its own)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help=f"sequences per micro-batch (default {d['batch_size']})")
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
@@ -174,7 +178,10 @@ def resolve_config(parser, args):
                      for k, v in given.items() if train.get(k) != v]
         if conflicts:
             parser.error("--resume cannot change the training settings: " + "; ".join(conflicts))
+        _fill_run_defaults(args, saved.get("run", {}))
         return run_dir, train
+
+    _fill_run_defaults(args, {})
 
     train = {**DEFAULTS, **given}
     for k in ("seq_len", "batch_size", "grad_accum", "steps", "tokens", "lr", "eps"):
@@ -196,6 +203,13 @@ def resolve_config(parser, args):
     if train["warmup_steps"] >= train["steps"]:
         parser.error(f"--warmup-steps {train['warmup_steps']} must be less than the run's {train['steps']} steps")
     return run_dir, train
+
+
+def _fill_run_defaults(args, saved_run):
+    """--device and --matmul-precision when not given: the resumed run's own, else the defaults."""
+    for k, default in RUN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, saved_run.get(k, default))
 
 
 def _validate_run_args(parser, args, train):

@@ -140,11 +140,20 @@ def test_cuda_runs_repeat_and_resume_bit_for_bit(corpus, tmp_path):
     # On the GPU too the same command gives the same losses and weights to the last bit (no
     # atomics in any reduction, the embedding's gradient included), and a resumed run continues
     # exactly: the same bits as the uninterrupted one.
+    # Head dim 32: the CUDA attention kernels take 32, 64 or 128.
+    toy = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                        max_positions=256)
+
+    def run(argv):
+        return train_app.main(argv, lambda name, attention, device, block_size: build_model(
+            toy, attention=attention, device=device, block_size=block_size))
+
     common = ("--device", "cuda", "--steps", "8", "--save-interval", "8")
     for name in ("a", "b"):
-        assert _run(_args(corpus, tmp_path, name, *common)) == 0
-    assert _run(_args(corpus, tmp_path, "split", *common, "--stop-at", "4")) == 0
-    assert _run(_args(corpus, tmp_path, "split", "--resume")) == 0
+        assert run(_args(corpus, tmp_path, name, *common)) == 0
+    assert run(_args(corpus, tmp_path, "split", *common, "--stop-at", "4")) == 0
+    assert run(_args(corpus, tmp_path, "split", "--resume")) == 0  # on CUDA again, as saved
+    assert json.loads((tmp_path / "split" / "summary.json").read_text())["device"] == "cuda"
     a = _losses(tmp_path / "a")
     assert sorted(a) == list(range(1, 9))
     for name in ("b", "split"):
@@ -291,6 +300,25 @@ def test_resume_refuses_changed_settings_and_existing_runs_need_a_flag(corpus, t
         assert message in capsys.readouterr().err
     assert _run(_args(corpus, tmp_path, "r", "--steps", "3", "--overwrite")) == 0
     assert max(_losses(tmp_path / "r")) == 3
+
+
+def test_resume_keeps_the_runs_device_and_matmul_precision_unless_told(corpus, tmp_path, capsys):
+    assert _run(_args(corpus, tmp_path, "d", "--steps", "4", "--stop-at", "2")) == 0
+    run = json.loads((tmp_path / "d" / "config.json").read_text())["run"]
+    assert run["device"] == "cpu" and run["matmul_precision"] == "highest"  # the defaults, recorded
+    # A run saved as a CUDA run resumes on CUDA when --device is not given: here, with no GPU to
+    # be seen, that is the clear error rather than a silent move to the CPU.
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    config["run"].update(device="cuda", matmul_precision="high")
+    (tmp_path / "d" / "config.json").write_text(json.dumps(config))
+    if not ndl.cuda.is_available():
+        with pytest.raises(SystemExit):
+            _run(_args(corpus, tmp_path, "d", "--resume"))
+        assert "--device cuda" in capsys.readouterr().err
+    # Told otherwise, it moves.
+    assert _run(_args(corpus, tmp_path, "d", "--resume", "--device", "cpu", "--stop-at", "3")) == 0
+    assert "on cpu;" in capsys.readouterr().out
+    assert max(_losses(tmp_path / "d")) == 3
 
 
 def test_loss_plot_is_written(corpus, tmp_path):
