@@ -1,5 +1,7 @@
 // Gather and scatter-add along one axis: index_select (embedding lookups, x[idx]) and index_add
-// (their gradients). Indices are validated up front, so the parallel loops cannot fail.
+// (their gradients, each indexed row summed once in the compute type). Indices are validated up
+// front, so the parallel loops cannot fail.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -53,8 +55,10 @@ void index_select(const ArrayRef& in, const ArrayRef& index, int64_t outer, int6
 }
 
 // O = outer, N = indexed dim of out, K = number of indices, I = inner.
-// out[o, idx[j], :] += src[o, j, :]. Threads split (o, inner block) pairs and every thread walks
-// all j in order, so repeated indices accumulate without races and in a fixed order.
+// out[o, idx[j], :] += src[o, j, :]. The positions are grouped by index (a stable sort, so in
+// position order within each index), and each indexed row's sources are summed in the compute
+// type and added to out once: bfloat16 sums are not rounded at every repeat, and the order is
+// fixed. Threads split (o, inner block) pairs, so no two write the same element.
 void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_t n, int64_t inner,
                const ArrayRef& out) {
   const std::vector<int64_t> idx = read_index(index, n, "index_add");
@@ -64,6 +68,10 @@ void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_
   NEEDLE_CHECK(src.numel() == outer * k * inner && out.numel() == outer * n * inner, ValueError,
                "index_add: expected src of ", outer * k * inner, " and out of ", outer * n * inner,
                " elements, got ", src.numel(), " and ", out.numel());
+  std::vector<int64_t> order(k);
+  for (int64_t j = 0; j < k; ++j) order[j] = j;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
   NEEDLE_DISPATCH_NUMERIC(out.dtype, "index_add", [&] {
     using T = scalar_t;
     using C = compute_t<T>;
@@ -75,14 +83,19 @@ void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_
     const int64_t per_item = std::max<int64_t>(1, k * std::min(inner, kBlock));
     const int64_t grain = std::max<int64_t>(1, kGrain / per_item);
     parallel_for(outer * blocks, grain, [&](int64_t b, int64_t e) {
+      std::vector<C> acc(static_cast<size_t>(std::min(inner, kBlock)));
       for (int64_t it = b; it < e; ++it) {
         const int64_t o = it / blocks, i0 = (it % blocks) * kBlock;
         const int64_t w = std::min(inner, i0 + kBlock) - i0;
-        for (int64_t j = 0; j < k; ++j) {
-          const T* from = s + (o * k + j) * inner + i0;
-          T* to = o_ptr + (o * n + idx[j]) * inner + i0;
-          for (int64_t i = 0; i < w; ++i)
-            to[i] = convert<T>(convert<C>(to[i]) + convert<C>(from[i]));
+        for (int64_t q = 0; q < k;) {
+          const int64_t row = idx[order[q]];
+          std::fill_n(acc.begin(), w, C(0));
+          for (; q < k && idx[order[q]] == row; ++q) {
+            const T* from = s + (o * k + order[q]) * inner + i0;
+            for (int64_t i = 0; i < w; ++i) acc[i] += convert<C>(from[i]);
+          }
+          T* to = o_ptr + (o * n + row) * inner + i0;
+          for (int64_t i = 0; i < w; ++i) to[i] = convert<T>(convert<C>(to[i]) + acc[i]);
         }
       }
     });

@@ -320,45 +320,6 @@ def test_embedding_and_grad(dtype):
     check_grads(n, t, [w], TOL[dtype], "embedding")
 
 
-def bits(a):
-    """The stored bits of an NDArray, for bitwise comparison (bfloat16 as float32 is exact)."""
-    if a.dtype == ndl.bfloat16:
-        a = a.astype(ndl.float32)
-    return np.asarray(a.cpu()).view(np.uint8).copy()
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64", "int64"])
-def test_index_add_is_deterministic_and_exact(dtype):
-    # Runs of repeated indices either side of the kernel's 32-position chunks, one run of 700,
-    # scattered others and some rows never indexed; three outer slices, an odd inner size.
-    rng = np.random.default_rng(11)
-    runs = {0: 1, 3: 31, 5: 32, 7: 33, 11: 64, 12: 65, 2: 700, 40: 97}
-    ids = np.concatenate([np.full(c, r) for r, c in runs.items()] + [rng.integers(0, 48, 300)])
-    rng.shuffle(ids)
-    n, inner = 50, 37
-    if dtype == "int64":
-        src, base = rng.integers(-1000, 1000, (3, ids.size, inner)), rng.integers(-9, 9, (3, n, inner))
-    else:
-        src, base = rounded(rng.standard_normal((3, ids.size, inner)), dtype), rounded(
-            rng.standard_normal((3, n, inner)), dtype)
-    expected = base.copy()
-    np.add.at(expected, (slice(None), ids), src)  # exact order-free reference (float64 / int64)
-    dt = {"float32": ndl.float32, "bfloat16": ndl.bfloat16, "float64": ndl.float64, "int64": ndl.int64}[dtype]
-    s = ndl.NDArray(src, device="cuda").astype(dt)
-    index = ndl.NDArray(ids, device="cuda")
-    outs = [ndl.array_api.index_add(ndl.NDArray(base, device="cuda").astype(dt), 1, index, s)
-            for _ in range(3)]
-    first = bits(outs[0])
-    for other in outs[1:]:
-        assert np.array_equal(bits(other), first), "index_add gave different bits on a repeat"
-    got = np.asarray(outs[0].cpu().astype(ndl.float64 if dtype != "int64" else ndl.int64))
-    if dtype == "int64":
-        np.testing.assert_array_equal(got, expected)
-    else:
-        err = np.linalg.norm(got - expected) / np.linalg.norm(expected)
-        assert err < {"float32": 1e-6, "bfloat16": 1e-2, "float64": 1e-14}[dtype], err
-
-
 def test_embedding_grad_is_the_same_on_every_run():
     # The training case: (8, 2048) token ids with heavily repeated tokens, width 512.
     rng = np.random.default_rng(5)

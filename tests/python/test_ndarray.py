@@ -532,6 +532,37 @@ def test_matmul_precision_setting_round_trips():
 needs_cuda = pytest.mark.skipif(not ndl.cuda.is_available(), reason="needs a GPU")
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64", "int64"])
+def test_index_add_sums_repeats_once_in_a_fixed_order(device, dtype):
+    # Runs of repeated indices either side of the CUDA kernel's 32-position chunks, one run of 700,
+    # scattered others and rows never indexed; three outer slices, an odd inner size. The result
+    # is the same bits on every call, and each row's repeats are summed before one rounding (a
+    # bfloat16 sum rounded at every one of 700 repeats would be off by about 2%).
+    rng = np.random.default_rng(11)
+    runs = {0: 1, 3: 31, 5: 32, 7: 33, 11: 64, 12: 65, 2: 700, 40: 97}
+    ids = np.concatenate([np.full(c, r) for r, c in runs.items()] + [rng.integers(0, 48, 300)])
+    rng.shuffle(ids)
+    dt = getattr(ndl, dtype)
+    if dtype == "int64":
+        src, base = rng.integers(-1000, 1000, (3, ids.size, 37)), rng.integers(-9, 9, (3, 50, 37))
+    else:  # values as the dtype stores them
+        src, base = (np.asarray(ndl.NDArray(rng.standard_normal(shape)).astype(dt).astype(ndl.float64))
+                     for shape in ((3, ids.size, 37), (3, 50, 37)))
+    expected = base.copy()
+    np.add.at(expected, (slice(None), ids), src)  # exact (float64 / int64), order-free
+    s, index = ndl.NDArray(src, device=device).astype(dt), ndl.NDArray(ids, device=device)
+    outs = [np.asarray(ndl.array_api.index_add(ndl.NDArray(base, device=device).astype(dt), 1, index, s)
+                       .astype(ndl.int64 if dtype == "int64" else ndl.float64).cpu()) for _ in range(3)]
+    for other in outs[1:]:
+        assert np.array_equal(other.view(np.uint8), outs[0].view(np.uint8)), "a repeat gave other bits"
+    if dtype == "int64":
+        np.testing.assert_array_equal(outs[0], expected)
+    else:
+        err = np.linalg.norm(outs[0] - expected) / np.linalg.norm(expected)
+        assert err < {"float32": 1e-6, "bfloat16": 5e-3, "float64": 1e-14}[dtype], err
+
+
 @needs_cuda
 def test_cuda_arrays_match_numpy():
     a, b = randn(3, 4), randn(4)
