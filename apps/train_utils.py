@@ -32,8 +32,6 @@ from apps.files import atomic_write_bytes, atomic_write_json, fsync_dir, save_fi
 CHECKPOINT_FORMAT = 1
 
 
-
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's defaults in --help, except where the default is None: there the option's value
     comes from elsewhere (a preset, the other options), which its help text says."""
