@@ -11,9 +11,10 @@ GPTNeoXForCausalLM, fp32, SDPA) on the same token batches with the same hyperpar
 Each run writes runs/compare/<run>.json (final validation loss, tokens/s, attention density,
 settings) and its training folder runs/compare/runs/<run>/; the table is printed from every JSON
 present, so runs split over several commands still compare, and runs/compare/summary.json and
-runs/compare/loss.png are rewritten after each command that runs something (--table only prints). Runs only compare when their settings match;
-the table says so when they do not. Without transformers (or torch) the torch run is skipped
-with a note.
+runs/compare/loss.png are rewritten after each command that runs something (--table only
+prints). Runs only compare when their settings match; the table says so when they do not.
+Without transformers (or torch) the torch run is skipped with a note. The measured runs this
+project quotes are kept under runs/measured/ (runs/measured/compare/<commit>/...).
 """
 import argparse
 import json

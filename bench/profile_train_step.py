@@ -7,7 +7,7 @@ kernel the process launches, needle's included, so both frameworks are seen by t
 the trace: GPU busy time per step (the union of kernel, memcpy and memset intervals), idle time
 (the step's span minus busy), kernel launches per step, and GPU time by category and by kernel.
 
-    PYTHONPATH=python python3 bench/profile_train_step.py --json results/gpu-h100/profile_train_step.json
+    PYTHONPATH=python python3 bench/profile_train_step.py --json runs/profile_train_step.json
 
 Prints tables and writes JSON; needs a CUDA build of needle, torch and transformers.
 """
