@@ -2,8 +2,10 @@
 
 Usage (on the GPU machine, with needle._C built there):
     PYTHONPATH=python python3 bench/bench_attention.py [--json out.json] [--lengths 2048,8192]
+        [--head-dims 64,80]
 
 Pythia-70M geometry: heads 8, head dim 64, block size 64, batch x L = 32768 tokens, causal.
+--head-dims runs other head dims too (Pythia-2.8b's 80, for one), with everything else equal.
 Patterns: causal-dense, local (window 3) and mixed (local + global + strided). Each row times one
 (pattern, dtype, L, pass) for every peer on identical inputs:
   needle  block_sparse_attention through its autograd op (fused forward; three-kernel backward)
@@ -44,7 +46,7 @@ block_sparse_attention = (
     getattr(ndl.nn.functional, "block_sparse_attention", None) or _attn.block_sparse_attention
 )
 
-H, D, B_SIZE, TOKENS = 8, 64, 64, 32768
+H, B_SIZE, TOKENS = 8, 64, 32768
 TDEV = torch.device("cuda")
 
 
@@ -126,7 +128,7 @@ def flex_peer(layout, L, dtype):
 flex_peer.compiled = None
 
 
-def naive_peer(layout, L):
+def naive_peer(layout, L, D):
     blocks = torch.from_numpy(np.asarray(layout.to_block_mask(), dtype=bool)).to(TDEV)
     mask = blocks.repeat_interleave(B_SIZE, 0).repeat_interleave(B_SIZE, 1)[:L, :L]
     mask &= torch.ones(L, L, dtype=torch.bool, device=TDEV).tril()
@@ -142,7 +144,7 @@ def sdpa_peer(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def bench_row(pattern, L, dtype_name, results, args):
+def bench_row(pattern, L, D, dtype_name, results, args):
     batch = TOKENS // L
     layout = make_layout(pattern, L)
     kept = kept_blocks(layout)
@@ -173,21 +175,23 @@ def bench_row(pattern, L, dtype_name, results, args):
         block_sparse_attention(nq, nk, nv, layout).backward(ng)
 
     peers = {"needle": (needle_fwd, needle_fwdbwd, True)}
-    flex = flex_peer(layout, L, tdt)
-    peers["flex"] = (
-        lambda: flex(tq.detach(), tk.detach(), tv.detach()),
-        lambda: torch.autograd.grad(flex(tq, tk, tv), (tq, tk, tv), tg),
-        False,
-    )
-    if pattern == "causal-dense":
+    if "flex" in args.peers:
+        flex = flex_peer(layout, L, tdt)
+        peers["flex"] = (
+            lambda: flex(tq.detach(), tk.detach(), tv.detach()),
+            lambda: torch.autograd.grad(flex(tq, tk, tv), (tq, tk, tv), tg),
+            False,
+        )
+    if pattern == "causal-dense" and "sdpa" in args.peers:
         peers["sdpa"] = (
             lambda: sdpa_peer(tq.detach(), tk.detach(), tv.detach()),
             lambda: torch.autograd.grad(sdpa_peer(tq, tk, tv), (tq, tk, tv), tg),
             False,
         )
     # Naive: scores, masked copy and probabilities, three L x L buffers (more with gradients).
-    if 3 * batch * H * L * L * tq.element_size() <= args.naive_limit_gb * 2**30:
-        naive = naive_peer(layout, L)
+    naive_bytes = 3 * batch * H * L * L * tq.element_size()
+    if "naive" in args.peers and naive_bytes <= args.naive_limit_gb * 2**30:
+        naive = naive_peer(layout, L, D)
         peers["naive"] = (
             lambda: naive(tq.detach(), tk.detach(), tv.detach()),
             lambda: torch.autograd.grad(naive(tq, tk, tv), (tq, tk, tv), tg),
@@ -195,14 +199,15 @@ def bench_row(pattern, L, dtype_name, results, args):
         )
 
     # Correctness of the timed needle call against flex on these inputs (every element).
-    try:
-        with torch.no_grad():
-            want = peers["flex"][0]().float()
-        got = torch.from_numpy(np.asarray(needle_fwd().numpy())).to(TDEV)
-        err = ((got - want).norm() / want.norm()).item()
-    except Exception as e:  # noqa: BLE001  (a failing peer is reported, the run goes on)
-        print(f"flex check failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-        err = None
+    err = None
+    if "flex" in peers:
+        try:
+            with torch.no_grad():
+                want = peers["flex"][0]().float()
+            got = torch.from_numpy(np.asarray(needle_fwd().numpy())).to(TDEV)
+            err = ((got - want).norm() / want.norm()).item()
+        except Exception as e:  # noqa: BLE001  (a failing peer is reported, the run goes on)
+            print(f"flex check failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
 
     def needle_tf32(fn):
         def run():
@@ -213,11 +218,12 @@ def bench_row(pattern, L, dtype_name, results, args):
                 ndl.cuda.set_matmul_precision("highest")
         return run
 
-    if dtype_name == "float32" and hasattr(ndl.cuda, "set_matmul_precision"):
+    if "tf32" in args.peers and dtype_name == "float32":
         peers["needle_tf32"] = (needle_tf32(needle_fwd), needle_tf32(needle_fwdbwd), True)
 
     for mode_i, mode in enumerate(("fwd", "fwd+bwd")):
-        row = {"pattern": pattern, "dtype": dtype_name, "L": L, "batch": batch, "pass": mode,
+        row = {"pattern": pattern, "dtype": dtype_name, "L": L, "head_dim": D, "batch": batch,
+               "pass": mode,
                "kept_blocks": kept, "rho": kept / dense_blocks, "rel_err_vs_flex": err}
         for name, fns in peers.items():
             fn, needle_side = fns[mode_i], fns[2]
@@ -250,18 +256,18 @@ def fmt(x, spec):
 
 
 def print_table(results):
-    dense = {(r["dtype"], r["L"], r["pass"]): r["needle_ms"] for r in results
+    dense = {(r["dtype"], r["L"], r["head_dim"], r["pass"]): r["needle_ms"] for r in results
              if r["pattern"] == "causal-dense"}
-    head = (f"{'pattern':<13}{'dtype':<9}{'L':>6} {'pass':<8}{'rho':>6}{'needle ms':>10}"
+    head = (f"{'pattern':<13}{'dtype':<9}{'L':>6}{'D':>4} {'pass':<8}{'rho':>6}{'needle ms':>10}"
             f"{'flex ms':>9}{'flex/ndl':>9}{'sdpa ms':>9}{'ndl/sdpa':>9}{'naive ms':>10}"
             f"{'rho*td/ts':>10}{'ns/blk':>8}{'ndl MB':>8}{'flex MB':>8}{'tf32 ms':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
         n, f, s = r.get("needle_ms"), r.get("flex_ms"), r.get("sdpa_ms")
-        td = dense.get((r["dtype"], r["L"], r["pass"]))
+        td = dense.get((r["dtype"], r["L"], r["head_dim"], r["pass"]))
         flat = r["rho"] * td / n if td and n else None
-        print(f"{r['pattern']:<13}{r['dtype']:<9}{r['L']:>6} {r['pass']:<8}{r['rho']:>6.3f}"
+        print(f"{r['pattern']:<13}{r['dtype']:<9}{r['L']:>6}{r['head_dim']:>4} {r['pass']:<8}{r['rho']:>6.3f}"
               f"{fmt(n, '10.3f')}{fmt(f, '9.3f')}{fmt(f / n if f and n else None, '9.2f')}"
               f"{fmt(s, '9.3f')}{fmt(n / s if s and n else None, '9.2f')}"
               f"{fmt(r.get('naive_ms'), '10.3f')}{fmt(flat, '10.2f')}"
@@ -280,6 +286,12 @@ def main():
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--patterns", default="causal-dense,local,mixed")
+    parser.add_argument("--head-dims", default="64",
+                        help="comma-separated head dims (CUDA: multiples of 8 up to 128)")
+    parser.add_argument("--peers", default="flex,sdpa,naive,tf32",
+                        type=lambda s: set(s.split(",")) - {""},
+                        help="peers timed beside needle: flex, sdpa, naive, "
+                             "tf32 (needle at matmul precision 'high')")
     parser.add_argument("--naive-limit-gb", type=float, default=40.0)
     parser.add_argument("--time-budget", type=float, default=1e9,
                         help="seconds after which no new row is started (the table still prints)")
@@ -297,19 +309,21 @@ def main():
     results = []
     t0 = time.time()
     skipped = []
-    for L in [int(x) for x in args.lengths.split(",")]:
-        for dtype_name in args.dtypes.split(","):
-            for pattern in args.patterns.split(","):
-                if time.time() - t0 > args.time_budget:
-                    skipped.append(f"{pattern}/{dtype_name}/{L}")
-                    continue
-                bench_row(pattern, L, dtype_name, results, args)
+    head_dims = [int(x) for x in args.head_dims.split(",")]
+    for D in head_dims:
+        for L in [int(x) for x in args.lengths.split(",")]:
+            for dtype_name in args.dtypes.split(","):
+                for pattern in args.patterns.split(","):
+                    if time.time() - t0 > args.time_budget:
+                        skipped.append(f"{pattern}/{dtype_name}/{L}/D{D}")
+                        continue
+                    bench_row(pattern, L, D, dtype_name, results, args)
     if skipped:
         print("not run (time budget):", ", ".join(skipped))
     device = torch.cuda.get_device_name(0)
     out_path = args.json or os.path.join(os.environ.get("OUT", "."), "bench_attention.json")
     with open(out_path, "w") as f:
-        json.dump({"device": device, "torch": torch.__version__, "heads": H, "head_dim": D,
+        json.dump({"device": device, "torch": torch.__version__, "heads": H, "head_dims": head_dims,
                    "block_size": B_SIZE, "tokens": TOKENS, "rows": results}, f, indent=1)
     print(f"\n{device}, torch {torch.__version__}, {time.time() - t0:.0f} s; JSON: {out_path}")
     print_table(results)

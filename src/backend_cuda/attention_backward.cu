@@ -23,17 +23,18 @@ __device__ __forceinline__ float load_float(const uint16_t* p, int64_t i) {
 }
 __device__ __forceinline__ float load_float(const float* p, int64_t i) { return p[i]; }
 
-// R = B * H * Lq rows, D = head dim. delta[r] = sum_d dO[r, d] * O[r, d]; one warp per row.
-template <typename E, int D>
+// R = B * H * Lq rows of d elements. delta[r] = sum_j dO[r, j] * O[r, j]; one warp per row.
+template <typename E>
 __global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ dout,
-                             float* __restrict__ delta, int64_t rows) {
+                             float* __restrict__ delta, int64_t rows, int d) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
        r += warps) {
     float acc = 0.f;
-#pragma unroll
-    for (int j = lane; j < D; j += 32) acc += load_float(out, r * D + j) * load_float(dout, r * D + j);
+#pragma unroll 4
+    for (int j = lane; j < d; j += 32)
+      acc += load_float(out, r * d + j) * load_float(dout, r * d + j);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) delta[r] = acc;
@@ -51,9 +52,9 @@ constexpr size_t dq_smem_bytes() {
   return 6 * tile_smem_bytes<M, D>();
 }
 
-// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d.
 // One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
-// q, dout (B, H, Lq, D); k, v, dk, dv (B, H, Lk, D); lse, delta (B, H, Lq) float32.
+// q, dout (B, H, Lq, d); k, v, dk, dv (B, H, Lk, d); lse, delta (B, H, Lq) float32.
 template <MathMode M, int D>
 __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a) {
   using E = elem_t<M>;
@@ -71,24 +72,24 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
   const int64_t k0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
-  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * D;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * D;
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * a.d;
+  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * a.d;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * a.d;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * a.d;
   const float* lse = a.lse + bh * a.lq;
   const float* delta = a.delta + bh * a.lq;
   const BlockLayoutRef& L = a.layout;
 
   auto key_pos = [&](int j) -> int64_t { return k0 + j < a.lk ? k0 + j : -1; };
-  load_tile<E, D, NT>(sk, LD, k, key_pos);
-  load_tile<E, D, NT>(sv, LD, v, key_pos);
+  load_tile<E, D, NT>(sk, LD, k, a.d, key_pos);
+  load_tile<E, D, NT>(sv, LD, v, a.d, key_pos);
   cp_async_commit();
 
   TileCursor cursor;
   open_cursor(cursor, L, h, k0, true);
   const int gs = cursor.group_size();
   auto load_q = [&](const SlotTile& st, int stage) {
-    load_slot_pair<E, D, NT>(sqdo + stage * 2 * kTile * LD, LD, q, dout, st, gs, a.lq);
+    load_slot_pair<E, D, NT>(sqdo + stage * 2 * kTile * LD, LD, q, dout, a.d, st, gs, a.lq);
     load_slot_stats(sstat + stage * 2 * kTile, st, gs, lse, delta, a.lq, NT);
   };
 
@@ -120,13 +121,15 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
       gemm_py<M, D, MT, kHalf>(dk, ds, sq + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * D, k0, row0, a.lk, dk, a.scale, lane);
-  store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * D, k0, row0, a.lk, dv, 1.f, lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * a.d, a.d, k0, row0, a.lk, dk, a.scale,
+                       lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * a.d, a.d, k0, row0, a.lk, dv, 1.f,
+                       lane);
 }
 
-// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d.
 // One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
-// q, dout, dq (B, H, Lq, D); k, v (B, H, Lk, D); lse, delta (B, H, Lq) float32.
+// q, dout, dq (B, H, Lq, d); k, v (B, H, Lk, d); lse, delta (B, H, Lq) float32.
 template <MathMode M, int D>
 __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   using E = elem_t<M>;
@@ -143,15 +146,15 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   const int64_t q0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
-  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * D;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * D;
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * a.d;
+  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * a.d;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * a.d;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * a.d;
   const BlockLayoutRef& L = a.layout;
 
   auto query_pos = [&](int j) -> int64_t { return q0 + j < a.lq ? q0 + j : -1; };
-  load_tile<E, D, NT>(sq, LD, q, query_pos);
-  load_tile<E, D, NT>(sdo, LD, dout, query_pos);
+  load_tile<E, D, NT>(sq, LD, q, a.d, query_pos);
+  load_tile<E, D, NT>(sdo, LD, dout, a.d, query_pos);
   cp_async_commit();
 
   float row_lse[MT][2], row_delta[MT][2];
@@ -161,7 +164,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, st, gs, a.lk);
+    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, a.d, st, gs, a.lk);
   };
 
   float dq[MT][D / 8][4];
@@ -186,7 +189,8 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
       gemm_py<M, D, MT, kHalf>(dq, ds, sk + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * D, q0, row0, a.lq, dq, a.scale, lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * a.d, a.d, q0, row0, a.lq, dq, a.scale,
+                       lane);
 }
 
 // Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.
@@ -219,9 +223,12 @@ void launch_backward(const BwdArgs& a, int64_t batch) {
 
 template <MathMode M>
 void dispatch_backward(int64_t d, const BwdArgs& a, int64_t batch) {
-  if (d == 32) launch_backward<M, 32>(a, batch);
-  else if (d == 64) launch_backward<M, 64>(a, batch);
-  else launch_backward<M, 128>(a, batch);
+  switch (tile_head_dim(d)) {
+    case 32: launch_backward<M, 32>(a, batch); break;
+    case 64: launch_backward<M, 64>(a, batch); break;
+    case 96: launch_backward<M, 96>(a, batch); break;
+    default: launch_backward<M, 128>(a, batch); break;
+  }
 }
 
 template <typename E>
@@ -229,11 +236,9 @@ void launch_delta(const ArrayRef& out, const ArrayRef& dout, float* delta, int64
                   int64_t d) {
   constexpr int kRowsPerBlock = 8;  // one warp per row
   const unsigned blocks = grid_for(rows, kRowsPerBlock);
-  const E* o = static_cast<const E*>(out.data);
-  const E* g = static_cast<const E*>(dout.data);
-  if (d == 32) delta_kernel<E, 32><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(o, g, delta, rows);
-  else if (d == 64) delta_kernel<E, 64><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(o, g, delta, rows);
-  else delta_kernel<E, 128><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(o, g, delta, rows);
+  delta_kernel<E><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(
+      static_cast<const E*>(out.data), static_cast<const E*>(dout.data), delta, rows,
+      static_cast<int>(d));
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
@@ -287,6 +292,7 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
   a.dv = dv.data;
   a.layout = layout;
   a.heads = static_cast<int>(heads);
+  a.d = static_cast<int>(d);
   a.lq = lq;
   a.lk = k.shape[2];
   a.q_tiles = static_cast<int>(ceil_div(lq, kTile));

@@ -2,6 +2,11 @@
 // the math modes, the warp-level tensor-core GEMMs over shared-memory tiles, cp.async tile loads,
 // the cursor that walks a layout's CSR lists tile by tile, element masking, and host-side checks.
 //
+// Head dims. The kernels are compiled for tile widths D = 32, 64, 96 and 128 (tile_head_dim) and
+// take any head dim d that is a multiple of 8 up to 128: rows are d elements apart in global
+// memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every dot
+// product) and never stored.
+//
 // Tiling. Every kernel works on tiles of 64 positions on both sides. A CTA owns 64 "primary"
 // positions (query rows in the forward and dQ kernels, key rows in the dK/dV kernel) and walks the
 // kept blocks of the other side ("secondary") 64 slots at a time. A secondary tile is a list of
@@ -44,6 +49,11 @@ constexpr int kTile = kAttentionTile;  // primary rows per CTA and secondary slo
 constexpr int kMaxGroups = 4; // slot groups per tile: 64 / 16 for the smallest block size
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kMaxHeadDim = 128;
+
+// The tile width the kernels use for head dim d (a multiple of 8, at most kMaxHeadDim): d rounded
+// up to a multiple of 32.
+inline int64_t tile_head_dim(int64_t d) { return (d + 31) / 32 * 32; }
 
 template <MathMode M>
 using elem_t = std::conditional_t<M == MathMode::kBF16, uint16_t, float>;
@@ -56,14 +66,14 @@ constexpr int smem_stride() {
   return D + 8;
 }
 
-// Rows a warp owns (MT m16 tiles) and warps per CTA. bf16 gives a warp two m-tiles below head
-// dim 128, so each B fragment read from shared memory feeds two MMAs; float32 keeps one (its
+// Rows a warp owns (MT m16 tiles) and warps per CTA. bf16 gives a warp two m-tiles up to tile
+// width 64, so each B fragment read from shared memory feeds two MMAs; float32 keeps one (its
 // three products per step leave the tensor cores, not shared memory, the bound, and four warps
 // per CTA hide their latency better than two: float32 forward 1.2x faster than with two
-// m-tiles), as does head dim 128, whose fp32 accumulators would not fit otherwise.
+// m-tiles), as do widths 96 and 128, whose fp32 accumulators would not fit otherwise.
 template <MathMode M, int D>
 constexpr int m_tiles() {
-  return M == MathMode::kBF16 && D != 128 ? 2 : 1;
+  return M == MathMode::kBF16 && D <= 64 ? 2 : 1;
 }
 template <MathMode M, int D>
 constexpr int num_warps() {
@@ -295,16 +305,17 @@ __device__ __forceinline__ void zero(float (&c)[MT][N][4]) {
 }
 
 // --- tile loads ----------------------------------------------------------------------------------
-// Copies 64 rows of D elements into a shared tile (row stride ld) with cp.async; row j comes from
-// src + pos_j * D where pos_j = row_pos(j), or is zero-filled when row_pos(j) < 0.
+// Copies 64 rows into a shared tile of width D (row stride ld) with cp.async; row j is the d
+// elements at src + pos_j * d where pos_j = row_pos(j), or zeros when row_pos(j) < 0; columns d
+// .. D - 1 are zeros.
 template <typename E, int D, int NT, typename RowPos>
-__device__ __forceinline__ void load_tile(E* dst, int ld, const E* src, RowPos row_pos) {
+__device__ __forceinline__ void load_tile(E* dst, int ld, const E* src, int d, RowPos row_pos) {
   constexpr int kChunks = D * int(sizeof(E)) / 16;  // 16-byte chunks per row
   constexpr int kPer = sizeof(E) == 2 ? 8 : 4;       // elements per chunk
   for (int c = threadIdx.x; c < kTile * kChunks; c += NT) {
     const int row = c / kChunks, col = (c % kChunks) * kPer;
-    const int64_t pos = row_pos(row);
-    const E* s = pos >= 0 ? src + pos * D + col : src;
+    const int64_t pos = col < d ? row_pos(row) : -1;
+    const E* s = pos >= 0 ? src + pos * d + col : src;
     cp_async16(dst + row * ld + col, s, pos >= 0 ? 16 : 0);
   }
 }
@@ -424,17 +435,17 @@ __device__ __forceinline__ void open_cursor(TileCursor& c, const BlockLayoutRef&
            L.num_q_blocks, L.block_size, p0);
 }
 
-// Loads the rows slot tile st gathers (positions below `limit`) from x and y into two
-// consecutive kTile x LD shared-memory tiles starting at dst.
+// Loads the rows slot tile st gathers (positions below `limit`) from x and y (rows of d elements)
+// into two consecutive kTile x LD shared-memory tiles starting at dst.
 template <typename E, int D, int NT>
-__device__ __forceinline__ void load_slot_pair(E* dst, int ld, const E* x, const E* y,
+__device__ __forceinline__ void load_slot_pair(E* dst, int ld, const E* x, const E* y, int d,
                                                const SlotTile& st, int gs, int64_t limit) {
   auto pos = [&](int j) -> int64_t {
     const int64_t p = slot_pos(st, j, gs);
     return p < limit ? p : -1;
   };
-  load_tile<E, D, NT>(dst, ld, x, pos);
-  load_tile<E, D, NT>(dst + kTile * ld, ld, y, pos);
+  load_tile<E, D, NT>(dst, ld, x, d, pos);
+  load_tile<E, D, NT>(dst + kTile * ld, ld, y, d, pos);
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -502,8 +513,8 @@ __device__ __forceinline__ void apply_mask(float (&s)[MT][N / 8][4], const SlotT
 }
 
 // --- kernel arguments and epilogue pieces shared by the mma.sync and the Hopper (sm90/) kernels --
-// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim. q (B, H, Lq, D), k, v
-// (B, H, Lk, D), out (B, H, Lq, D), lse (B, H, Lq) float32.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim. q (B, H, Lq, d), k, v
+// (B, H, Lk, d), out (B, H, Lq, d), lse (B, H, Lq) float32.
 struct FwdArgs {
   const void* q;
   const void* k;
@@ -512,6 +523,7 @@ struct FwdArgs {
   float* lse;
   BlockLayoutRef layout;
   int heads;
+  int d;  // head dim: the row length of q, k, v and out
   int64_t lq, lk, q_offset;
   int first_tile;    // the tile holding absolute position q_offset
   int tiles;         // query tiles in the grid: first_tile .. first_tile + tiles - 1
@@ -530,6 +542,7 @@ struct BwdArgs {
   void* dv;
   BlockLayoutRef layout;
   int heads;
+  int d;  // head dim: the row length of q, k, v and their gradients
   int64_t lq, lk;
   int q_tiles, k_tiles;  // ceil(lq / 64), ceil(lk / 64)
   float scale;       // dK, dQ = scale * (dS^T Q, dS K)
@@ -585,9 +598,9 @@ __device__ __forceinline__ float lse_log2(float lse) {
 }
 
 // Stores the accumulator rows (layout of gemm_xyt) this lane holds, times mul, to rows p0 + row0 +
-// ... of dst (row length D), skipping rows at or past len.
+// ... of dst (row length d <= D, a multiple of 8), skipping rows at or past len.
 template <typename E, int D, int MT>
-__device__ __forceinline__ void store_rows(E* dst, int64_t p0, int row0, int64_t len,
+__device__ __forceinline__ void store_rows(E* dst, int d, int64_t p0, int row0, int64_t len,
                                            const float (&c)[MT][D / 8][4], float mul, int lane) {
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -596,9 +609,10 @@ __device__ __forceinline__ void store_rows(E* dst, int64_t p0, int row0, int64_t
     for (int i = 0; i < 2; ++i) {
       const int64_t r = p0 + row0 + m * 16 + g + 8 * i;
       if (r >= len) continue;
-      E* row = dst + r * D + 2 * t;
+      E* row = dst + r * d + 2 * t;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
+        if (n * 8 >= d) break;
         const float x = c[m][n][2 * i] * mul, y = c[m][n][2 * i + 1] * mul;
         if constexpr (sizeof(E) == 2) {
           *reinterpret_cast<uint32_t*>(row + n * 8) = pack_bf16(x, y);
@@ -665,7 +679,7 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64
                                              const float (&o)[MT][D / 8][4],
                                              const float (&mrow)[MT][2],
                                              const float (&lrow)[MT][2], int lane) {
-  E* out = static_cast<E*>(a.out) + bh * a.lq * D;
+  E* out = static_cast<E*>(a.out) + bh * a.lq * a.d;
   float* lse = a.lse + bh * a.lq;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -678,9 +692,10 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64
       const float inv = l > 0.f ? 1.f / l : 0.f;
       const int64_t r = q0 + row0 + m * 16 + g + 8 * i - a.q_offset;
       if (r < 0 || r >= a.lq) continue;
-      E* orow = out + r * D + 2 * t;
+      E* orow = out + r * a.d + 2 * t;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
+        if (n * 8 >= a.d) break;
         const float x = o[m][n][2 * i] * inv, y = o[m][n][2 * i + 1] * inv;
         if constexpr (sizeof(E) == 2) {
           *reinterpret_cast<uint32_t*>(orow + n * 8) = pack_bf16(x, y);

@@ -30,8 +30,9 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
   NEEDLE_CHECK(q.is_compact() && k.is_compact() && v.is_compact(), ValueError, "cuda ", op,
                ": expected compact q, k, v");
   const int64_t d = q.shape[3];
-  NEEDLE_CHECK(d == 32 || d == 64 || d == 128, ValueError, "cuda ", op,
-               ": head dim must be 32, 64 or 128, got ", d);
+  NEEDLE_CHECK(d > 0 && d <= kMaxHeadDim && d % 8 == 0, ValueError, "cuda ", op,
+               ": head dim must be a multiple of 8 from 8 to ", kMaxHeadDim, ", got ", d,
+               " (the CPU backend takes any head dim)");
   for (int i = 0; i < 4; ++i)
     NEEDLE_CHECK(k.shape[i] == v.shape[i], ValueError, "cuda ", op,
                  ": k and v shapes differ at dim ", i);
@@ -74,9 +75,9 @@ MathMode math_mode_for(DType dtype) {
 
 namespace {
 
-// B = batch, H = heads, Lq / Lk = query / key lengths, D = head dim.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d.
 // One CTA per (64-position query tile, head, batch item), in the q_order work order (cta_tile);
-// q (B, H, Lq, D), k, v (B, H, Lk, D), out (B, H, Lq, D), lse (B, H, Lq) float32.
+// q (B, H, Lq, d), k, v (B, H, Lk, d), out (B, H, Lq, d), lse (B, H, Lq) float32.
 // Q tile plus two stages of [K tile, V tile].
 template <MathMode M, int D>
 constexpr size_t fwd_smem_bytes() {
@@ -100,12 +101,12 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
   const int tile = ct.tile, h = ct.h;
   const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * D;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * D;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * D;
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * a.d;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * a.d;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * a.d;
   const BlockLayoutRef& L = a.layout;
 
-  load_tile<E, D, NT>(sq, LD, q, [&](int j) -> int64_t {
+  load_tile<E, D, NT>(sq, LD, q, a.d, [&](int j) -> int64_t {
     const int64_t r = q0 + j - a.q_offset;
     return r >= 0 && r < a.lq ? r : -1;
   });
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
   open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, st, gs, a.lk);
+    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, a.d, st, gs, a.lk);
   };
 
   float o[MT][D / 8][4];
@@ -178,9 +179,12 @@ void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
 
 template <MathMode M>
 void dispatch_forward(int64_t d, const FwdArgs& a, int tiles, int heads, int batch) {
-  if (d == 32) launch_forward<M, 32>(a, tiles, heads, batch);
-  else if (d == 64) launch_forward<M, 64>(a, tiles, heads, batch);
-  else launch_forward<M, 128>(a, tiles, heads, batch);
+  switch (tile_head_dim(d)) {
+    case 32: launch_forward<M, 32>(a, tiles, heads, batch); break;
+    case 64: launch_forward<M, 64>(a, tiles, heads, batch); break;
+    case 96: launch_forward<M, 96>(a, tiles, heads, batch); break;
+    default: launch_forward<M, 128>(a, tiles, heads, batch); break;
+  }
 }
 
 }  // namespace
@@ -207,6 +211,7 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
   a.lse = static_cast<float*>(lse.data);
   a.layout = layout;
   a.heads = static_cast<int>(heads);
+  a.d = static_cast<int>(d);
   a.lq = lq;
   a.lk = k.shape[2];
   a.q_offset = layout.q_offset;

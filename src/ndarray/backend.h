@@ -197,7 +197,8 @@ struct Backend {
   // One AdamW step on compact float arrays of equal length (param, grad, exp_avg, exp_avg_sq):
   // decoupled decay p -= lr*wd*p, moments updated, p -= lr * mhat / (sqrt(vhat) + eps), with
   // bias corrections bc1 = 1 - beta1^step, bc2 = 1 - beta2^step.
-  // Block-sparse attention (B = batch, H = heads, Lq/Lk = lengths, D = head dim in {32, 64, 128}).
+  // Block-sparse attention (B = batch, H = heads, Lq/Lk = lengths, D = head dim: any on the CPU,
+  // a multiple of 8 up to 128 on CUDA).
   // q: compact (B, H, Lq, D); k, v: compact (B, H, Lk, D); all of one floating dtype (float32 or
   // bfloat16; float64 on the CPU for reference checks). out: (B, H, Lq, D) in that dtype; lse:
   // (B, H, Lq) float32 (float64 for float64 inputs) holding log(sum_j exp(scale * q.k_j)) over

@@ -180,20 +180,41 @@ def test_matches_torch(pattern, causal, b, D, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("D", [8, 16, 24, 40, 48, 80, 96, 112])
+@pytest.mark.parametrize("b", [16, 64])
+@pytest.mark.parametrize("pattern", ["dense", "mixed", "per_head"])
+def test_head_dims_between_the_tile_widths(pattern, b, D, dtype):
+    # The kernels are built for tile widths 32, 64, 96 and 128; any other head dim (a multiple of
+    # 8) runs in the next width up, its extra columns zero-filled in shared memory and never
+    # stored. Poisoned outputs catch an element left unwritten; the reference catches an extra
+    # column leaking into a dot product or a row stride taken from the tile instead of the data.
+    run_case(pattern, True, b, D, dtype)
+
+
+@pytest.mark.parametrize("D", [4, 20, 136, 256])
+def test_unsupported_head_dims_are_clear_errors(D):
+    x = ndl.tensor(np.zeros((1, 2, 64, D), np.float32), device="cuda")
+    with pytest.raises(ValueError, match=rf"head dim must be a multiple of 8 from 8 to 128, got {D}"):
+        attention(x, x, x, Layout.dense(64, block_size=64))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_long_sequence_several_tiles(dtype):
     # Many key tiles per row (online-softmax rescaling across tiles, double buffering), a length
     # that is not a multiple of the tile, batch and heads above one.
     run_case("mixed", True, 64, 64, dtype, L=1000, B=2, H=4)
     run_case("local", False, 128, 64, dtype, L=777, B=1, H=2)
+    run_case("mixed", True, 32, 80, dtype, L=1000, B=2, H=4)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("b", [16, 64, 128])
 @pytest.mark.parametrize("lq", [1, 5, 70])
-def test_decoding_with_q_offset(lq, b, dtype):
+@pytest.mark.parametrize("D", [64, 40])
+def test_decoding_with_q_offset(D, lq, b, dtype):
     # q holds the last lq positions of a length-lk sequence (a KV cache): causal by absolute
     # position, q_offset = lk - lq, an offset that is not a multiple of the block or the tile.
-    lk, B, H, D = 389, 2, 2, 64
+    lk, B, H = 389, 2, 2
     layout = Layout.mixed(lk, block_size=b, causal=True)
     host = [RNG.standard_normal((B, H, n, D)).astype(np.float32) for n in (lq, lk, lk)]
     nq, nk, nv = (ndl.tensor(x, dtype=_dtype(dtype), device="cuda") for x in host)

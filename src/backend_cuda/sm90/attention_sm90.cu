@@ -137,9 +137,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
       wgmma_py<D>(flat(dk), da, sq);
     }, flat(dv), flat(dk));
   });
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * D, k0, row0, a.lk, dk,
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * D, D, k0, row0, a.lk, dk,
                              a.scale, lane);
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * D, k0, row0, a.lk, dv,
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * D, D, k0, row0, a.lk, dv,
                              1.f, lane);
 }
 
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
     pack_a(da, dp);
     wgmma_run([&] { wgmma_py<D>(flat(dq), da, sk); }, flat(dq));
   });
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * D, q0, row0, a.lq, dq,
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * D, D, q0, row0, a.lq, dq,
                              a.scale, lane);
 }
 
