@@ -136,3 +136,23 @@ def test_half_precision_checkpoints(pair, tmp_path, dtype):
     ids = np.random.default_rng(3).integers(0, PRESETS[name].vocab_size, (1, 24))
     diff = np.abs(needle_logits(model, ids) - hf_logits(reference, ids, "cpu")).max()
     assert diff <= TOLERANCE, (name, dtype, diff)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pythia_2_8b_head_dim_matches(device, tmp_path):
+    # Pythia-2.8b's attention geometry at a small width: head dim 80 (its rotary part 20), which
+    # the CUDA kernels run in 96-wide tiles: the logits of transformers on the same weights.
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=512, hidden_size=320, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=1280, hidden_act="gelu", rotary_pct=0.25, rotary_emb_base=10000,
+        max_position_embeddings=256, layer_norm_eps=1e-5, use_parallel_residual=True,
+        tie_word_embeddings=False, attention_bias=True, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPTNeoXForCausalLM(config).eval()
+    save_pretrained(hf, tmp_path)
+    model = from_pretrained(tmp_path, device=device)
+    assert model.config.hidden_size // model.config.num_heads == 80
+    assert model.config.rotary_dim == 20
+    ids = np.random.default_rng(4).integers(0, 512, (2, 200)).astype(np.int64)
+    diff = np.abs(needle_logits(model, ids) - hf_logits(hf, ids, device)).max()
+    assert diff <= TOLERANCE, (device, diff)
