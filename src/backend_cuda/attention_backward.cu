@@ -23,16 +23,18 @@ __device__ __forceinline__ float load_float(const uint16_t* p, int64_t i) {
 }
 __device__ __forceinline__ float load_float(const float* p, int64_t i) { return p[i]; }
 
-// R = B * H * Lq rows of d elements. delta[r] = sum_j dO[r, j] * O[r, j]; one warp per row.
-template <typename E>
+// R = B * H * Lq rows of d elements (d = D when D > 0, the run-time d_arg for D = 0).
+// delta[r] = sum_j dO[r, j] * O[r, j]; one warp per row.
+template <typename E, int D>
 __global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ dout,
-                             float* __restrict__ delta, int64_t rows, int d) {
+                             float* __restrict__ delta, int64_t rows, int d_arg) {
+  const int d = D > 0 ? D : d_arg;
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
        r += warps) {
     float acc = 0.f;
-#pragma unroll 4
+#pragma unroll
     for (int j = lane; j < d; j += 32)
       acc += load_float(out, r * d + j) * load_float(dout, r * d + j);
 #pragma unroll
@@ -52,10 +54,11 @@ constexpr size_t dq_smem_bytes() {
   return 6 * tile_smem_bytes<M, D>();
 }
 
-// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d (d = D
+// unless Padded).
 // One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
 // q, dout (B, H, Lq, d); k, v, dk, dv (B, H, Lk, d); lse, delta (B, H, Lq) float32.
-template <MathMode M, int D>
+template <MathMode M, int D, bool Padded>
 __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a) {
   using E = elem_t<M>;
   constexpr int MT = m_tiles<M, D>(), NT = 32 * num_warps<M, D>();
@@ -72,24 +75,25 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
   const int64_t k0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * a.d;
-  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * a.d;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * a.d;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * a.d;
+  const int d = row_length<D, Padded>(a.d);
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * d;
+  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * d;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * d;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * d;
   const float* lse = a.lse + bh * a.lq;
   const float* delta = a.delta + bh * a.lq;
   const BlockLayoutRef& L = a.layout;
 
   auto key_pos = [&](int j) -> int64_t { return k0 + j < a.lk ? k0 + j : -1; };
-  load_tile<E, D, NT>(sk, LD, k, a.d, key_pos);
-  load_tile<E, D, NT>(sv, LD, v, a.d, key_pos);
+  load_tile<E, D, NT>(sk, LD, k, d, key_pos);
+  load_tile<E, D, NT>(sv, LD, v, d, key_pos);
   cp_async_commit();
 
   TileCursor cursor;
   open_cursor(cursor, L, h, k0, true);
   const int gs = cursor.group_size();
   auto load_q = [&](const SlotTile& st, int stage) {
-    load_slot_pair<E, D, NT>(sqdo + stage * 2 * kTile * LD, LD, q, dout, a.d, st, gs, a.lq);
+    load_slot_pair<E, D, NT>(sqdo + stage * 2 * kTile * LD, LD, q, dout, d, st, gs, a.lq);
     load_slot_stats(sstat + stage * 2 * kTile, st, gs, lse, delta, a.lq, NT);
   };
 
@@ -121,16 +125,15 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
       gemm_py<M, D, MT, kHalf>(dk, ds, sq + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * a.d, a.d, k0, row0, a.lk, dk, a.scale,
-                       lane);
-  store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * a.d, a.d, k0, row0, a.lk, dv, 1.f,
-                       lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * d, d, k0, row0, a.lk, dk, a.scale, lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * d, d, k0, row0, a.lk, dv, 1.f, lane);
 }
 
-// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d (d = D
+// unless Padded).
 // One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
 // q, dout, dq (B, H, Lq, d); k, v (B, H, Lk, d); lse, delta (B, H, Lq) float32.
-template <MathMode M, int D>
+template <MathMode M, int D, bool Padded>
 __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   using E = elem_t<M>;
   constexpr int MT = m_tiles<M, D>(), NT = 32 * num_warps<M, D>();
@@ -146,15 +149,16 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   const int64_t q0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * a.d;
-  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * a.d;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * a.d;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * a.d;
+  const int d = row_length<D, Padded>(a.d);
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * d;
+  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * d;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * d;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * d;
   const BlockLayoutRef& L = a.layout;
 
   auto query_pos = [&](int j) -> int64_t { return q0 + j < a.lq ? q0 + j : -1; };
-  load_tile<E, D, NT>(sq, LD, q, a.d, query_pos);
-  load_tile<E, D, NT>(sdo, LD, dout, a.d, query_pos);
+  load_tile<E, D, NT>(sq, LD, q, d, query_pos);
+  load_tile<E, D, NT>(sdo, LD, dout, d, query_pos);
   cp_async_commit();
 
   float row_lse[MT][2], row_delta[MT][2];
@@ -164,7 +168,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, a.d, st, gs, a.lk);
+    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, d, st, gs, a.lk);
   };
 
   float dq[MT][D / 8][4];
@@ -189,8 +193,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
       gemm_py<M, D, MT, kHalf>(dq, ds, sk + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * a.d, a.d, q0, row0, a.lq, dq, a.scale,
-                       lane);
+  store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * d, d, q0, row0, a.lq, dq, a.scale, lane);
 }
 
 // Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.
@@ -200,35 +203,40 @@ void allow_smem(Kernel kernel, size_t bytes) {
                                          static_cast<int>(bytes)));
 }
 
-template <MathMode M, int D>
+template <MathMode M, int D, bool Padded>
 void launch_backward(const BwdArgs& a, int64_t batch) {
   constexpr int NT = 32 * num_warps<M, D>();
   constexpr size_t dkdv_smem = dkdv_smem_bytes<M, D>(), dq_smem = dq_smem_bytes<M, D>();
   static const bool configured = [] {
-    allow_smem(dkdv_kernel<M, D>, dkdv_smem);
-    allow_smem(dq_kernel<M, D>, dq_smem);
+    allow_smem(dkdv_kernel<M, D, Padded>, dkdv_smem);
+    allow_smem(dq_kernel<M, D, Padded>, dq_smem);
     return true;
   }();
   (void)configured;
   const unsigned heads = static_cast<unsigned>(a.heads), b = static_cast<unsigned>(batch);
   if (a.lk > 0) {
-    dkdv_kernel<M, D><<<tile_grid(a.k_tiles, heads, b), NT, dkdv_smem, stream()>>>(a);
+    dkdv_kernel<M, D, Padded><<<tile_grid(a.k_tiles, heads, b), NT, dkdv_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
   if (a.lq > 0) {
-    dq_kernel<M, D><<<tile_grid(a.q_tiles, heads, b), NT, dq_smem, stream()>>>(a);
+    dq_kernel<M, D, Padded><<<tile_grid(a.q_tiles, heads, b), NT, dq_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
 }
 
+template <MathMode M, bool Padded>
+void dispatch_backward_width(int64_t d, const BwdArgs& a, int64_t batch) {
+  switch (tile_head_dim(d)) {
+    case 32: launch_backward<M, 32, Padded>(a, batch); break;
+    case 64: launch_backward<M, 64, Padded>(a, batch); break;
+    case 96: launch_backward<M, 96, true>(a, batch); break;
+    default: launch_backward<M, 128, Padded>(a, batch); break;
+  }
+}
 template <MathMode M>
 void dispatch_backward(int64_t d, const BwdArgs& a, int64_t batch) {
-  switch (tile_head_dim(d)) {
-    case 32: launch_backward<M, 32>(a, batch); break;
-    case 64: launch_backward<M, 64>(a, batch); break;
-    case 96: launch_backward<M, 96>(a, batch); break;
-    default: launch_backward<M, 128>(a, batch); break;
-  }
+  if (padded_head_dim(d)) dispatch_backward_width<M, true>(d, a, batch);
+  else dispatch_backward_width<M, false>(d, a, batch);
 }
 
 template <typename E>
@@ -236,9 +244,15 @@ void launch_delta(const ArrayRef& out, const ArrayRef& dout, float* delta, int64
                   int64_t d) {
   constexpr int kRowsPerBlock = 8;  // one warp per row
   const unsigned blocks = grid_for(rows, kRowsPerBlock);
-  delta_kernel<E><<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(
-      static_cast<const E*>(out.data), static_cast<const E*>(dout.data), delta, rows,
-      static_cast<int>(d));
+  auto launch = [&](auto kernel) {
+    kernel<<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(static_cast<const E*>(out.data),
+                                                        static_cast<const E*>(dout.data), delta,
+                                                        rows, static_cast<int>(d));
+  };
+  if (d == 32) launch(delta_kernel<E, 32>);
+  else if (d == 64) launch(delta_kernel<E, 64>);
+  else if (d == 128) launch(delta_kernel<E, 128>);
+  else launch(delta_kernel<E, 0>);
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 

@@ -2,10 +2,13 @@
 // the math modes, the warp-level tensor-core GEMMs over shared-memory tiles, cp.async tile loads,
 // the cursor that walks a layout's CSR lists tile by tile, element masking, and host-side checks.
 //
-// Head dims. The kernels are compiled for tile widths D = 32, 64, 96 and 128 (tile_head_dim) and
-// take any head dim d that is a multiple of 8 up to 128: rows are d elements apart in global
-// memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every dot
-// product) and never stored.
+// Head dims. Any head dim d that is a multiple of 8 up to 128. d = 32, 64 or 128 runs in kernels
+// compiled for that width, every row length a constant. Any other d runs in the "padded" kernels of
+// the next tile width D = tile_head_dim(d) (32, 64, 96 or 128): rows are d elements apart in
+// global memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every
+// dot product) and never stored. The exact kernels are kept apart because a run-time row length
+// costs the float32 and bf16 mma.sync kernels 17-34% at d = 64 (address and predicate arithmetic
+// in the tile loads, whose instruction issue competes with the MMAs'; measured on an H100).
 //
 // Tiling. Every kernel works on tiles of 64 positions on both sides. A CTA owns 64 "primary"
 // positions (query rows in the forward and dQ kernels, key rows in the dK/dV kernel) and walks the
@@ -52,8 +55,16 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMaxHeadDim = 128;
 
 // The tile width the kernels use for head dim d (a multiple of 8, at most kMaxHeadDim): d rounded
-// up to a multiple of 32.
+// up to a multiple of 32; and whether d needs the padded kernels of that width.
 inline int64_t tile_head_dim(int64_t d) { return (d + 31) / 32 * 32; }
+inline bool padded_head_dim(int64_t d) { return d != 32 && d != 64 && d != 128; }
+
+// The row length of q, k, v and their results in a kernel of tile width D: D itself unless the
+// kernel is a padded one, which reads it from its arguments.
+template <int D, bool Padded>
+__device__ __forceinline__ int row_length(int d) {
+  return Padded ? d : D;
+}
 
 template <MathMode M>
 using elem_t = std::conditional_t<M == MathMode::kBF16, uint16_t, float>;
@@ -673,13 +684,14 @@ __device__ __forceinline__ void online_softmax(float (&s)[MT][N / 8][4], float (
 }
 
 // The forward's epilogue: O = o / l and lse = (m + log2 l) ln 2 for the rows of query tile q0
-// (absolute positions) this lane holds; rows before q_offset or past Lq are not stored.
+// (absolute positions) this lane holds, rows of d <= D elements; rows before q_offset or past Lq
+// are not stored.
 template <typename E, int D, int MT>
-__device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64_t q0, int row0,
-                                             const float (&o)[MT][D / 8][4],
+__device__ __forceinline__ void store_output(const FwdArgs& a, int d, int64_t bh, int64_t q0,
+                                             int row0, const float (&o)[MT][D / 8][4],
                                              const float (&mrow)[MT][2],
                                              const float (&lrow)[MT][2], int lane) {
-  E* out = static_cast<E*>(a.out) + bh * a.lq * a.d;
+  E* out = static_cast<E*>(a.out) + bh * a.lq * d;
   float* lse = a.lse + bh * a.lq;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -692,10 +704,10 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int64_t bh, int64
       const float inv = l > 0.f ? 1.f / l : 0.f;
       const int64_t r = q0 + row0 + m * 16 + g + 8 * i - a.q_offset;
       if (r < 0 || r >= a.lq) continue;
-      E* orow = out + r * a.d + 2 * t;
+      E* orow = out + r * d + 2 * t;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        if (n * 8 >= a.d) break;
+        if (n * 8 >= d) break;
         const float x = o[m][n][2 * i] * inv, y = o[m][n][2 * i + 1] * inv;
         if constexpr (sizeof(E) == 2) {
           *reinterpret_cast<uint32_t*>(orow + n * 8) = pack_bf16(x, y);

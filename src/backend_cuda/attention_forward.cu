@@ -75,7 +75,8 @@ MathMode math_mode_for(DType dtype) {
 
 namespace {
 
-// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d.
+// B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d (d = D
+// unless Padded).
 // One CTA per (64-position query tile, head, batch item), in the q_order work order (cta_tile);
 // q (B, H, Lq, d), k, v (B, H, Lk, d), out (B, H, Lq, d), lse (B, H, Lq) float32.
 // Q tile plus two stages of [K tile, V tile].
@@ -86,7 +87,7 @@ constexpr size_t fwd_smem_bytes() {
 
 // The minimum of 1 CTA per SM lifts ptxas's own register cap: with the thread count alone it held
 // the float32 head-dim-128 forward to 168 registers and spilled 108 bytes (bf16: no change).
-template <MathMode M, int D>
+template <MathMode M, int D, bool Padded>
 __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdArgs a) {
   using E = elem_t<M>;
   constexpr int MT = m_tiles<M, D>(), NT = 32 * num_warps<M, D>(), LD = smem_stride<M, D>();
@@ -101,12 +102,13 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
   const int tile = ct.tile, h = ct.h;
   const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * a.d;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * a.d;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * a.d;
+  const int d = row_length<D, Padded>(a.d);
+  const E* q = static_cast<const E*>(a.q) + bh * a.lq * d;
+  const E* k = static_cast<const E*>(a.k) + bh * a.lk * d;
+  const E* v = static_cast<const E*>(a.v) + bh * a.lk * d;
   const BlockLayoutRef& L = a.layout;
 
-  load_tile<E, D, NT>(sq, LD, q, a.d, [&](int j) -> int64_t {
+  load_tile<E, D, NT>(sq, LD, q, d, [&](int j) -> int64_t {
     const int64_t r = q0 + j - a.q_offset;
     return r >= 0 && r < a.lq ? r : -1;
   });
@@ -116,7 +118,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
   open_cursor(cursor, L, h, q0, false);
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
-    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, a.d, st, gs, a.lk);
+    load_slot_pair<E, D, NT>(skv + stage * 2 * kTile * LD, LD, k, v, d, st, gs, a.lk);
   };
 
   float o[MT][D / 8][4];
@@ -158,33 +160,38 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
     gemm_py<M, D, MT, kTile>(o, s, sv, LD, lane);
   });
 
-  store_output<E, D, MT>(a, bh, q0, row0, o, mrow, lrow, lane);
+  store_output<E, D, MT>(a, d, bh, q0, row0, o, mrow, lrow, lane);
 }
 
-template <MathMode M, int D>
+template <MathMode M, int D, bool Padded>
 void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
   constexpr size_t smem = fwd_smem_bytes<M, D>();
   // Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.
   static const bool configured = [] {
-    NEEDLE_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<M, D>,
+    NEEDLE_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<M, D, Padded>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
-  forward_kernel<M, D><<<tile_grid(tiles, heads, batch), 32 * num_warps<M, D>(), smem,
-                         stream()>>>(a);
+  forward_kernel<M, D, Padded><<<tile_grid(tiles, heads, batch), 32 * num_warps<M, D>(), smem,
+                                 stream()>>>(a);
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
+template <MathMode M, bool Padded>
+void dispatch_forward_width(int64_t d, const FwdArgs& a, int tiles, int heads, int batch) {
+  switch (tile_head_dim(d)) {
+    case 32: launch_forward<M, 32, Padded>(a, tiles, heads, batch); break;
+    case 64: launch_forward<M, 64, Padded>(a, tiles, heads, batch); break;
+    case 96: launch_forward<M, 96, true>(a, tiles, heads, batch); break;
+    default: launch_forward<M, 128, Padded>(a, tiles, heads, batch); break;
+  }
+}
 template <MathMode M>
 void dispatch_forward(int64_t d, const FwdArgs& a, int tiles, int heads, int batch) {
-  switch (tile_head_dim(d)) {
-    case 32: launch_forward<M, 32>(a, tiles, heads, batch); break;
-    case 64: launch_forward<M, 64>(a, tiles, heads, batch); break;
-    case 96: launch_forward<M, 96>(a, tiles, heads, batch); break;
-    default: launch_forward<M, 128>(a, tiles, heads, batch); break;
-  }
+  if (padded_head_dim(d)) dispatch_forward_width<M, true>(d, a, tiles, heads, batch);
+  else dispatch_forward_width<M, false>(d, a, tiles, heads, batch);
 }
 
 }  // namespace

@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
     pack_a(pa, s);
     wgmma_run([&] { wgmma_py<D>(flat(o), pa, sv); }, flat(o));
   });
-  store_output<uint16_t, D, 1>(a, bh, q0, row0, o, mrow, lrow, lane);
+  store_output<uint16_t, D, 1>(a, D, bh, q0, row0, o, mrow, lrow, lane);
 }
 
 // One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
