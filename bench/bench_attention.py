@@ -6,6 +6,8 @@ Usage (on the GPU machine, with needle._C built there):
 
 Pythia-70M geometry: heads 8, head dim 64, block size 64, batch x L = 32768 tokens, causal.
 --head-dims runs other head dims too (Pythia-2.8b's 80, for one), with everything else equal.
+--compare A.json B.json [...] prints needle's times in B (and any further files) over A's, row by
+row (two builds timed on one GPU, say; runs without a GPU).
 Patterns: causal-dense, local (window 3) and mixed (local + global + strided). Each row times one
 (pattern, dtype, L, pass) for every peer on identical inputs:
   needle  block_sparse_attention through its autograd op (fused forward; three-kernel backward)
@@ -280,9 +282,39 @@ def print_table(results):
           "tf32 ms: needle float32 at matmul precision 'high' (TF32) instead of 'highest'.")
 
 
+def compare_runs(paths):
+    """needle's ms in each later file over the first's, for the rows (and the tf32 timings) they
+    share; with several files per side (A1 B1 A2 B2 ...: --compare takes them in pairs) the best of
+    each side's repeats."""
+    if len(paths) < 2 or len(paths) % 2:
+        raise SystemExit(f"--compare: expected pairs of files (A B [A B ...]), got {len(paths)}")
+    sides = ({}, {})
+    for i, path in enumerate(paths):
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+        for r in rows:
+            key = (r["pattern"], r["dtype"], r["L"], r.get("head_dim", 64), r["pass"])
+            for name in ("needle_ms", "needle_tf32_ms"):
+                if r.get(name):
+                    sides[i % 2].setdefault(key + (name[:-3],), []).append(r[name])
+    print(f"A: {', '.join(paths[0::2])}\nB: {', '.join(paths[1::2])}")
+    head = f"{'pattern':<13}{'dtype':<9}{'L':>6}{'D':>4} {'pass':<8}{'timing':<12}{'A ms':>9}{'B ms':>9}{'B/A':>7}"
+    print(head)
+    print("-" * len(head))
+    for key, a in sides[0].items():
+        b = sides[1].get(key)
+        if not b:
+            continue
+        pattern, dtype, L, D, mode, name = key
+        print(f"{pattern:<13}{dtype:<9}{L:>6}{D:>4} {mode:<8}{name:<12}{min(a):9.3f}{min(b):9.3f}"
+              f"{min(b) / min(a):7.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=None)
+    parser.add_argument("--compare", nargs="+", metavar="JSON", default=None,
+                        help="only compare needle's times between result files (see above)")
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--patterns", default="causal-dense,local,mixed")
@@ -296,6 +328,8 @@ def main():
     parser.add_argument("--time-budget", type=float, default=1e9,
                         help="seconds after which no new row is started (the table still prints)")
     args = parser.parse_args()
+    if args.compare:
+        return compare_runs(args.compare)
     if not (torch.cuda.is_available() and ndl.cuda.is_available()):
         print("no CUDA device: nothing to benchmark")
         return
