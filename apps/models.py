@@ -80,6 +80,14 @@ class GPTNeoXConfig:
         # Hugging Face truncates: int(head_size * rotary_pct).
         return int(self.head_dim * self.rotary_pct)
 
+    def num_parameters(self):
+        """The parameter count of the model this config builds, without building it: input and
+        output embeddings, per layer two LayerNorms, the fused qkv and output projections and the
+        MLP (all with biases), and the final LayerNorm."""
+        E, I = self.hidden_size, self.intermediate_size
+        layer = 2 * 2 * E + (3 * E * E + 3 * E) + (E * E + E) + (E * I + I) + (I * E + E)
+        return 2 * self.vocab_size * E + self.num_layers * layer + 2 * E
+
     def to_hf(self):
         return {
             "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
@@ -127,6 +135,15 @@ class OPTConfig:
     def head_dim(self):
         return self.hidden_size // self.num_heads
 
+    def num_parameters(self):
+        """The parameter count of the model this config builds, without building it: token
+        embeddings (tied to the output), learned positions (OPT's offset of 2 included), per layer
+        two LayerNorms, four attention projections and the MLP (all with biases), and the final
+        LayerNorm."""
+        E, F = self.hidden_size, self.ffn_dim
+        layer = 2 * 2 * E + 4 * (E * E + E) + (E * F + F) + (F * E + E)
+        return (self.vocab_size + self.max_positions + 2) * E + self.num_layers * layer + 2 * E
+
     def to_hf(self):
         return {
             "architectures": ["OPTForCausalLM"], "model_type": "opt",
@@ -147,6 +164,15 @@ PRESETS = {
     "pythia-70m": GPTNeoXConfig(),
     "pythia-160m": GPTNeoXConfig(hidden_size=768, num_layers=12, num_heads=12,
                                  intermediate_size=3072),
+    "pythia-410m": GPTNeoXConfig(hidden_size=1024, num_layers=24, num_heads=16,
+                                 intermediate_size=4096),
+    # Head dim 256: the CUDA attention kernels stop at 128, so this one trains on the CPU only.
+    "pythia-1b": GPTNeoXConfig(hidden_size=2048, num_layers=16, num_heads=8,
+                               intermediate_size=8192),
+    "pythia-1.4b": GPTNeoXConfig(hidden_size=2048, num_layers=24, num_heads=16,
+                                 intermediate_size=8192),
+    "pythia-2.8b": GPTNeoXConfig(hidden_size=2560, num_layers=32, num_heads=32,
+                                 intermediate_size=10240),
     # For CPU runs and tests: the real vocabulary, a small body.
     "pythia-tiny": GPTNeoXConfig(hidden_size=128, num_layers=2, num_heads=4,
                                  intermediate_size=512, max_positions=512),

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from apps.generate import generate, sample_next  # noqa: E402
-from apps.models import (GPTNeoXConfig, OPTConfig, build_model, config_from_hf,  # noqa: E402
+from apps.models import (PRESETS, GPTNeoXConfig, OPTConfig, build_model, config_from_hf,  # noqa: E402
                          from_pretrained, load_hf_checkpoint, save_hf_checkpoint)
 from apps.models_attention import RotaryTables, block_sparse_api  # noqa: E402
 
@@ -142,6 +142,25 @@ def element_mask(layout, T):
                                         ("opt-125m", 125_239_296)])
 def test_parameter_counts(name, count):
     assert build_model(name).num_parameters() == count
+
+
+# The Pythia suite's published sizes (total parameters, embeddings included) and OPT-125M's.
+@pytest.mark.parametrize("name,count", [
+    ("pythia-70m", 70_426_624), ("pythia-160m", 162_322_944), ("pythia-410m", 405_334_016),
+    ("pythia-1b", 1_011_781_632), ("pythia-1.4b", 1_414_647_808), ("pythia-2.8b", 2_775_208_960),
+    ("opt-125m", 125_239_296)])
+def test_presets_have_the_published_sizes(name, count):
+    assert PRESETS[name].num_parameters() == count
+
+
+@pytest.mark.parametrize("config", ["pythia-tiny", "opt-tiny", "pythia-70m", SMALL_NEOX, SMALL_OPT,
+                                    GPTNeoXConfig(vocab_size=50, hidden_size=48, num_layers=3,
+                                                  num_heads=6, intermediate_size=80),
+                                    OPTConfig(vocab_size=50, hidden_size=48, num_layers=3,
+                                              num_heads=6, ffn_dim=80, max_positions=40)])
+def test_config_counts_what_the_model_builds(config):
+    expected = (PRESETS[config] if isinstance(config, str) else config).num_parameters()
+    assert build_model(config).num_parameters() == expected
 
 
 def test_cli_prints_architecture_and_count():
