@@ -83,7 +83,8 @@ def build_parser():
                                 formatter_class=U.HelpFormatter)
     d = DEFAULTS
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help=f"preset from apps/models.py (default {d['model']})")
+    g.add_argument("--model", help="preset from apps/models.py, as python3 -m apps.models --help "
+                   f"lists them (default {d['model']})")
     g.add_argument("--attention", help="dense | local | global | strided | mixed, as apps/models.py "
                    f"accepts (default {d['attention']})")
     g.add_argument("--block-size", type=int, choices=[16, 32, 64, 128],
