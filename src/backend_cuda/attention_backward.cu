@@ -23,12 +23,12 @@ __device__ __forceinline__ float load_float(const uint16_t* p, int64_t i) {
 }
 __device__ __forceinline__ float load_float(const float* p, int64_t i) { return p[i]; }
 
-// R = B * H * Lq rows of d elements (d = D when D > 0, the run-time d_arg for D = 0).
-// delta[r] = sum_j dO[r, j] * O[r, j]; one warp per row.
-template <typename E, int D>
+// R = B * H * Lq rows of d elements (d = D unless Padded). delta[r] = sum_j dO[r, j] * O[r, j];
+// one warp per row.
+template <typename E, int D, bool Padded>
 __global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ dout,
                              float* __restrict__ delta, int64_t rows, int d_arg) {
-  const int d = D > 0 ? D : d_arg;
+  const int d = row_length<D, Padded>(d_arg);
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
@@ -224,19 +224,11 @@ void launch_backward(const BwdArgs& a, int64_t batch) {
   }
 }
 
-template <MathMode M, bool Padded>
-void dispatch_backward_width(int64_t d, const BwdArgs& a, int64_t batch) {
-  switch (tile_head_dim(d)) {
-    case 32: launch_backward<M, 32, Padded>(a, batch); break;
-    case 64: launch_backward<M, 64, Padded>(a, batch); break;
-    case 96: launch_backward<M, 96, true>(a, batch); break;
-    default: launch_backward<M, 128, Padded>(a, batch); break;
-  }
-}
 template <MathMode M>
 void dispatch_backward(int64_t d, const BwdArgs& a, int64_t batch) {
-  if (padded_head_dim(d)) dispatch_backward_width<M, true>(d, a, batch);
-  else dispatch_backward_width<M, false>(d, a, batch);
+  dispatch_head_dim(d, [&](auto D, auto padded) {
+    launch_backward<M, decltype(D)::value, decltype(padded)::value>(a, batch);
+  });
 }
 
 template <typename E>
@@ -244,15 +236,12 @@ void launch_delta(const ArrayRef& out, const ArrayRef& dout, float* delta, int64
                   int64_t d) {
   constexpr int kRowsPerBlock = 8;  // one warp per row
   const unsigned blocks = grid_for(rows, kRowsPerBlock);
-  auto launch = [&](auto kernel) {
-    kernel<<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(static_cast<const E*>(out.data),
-                                                        static_cast<const E*>(dout.data), delta,
-                                                        rows, static_cast<int>(d));
-  };
-  if (d == 32) launch(delta_kernel<E, 32>);
-  else if (d == 64) launch(delta_kernel<E, 64>);
-  else if (d == 128) launch(delta_kernel<E, 128>);
-  else launch(delta_kernel<E, 0>);
+  dispatch_head_dim(d, [&](auto D, auto padded) {
+    delta_kernel<E, decltype(D)::value, decltype(padded)::value>
+        <<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(static_cast<const E*>(out.data),
+                                                      static_cast<const E*>(dout.data), delta,
+                                                      rows, static_cast<int>(d));
+  });
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 

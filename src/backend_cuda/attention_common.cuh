@@ -4,7 +4,7 @@
 //
 // Head dims. Any head dim d that is a multiple of 8 up to 128. d = 32, 64 or 128 runs in kernels
 // compiled for that width, every row length a constant. Any other d runs in the "padded" kernels of
-// the next tile width D = tile_head_dim(d) (32, 64, 96 or 128): rows are d elements apart in
+// the next tile width D (32, 64, 96 or 128; dispatch_head_dim): rows are d elements apart in
 // global memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every
 // dot product) and never stored. The exact kernels are kept apart because a run-time row length
 // costs the float32 and bf16 mma.sync kernels 17-34% at d = 64 (address and predicate arithmetic
@@ -40,6 +40,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend_cuda/cuda_common.cuh"
 #include "ndarray/error.h"
@@ -54,10 +55,24 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMaxHeadDim = 128;
 
-// The tile width the kernels use for head dim d (a multiple of 8, at most kMaxHeadDim): d rounded
-// up to a multiple of 32; and whether d needs the padded kernels of that width.
-inline int64_t tile_head_dim(int64_t d) { return (d + 31) / 32 * 32; }
-inline bool padded_head_dim(int64_t d) { return d != 32 && d != 64 && d != 128; }
+// Calls launch(std::integral_constant<int, D>, std::bool_constant<Padded>) with the kernels that
+// run head dim d (a multiple of 8, at most kMaxHeadDim): D = d for 32, 64 and 128; otherwise the
+// padded kernels of tile width D = d rounded up to a multiple of 32.
+template <typename Launch>
+void dispatch_head_dim(int64_t d, Launch&& launch) {
+  using std::integral_constant;
+  switch (d) {
+    case 32: return launch(integral_constant<int, 32>{}, std::false_type{});
+    case 64: return launch(integral_constant<int, 64>{}, std::false_type{});
+    case 128: return launch(integral_constant<int, 128>{}, std::false_type{});
+  }
+  switch ((d + 31) / 32 * 32) {
+    case 32: return launch(integral_constant<int, 32>{}, std::true_type{});
+    case 64: return launch(integral_constant<int, 64>{}, std::true_type{});
+    case 96: return launch(integral_constant<int, 96>{}, std::true_type{});
+    default: return launch(integral_constant<int, 128>{}, std::true_type{});
+  }
+}
 
 // The row length of q, k, v and their results in a kernel of tile width D: D itself unless the
 // kernel is a padded one, which reads it from its arguments.

@@ -179,19 +179,11 @@ void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
-template <MathMode M, bool Padded>
-void dispatch_forward_width(int64_t d, const FwdArgs& a, int tiles, int heads, int batch) {
-  switch (tile_head_dim(d)) {
-    case 32: launch_forward<M, 32, Padded>(a, tiles, heads, batch); break;
-    case 64: launch_forward<M, 64, Padded>(a, tiles, heads, batch); break;
-    case 96: launch_forward<M, 96, true>(a, tiles, heads, batch); break;
-    default: launch_forward<M, 128, Padded>(a, tiles, heads, batch); break;
-  }
-}
 template <MathMode M>
 void dispatch_forward(int64_t d, const FwdArgs& a, int tiles, int heads, int batch) {
-  if (padded_head_dim(d)) dispatch_forward_width<M, true>(d, a, tiles, heads, batch);
-  else dispatch_forward_width<M, false>(d, a, tiles, heads, batch);
+  dispatch_head_dim(d, [&](auto D, auto padded) {
+    launch_forward<M, decltype(D)::value, decltype(padded)::value>(a, tiles, heads, batch);
+  });
 }
 
 }  // namespace

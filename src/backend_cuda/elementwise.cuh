@@ -74,43 +74,26 @@ __global__ void ewise_strided1d_kernel(StridedPlan<1 + sizeof...(In)> plan, F f,
   strided1d_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
 }
 
-template <typename F, typename Out, typename... In, size_t... I>
-__device__ __forceinline__ void strided_body(const StridedPlan<1 + sizeof...(In)>& plan, const F& f,
-                                             Out* out, std::index_sequence<I...>, const In*... in) {
-  int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < plan.numel;
-       i += step) {
-    int64_t off[1 + sizeof...(In)];
-    plan.offsets(i, off);
-    out[off[0]] = f(in[off[I + 1]]...);
-  }
-}
-
-template <typename F, typename Out, typename... In>
-__global__ void ewise_strided_kernel(StridedPlan<1 + sizeof...(In)> plan, F f, Out* out,
-                                     const In*... in) {
-  strided_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
-}
-
-// The N-D strided kernel with 32-bit index arithmetic: each thread takes kStridedUnroll elements
-// blockDim.x apart (coalesced across the warp), computes every offset and result first and
-// stores last, so its loads are in flight together.
+// The N-D strided kernel, over a StridedPlan32 (32-bit index arithmetic) wherever it applies, else
+// a StridedPlan (int64): each thread takes kStridedUnroll elements blockDim.x apart (coalesced
+// across the warp), computes every offset and result first and stores last, so its loads are in
+// flight together.
 constexpr int kStridedUnroll = 4;
 
-template <typename F, typename Out, typename... In, size_t... I>
-__device__ __forceinline__ void strided32_body(const StridedPlan32<1 + sizeof...(In)>& plan,
-                                               const F& f, Out* out, std::index_sequence<I...>,
-                                               const In*... in) {
+template <typename Plan, typename F, typename Out, typename... In, size_t... I>
+__device__ __forceinline__ void strided_body(const Plan& plan, const F& f, Out* out,
+                                             std::index_sequence<I...>, const In*... in) {
+  using Index = typename Plan::index_t;
   constexpr int K = 1 + sizeof...(In);
-  const uint32_t n = plan.numel;
-  const uint32_t step = gridDim.x * blockDim.x * kStridedUnroll;
-  for (uint32_t base = blockIdx.x * blockDim.x * kStridedUnroll + threadIdx.x; base < n;
+  const Index n = plan.numel;
+  const Index step = Index(gridDim.x) * blockDim.x * kStridedUnroll;
+  for (Index base = Index(blockIdx.x) * blockDim.x * kStridedUnroll + threadIdx.x; base < n;
        base += step) {
-    int32_t off[kStridedUnroll][K];
+    typename Plan::offset_t off[kStridedUnroll][K];
     Out r[kStridedUnroll];
 #pragma unroll
     for (int j = 0; j < kStridedUnroll; ++j) {
-      uint32_t i = base + j * blockDim.x;
+      const Index i = base + Index(j) * blockDim.x;
       if (i < n) {
         plan.offsets(i, off[j]);
         r[j] = f(in[off[j][I + 1]]...);
@@ -118,14 +101,13 @@ __device__ __forceinline__ void strided32_body(const StridedPlan32<1 + sizeof...
     }
 #pragma unroll
     for (int j = 0; j < kStridedUnroll; ++j)
-      if (base + j * blockDim.x < n) out[off[j][0]] = r[j];
+      if (base + Index(j) * blockDim.x < n) out[off[j][0]] = r[j];
   }
 }
 
-template <typename F, typename Out, typename... In>
-__global__ void ewise_strided32_kernel(StridedPlan32<1 + sizeof...(In)> plan, F f, Out* out,
-                                       const In*... in) {
-  strided32_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
+template <typename Plan, typename F, typename Out, typename... In>
+__global__ void ewise_strided_kernel(Plan plan, F f, Out* out, const In*... in) {
+  strided_body(plan, f, out, std::index_sequence_for<In...>{}, in...);
 }
 
 template <typename T>
@@ -150,12 +132,14 @@ void launch_elementwise(const char* opname, const F& f, const ArrayRef& out,
   } else if (plan.ndim == 1) {
     ewise_strided1d_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
         plan, f, o, static_cast<const In*>(in.data)...);
-  } else if (StridedPlan32<K> narrow; narrow_plan(plan, &narrow)) {
-    ewise_strided32_kernel<<<grid_for(plan.numel, int64_t(kThreads) * kStridedUnroll), kThreads, 0,
-                             stream()>>>(narrow, f, o, static_cast<const In*>(in.data)...);
   } else {
-    ewise_strided_kernel<<<grid_for(plan.numel, kThreads), kThreads, 0, stream()>>>(
-        plan, f, o, static_cast<const In*>(in.data)...);
+    const unsigned blocks = grid_for(plan.numel, int64_t(kThreads) * kStridedUnroll);
+    if (StridedPlan32<K> narrow; narrow_plan(plan, &narrow))
+      ewise_strided_kernel<<<blocks, kThreads, 0, stream()>>>(narrow, f, o,
+                                                              static_cast<const In*>(in.data)...);
+    else
+      ewise_strided_kernel<<<blocks, kThreads, 0, stream()>>>(plan, f, o,
+                                                              static_cast<const In*>(in.data)...);
   }
   NEEDLE_CUDA_LAUNCH_CHECK();
 }

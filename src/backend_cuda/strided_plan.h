@@ -80,6 +80,8 @@ NEEDLE_UNROLL
 // Strides are in elements of each operand's own dtype. Passed to kernels by value.
 template <int K>
 struct StridedPlan {
+  using index_t = int64_t;   // linear element index
+  using offset_t = int64_t;  // element offset of an operand
   int ndim = 0;  // innermost first
   int64_t numel = 1;
   int64_t shape[kMaxDims] = {};
@@ -104,6 +106,8 @@ struct StridedPlan {
 // elements whose views span under 2^31 elements).
 template <int K>
 struct StridedPlan32 {
+  using index_t = uint32_t;
+  using offset_t = int32_t;
   int ndim = 0;  // innermost first, as in StridedPlan
   uint32_t numel = 0;
   IntDivider sizes[kMaxDims];
