@@ -64,7 +64,7 @@ bool enabled(int64_t d) {
     const char* env = std::getenv("NEEDLE_ATTENTION_WGMMA");
     return !(env && std::string(env) == "0");
   }();
-  return allowed && (d == 64 || d == 128) && compute_capability() == 90;
+  return allowed && d <= kMaxHeadDim && compute_capability() == 90;
 }
 }  // namespace sm90
 

@@ -430,3 +430,24 @@ def test_no_device_allocations_in_steady_state():
         step()
     ndl.cuda.synchronize()
     assert ndl.cuda.memory_stats()["num_device_allocs"] == before
+
+
+def test_views_spanning_2_31_elements():
+    """The elementwise kernels index a strided view in 32 bits when its extent in the base array
+    fits in int32 and in int64 otherwise (strided_plan.h). Rows 2^30 + 8 elements apart put a
+    3 x 64 view's last row past element 2^31 of its base: the copy into the view, the copies out of
+    it and the ops on it take the int64 plan, and the sum runs over 3.2e9 elements. bfloat16
+    (6.4 GB here) holds the small integers used exactly."""
+    cols = (1 << 30) + 8
+    base = ndl.zeros(3, cols, dtype=ndl.bfloat16, device="cuda")
+    x = RNG.integers(1, 60, size=(3, 64)).astype(np.float32)
+    base[:, 5:69] = ndl.tensor(x, dtype=ndl.bfloat16, device="cuda")
+    view = base[:, 5:69]
+    np.testing.assert_array_equal(view.numpy(), x)
+    np.testing.assert_array_equal(base[:, 4:70:65].numpy(), np.zeros((3, 2)))
+    np.testing.assert_array_equal((view * 2 - 1).numpy(), x * 2 - 1)
+    np.testing.assert_array_equal((view - base[:1, 5:69]).numpy(), x - x[:1])
+    # The sum is rounded to bfloat16 (8 significant bits); missing the last row would take away
+    # about a third of it.
+    total = base.sum().item()
+    assert abs(total - x.sum()) <= x.sum() / 128, f"sum {total}, expected {x.sum()}"

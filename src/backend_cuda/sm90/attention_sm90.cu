@@ -1,4 +1,7 @@
-// Block-sparse attention on Hopper (sm_90a), bfloat16, head dim 64 or 128: the forward, dK/dV and
+// Block-sparse attention on Hopper (sm_90a), bfloat16, any head dim the CUDA backend takes (a
+// multiple of 8 up to 128): tile width 64 or 128, with head dims below a width run "padded" as in
+// attention_common.cuh (rows d elements apart, columns d .. width - 1 zero-filled in shared memory
+// and never stored). The forward, dK/dV and
 // dQ kernels of attention_forward.cu / attention_backward.cu with their warp-level mma.sync
 // products replaced by warpgroup wgmma products read straight from swizzled shared memory.
 //
@@ -24,9 +27,10 @@ __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
 }
 
 // One CTA per (64-position query tile, head, batch item), in the q_order work order (cta_tile).
-template <int D>
+template <int D, bool Padded>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdArgs a) {
   constexpr uint32_t TB = tile_bytes<D>();
+  const int rl = row_length<D, Padded>(a.d);
   extern __shared__ unsigned char smem_raw[];
   const uint32_t sq = smem_addr(aligned_smem(smem_raw));
   const uint32_t skv = sq + TB;  // two stages of [K tile, V tile]
@@ -38,12 +42,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   const int tile = ct.tile, h = ct.h;
   const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
-  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
-  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * rl;
+  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * rl;
+  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * rl;
   const BlockLayoutRef& L = a.layout;
 
-  load_rows_sw<D, 1>({sq}, {q}, [&](int j) -> int64_t {
+  load_rows_sw<D, Padded, 1>({sq}, {q}, rl, [&](int j) -> int64_t {
     const int64_t r = q0 + j - a.q_offset;
     return r >= 0 && r < a.lq ? r : -1;
   });
@@ -54,7 +58,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
     const uint32_t dst = skv + stage * 2 * TB;
-    load_slot_pair_sw<D>(dst, dst + TB, k, v, st, gs, a.lk);
+    load_slot_pair_sw<D, Padded>(dst, dst + TB, k, v, rl, st, gs, a.lk);
   };
 
   float o[1][D / 8][4];
@@ -73,13 +77,14 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
     pack_a(pa, s);
     wgmma_run([&] { wgmma_py<D>(flat(o), pa, sv); }, flat(o));
   });
-  store_output<uint16_t, D, 1>(a, D, bh, q0, row0, o, mrow, lrow, lane);
+  store_output<uint16_t, D, 1>(a, rl, bh, q0, row0, o, mrow, lrow, lane);
 }
 
 // One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
-template <int D>
+template <int D, bool Padded>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs a) {
   constexpr uint32_t TB = tile_bytes<D>();
+  const int rl = row_length<D, Padded>(a.d);
   extern __shared__ unsigned char smem_raw[];
   unsigned char* base = aligned_smem(smem_raw);
   const uint32_t sk = smem_addr(base), sv = sk + TB;
@@ -92,15 +97,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   const int64_t k0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
-  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * D;
-  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
-  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * rl;
+  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * rl;
+  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * rl;
+  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * rl;
   const float* lse = a.lse + bh * a.lq;
   const float* delta = a.delta + bh * a.lq;
   const BlockLayoutRef& L = a.layout;
 
-  load_run_sw<D, 2>({sk, sv}, {k, v}, k0, a.lk);
+  load_run_sw<D, Padded, 2>({sk, sv}, {k, v}, rl, k0, a.lk);
   cp_async_commit();
 
   TileCursor cursor;
@@ -108,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   const int gs = cursor.group_size();
   auto load_q = [&](const SlotTile& st, int stage) {
     const uint32_t dst = sqdo + stage * 2 * TB;
-    load_slot_pair_sw<D>(dst, dst + TB, q, dout, st, gs, a.lq);
+    load_slot_pair_sw<D, Padded>(dst, dst + TB, q, dout, rl, st, gs, a.lq);
     load_slot_stats(sstat + stage * 2 * kTile, st, gs, lse, delta, a.lq, kThreads);
   };
 
@@ -137,16 +142,17 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
       wgmma_py<D>(flat(dk), da, sq);
     }, flat(dv), flat(dk));
   });
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * D, D, k0, row0, a.lk, dk,
-                             a.scale, lane);
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * D, D, k0, row0, a.lk, dv,
-                             1.f, lane);
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * rl, rl, k0, row0, a.lk,
+                             dk, a.scale, lane);
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * rl, rl, k0, row0, a.lk,
+                             dv, 1.f, lane);
 }
 
 // One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
-template <int D>
+template <int D, bool Padded>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a) {
   constexpr uint32_t TB = tile_bytes<D>();
+  const int rl = row_length<D, Padded>(a.d);
   extern __shared__ unsigned char smem_raw[];
   const uint32_t sq = smem_addr(aligned_smem(smem_raw)), sdo = sq + TB;
   const uint32_t skv = sdo + TB;  // two stages of [K, V]
@@ -157,13 +163,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   const int64_t q0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * D;
-  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * D;
-  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * D;
-  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * D;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * rl;
+  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * rl;
+  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * rl;
+  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * rl;
   const BlockLayoutRef& L = a.layout;
 
-  load_run_sw<D, 2>({sq, sdo}, {q, dout}, q0, a.lq);
+  load_run_sw<D, Padded, 2>({sq, sdo}, {q, dout}, rl, q0, a.lq);
   cp_async_commit();
 
   float row_lse[1][2], row_delta[1][2];
@@ -174,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   const int gs = cursor.group_size();
   auto load_kv = [&](const SlotTile& st, int stage) {
     const uint32_t dst = skv + stage * 2 * TB;
-    load_slot_pair_sw<D>(dst, dst + TB, k, v, st, gs, a.lk);
+    load_slot_pair_sw<D, Padded>(dst, dst + TB, k, v, rl, st, gs, a.lk);
   };
 
   float dq[1][D / 8][4];
@@ -194,8 +200,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
     pack_a(da, dp);
     wgmma_run([&] { wgmma_py<D>(flat(dq), da, sk); }, flat(dq));
   });
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * D, D, q0, row0, a.lq, dq,
-                             a.scale, lane);
+  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * rl, rl, q0, row0, a.lq,
+                             dq, a.scale, lane);
 }
 
 // Shared memory of each kernel: `tiles` tiles of 64 x D bf16, extra bytes, and 1 KB of slack for
@@ -211,43 +217,56 @@ void allow_smem(Kernel kernel, size_t bytes) {
                                          static_cast<int>(bytes)));
 }
 
-template <int D>
+template <int D, bool Padded>
 void launch_forward(const FwdArgs& a, int tiles, int heads, int batch) {
   constexpr size_t smem = smem_bytes<D>(5);
-  static const bool configured = (allow_smem(forward_kernel<D>, smem), true);
+  static const bool configured = (allow_smem(forward_kernel<D, Padded>, smem), true);
   (void)configured;
-  forward_kernel<D><<<tile_grid(tiles, heads, batch), kThreads, smem, stream()>>>(a);
+  forward_kernel<D, Padded><<<tile_grid(tiles, heads, batch), kThreads, smem, stream()>>>(a);
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
-template <int D>
+template <int D, bool Padded>
 void launch_backward(const BwdArgs& a, int heads, int64_t batch) {
   constexpr size_t dkdv_smem = smem_bytes<D>(6, 4 * kTile * sizeof(float));
   constexpr size_t dq_smem = smem_bytes<D>(6);
-  static const bool configured =
-      (allow_smem(dkdv_kernel<D>, dkdv_smem), allow_smem(dq_kernel<D>, dq_smem), true);
+  static const bool configured = (allow_smem(dkdv_kernel<D, Padded>, dkdv_smem),
+                                  allow_smem(dq_kernel<D, Padded>, dq_smem), true);
   (void)configured;
   const unsigned hs = static_cast<unsigned>(heads), b = static_cast<unsigned>(batch);
   if (a.lk > 0) {
-    dkdv_kernel<D><<<tile_grid(a.k_tiles, hs, b), kThreads, dkdv_smem, stream()>>>(a);
+    dkdv_kernel<D, Padded><<<tile_grid(a.k_tiles, hs, b), kThreads, dkdv_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
   if (a.lq > 0) {
-    dq_kernel<D><<<tile_grid(a.q_tiles, hs, b), kThreads, dq_smem, stream()>>>(a);
+    dq_kernel<D, Padded><<<tile_grid(a.q_tiles, hs, b), kThreads, dq_smem, stream()>>>(a);
     NEEDLE_CUDA_LAUNCH_CHECK();
   }
+}
+
+// Calls launch(std::integral_constant<int, D>, std::bool_constant<Padded>) with the kernels of
+// head dim d: tile width 64 or 128 itself, else the padded kernels of width 64 (d < 64) or 128.
+template <typename Launch>
+void dispatch_width(int64_t d, Launch&& launch) {
+  using std::integral_constant;
+  if (d == 64) return launch(integral_constant<int, 64>{}, std::false_type{});
+  if (d == 128) return launch(integral_constant<int, 128>{}, std::false_type{});
+  if (d < 64) return launch(integral_constant<int, 64>{}, std::true_type{});
+  return launch(integral_constant<int, 128>{}, std::true_type{});
 }
 
 }  // namespace
 
 void forward(const FwdArgs& a, int64_t d, int tiles, int heads, int batch) {
-  if (d == 64) launch_forward<64>(a, tiles, heads, batch);
-  else launch_forward<128>(a, tiles, heads, batch);
+  dispatch_width(d, [&](auto D, auto padded) {
+    launch_forward<decltype(D)::value, decltype(padded)::value>(a, tiles, heads, batch);
+  });
 }
 
 void backward(const BwdArgs& a, int64_t d, int heads, int64_t batch) {
-  if (d == 64) launch_backward<64>(a, heads, batch);
-  else launch_backward<128>(a, heads, batch);
+  dispatch_width(d, [&](auto D, auto padded) {
+    launch_backward<decltype(D)::value, decltype(padded)::value>(a, heads, batch);
+  });
 }
 
 }  // namespace needle::cuda::attn::sm90

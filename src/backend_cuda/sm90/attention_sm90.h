@@ -1,4 +1,5 @@
-// The Hopper (sm_90a, wgmma) block-sparse attention kernels, bfloat16 with head dim 64 or 128.
+// The Hopper (sm_90a, wgmma) block-sparse attention kernels, bfloat16, any head dim the CUDA
+// backend takes (tile widths 64 and 128, padded below them).
 // attention_forward.cu / attention_backward.cu call these instead of their mma.sync kernels when
 // enabled() says so; the arguments are theirs, already checked.
 #pragma once
@@ -8,8 +9,9 @@
 
 namespace needle::cuda::attn::sm90 {
 
-// True when the device is compute capability 9.0, d is 64 or 128 and the environment variable
+// True when the device is compute capability 9.0 and the environment variable
 // NEEDLE_ATTENTION_WGMMA is not "0" (read once; "0" keeps the mma.sync kernels, for comparison).
+// d is a checked head dim.
 bool enabled(int64_t d);
 
 // grid (tiles, heads, batch) as launch_forward in attention_forward.cu; needs a.scale_log2 > 0.

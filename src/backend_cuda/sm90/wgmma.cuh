@@ -2,7 +2,7 @@
 // wrappers, shared-memory matrix descriptors and the 128-byte-swizzled tile layout they read.
 // Compiled only into the sm_90a object (see CMakeLists.txt); nothing here runs elsewhere.
 //
-// Tile layout. A tile is 64 rows of D bf16 (D = 64 or 128), stored as D / 64 column panels of
+// Tile layout. A tile is 64 rows of D bf16 (tile width D = 64 or 128), stored as D / 64 column panels of
 // 64 x 64 (8 KB each, 1024-byte aligned). Inside a panel, row r is 128 bytes and its 16-byte
 // chunk c lives at chunk c ^ (r % 8): the 128-byte swizzle the tensor cores undo on read, which
 // also keeps cp.async writes and the hardware's reads free of bank conflicts.
@@ -45,67 +45,79 @@ __device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, 
 // chunks per row) for rows t / C + i * (128 / C) (R = 128 / C rows apart, a multiple of 8, so
 // every row it copies has the same row % 8): the swizzled byte offset of its first chunk is
 // fixed for the CTA's lifetime and later rows add i * R * 128 bytes.
-template <int D>
+//
+// Rows are `rl` elements apart in global memory: D in the exact kernels, the head dim d < D in the
+// padded ones (Padded), where a thread whose chunk lies at or past d zero-fills it instead (the
+// columns d .. D - 1 then add 0 to every product).
+template <int D, bool Padded>
 struct ChunkMap {
   static constexpr int C = D / 8, R = kThreads / C;
   int chunk, r0;
+  bool live;        // the chunk holds data (always, unless Padded)
   uint32_t offset;  // byte offset of (row r0, chunk) in a tile
-  __device__ __forceinline__ ChunkMap() {
+  __device__ __forceinline__ explicit ChunkMap(int rl) {
     chunk = threadIdx.x % C;
     r0 = threadIdx.x / C;
+    live = !Padded || chunk * 8 < rl;
     offset = uint32_t(r0 * 128 + (chunk / 8) * kPanelBytes + ((chunk % 8) ^ (r0 % 8)) * 16);
   }
 };
 
-// Gathered rows: row j comes from src + pos_j * D where pos_j = row_pos(j), or is zero-filled
+// Gathered rows: row j comes from src + pos_j * rl where pos_j = row_pos(j), or is zero-filled
 // when pos_j < 0; a row's position is computed once for all NMat matrices.
-template <int D, int NMat, typename RowPos>
+template <int D, bool Padded, int NMat, typename RowPos>
 __device__ __forceinline__ void load_rows_sw(const uint32_t (&dst)[NMat],
-                                             const uint16_t* const (&src)[NMat], RowPos row_pos) {
-  const ChunkMap<D> cm;
+                                             const uint16_t* const (&src)[NMat], int rl,
+                                             RowPos row_pos) {
+  const ChunkMap<D, Padded> cm(rl);
 #pragma unroll
   for (int i = 0; i < kTile / cm.R; ++i) {
     const int64_t pos = row_pos(cm.r0 + i * cm.R);
-    const int64_t off = pos >= 0 ? pos * D + cm.chunk * 8 : 0;
+    const bool copy = pos >= 0 && cm.live;
+    const int64_t off = copy ? pos * rl + cm.chunk * 8 : 0;
 #pragma unroll
     for (int m = 0; m < NMat; ++m)
-      cp_async16_zfill(dst[m] + cm.offset + i * cm.R * 128, src[m] + off, pos >= 0 ? 16 : 0);
+      cp_async16_zfill(dst[m] + cm.offset + i * cm.R * 128, src[m] + off, copy ? 16 : 0);
   }
 }
 
 // A run: row j comes from position start + j, rows at or past limit are zero-filled. A run that
 // lies wholly below limit (every tile but a sequence's last) needs one base pointer per matrix
 // and no per-row checks.
-template <int D, int NMat>
+template <int D, bool Padded, int NMat>
 __device__ __forceinline__ void load_run_sw(const uint32_t (&dst)[NMat],
-                                            const uint16_t* const (&src)[NMat], int64_t start,
-                                            int64_t limit) {
-  const ChunkMap<D> cm;
+                                            const uint16_t* const (&src)[NMat], int rl,
+                                            int64_t start, int64_t limit) {
+  const ChunkMap<D, Padded> cm(rl);
   if (start + kTile <= limit) {
 #pragma unroll
     for (int m = 0; m < NMat; ++m) {
-      const uint16_t* s = src[m] + (start + cm.r0) * D + cm.chunk * 8;
+      const uint16_t* s = cm.live ? src[m] + (start + cm.r0) * rl + cm.chunk * 8 : src[m];
+      const int step = cm.live ? cm.R * rl : 0;
 #pragma unroll
-      for (int i = 0; i < kTile / cm.R; ++i)
-        cp_async16_full(dst[m] + cm.offset + i * cm.R * 128, s + i * cm.R * D);
+      for (int i = 0; i < kTile / cm.R; ++i) {
+        const uint32_t d = dst[m] + cm.offset + i * cm.R * 128;
+        if constexpr (Padded) cp_async16_zfill(d, s + i * step, cm.live ? 16 : 0);
+        else cp_async16_full(d, s + i * step);
+      }
     }
   } else {
-    load_rows_sw<D, NMat>(dst, src, [&](int j) -> int64_t {
+    load_rows_sw<D, Padded, NMat>(dst, src, rl, [&](int j) -> int64_t {
       return start + j < limit ? start + j : -1;
     });
   }
 }
 
 // The K and V (or Q and dO) rows of slot tile st (group size gs, positions below limit).
-template <int D>
+template <int D, bool Padded>
 __device__ __forceinline__ void load_slot_pair_sw(uint32_t dx, uint32_t dy, const uint16_t* x,
-                                                  const uint16_t* y, const SlotTile& st, int gs,
-                                                  int64_t limit) {
+                                                  const uint16_t* y, int rl, const SlotTile& st,
+                                                  int gs, int64_t limit) {
   // A tile of block size >= 64 is one run of 64 consecutive positions.
   if (gs == kTile) {
-    load_run_sw<D, 2>({dx, dy}, {x, y}, st.start[0], limit);
+    load_run_sw<D, Padded, 2>({dx, dy}, {x, y}, rl, st.start[0], limit);
   } else {
-    load_rows_sw<D, 2>({dx, dy}, {x, y}, [&](int j) -> int64_t {
+    load_rows_sw<D, Padded, 2>({dx, dy}, {x, y}, rl, [&](int j) -> int64_t {
       const int64_t p = slot_pos(st, j, gs);
       return p < limit ? p : -1;
     });
