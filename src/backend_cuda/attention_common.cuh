@@ -8,7 +8,8 @@
 // global memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every
 // dot product) and never stored. The exact kernels are kept apart because a run-time row length
 // costs the float32 and bf16 mma.sync kernels 17-34% at d = 64 (address and predicate arithmetic
-// in the tile loads, whose instruction issue competes with the MMAs'; measured on an H100).
+// in the tile loads, whose instruction issue competes with the MMAs'; measured on an H100). The
+// Hopper kernels (sm90/) do the same with tile widths 64 and 128 only.
 //
 // Tiling. Every kernel works on tiles of 64 positions on both sides. A CTA owns 64 "primary"
 // positions (query rows in the forward and dQ kernels, key rows in the dK/dV kernel) and walks the
