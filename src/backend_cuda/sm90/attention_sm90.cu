@@ -68,7 +68,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   for_each_tile(cursor, load_kv, fence_proxy_async, [&](const SlotTile& cur, int stage) {
     const uint32_t sk = skv + stage * 2 * TB, sv = sk + TB;
     float s[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
-    wgmma_run([&] { wgmma_xyt<D>(flat(s), sq, sk); }, flat(s));
+    with_ksteps<D, Padded>(rl, [&](auto ks) {
+      wgmma_run([&] { wgmma_xyt<ks()>(flat(s), sq, sk); }, flat(s));
+    });
     // Raw scores; the softmax scales them by scale * log2(e) (> 0: checked by the caller).
     if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
       apply_mask<1, kTile>(s, cur, gs, q0, row0, 0, a.lk, L.causal, true, -INFINITY, lane);
@@ -125,10 +127,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
     const float* st_lse = sstat + stage * 2 * kTile;
     // S^T (keys x queries) and dP^T = V dO^T.
     float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
-    wgmma_run([&] {
-      wgmma_xyt<D>(flat(p), sk, sq);
-      wgmma_xyt<D>(flat(dp), sv, sdo);
-    }, flat(p), flat(dp));
+    with_ksteps<D, Padded>(rl, [&](auto ks) {
+      wgmma_run([&] {
+        wgmma_xyt<ks()>(flat(p), sk, sq);
+        wgmma_xyt<ks()>(flat(dp), sv, sdo);
+      }, flat(p), flat(dp));
+    });
     probs_by_col<1, kTile>(p, st_lse, 0, a.scale_log2, lane);
     // Masked after the exponential (to exactly 0), so any scale, 0 included, is safe.
     if (tile_needs_mask(cur, gs, k0, a.lq, L.causal, false))
@@ -188,10 +192,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   for_each_tile(cursor, load_kv, fence_proxy_async, [&](const SlotTile& cur, int stage) {
     const uint32_t sk = skv + stage * 2 * TB, sv = sk + TB;
     float p[1][kTile / 8][4], dp[1][kTile / 8][4];  // written by the first k-step (scale_d 0)
-    wgmma_run([&] {
-      wgmma_xyt<D>(flat(p), sq, sk);
-      wgmma_xyt<D>(flat(dp), sdo, sv);
-    }, flat(p), flat(dp));
+    with_ksteps<D, Padded>(rl, [&](auto ks) {
+      wgmma_run([&] {
+        wgmma_xyt<ks()>(flat(p), sq, sk);
+        wgmma_xyt<ks()>(flat(dp), sdo, sv);
+      }, flat(p), flat(dp));
+    });
     probs_by_row<1, kTile>(p, row_lse, a.scale_log2);
     if (tile_needs_mask(cur, gs, q0, a.lk, L.causal, true))
       apply_mask<1, kTile>(p, cur, gs, q0, row0, 0, a.lk, L.causal, true, 0.f, lane);

@@ -11,6 +11,7 @@
 // dV = P^T dO, Q in dK = dS^T Q, K in dQ = dS K).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "backend_cuda/attention_common.cuh"
 
@@ -237,13 +238,34 @@ __device__ __forceinline__ void wgmma_rs_mn(float (&o)[D / 2], const uint32_t (&
   else wgmma_rs_n128<1>(o, a, desc_mnmajor(tile, j), 1);
 }
 
-// c (64 x 64) = X . Y^T over D for two K-major tiles (rows of X = M, rows of Y = N); issued, not
-// waited for.
-template <int D>
+// c (64 x 64) = X . Y^T over the first KS k-steps (16 columns each) of two K-major tiles (rows of
+// X = M, rows of Y = N); issued, not waited for.
+template <int KS>
 __device__ __forceinline__ void wgmma_xyt(float (&c)[32], uint32_t x, uint32_t y) {
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks)
+  for (int ks = 0; ks < KS; ++ks)
     wgmma_ss_n64<0>(c, desc_kmajor(x, ks), desc_kmajor(y, ks), ks > 0);
+}
+
+// Calls f(std::integral_constant<int, KS>) with the k-steps a product over head dim d needs in
+// tiles of width D: all D / 16, or in a padded tile those of the quarters of the tile that hold a
+// column below d (the columns past d are zero in both operands). KS is a constant in each branch,
+// so every wgmma group is one straight run of instructions: a run-time bound inside a group makes
+// ptxas fence each wgmma.
+template <int D, bool Padded, typename F>
+__device__ __forceinline__ void with_ksteps(int d, F f) {
+  constexpr int Q = D / 64;  // k-steps per quarter of the tile
+  using std::integral_constant;
+  if constexpr (!Padded) {
+    f(integral_constant<int, 4 * Q>{});
+  } else {
+    switch (((d + 15) / 16 + Q - 1) / Q) {
+      case 1: return f(integral_constant<int, Q>{});
+      case 2: return f(integral_constant<int, 2 * Q>{});
+      case 3: return f(integral_constant<int, 3 * Q>{});
+      default: return f(integral_constant<int, 4 * Q>{});
+    }
+  }
 }
 
 // The A-operand fragments of a 64 x 64 product P . Y from P in accumulator layout (the
