@@ -7,7 +7,7 @@ Usage (on the GPU machine, with needle._C built there):
 Pythia-70M geometry: heads 8, head dim 64, block size 64, batch x L = 32768 tokens, causal.
 --head-dims runs other head dims too (Pythia-2.8b's 80, for one), with everything else equal.
 --compare A.json B.json [...] prints needle's times in B (and any further files) over A's, row by
-row (two builds timed on one GPU, say; runs without a GPU).
+row (two builds timed on one GPU, say; needs neither a GPU nor torch).
 Patterns: causal-dense, local (window 3) and mixed (local + global + strided). Each row times one
 (pattern, dtype, L, pass) for every peer on identical inputs:
   needle  block_sparse_attention through its autograd op (fused forward; three-kernel backward)
@@ -37,19 +37,27 @@ import sys
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-import needle as ndl
-
-_attn = getattr(ndl._C, "attention", None)
-Layout = getattr(ndl.nn, "BlockSparseLayout", None) or _attn.BlockSparseLayout
-block_sparse_attention = (
-    getattr(ndl.nn.functional, "block_sparse_attention", None) or _attn.block_sparse_attention
-)
 
 H, B_SIZE, TOKENS = 8, 64, 32768
-TDEV = torch.device("cuda")
+
+# torch and needle, imported by import_frameworks() when there is something to time, so that
+# --compare needs neither.
+torch = F = ndl = Layout = block_sparse_attention = TDEV = None
+
+
+def import_frameworks():
+    global torch, F, ndl, Layout, block_sparse_attention, TDEV
+    import torch
+    import torch.nn.functional as F
+
+    import needle as ndl
+
+    attn = getattr(ndl._C, "attention", None)
+    Layout = getattr(ndl.nn, "BlockSparseLayout", None) or attn.BlockSparseLayout
+    block_sparse_attention = (
+        getattr(ndl.nn.functional, "block_sparse_attention", None) or attn.block_sparse_attention
+    )
+    TDEV = torch.device("cuda")
 
 
 def sync_all():
@@ -330,6 +338,7 @@ def main():
     args = parser.parse_args()
     if args.compare:
         return compare_runs(args.compare)
+    import_frameworks()
     if not (torch.cuda.is_available() and ndl.cuda.is_available()):
         print("no CUDA device: nothing to benchmark")
         return
