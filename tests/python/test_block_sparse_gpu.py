@@ -11,9 +11,16 @@ Output buffers are poisoned before each run: NaN arrays of every output's size a
 freed just before the call, so needle's best-fit caching allocator hands those blocks to the
 kernels, and an element a kernel fails to write stays NaN and fails the comparison.
 
+On compute capability 9.0 the bfloat16 cases run the Hopper (wgmma) kernels; the last test runs
+them again in a child process with NEEDLE_ATTENTION_WGMMA=0, so the mma.sync kernels that every
+other GPU uses are checked there too.
+
 Skips cleanly without torch, without a GPU, or in a build without CUDA.
 """
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,9 +191,9 @@ def test_matches_torch(pattern, causal, b, D, dtype):
 @pytest.mark.parametrize("b", [16, 64])
 @pytest.mark.parametrize("pattern", ["dense", "mixed", "per_head"])
 def test_head_dims_between_the_tile_widths(pattern, b, D, dtype):
-    # The kernels are built for tile widths 32, 64, 96 and 128; any other head dim (a multiple of
-    # 8) runs in the next width up, its extra columns zero-filled in shared memory and never
-    # stored. Poisoned outputs catch an element left unwritten; the reference catches an extra
+    # The kernels are built for tile widths 32, 64, 96 and 128 (mma.sync) or 64 and 128 (wgmma);
+    # any other head dim (a multiple of 8) runs in the next width up, its extra columns zero-filled
+    # in shared memory and never stored. Poisoned outputs catch an element left unwritten; the reference catches an extra
     # column leaking into a dot product or a row stride taken from the tile instead of the data.
     run_case(pattern, True, b, D, dtype)
 
@@ -255,3 +262,18 @@ def test_results_do_not_depend_on_the_run():
         results.append([t.detach().numpy() for t in (out, q.grad, k.grad, v.grad)])
     for a, c in zip(*results):
         np.testing.assert_array_equal(a, c)
+
+
+def test_bfloat16_cases_on_the_mma_sync_kernels():
+    # NEEDLE_ATTENTION_WGMMA is read once per process, so the other kernel family needs a process
+    # of its own.
+    if os.environ.get("NEEDLE_ATTENTION_WGMMA") == "0":
+        pytest.skip("this process already runs the mma.sync kernels")
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the mma.sync kernels are this GPU's only bfloat16 kernels: tested above")
+    env = dict(os.environ, NEEDLE_ATTENTION_WGMMA="0")
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "bfloat16"],
+        env=env, capture_output=True, text=True,
+    )
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
