@@ -114,7 +114,9 @@ def check_lse(got, want, tol):
     assert not torch.isnan(got).any()
     assert torch.equal(torch.isinf(got), torch.isinf(want)), "-inf exactly where no key is visible"
     fin = torch.isfinite(want)
-    assert (got[fin] - want[fin]).abs().max().item() < tol * max(1.0, want[fin].abs().max().item())
+    if fin.any():  # a random layout may leave every row without a visible key
+        err = (got[fin] - want[fin]).abs().max().item()
+        assert err < tol * max(1.0, want[fin].abs().max().item())
 
 
 def rel_err(got, want):
