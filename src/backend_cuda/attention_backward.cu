@@ -304,7 +304,7 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
   a.scale_log2 = static_cast<float>(scale) * kLog2e;
   switch (math_mode_for(q.dtype)) {
     case MathMode::kBF16:
-      if (sm90::enabled(d)) sm90::backward(a, d, int(heads), batch);
+      if (sm90::enabled()) sm90::backward(a, d, int(heads), batch);
       else dispatch_backward<MathMode::kBF16>(d, a, batch);
       break;
     case MathMode::kTF32:

@@ -2,14 +2,14 @@
 // the math modes, the warp-level tensor-core GEMMs over shared-memory tiles, cp.async tile loads,
 // the cursor that walks a layout's CSR lists tile by tile, element masking, and host-side checks.
 //
-// Head dims. Any head dim d that is a multiple of 8 up to 128. d = 32, 64 or 128 runs in kernels
-// compiled for that width, every row length a constant. Any other d runs in the "padded" kernels of
-// the next tile width D (32, 64, 96 or 128; dispatch_head_dim): rows are d elements apart in
-// global memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every
-// dot product) and never stored. The exact kernels are kept apart because a run-time row length
-// costs the float32 and bf16 mma.sync kernels 17-34% at d = 64 (address and predicate arithmetic
-// in the tile loads, whose instruction issue competes with the MMAs'; measured on an H100). The
-// Hopper kernels (sm90/) do the same with tile widths 64 and 128 only.
+// Head dims. Any head dim d that is a multiple of 8 up to 128. A d that equals a tile width (32,
+// 64, 96 or 128) runs in kernels compiled for that width, every row length a constant. Any other d
+// runs in the "padded" kernels of the next tile width D (dispatch_head_dim): rows are d elements
+// apart in global memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0
+// to every dot product) and never stored. The exact kernels are kept apart because a run-time row
+// length costs the float32 and bf16 mma.sync kernels 17-34% at d = 64 (address and predicate
+// arithmetic in the tile loads, whose instruction issue competes with the MMAs'; measured on an
+// H100). The Hopper kernels (sm90/) do the same with tile widths 64 and 128 only.
 //
 // Tiling. Every kernel works on tiles of 64 positions on both sides. A CTA owns 64 "primary"
 // positions (query rows in the forward and dQ kernels, key rows in the dK/dV kernel) and walks the
@@ -57,22 +57,22 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMaxHeadDim = 128;
 
 // Calls launch(std::integral_constant<int, D>, std::bool_constant<Padded>) with the kernels that
-// run head dim d (a multiple of 8, at most kMaxHeadDim): D = d for 32, 64 and 128; otherwise the
-// padded kernels of tile width D = d rounded up to a multiple of 32.
+// run head dim d (a multiple of 8, at most kMaxHeadDim): the narrowest of the tile widths
+// W, Wider... (ascending, the last kMaxHeadDim) that holds d, padded unless d == D. The mma.sync kernels come
+// in widths 32, 64, 96 and 128 (dispatch_head_dim), the Hopper ones (sm90/) in 64 and 128.
+template <int W, int... Wider, typename Launch>
+void dispatch_tile_width(int64_t d, Launch&& launch) {
+  if constexpr (sizeof...(Wider) > 0) {
+    if (d > W) return dispatch_tile_width<Wider...>(d, launch);
+  }
+  if (d == W) return launch(std::integral_constant<int, W>{}, std::false_type{});
+  return launch(std::integral_constant<int, W>{}, std::true_type{});
+}
+
+// The mma.sync kernels' tile widths.
 template <typename Launch>
 void dispatch_head_dim(int64_t d, Launch&& launch) {
-  using std::integral_constant;
-  switch (d) {
-    case 32: return launch(integral_constant<int, 32>{}, std::false_type{});
-    case 64: return launch(integral_constant<int, 64>{}, std::false_type{});
-    case 128: return launch(integral_constant<int, 128>{}, std::false_type{});
-  }
-  switch ((d + 31) / 32 * 32) {
-    case 32: return launch(integral_constant<int, 32>{}, std::true_type{});
-    case 64: return launch(integral_constant<int, 64>{}, std::true_type{});
-    case 96: return launch(integral_constant<int, 96>{}, std::true_type{});
-    default: return launch(integral_constant<int, 128>{}, std::true_type{});
-  }
+  dispatch_tile_width<32, 64, 96, 128>(d, launch);
 }
 
 // The row length of q, k, v and their results in a kernel of tile width D: D itself unless the

@@ -59,12 +59,12 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
 }
 
 namespace sm90 {
-bool enabled(int64_t d) {
+bool enabled() {
   static const bool allowed = [] {
     const char* env = std::getenv("NEEDLE_ATTENTION_WGMMA");
     return !(env && std::string(env) == "0");
   }();
-  return allowed && d <= kMaxHeadDim && compute_capability() == 90;
+  return allowed && compute_capability() == 90;
 }
 }  // namespace sm90
 
@@ -222,7 +222,7 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
   switch (math_mode_for(q.dtype)) {
     case MathMode::kBF16:
       // The Hopper forward scales inside its softmax, which needs scale > 0.
-      if (sm90::enabled(d) && scale > 0) sm90::forward(a, d, tiles, int(heads), int(batch));
+      if (sm90::enabled() && scale > 0) sm90::forward(a, d, tiles, int(heads), int(batch));
       else dispatch_forward<MathMode::kBF16>(d, a, tiles, int(heads), int(batch));
       break;
     case MathMode::kTF32:

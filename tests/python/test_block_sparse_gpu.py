@@ -195,8 +195,9 @@ def test_matches_torch(pattern, causal, b, D, dtype):
 def test_head_dims_between_the_tile_widths(pattern, b, D, dtype):
     # The kernels are built for tile widths 32, 64, 96 and 128 (mma.sync) or 64 and 128 (wgmma);
     # any other head dim (a multiple of 8) runs in the next width up, its extra columns zero-filled
-    # in shared memory and never stored. Poisoned outputs catch an element left unwritten; the reference catches an extra
-    # column leaking into a dot product or a row stride taken from the tile instead of the data.
+    # in shared memory and never stored (96: exact on mma.sync, padded on wgmma). Poisoned outputs
+    # catch an element left unwritten; the reference catches an extra column leaking into a dot
+    # product or a row stride taken from the tile instead of the data.
     run_case(pattern, True, b, D, dtype)
 
 

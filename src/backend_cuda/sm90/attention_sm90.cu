@@ -251,27 +251,16 @@ void launch_backward(const BwdArgs& a, int heads, int64_t batch) {
   }
 }
 
-// Calls launch(std::integral_constant<int, D>, std::bool_constant<Padded>) with the kernels of
-// head dim d: tile width 64 or 128 itself, else the padded kernels of width 64 (d < 64) or 128.
-template <typename Launch>
-void dispatch_width(int64_t d, Launch&& launch) {
-  using std::integral_constant;
-  if (d == 64) return launch(integral_constant<int, 64>{}, std::false_type{});
-  if (d == 128) return launch(integral_constant<int, 128>{}, std::false_type{});
-  if (d < 64) return launch(integral_constant<int, 64>{}, std::true_type{});
-  return launch(integral_constant<int, 128>{}, std::true_type{});
-}
-
 }  // namespace
 
 void forward(const FwdArgs& a, int64_t d, int tiles, int heads, int batch) {
-  dispatch_width(d, [&](auto D, auto padded) {
+  dispatch_tile_width<64, 128>(d, [&](auto D, auto padded) {
     launch_forward<decltype(D)::value, decltype(padded)::value>(a, tiles, heads, batch);
   });
 }
 
 void backward(const BwdArgs& a, int64_t d, int heads, int64_t batch) {
-  dispatch_width(d, [&](auto D, auto padded) {
+  dispatch_tile_width<64, 128>(d, [&](auto D, auto padded) {
     launch_backward<decltype(D)::value, decltype(padded)::value>(a, heads, batch);
   });
 }

@@ -11,8 +11,7 @@ namespace needle::cuda::attn::sm90 {
 
 // True when the device is compute capability 9.0 and the environment variable
 // NEEDLE_ATTENTION_WGMMA is not "0" (read once; "0" keeps the mma.sync kernels, for comparison).
-// d is a checked head dim.
-bool enabled(int64_t d);
+bool enabled();
 
 // grid (tiles, heads, batch) as launch_forward in attention_forward.cu; needs a.scale_log2 > 0.
 void forward(const FwdArgs& a, int64_t d, int tiles, int heads, int batch);
