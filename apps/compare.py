@@ -14,7 +14,7 @@ present, so runs split over several commands still compare, and runs/compare/sum
 runs/compare/loss.png are rewritten after each command that runs something (--table only
 prints). Runs only compare when their settings match; the table says so when they do not.
 Without transformers (or torch) the torch run is skipped with a note. The measured runs this
-project quotes are kept under runs/measured/ (runs/measured/compare/<commit>/...).
+project quotes are kept under docs/measured/ (docs/measured/compare/<commit>/...).
 """
 import argparse
 import json
