@@ -1,6 +1,7 @@
 """Measured comparison on a GPU: Pythia-70M trained with dense, local and mixed (block-sparse)
 attention by apps/train.py, and the same architecture in PyTorch (transformers'
-GPTNeoXForCausalLM, fp32, SDPA) on the same token batches with the same hyperparameters.
+GPTNeoXForCausalLM, fp32, SDPA) on the same token batches with the same hyperparameters; with
+--autocast bfloat16 both frameworks train under bfloat16 autocast instead of in fp32.
 
     python3 -m apps.compare --steps 1500                       # all four runs, then the table
     python3 -m apps.compare --steps 1500 --runs dense local    # a subset (results accumulate)
@@ -39,7 +40,10 @@ from apps import train_utils as U
 NEEDLE_RUNS = ("dense", "local", "mixed")
 ALL_RUNS = NEEDLE_RUNS + ("torch",)
 # Settings that must agree for two runs to be compared.
-SHARED = ("model", "data", "seq_len", "batch_size", "steps", "lr", "warmup_steps", "seed", "matmul_precision")
+SHARED = ("model", "data", "seq_len", "batch_size", "steps", "lr", "warmup_steps", "seed", "matmul_precision",
+          "autocast")
+# What a setting was before it existed (older result JSONs lack it).
+SETTING_DEFAULTS = {"autocast": "off"}
 
 
 def build_parser():
@@ -62,6 +66,9 @@ def build_parser():
     p.add_argument("--device", default="cuda")
     p.add_argument("--matmul-precision", choices=["highest", "high"], default="highest",
                    help="highest: true fp32 matmuls in both frameworks; high: TF32 in both")
+    p.add_argument("--autocast", choices=["off", "bfloat16"], default="off",
+                   help="bfloat16: both frameworks train under autocast (ndl.autocast and torch.autocast: "
+                        "matmuls and attention in bfloat16, float32 parameters and optimizer state)")
     p.add_argument("--eval-interval", type=int, default=0, help="default: a tenth of the steps")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "compare"))
     return p
@@ -72,7 +79,8 @@ def _settings(args):
                                                                            args.steps - 1)
     return {"model": args.model, "data": str(Path(args.data).resolve()), "seq_len": args.seq_len,
             "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup_steps": warmup,
-            "seed": args.seed, "matmul_precision": args.matmul_precision, "device": args.device,
+            "seed": args.seed, "matmul_precision": args.matmul_precision, "autocast": args.autocast,
+            "device": args.device,
             "block_size": args.block_size, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1,
             "min_lr_ratio": 0.1, "clip": 1.0, "eps": 1e-8}
 
@@ -96,7 +104,8 @@ def run_needle(pattern, s, args, out_dir):
            "--block-size", str(s["block_size"]), "--data", s["data"], "--seq-len", str(s["seq_len"]),
            "--batch-size", str(s["batch_size"]), "--steps", str(s["steps"]), "--lr", str(s["lr"]),
            "--warmup-steps", str(s["warmup_steps"]), "--seed", str(s["seed"]), "--device", s["device"],
-           "--matmul-precision", s["matmul_precision"], "--eval-interval", str(args.eval_interval),
+           "--matmul-precision", s["matmul_precision"], "--autocast", s["autocast"],
+           "--eval-interval", str(args.eval_interval),
            "--save-interval", str(s["steps"]),  # one checkpoint at the end: saving is not what is timed
            "--out-dir", str(out_dir / "runs"), "--name", name, "--overwrite", "--sample-tokens", "0",
            "--log-interval", str(max(1, s["steps"] // 20))]
@@ -173,9 +182,21 @@ def torch_model_and_optimizer(s):
     return torch, model, optimizer, scheduler
 
 
+def torch_autocast(torch, s):
+    """The region torch's forward passes run in: torch.autocast(bfloat16) when s["autocast"] asks
+    for it, else a disabled one."""
+    return torch.autocast(torch.device(s["device"]).type, dtype=torch.bfloat16,
+                          enabled=s.get("autocast", "off") == "bfloat16")
+
+
+def precision(s):
+    """How a run computes, for headers: "fp32" or "bf16 autocast"."""
+    return "bf16 autocast" if s.get("autocast", "off") == "bfloat16" else "fp32"
+
+
 def run_torch(s, args, out_dir):
-    """transformers' GPTNeoXForCausalLM from the preset's Hugging Face config, trained in fp32
-    with SDPA attention on the very batches apps/train.py draws (same TokenDataLoader, seed)."""
+    """transformers' GPTNeoXForCausalLM from the preset's Hugging Face config, trained in fp32 (or
+    under torch.autocast) with SDPA attention on the very batches apps/train.py draws (same TokenDataLoader, seed)."""
     try:
         import torch
         import transformers
@@ -205,8 +226,9 @@ def run_torch(s, args, out_dir):
         with torch.no_grad():
             for x, y in ndl.data.TokenDataLoader(data / "val.bin", s["batch_size"], s["seq_len"], sequential=True):
                 x, y = batch((x, y))
-                logits = model(input_ids=x).logits
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                with torch_autocast(torch, s):
+                    logits = model(input_ids=x).logits
+                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
                 total += loss.item() * y.numel()
                 count += y.numel()
         model.train()
@@ -215,7 +237,7 @@ def run_torch(s, args, out_dir):
     tokens_per_step = s["batch_size"] * s["seq_len"]
     eval_every = args.eval_interval
     print(f"\n== torch {torch.__version__}, transformers {transformers.__version__}: GPTNeoXForCausalLM "
-          f"({num_params / 1e6:.2f}M parameters, sdpa, fp32) on {device}", flush=True)
+          f"({num_params / 1e6:.2f}M parameters, sdpa, {precision(s)}) on {device}", flush=True)
     val = evaluate()
     metrics.append({"type": "eval", "step": 0, "val_loss": val, "val_ppl": math.exp(val)})
     params = list(model.parameters())
@@ -225,8 +247,9 @@ def run_torch(s, args, out_dir):
         lr = scheduler.get_last_lr()[0]
         start = time.perf_counter()
         x, y = batch(next(loader))
-        logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with torch_autocast(torch, s):
+            logits = model(input_ids=x).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
         optimizer.step()
@@ -272,9 +295,14 @@ def report(out_dir, write=True):
         print(f"no results in {out_dir}")
         return None
     base = next(iter(results.values()))["settings"]
-    mismatched = [r for r, v in results.items() if any(v["settings"].get(k) != base.get(k) for k in SHARED)]
+    def setting(settings, k):
+        return settings.get(k, SETTING_DEFAULTS.get(k))
+
+    mismatched = [r for r, v in results.items()
+                  if any(setting(v["settings"], k) != setting(base, k) for k in SHARED)]
     print(f"\n{base['model']} on {Path(base['data']).name}, sequence length {base['seq_len']}, batch {base['batch_size']}, "
-          f"{base['steps']} steps, seed {base['seed']}, lr {base['lr']}, fp32 matmuls: {base['matmul_precision']}, "
+          f"{base['steps']} steps, seed {base['seed']}, lr {base['lr']}, {precision(base)}, "
+          f"fp32 matmuls: {base['matmul_precision']}, "
           f"block size {base['block_size']}")
     header = f"{'run':<8} {'attention':<14} {'density':>7} {'val loss':>9} {'val ppl':>9} {'tokens/s':>10} " \
              f"{'steady tok/s':>12} {'vs dense':>8} {'train s':>8}"

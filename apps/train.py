@@ -62,7 +62,7 @@ DEFAULTS = {
 DEFAULT_STEPS = 1000
 # Where and how the run computes. Not trajectory settings (a resumed run may move to another
 # device when told to), but a resumed run keeps its own unless the command line says otherwise.
-RUN_DEFAULTS = {"device": "cpu", "matmul_precision": "highest"}
+RUN_DEFAULTS = {"device": "cpu", "matmul_precision": "highest", "autocast": "off"}
 EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM = 1, 130, 143
 
 
@@ -96,6 +96,11 @@ def build_parser():
     g.add_argument("--matmul-precision", choices=["highest", "high", "medium"],
                    help="float32 matmul precision on CUDA (highest: true fp32; high: TF32; default "
                         "highest; a resumed run keeps its own)")
+    g.add_argument("--autocast", choices=["off", "bfloat16"],
+                   help="bfloat16: mixed precision under ndl.autocast, matmuls and attention in "
+                        "bfloat16, layer norms, softmax and the loss in float32, parameters, "
+                        "gradients and optimizer state float32 (default off; a resumed run keeps "
+                        "its own)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help=f"sequences per micro-batch (default {d['batch_size']})")
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
@@ -207,7 +212,8 @@ def resolve_config(parser, args):
 
 
 def _fill_run_defaults(args, saved_run):
-    """--device and --matmul-precision when not given: the resumed run's own, else the defaults."""
+    """--device, --matmul-precision and --autocast when not given: the resumed run's own, else the
+    defaults."""
     for k, default in RUN_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, saved_run.get(k, default))
@@ -291,6 +297,8 @@ def train(argv=None, build_model=None):
     device = ndl.device(args.device)
     if args.device.startswith("cuda"):
         ndl.set_float32_matmul_precision(args.matmul_precision)
+    # Forward passes (training, evaluation, the sample) run in this region; backward outside it.
+    amp = ndl.autocast(args.device, enabled=args.autocast == "bfloat16")
 
     if run_dir.exists() and not args.resume:
         if not args.overwrite:
@@ -343,7 +351,7 @@ def train(argv=None, build_model=None):
 
     density_note = "" if density is None else f", attention density {density:.3f} at length {cfg['seq_len']}"
     print(f"{cfg['model']} ({num_params / 1e6:.2f}M parameters, {cfg['attention']} attention{density_note}) on "
-          f"{args.device}; {cfg['steps']} steps x {tokens_per_step:,} tokens; run folder {run_dir}", flush=True)
+          f"{args.device}{', bfloat16 autocast' if args.autocast == 'bfloat16' else ''}; {cfg['steps']} steps x {tokens_per_step:,} tokens; run folder {run_dir}", flush=True)
 
     val_path = data_dir / "val.bin"
     # The bar to clear, on exactly the validation tokens evaluate() predicts.
@@ -357,7 +365,8 @@ def train(argv=None, build_model=None):
 
     def run_eval(at_step):
         start = time.perf_counter()
-        loss, n = U.evaluate(model, val_path, cfg["batch_size"], cfg["seq_len"], device, args.eval_batches)
+        with amp:
+            loss, n = U.evaluate(model, val_path, cfg["batch_size"], cfg["seq_len"], device, args.eval_batches)
         record = {"type": "eval", "step": at_step, "val_loss": loss, "val_ppl": math.exp(loss), "val_tokens": n,
                   "eval_time": time.perf_counter() - start}
         metrics.append(record)
@@ -395,7 +404,8 @@ def train(argv=None, build_model=None):
             loss_sum = 0.0
             for micro in range(cfg["grad_accum"]):
                 x, y = next(loader)
-                loss, vocab = U.lm_loss(model, x, y)
+                with amp:
+                    loss, vocab = U.lm_loss(model, x, y)
                 if args.test_hook_nan_at_step == step and micro == 0:
                     loss = loss * float("nan")
                 value = loss.item()
@@ -446,7 +456,8 @@ def train(argv=None, build_model=None):
     best_eval = min((r for r in records if r["type"] == "eval"), key=lambda r: r["val_loss"], default=None)
     summary = {
         "name": run_dir.name, "run_dir": str(run_dir), "model": cfg["model"], "attention": cfg["attention"],
-        "attention_density": density, "parameters": num_params, "device": args.device, "seq_len": cfg["seq_len"],
+        "attention_density": density, "parameters": num_params, "device": args.device,
+        "autocast": args.autocast, "seq_len": cfg["seq_len"],
         "batch_size": cfg["batch_size"], "grad_accum": cfg["grad_accum"], "step": step, "steps": cfg["steps"],
         "finished": step == cfg["steps"], "tokens_seen": tokens_seen, "train_time_s": train_time,
         "tokens_per_s": tokens_seen / train_time,
@@ -464,7 +475,8 @@ def train(argv=None, build_model=None):
         return summary
 
     if args.sample_tokens:
-        summary["sample"] = write_sample(args, model, data_dir, meta, run_dir, device)
+        with amp:
+            summary["sample"] = write_sample(args, model, data_dir, meta, run_dir, device)
     U.atomic_write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -100,9 +100,12 @@ def needle_step(s):
     loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
                                       device=device, seed=s["seed"])
 
+    amp = ndl.autocast(s["device"], enabled=s["autocast"] == "bfloat16")
+
     def step():
         x, y = next(loader)
-        loss, _ = U.lm_loss(model, x, y)
+        with amp:
+            loss, _ = U.lm_loss(model, x, y)
         value = loss.item()
         (loss * 1.0).backward()
         ndl.nn.utils.clip_grad_norm_(params, s["clip"])
@@ -116,7 +119,7 @@ def needle_step(s):
 def torch_step(s):
     """apps.compare's torch training step on a fresh transformers model; returns step()."""
     import needle as ndl
-    from apps.compare import torch_model_and_optimizer
+    from apps.compare import torch_autocast, torch_model_and_optimizer
 
     torch, model, optimizer, scheduler = torch_model_and_optimizer(s)
     device = torch.device(s["device"])
@@ -126,8 +129,9 @@ def torch_step(s):
 
     def step():
         x, y = (torch.from_numpy(t.numpy()).to(device, non_blocking=True) for t in next(loader))
-        logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with torch_autocast(torch, s):
+            logits = model(input_ids=x).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
         optimizer.step()
@@ -202,8 +206,9 @@ def main(argv=None):
     s = compare._settings(compare.build_parser().parse_args(rest))  # --seq-len, --batch-size, --data, ...
     makers = {"needle": needle_step, "torch": torch_step}
     results = [measure(n, makers[n], s, args) for n in args.frameworks]
-    print(f"{s['model']}, sequence length {s['seq_len']}, batch {s['batch_size']}, fp32 matmuls "
-          f"{s['matmul_precision']}, dense attention; {args.profiled} profiled steps")
+    print(f"{s['model']}, sequence length {s['seq_len']}, batch {s['batch_size']}, "
+          f"{compare.precision(s)}, fp32 matmuls {s['matmul_precision']}, dense attention; "
+          f"{args.profiled} profiled steps")
     print_table(results, args.top)
     if args.json:
         import torch

@@ -3,6 +3,7 @@
 // route through the differentiable functions of autograd/functional.h.
 #include <string>
 
+#include "autograd/autocast.h"
 #include "autograd/functional.h"
 #include "bindings.h"
 #include "ndarray/error.h"
@@ -300,6 +301,20 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
 
   m.def("is_grad_enabled", &grad_enabled);
   m.def("set_grad_enabled", &set_grad_enabled, py::arg("mode"));
+
+  // Autocast regions (python/needle/amp.py holds the context manager).
+  auto autocast_device = [](const std::string& type) {
+    NEEDLE_CHECK(type == "cpu" || type == "cuda", ValueError,
+                 "autocast: expected device_type 'cpu' or 'cuda', got '", type, "'");
+    return type == "cpu" ? DeviceType::CPU : DeviceType::CUDA;
+  };
+  m.def("get_autocast_state", [=](const std::string& device_type) {
+        AutocastState s = autocast_state(autocast_device(device_type));
+        return py::make_tuple(s.enabled, s.dtype);
+      }, py::arg("device_type"), "(enabled, dtype) of the calling thread's region for a device type.");
+  m.def("set_autocast_state", [=](const std::string& device_type, bool enabled, py::handle dtype) {
+        set_autocast_state(autocast_device(device_type), AutocastState{enabled, to_dtype(dtype)});
+      }, py::arg("device_type"), py::arg("enabled"), py::arg("dtype"));
 
   // Differentiable module-level functions on Tensors; python/needle/__init__.py exposes them as
   // ndl.matmul, ndl.cat, ... (the NDArray versions of the same names live in _C itself).

@@ -31,7 +31,8 @@ from ._C import (
 from .tensor import *  # noqa: F401,F403  (tensor(), creation, Tensor-aware functions)
 from .tensor import cat, concatenate, matmul, stack, tensor, where
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from . import array_api, cuda, data, init, nn, optim
+from .amp import autocast, get_autocast_dtype, is_autocast_enabled
+from . import amp, array_api, cuda, data, init, nn, optim
 from .serialization import load, save
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,5 +1,6 @@
 // matmul, linear, embedding and the fused neural-network ops (cross-entropy, layer norm),
 // with their gradients.
+#include "autograd/autocast.h"
 #include "autograd/functional.h"
 #include "ndarray/error.h"
 
@@ -140,7 +141,8 @@ struct LayerNormFn : Op {
 
 }  // namespace
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  const Tensor a = autocast_lower(a_in), b = autocast_lower(b_in);
   NEEDLE_CHECK(a.ndim() >= 1 && b.ndim() >= 1, ValueError,
                "matmul: both operands need at least 1 dimension, got shapes ",
                shape_str(a.shape()), " and ", shape_str(b.shape()));
@@ -150,7 +152,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return make_result(needle::matmul(a.data(), b.data()), std::make_shared<MatmulFn>(), {a, b});
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in) {
+  const Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in),
+               bias = autocast_lower(bias_in);
   NEEDLE_CHECK(weight.ndim() == 2, ValueError, "linear: expected a 2-D weight (out, in), got ",
                shape_str(weight.shape()));
   NEEDLE_CHECK(x.ndim() >= 1 && x.shape().back() == weight.shape()[1], ValueError,
@@ -174,8 +178,9 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
                      std::make_shared<EmbeddingFn>(ids.data()), {weight});
 }
 
-Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets, int64_t ignore_index,
                      Reduction reduction) {
+  const Tensor logits = autocast_float32(logits_in);
   NEEDLE_CHECK(logits.ndim() >= 1, ValueError, "cross_entropy: logits need a class dimension");
   NEEDLE_CHECK(is_floating(logits.dtype()), TypeError,
                "cross_entropy: expected floating logits, got ", dtype_name(logits.dtype()));
@@ -211,7 +216,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   return per_row;
 }
 
-Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
+  const Tensor x = autocast_float32(x_in);
   NEEDLE_CHECK(x.ndim() >= 1, ValueError, "layer_norm: expected at least 1 dimension");
   NEEDLE_CHECK(is_floating(x.dtype()), TypeError, "layer_norm: expected a floating input, got ",
                dtype_name(x.dtype()));

@@ -1,4 +1,5 @@
 // Reductions, softmax and logsumexp with their gradients.
+#include "autograd/autocast.h"
 #include "autograd/functional.h"
 #include "ndarray/error.h"
 
@@ -119,18 +120,21 @@ Tensor argmin(const Tensor& a, std::optional<int> dim, bool keepdim) {
   return Tensor(needle::argmin(a.data(), dim, keepdim));
 }
 
-Tensor logsumexp(const Tensor& a, int dim, bool keepdim) {
+Tensor logsumexp(const Tensor& a_in, int dim, bool keepdim) {
+  const Tensor a = autocast_float32(a_in);
   int d = normalize_dim(dim, a.ndim());
   return make_result(needle::logsumexp(a.data(), d, keepdim), std::make_shared<LogSumExpFn>(d),
                      {a});
 }
 
-Tensor softmax(const Tensor& a, int dim) {
+Tensor softmax(const Tensor& a_in, int dim) {
+  const Tensor a = autocast_float32(a_in);
   int d = normalize_dim(dim, a.ndim());
   return make_result(needle::softmax(a.data(), d), std::make_shared<SoftmaxFn>(d), {a});
 }
 
-Tensor log_softmax(const Tensor& a, int dim) {
+Tensor log_softmax(const Tensor& a_in, int dim) {
+  const Tensor a = autocast_float32(a_in);
   int d = normalize_dim(dim, a.ndim());
   return make_result(needle::log_softmax(a.data(), d), std::make_shared<LogSoftmaxFn>(d), {a});
 }

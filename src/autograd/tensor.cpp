@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "autograd/autocast.h"
 #include "autograd/functional.h"
 #include "ndarray/error.h"
 
@@ -159,6 +160,7 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
                  seed.device().str(), " but the output is on ", device().str());
   }
   EnableGradGuard mode(create_graph);
+  AutocastOffGuard autocast_off;  // gradients compute in the dtypes the forward chose
   std::vector<std::shared_ptr<TensorImpl>> order = topo_order(impl_);
   std::unordered_map<TensorImpl*, Tensor> grads;
   // Gradient buffers this loop allocated for scattering ops and that nothing else references yet:
@@ -193,9 +195,14 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
     const std::vector<Tensor>& inputs = node->op->inputs;
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (!inputs[i].defined() || !inputs[i].requires_grad() || !in_grads[i].defined()) continue;
+      // Each input's gradient has the input's dtype (as in PyTorch): where an op mixed dtypes
+      // (a bfloat16 branch added to a float32 residual), the branch's backward stays bfloat16.
+      Tensor g_in = in_grads[i].dtype() == inputs[i].dtype()
+                        ? std::move(in_grads[i])
+                        : astype(in_grads[i], inputs[i].dtype());
       Tensor& slot = grads[inputs[i].impl().get()];
       if (slot.defined()) owned.erase(slot.impl().get());
-      slot = accumulate(slot, in_grads[i]);
+      slot = accumulate(slot, g_in);
     }
     if (!retain_graph) {
       node->op.reset();  // releases the saved buffers as soon as they are used

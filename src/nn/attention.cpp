@@ -5,13 +5,18 @@
 #include <limits>
 #include <vector>
 
+#include "autograd/autocast.h"
 #include "ndarray/error.h"
 #include "nn/block_sparse_attention.h"
 
 namespace needle::nn {
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                     bool is_causal, double dropout_p, std::optional<double> scale) {
+  // Under autocast, one lower-precision op as a whole (torch's is a fused kernel): the inputs are
+  // cast once and the composition below, softmax included, runs in their dtype.
+  const Tensor q = autocast_lower(q_in), k = autocast_lower(k_in), v = autocast_lower(v_in);
+  AutocastOffGuard autocast_off;
   NEEDLE_CHECK(q.ndim() >= 2 && k.ndim() == q.ndim() && v.ndim() == q.ndim(), ValueError,
                "scaled_dot_product_attention: expected q, k, v of equal rank >= 2, got shapes ",
                shape_str(q.shape()), ", ", shape_str(k.shape()), ", ", shape_str(v.shape()));

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "autograd/autocast.h"
 #include "ndarray/error.h"
 
 namespace needle::nn {
@@ -63,9 +64,10 @@ struct BlockSparseAttentionFn : Op {
 
 }  // namespace
 
-Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+Tensor block_sparse_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                               const BlockSparseLayout& layout, std::optional<double> scale,
                               std::optional<int64_t> q_offset, NDArray* lse_out) {
+  const Tensor q = autocast_lower(q_in), k = autocast_lower(k_in), v = autocast_lower(v_in);
   const char* what = "block_sparse_attention";
   NEEDLE_CHECK(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, ValueError, what,
                ": expected 4-D (B, H, L, D) q, k, v, got shapes ", shape_str(q.shape()), ", ",

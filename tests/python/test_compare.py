@@ -99,3 +99,35 @@ def test_table_prints_from_the_jsons_and_writes_nothing(tmp_path, capsys):
     assert "mixed_within_0.05_nats_of_dense: NO (gap +0.0700 nats)" in out
     assert "mixed_faster_than_dense: yes (1.12x" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _finished(d, run, density, **overrides):
+    _write(d, run, 0, 4.3, 100.0, block_size=64, **overrides)
+    path = d / f"{run}.json"
+    r = json.loads(path.read_text())
+    r.update(attention=run, attention_density=density, val_ppl=70.0, train_time_s=200.0)
+    path.write_text(json.dumps(r))
+
+
+def test_table_names_the_precision_and_flags_runs_of_another(tmp_path, capsys):
+    # Results written before --autocast existed count as fp32 ("off"), so they still compare with
+    # fp32 runs; a bfloat16-autocast run among them is flagged.
+    _finished(tmp_path, "dense", 1.0)
+    _finished(tmp_path, "local", 0.119, autocast="off")
+    assert compare.main(["--table", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ", fp32, fp32 matmuls: highest" in out and "warning" not in out
+    _finished(tmp_path, "mixed", 0.483, autocast="bfloat16")
+    assert compare.main(["--table", "--out-dir", str(tmp_path)]) == 0
+    assert "warning: mixed ran with other settings than dense" in capsys.readouterr().out
+    for run in ("dense", "local"):
+        _finished(tmp_path, run, 1.0 if run == "dense" else 0.119, autocast="bfloat16")
+    assert compare.main(["--table", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ", bf16 autocast, fp32 matmuls: highest" in out and "warning" not in out
+
+
+def test_autocast_reaches_both_frameworks_settings():
+    s = compare._settings(compare.build_parser().parse_args(["--autocast", "bfloat16"]))
+    assert s["autocast"] == "bfloat16" and compare.precision(s) == "bf16 autocast"
+    assert compare._settings(compare.build_parser().parse_args([]))["autocast"] == "off"

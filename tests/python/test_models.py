@@ -436,6 +436,35 @@ def test_kv_cache_generation_matches_full_recompute(family, attention):
     assert generate(model, prompt, steps, eos_token_id=None) == want_seq
 
 
+def _rel(got, want):
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("attention", ["dense", "mixed"])
+@pytest.mark.parametrize("family", ["gpt_neox", "opt"])
+def test_autocast_logits_and_kv_cache(family, attention):
+    """Under bfloat16 autocast: the logits are bfloat16 and within bfloat16 rounding of float32's,
+    and decoding token by token with the KV cache (which then holds bfloat16 keys and values)
+    gives the full forward's logits."""
+    if attention != "dense" and not HAS_BLOCK_SPARSE:
+        pytest.skip("this needle build has no BlockSparseLayout")
+    cfg = CONFIGS[family]
+    model = randomise(build_model(cfg, attention=attention, block_size=16), seed=7, std=0.3)
+    ids = np.random.default_rng(9).integers(0, cfg.vocab_size, (1, 40))
+    want = logits_of(model, ids)
+    prompt = 21
+    with ndl.no_grad(), ndl.autocast("cpu"):
+        full = model(ids)
+        assert full.dtype == ndl.bfloat16
+        full = full.to(ndl.float32).numpy()
+        cache = model.make_kv_cache(ids.shape[1])
+        steps = [model(ids[:, :prompt], kv_cache=cache)]
+        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(prompt, ids.shape[1])]
+        cached = np.concatenate([s.to(ndl.float32).numpy() for s in steps], axis=1)
+    assert _rel(full, want) < 3e-2, _rel(full, want)
+    assert _rel(cached, full) < 2e-2, _rel(cached, full)
+
+
 def test_kv_cache_checks_capacity_and_batch():
     model = build_model(SMALL_NEOX)
     cache = model.make_kv_cache(4)

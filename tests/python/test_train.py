@@ -167,6 +167,40 @@ def test_cuda_runs_repeat_and_resume_bit_for_bit(corpus, tmp_path):
             assert np.array_equal(w[k].view(np.uint8), wa[k].view(np.uint8)), (name, k)
 
 
+def _check_autocast_run(corpus, reference, out, run, *device):
+    """A bfloat16-autocast run learns, stays near the float32 reference, keeps float32 weights,
+    records its setting, and a resumed run (which keeps the setting without being told) repeats
+    it step for step."""
+    common = (*device, "--steps", "12", "--save-interval", "12")
+    assert run(_args(corpus, out, "amp", *common, "--autocast", "bfloat16")) == 0
+    assert run(_args(corpus, out, "split", *common, "--autocast", "bfloat16", "--stop-at", "6")) == 0
+    assert run(_args(corpus, out, "split", "--resume")) == 0
+    amp, ref = _losses(out / "amp"), _losses(reference)
+    assert sorted(amp) == list(range(1, 13))
+    assert amp[12] < amp[1] - 0.5, amp
+    # bfloat16 rounding (8 significant bits) moves the trajectory a little, not the learning.
+    assert abs(amp[12] - ref[12]) < 0.1, (amp[12], ref[12])
+    assert amp != ref  # the region really computed in bfloat16
+    assert _losses(out / "split") == amp and _losses(out / "split", "eval") == _losses(out / "amp", "eval")
+    summary = json.loads((out / "split" / "summary.json").read_text())
+    assert summary["autocast"] == "bfloat16"
+    assert json.loads((out / "amp" / "config.json").read_text())["run"]["autocast"] == "bfloat16"
+    step, d = U.latest_checkpoint(out / "amp")
+    assert step == 12
+    assert {str(v.dtype) for v in ndl.load(d / "model.safetensors").values()} == {str(ndl.float32)}
+
+
+def test_autocast_run_learns_and_resumes_exactly(corpus, reference, tmp_path):
+    _check_autocast_run(corpus, reference, tmp_path, _run)
+
+
+@pytest.mark.skipif(not ndl.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_autocast_run_learns_and_resumes_exactly(corpus, reference, tmp_path):
+    # The same checks through the CUDA kernels: bfloat16 GEMMs and the bfloat16 attention kernels
+    # (wgmma on Hopper), against the float32 CPU reference run.
+    _check_autocast_run(corpus, reference, tmp_path, _run, "--device", "cuda")
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(corpus, reference, tmp_path, capfd):
     argv = _args(corpus, tmp_path, "nan", "--steps", "12", "--save-interval", "2")
     assert _run(argv + ["--test-hook-nan-at-step", "5"]) == train_app.EXIT_NONFINITE
