@@ -8,6 +8,7 @@
 #include <functional>
 #include <random>
 
+#include "autograd/autocast.h"
 #include "autograd/functional.h"
 #include "ndarray/error.h"
 #include "ndarray/random.h"
@@ -394,4 +395,48 @@ TEST_CASE("a training loop of a small MLP keeps a flat memory footprint", "[auto
   }
   CHECK(most == after_warmup);
   CHECK(last_loss < first_loss * 0.5);
+}
+
+TEST_CASE("a mixed-dtype op hands each input a gradient of its own dtype", "[autograd]") {
+  Tensor a(NDArray::randn({3, 4}, DType::BFloat16), true);
+  Tensor b(NDArray::randn({3, 4}, DType::Float32), true);
+  Tensor y = mul(a, b);  // float32
+  REQUIRE(y.dtype() == DType::Float32);
+  sum(y).backward();
+  CHECK(a.grad().dtype() == DType::BFloat16);
+  CHECK(b.grad().dtype() == DType::Float32);
+  // a.grad is b rounded to bfloat16.
+  CHECK(a.grad().data().astype(DType::Float64).to_vector<double>() ==
+        b.data().astype(DType::BFloat16).astype(DType::Float64).to_vector<double>());
+}
+
+TEST_CASE("autocast regions cast where they should, nest, and stay off during backward", "[autograd]") {
+  Tensor x(NDArray::randn({4, 8}, DType::Float32));
+  Tensor w(NDArray::randn({8, 8}, DType::Float32), true);
+  REQUIRE_FALSE(autocast_state(DeviceType::CPU).enabled);
+  Tensor loss;
+  {
+    AutocastGuard on(DeviceType::CPU, {true, DType::BFloat16});
+    Tensor h = matmul(x, w);
+    CHECK(h.dtype() == DType::BFloat16);
+    Tensor p = softmax(h, -1);
+    CHECK(p.dtype() == DType::Float32);
+    {
+      AutocastGuard off(DeviceType::CPU, {false, DType::BFloat16});
+      CHECK(matmul(x, w).dtype() == DType::Float32);
+    }
+    CHECK(autocast_state(DeviceType::CPU).enabled);
+    CHECK_FALSE(autocast_state(DeviceType::CUDA).enabled);
+    loss = sum(mul(p, p));
+    loss.backward();  // inside the region: the gradient's matmuls are not cast again
+  }
+  CHECK_FALSE(autocast_state(DeviceType::CPU).enabled);
+  CHECK(w.grad().dtype() == DType::Float32);
+  // The same gradient as the casts written by hand.
+  Tensor w2(w.data(), true);
+  Tensor h2 = matmul(astype(x, DType::BFloat16), astype(w2, DType::BFloat16));
+  Tensor p2 = softmax(astype(h2, DType::Float32), -1);
+  sum(mul(p2, p2)).backward();
+  CHECK(w.grad().data().to_vector<float>() == w2.grad().data().to_vector<float>());
+  CHECK_THROWS_AS(set_autocast_state(DeviceType::CPU, {true, DType::Float64}), TypeError);
 }
