@@ -37,10 +37,15 @@ Tensor autocast_lower(const Tensor& t) {
   return s.enabled && t.dtype() == DType::Float32 ? astype(t, s.dtype) : t;
 }
 
+DType autocast_float32_dtype(const Tensor& t) {
+  const AutocastState& s = state_of(t.device().type);
+  return s.enabled && t.dtype() == DType::BFloat16 ? DType::Float32 : t.dtype();
+}
+
 Tensor autocast_float32(const Tensor& t) {
   if (!t.defined()) return t;
-  const AutocastState& s = state_of(t.device().type);
-  return s.enabled && t.dtype() == DType::BFloat16 ? astype(t, DType::Float32) : t;
+  const DType dt = autocast_float32_dtype(t);
+  return dt == t.dtype() ? t : astype(t, dt);
 }
 
 }  // namespace needle

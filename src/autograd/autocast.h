@@ -5,7 +5,8 @@
 //   lower precision: matmul, linear, scaled_dot_product_attention, block_sparse_attention
 //                    (float32 inputs are cast; float64 ones are left alone, as torch does)
 //   float32:         layer_norm, softmax, log_softmax, logsumexp, cross_entropy
-//                    (bfloat16 inputs are cast)
+//                    (bfloat16 inputs are cast; cross_entropy's kernels read bfloat16 logits
+//                    as they are, computing and returning the loss in float32)
 // The casts are the differentiable astype, so a float32 parameter receives a float32 gradient.
 // The state is thread-local and kept per device type; backward() runs with every region off, and
 // the engine hands each input a gradient of its own dtype.
@@ -50,5 +51,9 @@ class AutocastOffGuard {
 Tensor autocast_lower(const Tensor& t);
 // t as a float32 op's input: float32 when a region is on for t's device and t is bfloat16.
 Tensor autocast_float32(const Tensor& t);
+// The dtype a float32 op returns for input t: what autocast_float32(t) would have. For a fused op
+// whose kernels read bfloat16 and compute in float32 anyway (cross_entropy), which so skips the
+// float32 copy of its input.
+DType autocast_float32_dtype(const Tensor& t);
 
 }  // namespace needle

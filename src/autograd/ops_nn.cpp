@@ -160,13 +160,14 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   NEEDLE_CHECK(x.ndim() >= 1 && x.shape().back() == weight.shape()[1], ValueError,
                "linear: input of shape ", shape_str(x.shape()), " does not match weight of shape ",
                shape_str(weight.shape()), " (expected last dim ", weight.shape()[1], ")");
-  NDArray y = needle::matmul(x.data(), weight.data().transpose(0, 1));
-  if (bias.defined()) {
+  if (bias.defined())
     NEEDLE_CHECK(bias.shape() == Shape{weight.shape()[0]}, ValueError,
                  "linear: expected bias of shape (", weight.shape()[0], ",), got ",
                  shape_str(bias.shape()));
-    y = needle::add(y, bias.data());
-  }
+  // One GEMM whose epilogue adds the bias (NDArray's matmul with a bias).
+  NDArray y = bias.defined()
+                  ? needle::matmul(x.data(), weight.data().transpose(0, 1), bias.data())
+                  : needle::matmul(x.data(), weight.data().transpose(0, 1));
   std::vector<Tensor> inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);
   return make_result(y, std::make_shared<LinearFn>(), inputs);
@@ -178,9 +179,12 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
                      std::make_shared<EmbeddingFn>(ids.data()), {weight});
 }
 
-Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets, int64_t ignore_index,
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                      Reduction reduction) {
-  const Tensor logits = autocast_float32(logits_in);
+  // A float32 op under autocast, without a float32 copy of the logits (a language model's largest
+  // tensor): the kernels read bfloat16 logits and compute in float32 either way, so only the loss
+  // changes dtype, and the logits' gradient is written in bfloat16 directly.
+  const DType loss_dtype = autocast_float32_dtype(logits);
   NEEDLE_CHECK(logits.ndim() >= 1, ValueError, "cross_entropy: logits need a class dimension");
   NEEDLE_CHECK(is_floating(logits.dtype()), TypeError,
                "cross_entropy: expected floating logits, got ", dtype_name(logits.dtype()));
@@ -202,14 +206,14 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets, int64_t ign
   NDArray loss = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   NDArray lse = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   if (rows > 0) be.cross_entropy_forward(x.ref(), t.ref(), ignore_index, rows, classes, loss.ref(), lse.ref());
-  Tensor per_row = make_result(loss.astype(logits.dtype()),
+  Tensor per_row = make_result(loss.astype(loss_dtype),
                                std::make_shared<CrossEntropyFn>(t, lse, ignore_index), {logits});
   switch (reduction) {
     case Reduction::None: return reshape(per_row, expect);
     case Reduction::Sum: return sum(per_row);
     case Reduction::Mean: {
       // Divide on the device (no host sync): the count of targets that are not ignored.
-      NDArray count = needle::sum(needle::ne(t, Scalar(ignore_index))).astype(logits.dtype());
+      NDArray count = needle::sum(needle::ne(t, Scalar(ignore_index))).astype(loss_dtype);
       return div(sum(per_row), Tensor(count));
     }
   }

@@ -25,12 +25,15 @@ using MutMap = Eigen::Map<RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 // of such products is parallelised over the batch instead.
 constexpr int64_t kSmallGemm = int64_t(1) << 21;
 
-// M = rows of C, N = cols of C, K = the contracted dim. C = alpha * op(A) op(B) + beta * C for
-// one matrix of the batch; T is float or double.
+// M = rows of C, N = cols of C, K = the contracted dim. C = alpha * op(A) op(B) + beta * C
+// (+ bias[j] on column j when bias is given) for one matrix of the batch; T is float or double.
 template <typename T>
 void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-              const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta) {
+              const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta, const T* bias) {
   MutMap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
+  auto add_bias = [&] {
+    if (bias != nullptr) C.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, n);
+  };
   if (k == 0 || alpha == T(0)) {
     // op(A) op(B) is empty (or scaled away): C = beta * C, never reading C when beta == 0, as
     // BLAS does, so an uninitialised output cannot leak NaNs.
@@ -39,6 +42,7 @@ void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const
     } else if (beta != T(1)) {
       C *= beta;
     }
+    add_bias();
     return;
   }
   // Stored shapes: A is (m, k), or (k, m) when transposed; likewise B.
@@ -56,6 +60,7 @@ void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const
   if (!trans_a && trans_b) product(A, B.transpose());
   if (trans_a && !trans_b) product(A.transpose(), B);
   if (trans_a && trans_b) product(A.transpose(), B.transpose());
+  add_bias();
 }
 
 // Copies a stored (rows, cols) bfloat16 matrix with leading dimension ld into compact float.
@@ -64,8 +69,8 @@ void widen(const bfloat16* src, int64_t rows, int64_t cols, int64_t ld, float* d
     for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = static_cast<float>(src[r * ld + c]);
 }
 
-// One bfloat16 matrix of the batch, computed in float: the operands are widened into scratch,
-// multiplied with Eigen's float GEMM, and the result rounded back once.
+// One bfloat16 matrix of the batch, computed in float: the operands (and the bias) are widened
+// into scratch, multiplied with Eigen's float GEMM, and the result rounded back once.
 void gemm_one_bf16(const GemmArgs& g, int64_t i) {
   const auto* a = static_cast<const bfloat16*>(g.a) + i * g.stride_a;
   const auto* b = static_cast<const bfloat16*>(g.b) + i * g.stride_b;
@@ -76,8 +81,11 @@ void gemm_one_bf16(const GemmArgs& g, int64_t i) {
   widen(a, a_rows, a_cols, g.lda, fa.data());
   widen(b, b_rows, b_cols, g.ldb, fb.data());
   if (g.beta != 0.0) widen(c, g.m, g.n, g.ldc, fc.data());
+  std::vector<float> fbias(g.bias != nullptr ? g.n : 0);
+  if (g.bias != nullptr) widen(static_cast<const bfloat16*>(g.bias), 1, g.n, g.n, fbias.data());
   gemm_one<float>(g.trans_a, g.trans_b, g.m, g.n, g.k, fa.data(), a_cols, fb.data(), b_cols,
-                  fc.data(), g.n, static_cast<float>(g.alpha), static_cast<float>(g.beta));
+                  fc.data(), g.n, static_cast<float>(g.alpha), static_cast<float>(g.beta),
+                  g.bias != nullptr ? fbias.data() : nullptr);
   for (int64_t r = 0; r < g.m; ++r)
     for (int64_t col = 0; col < g.n; ++col) c[r * g.ldc + col] = bfloat16(fc[r * g.n + col]);
 }
@@ -87,7 +95,7 @@ void gemm_one_typed(const GemmArgs& g, int64_t i) {
   gemm_one<T>(g.trans_a, g.trans_b, g.m, g.n, g.k, static_cast<const T*>(g.a) + i * g.stride_a,
               g.lda, static_cast<const T*>(g.b) + i * g.stride_b, g.ldb,
               static_cast<T*>(g.c) + i * g.stride_c, g.ldc, static_cast<T>(g.alpha),
-              static_cast<T>(g.beta));
+              static_cast<T>(g.beta), static_cast<const T*>(g.bias));
 }
 
 }  // namespace

@@ -46,7 +46,10 @@ struct ArrayRef {
 // Row-major batched GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch, with
 // op(A) of shape (m, k) and op(B) of shape (k, n). A is stored row-major as (m, k) with leading
 // dimension lda, or, when trans_a, as (k, m). Likewise B. C is (m, n) row-major with ldc.
-// Batch strides may be 0 (a broadcast operand). All three share `dtype`.
+// Batch strides may be 0 (a broadcast operand). All three share `dtype`. With `bias` (a compact
+// vector of n elements of `dtype`), C[b][i, j] = alpha * (op(A) op(B))[i, j] + beta * C[b][i, j]
+// + bias[j], added before the result is rounded to `dtype` (a GEMM epilogue where the backend
+// has one, so C is written once).
 struct GemmArgs {
   DType dtype = DType::Float32;
   bool trans_a = false, trans_b = false;
@@ -58,6 +61,7 @@ struct GemmArgs {
   void* c = nullptr;
   int64_t ldc = 0, stride_c = 0;
   double alpha = 1.0, beta = 0.0;
+  const void* bias = nullptr;
 };
 
 // A block-sparse attention layout as the kernels read it: the kept (query-block, key-block)

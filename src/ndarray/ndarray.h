@@ -237,6 +237,9 @@ NDArray argmin(const NDArray& a, std::optional<int> dim = {}, bool keepdim = fal
 // --- linear algebra and row ops -----------------------------------------------------------------------
 // NumPy matmul semantics: 1-D operands are promoted and the added dim removed; batch dims broadcast.
 NDArray matmul(const NDArray& a, const NDArray& b);
+// matmul(a, b) + bias with bias of shape (n) (n = b's last dim) added to every row, in one GEMM
+// whose epilogue adds it (a Linear layer's forward); bias is cast to the product's dtype.
+NDArray matmul(const NDArray& a, const NDArray& b, const NDArray& bias);
 NDArray softmax(const NDArray& a, int dim);
 NDArray log_softmax(const NDArray& a, int dim);
 NDArray logsumexp(const NDArray& a, int dim, bool keepdim = false);

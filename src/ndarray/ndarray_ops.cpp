@@ -290,7 +290,9 @@ static MatrixLayout matrix_layout(const NDArray& x) {
   return L;
 }
 
-NDArray matmul(const NDArray& a_in, const NDArray& b_in) {
+NDArray matmul(const NDArray& a_in, const NDArray& b_in) { return matmul(a_in, b_in, NDArray()); }
+
+NDArray matmul(const NDArray& a_in, const NDArray& b_in, const NDArray& bias_in) {
   check_same_device(a_in, b_in, "matmul");
   NEEDLE_CHECK(a_in.ndim() >= 1 && b_in.ndim() >= 1, ValueError,
                "matmul: both operands need at least 1 dimension, got shapes ",
@@ -308,6 +310,13 @@ NDArray matmul(const NDArray& a_in, const NDArray& b_in) {
   NEEDLE_CHECK(k == k2, ValueError, "matmul: shapes ", shape_str(a_in.shape()), " and ",
                shape_str(b_in.shape()), " are not aligned: ", k, " (dim -1 of the first) != ", k2,
                " (dim -2 of the second)");
+  NDArray bias;
+  if (bias_in.defined()) {
+    check_same_device(a_in, bias_in, "matmul");
+    NEEDLE_CHECK(bias_in.shape() == Shape{n} && !squeeze_n, ValueError, "matmul: expected a bias of shape (",
+                 n, ",) for a product with ", n, " columns, got ", shape_str(bias_in.shape()));
+    bias = bias_in.astype(dt).compact();
+  }
   Shape batch = broadcast_shapes(Shape(a.shape().begin(), a.shape().end() - 2),
                                  Shape(b.shape().begin(), b.shape().end() - 2));
   int64_t nbatch = shape_numel(batch);
@@ -337,6 +346,7 @@ NDArray matmul(const NDArray& a_in, const NDArray& b_in) {
     g.a = a.data_ptr(), g.lda = la.ld, g.stride_a = la.batch_stride;
     g.b = b.data_ptr(), g.ldb = lb.ld, g.stride_b = lb.batch_stride;
     g.c = out.data_ptr(), g.ldc = n, g.stride_c = m * n;
+    g.bias = bias.defined() ? bias.data_ptr() : nullptr;
     // A shared right operand and row-major, densely stacked left operands form one taller
     // GEMM (the Linear-layer case): better for every backend than many small ones.
     if (nbatch > 1 && g.stride_b == 0 && !g.trans_a && g.lda == k && g.stride_a == m * k) {

@@ -171,6 +171,26 @@ TEST_CASE("cpu gemm: alpha, beta and zero-size edge cases", "[cpu][gemm]") {
   std::vector<double> expected = {2 * 4 + 0.5, 2 * 5 + 0.5, 2 * 10 + 0.5, 2 * 11 + 0.5,
                                   2 * 0 + 1,   2 * 1 + 1,   2 * 4 + 1,    2 * 4 + 1};
   CHECK(C == expected);
+  // With a bias, added to every row of every batch item after alpha and beta.
+  std::vector<double> bias = {10, -20};
+  C = {1, 1, 1, 1, 2, 2, 2, 2};
+  g.bias = bias.data();
+  b.gemm(g);
+  for (size_t i = 0; i < expected.size(); ++i) CHECK(C[i] == expected[i] + bias[i % 2]);
+  // bfloat16 adds the bias in float before its one rounding: 16.125^2 = 260.015625, plus 1 is
+  // 261.015625, which rounds to 262; rounding the product first (to 260) and then adding 1 would
+  // give 261, a tie, rounded to the even 260.
+  {
+    std::vector<bfloat16> a1 = {bfloat16(16.125f)}, b1 = {bfloat16(16.125f)}, c1 = {bfloat16(0.0f)};
+    std::vector<bfloat16> k1 = {bfloat16(1.0f)};
+    GemmArgs h;
+    h.dtype = DType::BFloat16;
+    h.m = h.n = h.k = 1;
+    h.a = a1.data(), h.b = b1.data(), h.c = c1.data(), h.lda = h.ldb = h.ldc = 1;
+    h.bias = k1.data();
+    b.gemm(h);
+    CHECK(static_cast<float>(c1[0]) == 262.0f);
+  }
   // k == 0: C = beta * C, and beta == 0 overwrites even NaN.
   std::vector<float> Cf = {std::nanf(""), 3.0f};
   GemmArgs z;

@@ -321,19 +321,22 @@ TEST_CASE("cuda elementwise: views spanning 2^31 elements keep 64-bit offsets",
                {0, 0}, "before row 1");
 }
 
-TEST_CASE("cuda gemm: beta, k = 0, broadcast batch and transposed operands", "[cuda][gemm]") {
+TEST_CASE("cuda gemm: beta, k = 0, broadcast batch, transposed operands and a bias", "[cuda][gemm]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(707);
   for (DType dt : {DType::Float32, DType::Float64, DType::BFloat16}) {
     for (int64_t k : {int64_t(0), int64_t(1), int64_t(37)}) {
-      for (int trans = 0; trans < 4; ++trans) {
-        const bool ta = trans & 1, tb = trans & 2;
+      for (int trans = 0; trans < 8; ++trans) {
+        // With a bias: cuBLASLt's epilogue for bfloat16 and float32 (float64 adds it after).
+        const bool ta = trans & 1, tb = trans & 2, with_bias = trans & 4;
         const int64_t batch = 3, m = 5, n = 4;
-        INFO(dtype_name(dt) << " k=" << k << " trans_a=" << ta << " trans_b=" << tb);
+        INFO(dtype_name(dt) << " k=" << k << " trans_a=" << ta << " trans_b=" << tb
+                            << " bias=" << with_bias);
         // A is shared by every batch (stride 0); B and C are per batch.
         Pair a = random_pair(rng, ta ? Shape{k, m} : Shape{m, k}, dt);
         Pair b = random_pair(rng, tb ? Shape{batch, n, k} : Shape{batch, k, n}, dt);
         Pair c = random_pair(rng, {batch, m, n}, dt);
+        Pair bias = random_pair(rng, {n}, dt);
         for (int dev = 0; dev < 2; ++dev) {
           GemmArgs g;
           g.dtype = dt;
@@ -351,6 +354,7 @@ TEST_CASE("cuda gemm: beta, k = 0, broadcast batch and transposed operands", "[c
           g.stride_c = m * n;
           g.alpha = 0.5;
           g.beta = 2.0;
+          if (with_bias) g.bias = (dev ? bias.gpu : bias.cpu).data_ptr();
           (dev ? cuda_backend() : cpu_backend()).gemm(g);
         }
         Tolerance t = dt == DType::BFloat16  ? Tolerance{3e-2, 2e-2}
@@ -358,6 +362,35 @@ TEST_CASE("cuda gemm: beta, k = 0, broadcast batch and transposed operands", "[c
                                              : Tolerance{1e-12, 1e-12};
         expect_pair_close(c, t, "C");
       }
+    }
+  }
+}
+
+TEST_CASE("cuda matmul with a bias: any alignment of any operand, as the CPU computes it",
+          "[cuda][gemm]") {
+  NEEDLE_REQUIRE_GPU();
+  // Views that start 1..3 elements into their buffers (2-byte aligned for bfloat16), so cuBLASLt
+  // must be told each operand's alignment, and a Linear layer's shapes: (B, T, in) @ (in, out)^T.
+  Rng rng(717);
+  for (DType dt : {DType::Float32, DType::BFloat16}) {
+    for (int64_t shift : {int64_t(0), int64_t(1), int64_t(3)}) {
+      INFO(dtype_name(dt) << " shift=" << shift);
+      const int64_t B = 2, T = 37, in = 24, out = 40;
+      Pair xs = random_pair(rng, {B * T * in + shift}, dt);
+      Pair ws = random_pair(rng, {out * in + shift}, dt);
+      Pair bs = random_pair(rng, {out + shift}, dt);
+      NDArray got, want;
+      for (int dev = 0; dev < 2; ++dev) {
+        const NDArray& xb = dev ? xs.gpu : xs.cpu;
+        const NDArray& wb = dev ? ws.gpu : ws.cpu;
+        const NDArray& bb = dev ? bs.gpu : bs.cpu;
+        NDArray x = xb.slice(0, shift, shift + B * T * in).reshape({B, T, in});
+        NDArray w = wb.slice(0, shift, shift + out * in).reshape({out, in});
+        NDArray b = bb.slice(0, shift, shift + out);
+        (dev ? got : want) = matmul(x, w.transpose(0, 1), b);
+      }
+      Tolerance t = dt == DType::BFloat16 ? Tolerance{3e-2, 2e-2} : Tolerance{1e-4, 1e-5};
+      expect_close(read_host(got), read_host(want), t, "x @ w^T + b");
     }
   }
 }

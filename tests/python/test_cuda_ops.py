@@ -205,6 +205,32 @@ def test_matmul_and_grad(shapes, dtype):
     check_grads(a.n @ b.n, a.t @ b.t, [a, b], 1e-5 if dtype == "float32" else 2e-2, "matmul")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("x_shape", [(2, 37, 24), (5, 24), (1, 1, 24)], ids=str)
+def test_linear_with_bias_and_grad(x_shape, dtype):
+    # The forward is one GEMM with cuBLASLt's bias epilogue; the gradients are plain GEMMs and a sum.
+    x = Pair(randn(x_shape, dtype), dtype)
+    w = Pair(randn((40, 24), dtype), dtype)
+    b = Pair(randn((40,), dtype), dtype)
+    check_grads(ndl.nn.functional.linear(x.n, w.n, b.n), TF.linear(x.t, w.t, b.t), [x, w, b],
+                1e-5 if dtype == "float32" else 2e-2, "linear")
+
+
+def test_linear_with_bias_on_unaligned_views():
+    # Operands starting 1 and 3 elements into their buffers: the epilogue's algorithm must suit
+    # each pointer's alignment (cuBLASLt assumes 256 bytes unless told).
+    for dtype in ("float32", "bfloat16"):
+        for shift in (1, 3):
+            x, w, b = (randn(s, dtype) for s in ((3 * 24 + shift,), (40 * 24 + shift,), (40 + shift,)))
+            nx, nw, nb = (ndl.tensor(v.astype(np.float32), dtype=ndtype(dtype), device="cuda")
+                          for v in (x, w, b))
+            got = ndl.nn.functional.linear(nx[shift:].reshape(3, 24), nw[shift:].reshape(40, 24),
+                                           nb[shift:])
+            tx, tw, tb = (torch.tensor(v[shift:], dtype=torch.float64, device=TDEV) for v in (x, w, b))
+            want = TF.linear(tx.reshape(3, 24), tw.reshape(40, 24), tb)
+            check(got, want, 1e-5 if dtype == "float32" else 2e-2, f"{dtype} linear, shift {shift}")
+
+
 def test_matmul_tf32_precision():
     a, b = Pair(randn((256, 512))), Pair(randn((512, 128)))
     ndl.set_float32_matmul_precision("high")
