@@ -8,6 +8,9 @@ the trace: GPU busy time per step (the union of kernel, memcpy and memset interv
 (the step's span minus busy), kernel launches per step, and GPU time by category and by kernel.
 
     PYTHONPATH=python python3 bench/profile_train_step.py --json runs/profile_train_step.json
+    PYTHONPATH=python python3 bench/profile_train_step.py --autocast bfloat16   # both under autocast
+
+apps.compare's options (--seq-len, --batch-size, --data, --autocast, ...) set the step.
 
 Prints tables and writes JSON; needs a CUDA build of needle, torch and transformers.
 """
