@@ -1,7 +1,7 @@
 """CUDA kernel benchmark: needle's CUDA ops against torch on the same GPU, in the same run.
 
 Usage (on the GPU machine, with needle._C built there):
-    PYTHONPATH=python python3 bench/bench_cuda.py [out.json] [--only-strided]
+    PYTHONPATH=python python3 bench/bench_cuda.py [out.json] [--only-strided | --only-cross-entropy]
 
 What it measures (issue 4's bar):
   - device-to-device copy bandwidth, torch's `copy_` and needle's `copy_`, 64M float32: the
@@ -11,6 +11,8 @@ What it measures (issue 4's bar):
     layer_norm over rows of 512 (forward, affine): achieved GB/s from the bytes the op must move
     (each input read once, each output written once), the ratio to torch's same op, and the
     share of the copy bandwidth;
+  - cross-entropy over 16384 rows of 50304 classes (a Pythia-70M step's loss), float32 and
+    bfloat16, forward and forward + backward, from rows 16-byte aligned and one element off;
   - operands that are not one dense run, at Pythia-70M training shapes: a row-broadcast (bias)
     add, the (B, T, H, D) -> (B, H, T, D) copy around attention, a head slice times a table;
   - matmul at the Pythia-70M shapes (M x K x N = tokens x in x out), float32 without TF32
@@ -193,6 +195,47 @@ def bandwidth_cases():
     return copy_bw
 
 
+def cross_entropy_cases():
+    """The loss of a Pythia-70M training step: 16384 rows (batch 8 x 2048 tokens) of 50304
+    classes, float32 and bfloat16, forward and forward + backward, against torch's cross_entropy.
+    "aligned": rows start 16-byte aligned, which needle reads and writes in 16-byte chunks;
+    "offset": the same values one element into their buffer, which it takes element by element."""
+    F = ndl.nn.functional
+    rows, classes = 16384, 50304
+    y = torch.randint(0, classes, (rows,), device=TDEV)
+    ny = ndl.Tensor(A.NDArray(y.cpu().numpy(), device=NDEV))
+    for dt, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+        esz = 4 if dt == torch.float32 else 2
+        x = randn(rows, classes, dtype=dt)
+        padded = needle_from(torch.cat([torch.zeros(1, device=TDEV, dtype=dt), x.reshape(-1)]))
+        inputs = {"aligned": needle_from(x), "offset": padded[1:].reshape((rows, classes))}
+        tx = x.clone().requires_grad_(True)
+        for layout, arr in inputs.items():
+            nx = ndl.Tensor(arr)
+            nx.requires_grad = True
+
+            def nfwd(v, t):
+                with ndl.no_grad():
+                    return F.cross_entropy(v, t)
+
+            def nboth(v, t):
+                v.grad = None
+                F.cross_entropy(v, t).backward()
+                return v.grad
+
+            def tboth(v, t):
+                v.grad = None
+                torch.nn.functional.cross_entropy(v, t).backward()
+                return v.grad
+
+            case("cross_entropy", f"cross_entropy fwd {tag} {layout} {rows}x{classes}", [nx, ny],
+                 [tx, y], nfwd, lambda v, t: torch.nn.functional.cross_entropy(v.detach(), t),
+                 nbytes=esz * x.numel())
+            case("cross_entropy", f"cross_entropy fwd+bwd {tag} {layout} {rows}x{classes}",
+                 [nx, ny], [tx, y], nboth, tboth, nbytes=3 * esz * x.numel())
+        del x, padded, inputs, tx
+
+
 def strided_cases():
     """Operands that are not one dense run (the N-D strided kernel), at Pythia-70M training
     shapes (batch 8 x 2048 tokens, 8 heads of 64): the Linear bias add, the (B, T, H, D) ->
@@ -334,16 +377,19 @@ def main():
                         default=os.path.join(os.environ.get("OUT", "."), "bench_cuda.json"))
     parser.add_argument("--only-strided", action="store_true",
                         help="the copy ceiling and the strided cases only (a quick before/after)")
+    parser.add_argument("--only-cross-entropy", action="store_true",
+                        help="the copy ceiling and the cross-entropy cases only")
     args = parser.parse_args()
     out = args.out
     result = {"device": device, "torch": torch.__version__, "rows": ROWS}
     print(f"device: {device}", flush=True)
-    if args.only_strided:
+    if args.only_strided or args.only_cross_entropy:
         copy_bw = copy_case()
-        strided_cases()
+        strided_cases() if args.only_strided else cross_entropy_cases()
     else:
         copy_bw = bandwidth_cases()
         strided_cases()
+        cross_entropy_cases()
         matmul_cases()
     for r in ROWS:
         if r["unit"] == "GB/s":
@@ -353,7 +399,7 @@ def main():
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print_table(device, copy_bw)
-    if args.only_strided:
+    if args.only_strided or args.only_cross_entropy:
         return
 
     alloc = allocator_checks()

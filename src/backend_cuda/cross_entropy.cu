@@ -24,7 +24,9 @@ void check_targets_dtype(const ArrayRef& t, const char* op) {
 // R = rows, C = classes. One block per row: lse[r] = logsumexp(logits[r]),
 // loss[r] = lse[r] - logits[r, target[r]] (0 when the target is ignore_index). loss and lse are of
 // stats_dtype(logits) (backend.h): float32, or float64 for float64 logits, i.e. acc_t<T>.
-template <typename T>
+// Chunked: rows read in chunks of 8 with 16-byte loads (rows_in_chunks_of_8), a vocabulary's
+// usual case; otherwise element by element.
+template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
                                  DType target_dtype, int64_t target_stride, int64_t ignore_index,
@@ -34,7 +36,8 @@ __global__ void __launch_bounds__(1024)
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = logits + r * classes;
-    MaxSum<A> st = block_max_sum<A>(row, classes, scratch);
+    MaxSum<A> st = Chunked ? block_max_sum_chunked<A>(row, classes, scratch)
+                           : block_max_sum<A>(row, classes, scratch);
     if (threadIdx.x != 0) continue;
     const A l = max_sum_logsumexp(st);
     const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
@@ -51,8 +54,9 @@ __global__ void __launch_bounds__(1024)
 }
 
 // R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]),
-// a row of zeros when t[r] is ignore_index. One block per row.
-template <typename T>
+// a row of zeros when t[r] is ignore_index. One block per row; Chunked as in the forward (both
+// logits and dlogits in chunks of 8).
+template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     cross_entropy_backward_kernel(const T* __restrict__ logits, const void* targets,
                                   DType target_dtype, int64_t target_stride, const void* lse,
@@ -73,9 +77,22 @@ __global__ void __launch_bounds__(1024)
     }
     const A l = load_as<A>(lse, lse_dtype, r * lse_stride);
     const A g = load_as<A>(dloss, dloss_dtype, r * dloss_stride);
-    for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) {
-      A p = exp(convert<A>(row[c]) - l);
-      drow[c] = convert<T>(g * (c == t ? p - A(1) : p));
+    if constexpr (Chunked) {
+      for (int64_t c = int64_t(threadIdx.x) * 8; c < classes; c += int64_t(blockDim.x) * 8) {
+        alignas(16) T v[8];
+        load8(row + c, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const A p = exp(convert<A>(v[j]) - l);
+          v[j] = convert<T>(g * (c + j == t ? p - A(1) : p));
+        }
+        store8(drow + c, v);
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) {
+        A p = exp(convert<A>(row[c]) - l);
+        drow[c] = convert<T>(g * (c == t ? p - A(1) : p));
+      }
     }
   }
 }
@@ -99,12 +116,16 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   check_targets_dtype(targets, name);
   if (rows == 0) return;
   const int64_t ts = aux_stride(targets, name, "targets");
+  const bool chunked = rows_in_chunks_of_8(logits.data, classes);
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    cross_entropy_forward_kernel<scalar_t>
-        <<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
-            static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts,
-            ignore_index, rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),
-            static_cast<acc_t<scalar_t>*>(lse.data), device_error_flag());
+    // float64 (reference checks) stays element by element: eight pairs of doubles would spill.
+    auto kernel = cross_entropy_forward_kernel<scalar_t, false>;
+    if constexpr (sizeof(scalar_t) <= 4)
+      if (chunked) kernel = cross_entropy_forward_kernel<scalar_t, true>;
+    kernel<<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
+        static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index,
+        rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),
+        static_cast<acc_t<scalar_t>*>(lse.data), device_error_flag());
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }
@@ -131,12 +152,16 @@ void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, con
   const int64_t ts = aux_stride(targets, name, "targets");
   const int64_t ls = aux_stride(lse, name, "lse");
   const int64_t gs = aux_stride(dloss, name, "dloss");
+  const bool chunked =
+      rows_in_chunks_of_8(logits.data, classes) && rows_in_chunks_of_8(dlogits.data, classes);
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    cross_entropy_backward_kernel<scalar_t>
-        <<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
-            static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, lse.data,
-            lse.dtype, ls, dloss.data, dloss.dtype, gs, ignore_index, rows, classes,
-            static_cast<scalar_t*>(dlogits.data), device_error_flag());
+    auto kernel = cross_entropy_backward_kernel<scalar_t, false>;
+    if constexpr (sizeof(scalar_t) <= 4)
+      if (chunked) kernel = cross_entropy_backward_kernel<scalar_t, true>;
+    kernel<<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
+        static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, lse.data,
+        lse.dtype, ls, dloss.data, dloss.dtype, gs, ignore_index, rows, classes,
+        static_cast<scalar_t*>(dlogits.data), device_error_flag());
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }

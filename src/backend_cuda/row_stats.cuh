@@ -76,6 +76,48 @@ __device__ __forceinline__ A max_sum_logsumexp(MaxSum<A> st) {
   return st.m + log(st.s);
 }
 
+// Eight consecutive elements at p (16-byte aligned) with 16-byte accesses: one for bfloat16, two
+// for float32, four for float64. `v` must be 16-byte aligned (alignas(16) at the caller).
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, T (&v)[8]) {
+#pragma unroll
+  for (int i = 0; i < int(sizeof(T)) / 2; ++i)
+    reinterpret_cast<uint4*>(v)[i] = reinterpret_cast<const uint4*>(p)[i];
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const T (&v)[8]) {
+#pragma unroll
+  for (int i = 0; i < int(sizeof(T)) / 2; ++i)
+    reinterpret_cast<uint4*>(p)[i] = reinterpret_cast<const uint4*>(v)[i];
+}
+
+// Whether a row kernel may take the rows in chunks of 8 with load8/store8: every row starts
+// 16-byte aligned (the base is, and a row holds a multiple of 8 elements).
+inline bool rows_in_chunks_of_8(const void* base, int64_t cols) {
+  return cols % 8 == 0 && reinterpret_cast<uintptr_t>(base) % 16 == 0;
+}
+
+// block_max_sum for a row in chunks of 8 (rows_in_chunks_of_8): thread t loads chunks t,
+// t + blockDim.x, ... with 16-byte accesses, element j of each chunk going to its own running
+// pair, so eight exp chains run side by side; the pairs merge in a fixed order. The element-to-pair
+// assignment does not depend on T, so a bfloat16 row and its float32 copy give the same bits.
+template <typename A, typename T>
+__device__ __forceinline__ MaxSum<A> block_max_sum_chunked(const T* row, int64_t cols,
+                                                           MaxSum<A>* scratch) {
+  MaxSum<A> st[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) st[j] = MaxSum<A>{-INFINITY, A(0)};
+  for (int64_t c = int64_t(threadIdx.x) * 8; c < cols; c += int64_t(blockDim.x) * 8) {
+    alignas(16) T v[8];
+    load8(row + c, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) max_sum_add(st[j], convert<A>(v[j]));
+  }
+#pragma unroll
+  for (int j = 1; j < 8; ++j) st[0] = max_sum_merge(st[0], st[j]);
+  return block_merge_max_sum(st[0], scratch);
+}
+
 // Threads per row block: about 8 elements per thread, between one warp and 1024 threads.
 inline int row_block_threads(int64_t cols) {
   int64_t t = (cols / 8 + 31) / 32 * 32;

@@ -325,15 +325,43 @@ def test_layer_norm_and_grad(rows, d, affine, dtype):
     check_grads(n, t, pairs, tol, "layer_norm")
 
 
-@pytest.mark.parametrize("rows,classes", [(64, 10), (128, 50304), (33, 1000)])
+# Rows of a multiple of 8 classes are read in 16-byte chunks (50304, 1000), others one element at a
+# time (10, 1003).
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows,classes", [(64, 10), (128, 50304), (33, 1000), (5, 1003)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_cross_entropy_and_grad(rows, classes, reduction):
-    x = Pair(randn((rows, classes), scale=2.0))
+def test_cross_entropy_and_grad(rows, classes, reduction, dtype):
+    x = Pair(randn((rows, classes), dtype, scale=2.0), dtype)
     target = RNG.integers(0, classes, rows)
     target[::5] = -100  # ignored rows
     n = F.cross_entropy(x.n, ndl.tensor(target, device="cuda"), reduction=reduction)
     t = TF.cross_entropy(x.t, torch.tensor(target, device=TDEV), reduction=reduction)
-    check_grads(n, t, [x], TOL["float32"] * 5, f"cross_entropy ({reduction})")
+    check_grads(n, t, [x], TOL[dtype] * 5 if dtype == "float32" else TOL[dtype],
+                f"cross_entropy ({reduction})")
+
+
+@pytest.mark.parametrize("classes", [64, 63])
+def test_cross_entropy_special_values_match_the_cpu(classes):
+    # -inf logits (masked classes), a row of +inf, a row with a NaN and a row of all -inf but the
+    # target's, in the chunked (64) and element-wise (63) kernels, against the CPU kernels.
+    x = RNG.standard_normal((6, classes)).astype(np.float32)
+    x[0, ::3] = -np.inf
+    x[1, 5] = np.inf
+    x[2, 7] = np.nan
+    x[3, :] = -np.inf
+    x[3, 2] = 0.5
+    x[4, 1:] = -np.inf
+    target = np.array([1, 2, 3, 2, 0, 9])
+    for dtype in (ndl.float32, ndl.bfloat16):
+        got, want = [], []
+        for device, out in (("cuda", got), ("cpu", want)):
+            xs = ndl.tensor(x, dtype=dtype, device=device, requires_grad=True)
+            loss = F.cross_entropy(xs, ndl.tensor(target, device=device), reduction="none")
+            loss.backward(ndl.ones(6, dtype=loss.dtype, device=device))
+            out += [loss.detach().to(ndl.float32).numpy(), xs.grad.to(ndl.float32).numpy()]
+        for g, w, what in zip(got, want, ("loss", "grad")):
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{dtype} {what}")
+            np.testing.assert_allclose(g, w, rtol=2e-2, atol=1e-6, err_msg=f"{dtype} {what}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
