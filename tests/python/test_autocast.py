@@ -100,7 +100,7 @@ def grads(model):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("attention", ["dense", "local"])
 def test_region_equals_the_casts_written_by_hand(device, attention):
-    B, T, E, H, V = 2, 64, 32, 2, 50
+    B, T, E, H, V = 2, 64, 32, 2, 56  # V a multiple of 8: the CUDA loss reads rows in chunks
     ndl.manual_seed(1)
     model = Block(E, H, V, device)
     x = randn(B, T, E, device=device)
@@ -127,7 +127,7 @@ def test_region_equals_the_casts_written_by_hand(device, attention):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_close_to_a_float64_reference(device):
-    B, T, E, H, V = 2, 64, 32, 2, 50
+    B, T, E, H, V = 2, 64, 32, 2, 56  # V a multiple of 8: the CUDA loss reads rows in chunks
     ndl.manual_seed(2)
     model = Block(E, H, V, device)
     x = randn(B, T, E, device=device)
