@@ -107,7 +107,7 @@ struct LayerNormFn : Op {
     bool has_b = inputs.size() > 2 && inputs[2].defined();
     int64_t d = x.shape().back(), rows = d ? x.numel() / d : 0;
     NDArray x2 = x.data().reshape({rows, d}).compact();
-    NDArray dy = g.data().astype(x.dtype()).reshape({rows, d}).compact();
+    NDArray dy = g.data().reshape({rows, d}).compact();  // g has y's dtype, x's
     NDArray dx = NDArray::empty({rows, d}, x.dtype(), x.device());
     NDArray dw, db;
     ArrayRef wref, dwref, dbref;
@@ -165,9 +165,8 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
                  "linear: expected bias of shape (", weight.shape()[0], ",), got ",
                  shape_str(bias.shape()));
   // One GEMM whose epilogue adds the bias (NDArray's matmul with a bias).
-  NDArray y = bias.defined()
-                  ? needle::matmul(x.data(), weight.data().transpose(0, 1), bias.data())
-                  : needle::matmul(x.data(), weight.data().transpose(0, 1));
+  NDArray y = needle::matmul(x.data(), weight.data().transpose(0, 1),
+                             bias.defined() ? bias.data() : NDArray());
   std::vector<Tensor> inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);
   return make_result(y, std::make_shared<LinearFn>(), inputs);

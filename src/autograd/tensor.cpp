@@ -161,6 +161,9 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
   }
   EnableGradGuard mode(create_graph);
   AutocastOffGuard autocast_off;  // gradients compute in the dtypes the forward chose
+  // In the output's dtype, like every gradient the loop below hands on, so an op's gradient
+  // function always gets its output's dtype.
+  seed = astype(seed, dtype());
   std::vector<std::shared_ptr<TensorImpl>> order = topo_order(impl_);
   std::unordered_map<TensorImpl*, Tensor> grads;
   // Gradient buffers this loop allocated for scattering ops and that nothing else references yet:

@@ -24,8 +24,8 @@ void check_targets_dtype(const ArrayRef& t, const char* op) {
 // R = rows, C = classes. One block per row: lse[r] = logsumexp(logits[r]),
 // loss[r] = lse[r] - logits[r, target[r]] (0 when the target is ignore_index). loss and lse are of
 // stats_dtype(logits) (backend.h): float32, or float64 for float64 logits, i.e. acc_t<T>.
-// Chunked: rows read in chunks of 8 with 16-byte loads (rows_in_chunks_of_8), a vocabulary's
-// usual case; otherwise element by element.
+// Chunked: rows read in chunks of 8 with 16-byte loads (rows_chunkable), a vocabulary's usual
+// case; otherwise element by element.
 template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
@@ -36,8 +36,9 @@ __global__ void __launch_bounds__(1024)
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = logits + r * classes;
-    MaxSum<A> st = Chunked ? block_max_sum_chunked<A>(row, classes, scratch)
-                           : block_max_sum<A>(row, classes, scratch);
+    MaxSum<A> st;
+    if constexpr (Chunked) st = block_max_sum_chunked<A>(row, classes, scratch);
+    else st = block_max_sum<A>(row, classes, scratch);
     if (threadIdx.x != 0) continue;
     const A l = max_sum_logsumexp(st);
     const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
@@ -55,7 +56,7 @@ __global__ void __launch_bounds__(1024)
 
 // R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]),
 // a row of zeros when t[r] is ignore_index. One block per row; Chunked as in the forward (both
-// logits and dlogits in chunks of 8), taken for bfloat16 rows only (measured below).
+// logits and dlogits in chunks of 8), for bfloat16 rows only (backward_kernel_for).
 template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     cross_entropy_backward_kernel(const T* __restrict__ logits, const void* targets,
@@ -97,6 +98,26 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// The kernels for rows of T: chunked where the rows allow it and it was measured faster. The
+// forward for bfloat16 and float32 (float64, for reference checks, would spill eight pairs of
+// doubles); the backward for bfloat16 only: on one H100 (820d185, bench_cuda.py
+// --only-cross-entropy) the chunked backward took 1.16 against 2.00 ms in bfloat16 but 3.31
+// against 2.89 ms in float32.
+template <typename T>
+auto forward_kernel_for(const void* logits, int64_t classes) {
+  if constexpr (sizeof(T) <= 4)
+    if (rows_chunkable<T>(logits, classes)) return cross_entropy_forward_kernel<T, true>;
+  return cross_entropy_forward_kernel<T, false>;
+}
+
+template <typename T>
+auto backward_kernel_for(const void* logits, const void* dlogits, int64_t classes) {
+  if constexpr (sizeof(T) == 2)
+    if (rows_chunkable<T>(logits, classes) && rows_chunkable<T>(dlogits, classes))
+      return cross_entropy_backward_kernel<T, true>;
+  return cross_entropy_backward_kernel<T, false>;
+}
+
 }  // namespace
 
 // R = rows, C = classes.
@@ -116,12 +137,8 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   check_targets_dtype(targets, name);
   if (rows == 0) return;
   const int64_t ts = aux_stride(targets, name, "targets");
-  const bool chunked = rows_in_chunks_of_8(logits.data, classes);
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    // float64 (reference checks) stays element by element: eight pairs of doubles would spill.
-    auto kernel = cross_entropy_forward_kernel<scalar_t, false>;
-    if constexpr (sizeof(scalar_t) <= 4)
-      if (chunked) kernel = cross_entropy_forward_kernel<scalar_t, true>;
+    const auto kernel = forward_kernel_for<scalar_t>(logits.data, classes);
     kernel<<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
         static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index,
         rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),
@@ -152,14 +169,8 @@ void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, con
   const int64_t ts = aux_stride(targets, name, "targets");
   const int64_t ls = aux_stride(lse, name, "lse");
   const int64_t gs = aux_stride(dloss, name, "dloss");
-  const bool chunked =
-      rows_in_chunks_of_8(logits.data, classes) && rows_in_chunks_of_8(dlogits.data, classes);
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    // bfloat16 only: on one H100 (820d185, bench_cuda.py --only-cross-entropy) the chunked
-    // backward took 1.16 against 2.00 ms in bfloat16 but 3.31 against 2.89 ms in float32.
-    auto kernel = cross_entropy_backward_kernel<scalar_t, false>;
-    if constexpr (sizeof(scalar_t) == 2)
-      if (chunked) kernel = cross_entropy_backward_kernel<scalar_t, true>;
+    const auto kernel = backward_kernel_for<scalar_t>(logits.data, dlogits.data, classes);
     kernel<<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
         static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, lse.data,
         lse.dtype, ls, dloss.data, dloss.dtype, gs, ignore_index, rows, classes,

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "backend_cuda/cuda_common.cuh"
+#include "backend_cuda/row_cache.cuh"
 
 namespace needle::cuda {
 
@@ -91,13 +92,14 @@ __device__ __forceinline__ void store8(T* p, const T (&v)[8]) {
     reinterpret_cast<uint4*>(p)[i] = reinterpret_cast<const uint4*>(v)[i];
 }
 
-// Whether a row kernel may take the rows in chunks of 8 with load8/store8: every row starts
-// 16-byte aligned (the base is, and a row holds a multiple of 8 elements).
-inline bool rows_in_chunks_of_8(const void* base, int64_t cols) {
-  return cols % 8 == 0 && reinterpret_cast<uintptr_t>(base) % 16 == 0;
+// Whether the rows of a compact (rows, cols) array of T at `base` can be taken in chunks of 8
+// with load8/store8: they can be read in 16-byte vectors and hold whole chunks.
+template <typename T>
+bool rows_chunkable(const void* base, int64_t cols) {
+  return rows_vectorizable<T>(base, cols) && cols % 8 == 0;
 }
 
-// block_max_sum for a row in chunks of 8 (rows_in_chunks_of_8): thread t loads chunks t,
+// block_max_sum for a row in chunks of 8 (rows_chunkable): thread t loads chunks t,
 // t + blockDim.x, ... with 16-byte accesses, element j of each chunk going to its own running
 // pair, so eight exp chains run side by side; the pairs merge in a fixed order. The element-to-pair
 // assignment does not depend on T, so a bfloat16 row and its float32 copy give the same bits.

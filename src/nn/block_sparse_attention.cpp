@@ -44,7 +44,7 @@ struct BlockSparseAttentionFn : Op {
     NEEDLE_CHECK(be.block_sparse_attention_backward, RuntimeError, "the ", be.name,
                  " backend has no fused block_sparse_attention backward kernel");
     const BlockLayoutRef ref = layout.ref(q.device(), q.size(2), k.size(2), 0);
-    NDArray dout = g.data().astype(q.dtype()).compact();
+    NDArray dout = g.data().compact();  // g has the output's dtype, q's
     NDArray o = out.data().compact();
     NDArray dq = NDArray::empty(q.shape(), q.dtype(), q.device());
     NDArray dk = NDArray::empty(k.shape(), k.dtype(), k.device());

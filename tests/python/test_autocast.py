@@ -219,6 +219,24 @@ def test_gradients_have_their_inputs_dtype():
     np.testing.assert_allclose(a.grad.to(ndl.float64).numpy(), want, rtol=2e-2, atol=2e-2)
 
 
+def test_a_gradient_argument_of_another_dtype_is_cast_to_the_outputs():
+    # backward(gradient) in float32 for bfloat16 outputs of fused ops (layer_norm, block-sparse
+    # attention): their gradient functions get the output's dtype, as every other gradient.
+    x = randn(2, 64, 16, dtype=ndl.bfloat16, requires_grad=True)
+    y = F.layer_norm(x, [16])
+    g = randn(2, 64, 16)
+    y.backward(g)
+    want = x.grad.to(ndl.float32).numpy()
+    x.grad = None
+    F.layer_norm(x, [16]).backward(g.to(ndl.bfloat16))
+    assert x.grad.dtype == ndl.bfloat16
+    np.testing.assert_array_equal(x.grad.to(ndl.float32).numpy(), want)
+    q = randn(1, 2, 64, 16, dtype=ndl.bfloat16, requires_grad=True)
+    out = F.block_sparse_attention(q, q, q, Layout.local(64, 32, window=1, causal=True))
+    out.backward(randn(1, 2, 64, 16))
+    assert q.grad.dtype == ndl.bfloat16 and np.isfinite(q.grad.to(ndl.float32).numpy()).all()
+
+
 def test_errors_say_what_was_expected():
     with pytest.raises(TypeError, match="expected dtype bfloat16.*got float64"):
         ndl.autocast("cpu", dtype=ndl.float64)
