@@ -339,15 +339,11 @@ class GPTNeoXAttention(nn.Module):
     def forward(self, x, step, layer):
         B, T, E = x.shape
         qkv = self.query_key_value(x).reshape(B, T, self.num_heads, 3, self.head_dim)
-        rotary = self.rotary
-        packed = rotary is not None and B * T <= rotary.PACKED_MAX_TOKENS  # few tokens: fewer launches
-        if packed:
-            qkv = rotary.apply(qkv, step.offset)
         q = qkv[:, :, :, 0].permute(0, 2, 1, 3)  # (B, H, T, D) views
         k = qkv[:, :, :, 1].permute(0, 2, 1, 3)
         v = qkv[:, :, :, 2].permute(0, 2, 1, 3)
-        if rotary is not None and not packed:
-            q, k = rotary.rotate(q, step.offset), rotary.rotate(k, step.offset)
+        if self.rotary is not None:
+            q, k = self.rotary.rotate(q, step.offset), self.rotary.rotate(k, step.offset)
         if step.cache is not None:
             k, v = step.cache.extend(layer, k, v)
         o = self.kernel(q, k, v, step.offset, step.covered)

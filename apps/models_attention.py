@@ -201,25 +201,14 @@ class KVCache:
 
 class RotaryTables:
     """GPT-NeoX rotary embeddings: on the first rotary_dim dims of each head of q and k,
-    y = x * cos + swap(x) * sin, where swap exchanges their two halves and sin carries
-    rotate_half's sign; the other D - rotary_dim dims pass through.
-
-    Two ways to apply them, with the same arithmetic (results agree bit for bit):
-    - rotate(x): on q or k (B, H, T, D), computing only the rotated dims (Pythia rotates 16 of
-      64) and returning one compact tensor, which the attention kernels read without another copy.
-      The least memory traffic: training and long prompts use it.
-    - apply(qkv): on the whole per-head [q | k | v] projection (B, T, H, 3, D) in four kernels,
-      with cos 1 and sin 0 for v and the pass-through dims. Fewer kernel launches: decoding a few
-      tokens, where launches cost more than bytes, uses it (GPTNeoXAttention picks by
-      PACKED_MAX_TOKENS).
+    y = x * cos + rotate_half(x) * sin (F.rotary_embedding, one fused kernel forward and
+    backward, which reads q and k where they lie in the fused projection and writes them compact
+    for the attention kernels); the other D - rotary_dim dims pass through.
 
     The angles follow Hugging Face's float32 arithmetic (inv_freq = 1 / base^(arange(0, rot, 2) /
     rot) and position * inv_freq in float32) so logits agree to float32 rounding; tables are
-    cached per device, dtype and layout and regrown when a longer sequence arrives.
+    cached per device and dtype and regrown when a longer sequence arrives.
     """
-
-    # B * T at or below which GPTNeoXAttention uses apply() (launch-bound) rather than rotate().
-    PACKED_MAX_TOKENS = 1024
 
     def __init__(self, head_dim, rotary_dim, base, length):
         if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
@@ -228,49 +217,29 @@ class RotaryTables:
         self.head_dim, self.rotary_dim, self.base, self.length = head_dim, rotary_dim, base, length
         self._tables = {}
 
-    def _build(self, length, packed):
-        """(cos, sin): (length, rotary_dim) of [cos | cos] and [-sin | sin] per position, or for
-        the packed layout (length, 1, 3, head_dim) with q and k rotating and the rest cos 1, sin 0."""
+    def _build(self, length):
+        """(cos, sin): (length, rotary_dim), [cos | cos] and [sin | sin] per position."""
         rot = self.rotary_dim
         exponent = np.arange(0, rot, 2, dtype=np.int64).astype(np.float32) / np.float32(rot)
         inv_freq = (np.float32(1.0) / (np.float32(self.base) ** exponent)).astype(np.float32)
         angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]  # float32
         cos = np.cos(angles.astype(np.float64)).astype(np.float32)
         sin = np.sin(angles.astype(np.float64)).astype(np.float32)
-        cos, sin = np.concatenate([cos, cos], axis=1), np.concatenate([-sin, sin], axis=1)
-        if not packed:
-            return cos, sin
-        cos_t = np.ones((length, 1, 3, self.head_dim), np.float32)
-        sin_t = np.zeros((length, 1, 3, self.head_dim), np.float32)
-        cos_t[:, 0, :2, :rot] = cos[:, None]  # q and k rotate; v does not
-        sin_t[:, 0, :2, :rot] = sin[:, None]
-        return cos_t, sin_t
+        return np.concatenate([cos, cos], axis=1), np.concatenate([sin, sin], axis=1)
 
-    def tables(self, offset, length, device, dtype, packed=False):
+    def tables(self, offset, length, device, dtype):
         end = offset + length
-        key = (str(device), str(dtype), packed)
+        key = (str(device), str(dtype))
         cached = self._tables.get(key)
         if cached is None or cached[0].shape[0] < end:
             size = max(self.length, end)
-            cos, sin = self._build(size, packed)
+            cos, sin = self._build(size)
             cached = (ndl.tensor(cos, dtype=dtype, device=device),
                       ndl.tensor(sin, dtype=dtype, device=device))
             self._tables[key] = cached
         return cached[0][offset:end], cached[1][offset:end]
 
     def rotate(self, x, offset):
-        """x (B, H, T, D) at positions offset.. (a view is fine) -> compact (B, H, T, D), rotated."""
-        rot, half = self.rotary_dim, self.rotary_dim // 2
+        """x (B, H, T, D) at positions offset.. (any view) -> compact (B, H, T, D), rotated."""
         cos, sin = self.tables(offset, x.shape[2], x.device, x.dtype)
-        part = x[..., :rot]
-        swapped = ndl.cat([part[..., half:], part[..., :half]], dim=-1)
-        rotated = part * cos + swapped * sin
-        return ndl.cat([rotated, x[..., rot:]], dim=-1) if rot < self.head_dim else rotated
-
-    def apply(self, qkv, offset):
-        """qkv (B, T, H, 3, D) at positions offset.. -> the same with q and k rotated."""
-        rot, half = self.rotary_dim, self.rotary_dim // 2
-        cos, sin = self.tables(offset, qkv.shape[1], qkv.device, qkv.dtype, packed=True)
-        swapped = ndl.cat([qkv[..., half:rot], qkv[..., :half], qkv[..., rot:]], dim=-1) \
-            if rot < self.head_dim else ndl.cat([qkv[..., half:rot], qkv[..., :half]], dim=-1)
-        return qkv * cos + swapped * sin
+        return F.rotary_embedding(x, cos, sin)

@@ -87,6 +87,30 @@ def summarise_trace(trace, steps):
     }
 
 
+def use_composed_rotary():
+    """For an A/B of the fused rotary kernel (--rotary composed): GPT-NeoX's rotary embedding as
+    needle computed it before F.rotary_embedding, in elementwise ops on views (the half-swap
+    concatenated, two products and a sum, the pass-through dims concatenated back), with the sign
+    of rotate_half folded into a cached sin table. Same numbers, to the bit."""
+    import needle as ndl
+    from apps.models_attention import RotaryTables
+
+    signed = {}
+
+    def rotate(self, x, offset):
+        rot, half = self.rotary_dim, self.rotary_dim // 2
+        cos, sin = self.tables(offset, x.shape[2], x.device, x.dtype)
+        key = (id(self), offset, x.shape[2], str(x.device), str(x.dtype))
+        if key not in signed:
+            signed[key] = ndl.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+        part = x[..., :rot]
+        swapped = ndl.cat([part[..., half:], part[..., :half]], dim=-1)
+        rotated = part * cos + swapped * signed[key]
+        return ndl.cat([rotated, x[..., rot:]], dim=-1) if rot < self.head_dim else rotated
+
+    RotaryTables.rotate = rotate
+
+
 def needle_step(s):
     """apps/train.py's training step (grad_accum 1) on a fresh model; returns step()."""
     import needle as ndl
@@ -202,22 +226,28 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--frameworks", nargs="+", choices=["needle", "torch"], default=["needle", "torch"])
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--rotary", choices=["fused", "composed"], default="fused",
+                   help="needle's rotary embedding: the fused kernel (F.rotary_embedding, as "
+                        "apps.train runs) or the elementwise composition it replaced (an A/B)")
     args, rest = p.parse_known_args(argv)
     for name in ("warmup", "timed", "profiled"):
         if getattr(args, name) < 1:
             p.error(f"--{name}: expected >= 1, got {getattr(args, name)}")
     s = compare._settings(compare.build_parser().parse_args(rest))  # --seq-len, --batch-size, --data, ...
+    if args.rotary == "composed":
+        use_composed_rotary()
     makers = {"needle": needle_step, "torch": torch_step}
     results = [measure(n, makers[n], s, args) for n in args.frameworks]
     print(f"{s['model']}, sequence length {s['seq_len']}, batch {s['batch_size']}, "
-          f"{compare.precision(s)}, fp32 matmuls {s['matmul_precision']}, dense attention; "
-          f"{args.profiled} profiled steps")
+          f"{compare.precision(s)}, fp32 matmuls {s['matmul_precision']}, dense attention, "
+          f"{args.rotary} rotary; {args.profiled} profiled steps")
     print_table(results, args.top)
     if args.json:
         import torch
         from apps import train_utils as U
 
-        U.atomic_write_json(Path(args.json), {"settings": s, "device": torch.cuda.get_device_name(),
+        U.atomic_write_json(Path(args.json), {"settings": s, "rotary": args.rotary,
+                                              "device": torch.cuda.get_device_name(),
                                               "torch": torch.__version__, "results": results})
 
 

@@ -357,6 +357,10 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
          return layer_norm(x, w.value_or(Tensor()), b.value_or(Tensor()), eps);
        }, py::arg("input"), py::arg("normalized_shape"), py::arg("weight") = py::none(),
        py::arg("bias") = py::none(), py::arg("eps") = 1e-5);
+  F.def("rotary_embedding", &rotary_embedding, py::arg("input"), py::arg("cos"), py::arg("sin"),
+        "input (..., T, D) with its first R dims rotated: input * cos + rotate_half(input) * sin "
+        "for cos, sin of shape (T, R), R even, rotate_half(x) = [-x[R/2:R], x[:R/2]] (GPT-NeoX, "
+        "Llama); the other dims pass through. One fused kernel each way; the result is compact.");
   F.def("gelu", [](const Tensor& x, const std::string& approximate) {
          NEEDLE_CHECK(approximate == "none" || approximate == "tanh", ValueError,
                       "gelu: approximate must be 'none' or 'tanh', got '", approximate, "'");

@@ -139,6 +139,34 @@ struct LayerNormFn : Op {
   }
 };
 
+// The rotary map (or, with `transpose`, its adjoint) on x (..., T, D) with constant tables. It is
+// linear in x, so its gradient is the other map, which can be differentiated in turn.
+Tensor rotary_map(const Tensor& x, const NDArray& cos, const NDArray& sin, bool transpose);
+
+struct RotaryFn : Op {
+  NDArray cos, sin;
+  bool transpose;
+  RotaryFn(NDArray c, NDArray s, bool t) : cos(std::move(c)), sin(std::move(s)), transpose(t) {}
+  const char* name() const override {
+    return transpose ? "rotary_embedding_backward" : "rotary_embedding";
+  }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    return {rotary_map(g, cos, sin, !transpose)};
+  }
+};
+
+Tensor rotary_map(const Tensor& x, const NDArray& cos, const NDArray& sin, bool transpose) {
+  const int nd = x.ndim();
+  const int64_t T = x.shape()[nd - 2], D = x.shape()[nd - 1];
+  const int64_t N = T * D == 0 ? 0 : x.numel() / (T * D);
+  // (N, T, D): a view of x's data where its leading dims merge (q or k sliced from a fused
+  // projection do), else a compact copy; the kernel reads any strides.
+  NDArray x3 = x.data().reshape({N, T, D});
+  NDArray out = NDArray::empty({N, T, D}, x.dtype(), x.device());
+  if (out.numel() > 0) x.data().backend().rotary(x3.ref(), cos.ref(), sin.ref(), transpose, out.ref());
+  return make_result(out.reshape(x.shape()), std::make_shared<RotaryFn>(cos, sin, transpose), {x});
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
@@ -245,6 +273,39 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   if (weight.defined() || bias.defined()) inputs.push_back(weight);
   if (bias.defined()) inputs.push_back(bias);
   return make_result(y.reshape(x.shape()), std::make_shared<LayerNormFn>(mean, rstd), inputs);
+}
+
+Tensor rotary_embedding(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_in) {
+  NEEDLE_CHECK(x_in.ndim() >= 2, ValueError,
+               "rotary_embedding: expected x of shape (..., T, D), got ", shape_str(x_in.shape()));
+  const int64_t T = x_in.shape()[x_in.ndim() - 2], D = x_in.shape().back();
+  NEEDLE_CHECK(cos_in.ndim() == 2 && cos_in.shape() == sin_in.shape() && cos_in.shape()[0] == T &&
+                   cos_in.shape()[1] % 2 == 0 && cos_in.shape()[1] <= D,
+               ValueError, "rotary_embedding: expected cos and sin of one shape (T, R) = (", T,
+               ", R) with R even and at most D = ", D, ", got ", shape_str(cos_in.shape()), " and ",
+               shape_str(sin_in.shape()));
+  NEEDLE_CHECK(is_floating(x_in.dtype()) && is_floating(cos_in.dtype()) && is_floating(sin_in.dtype()),
+               TypeError, "rotary_embedding: expected floating x, cos and sin, got ",
+               dtype_name(x_in.dtype()), ", ", dtype_name(cos_in.dtype()), " and ",
+               dtype_name(sin_in.dtype()));
+  NEEDLE_CHECK(cos_in.device() == x_in.device() && sin_in.device() == x_in.device(), RuntimeError,
+               "rotary_embedding: x on ", x_in.device().str(), " but cos on ",
+               cos_in.device().str(), " and sin on ", sin_in.device().str());
+  // In the promoted dtype, as the composition x * cos + rotate_half(x) * sin computes.
+  const DType dt = promote_types(x_in.dtype(), promote_types(cos_in.dtype(), sin_in.dtype()));
+  const Tensor x = astype(x_in, dt), cos = astype(cos_in, dt), sin = astype(sin_in, dt);
+  const int64_t R = cos.shape()[1];
+  if (cos.requires_grad() || sin.requires_grad() || !x.data().backend().rotary) {
+    // Learnable tables (or a backend without the kernel): the composition, differentiable in all.
+    auto last = [&](int64_t a, int64_t b) {
+      return getitem(x, {Index::ellipsis(), Index::slice(a, b)});
+    };
+    Tensor x_rot = R == D ? x : last(0, R);
+    Tensor rotated = concatenate({neg(last(R / 2, R)), last(0, R / 2)}, -1);
+    Tensor out = add(mul(x_rot, cos), mul(rotated, sin));
+    return R == D ? out : concatenate({out, last(R, D)}, -1);
+  }
+  return rotary_map(x, cos.data().compact(), sin.data().compact(), false);
 }
 
 Tensor gelu(const Tensor& a, bool tanh_approximation) {

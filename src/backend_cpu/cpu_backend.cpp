@@ -33,6 +33,7 @@ const Backend& cpu_backend() {
     b.layer_norm_backward = cpu_kernels::layer_norm_backward;
     b.cross_entropy_forward = cpu_kernels::cross_entropy_forward;
     b.cross_entropy_backward = cpu_kernels::cross_entropy_backward;
+    b.rotary = cpu_kernels::rotary;
     b.adamw = cpu_kernels::adamw;
     b.block_sparse_attention_forward = cpu_kernels::block_sparse_attention_forward;
     b.block_sparse_attention_backward = cpu_kernels::block_sparse_attention_backward;

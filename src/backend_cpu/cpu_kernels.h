@@ -51,6 +51,10 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
                          const ArrayRef& mean, const ArrayRef& rstd, int64_t rows, int64_t d,
                          const ArrayRef& dx, const ArrayRef* dweight, const ArrayRef* dbias);
 
+// rotary.cpp
+void rotary(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool transpose,
+            const ArrayRef& out);
+
 // adamw.cpp
 void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
            const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,

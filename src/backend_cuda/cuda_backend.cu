@@ -34,6 +34,7 @@ const Backend& cuda_backend() {
     b.random = cuda::random;
     b.layer_norm_forward = cuda::layer_norm_forward;
     b.layer_norm_backward = cuda::layer_norm_backward;
+    b.rotary = cuda::rotary;
     b.cross_entropy_forward = cuda::cross_entropy_forward;
     b.cross_entropy_backward = cuda::cross_entropy_backward;
     b.adamw = cuda::adamw;

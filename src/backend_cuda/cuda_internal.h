@@ -51,6 +51,10 @@ void index_add(const ArrayRef& src, const ArrayRef& index, int64_t outer, int64_
 void random(RandomKind kind, const ArrayRef& out, uint64_t seed, uint64_t offset, double p0,
             double p1);
 
+// rotary.cu
+void rotary(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool transpose,
+            const ArrayRef& out);
+
 // layer_norm.cu
 void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRef* bias, double eps,
                         int64_t rows, int64_t d, const ArrayRef& y, const ArrayRef& mean,

@@ -198,9 +198,24 @@ struct Backend {
   void (*cross_entropy_backward)(const ArrayRef& logits, const ArrayRef& targets,
                                  const ArrayRef& lse, const ArrayRef& dloss, int64_t ignore_index,
                                  int64_t rows, int64_t classes, const ArrayRef& dlogits);
+  // Rotary position embedding, GPT-NeoX / Llama's rotate_half convention, on x (N, T, D) (any
+  // strides) with cos, sin compact (T, R) of x's dtype, R even and <= D, h = R / 2; out compact
+  // (N, T, D) of x's dtype. Forward, on dims i < R of every row (n, t); dims >= R are copied:
+  //   out[i] = x[i] * cos[t, i] - x[i + h] * sin[t, i]   (i < h)
+  //   out[i] = x[i] * cos[t, i] + x[i - h] * sin[t, i]   (h <= i < R)
+  // transpose: the adjoint map (the forward's gradient with respect to x):
+  //   out[i] = x[i] * cos[t, i] + x[i + h] * sin[t, i + h]   (i < h)
+  //   out[i] = x[i] * cos[t, i] - x[i - h] * sin[t, i - h]   (h <= i < R)
+  // Each product and the sum are rounded to x's dtype, as separate elementwise kernels would
+  // round them (no fused multiply-add), so the result is the composition's to the bit.
+  void (*rotary)(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool transpose,
+                 const ArrayRef& out);
   // One AdamW step on compact float arrays of equal length (param, grad, exp_avg, exp_avg_sq):
   // decoupled decay p -= lr*wd*p, moments updated, p -= lr * mhat / (sqrt(vhat) + eps), with
   // bias corrections bc1 = 1 - beta1^step, bc2 = 1 - beta2^step.
+  void (*adamw)(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
+                const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                double weight_decay, double bias_correction1, double bias_correction2);
   // Block-sparse attention (B = batch, H = heads, Lq/Lk = lengths, D = head dim: any on the CPU,
   // a multiple of 8 up to 128 on CUDA).
   // q: compact (B, H, Lq, D); k, v: compact (B, H, Lk, D); all of one floating dtype (float32 or
@@ -218,9 +233,6 @@ struct Backend {
                                           const ArrayRef& dout, const BlockLayoutRef& layout,
                                           double scale, const ArrayRef& dq, const ArrayRef& dk,
                                           const ArrayRef& dv);
-  void (*adamw)(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
-                const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                double weight_decay, double bias_correction1, double bias_correction2);
 };
 
 // The dtype fused kernels keep statistics in (layer-norm mean/rstd, cross-entropy loss/lse).

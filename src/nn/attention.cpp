@@ -71,18 +71,10 @@ Tensor RotaryEmbedding::apply(const Tensor& x, int64_t offset) {
   NEEDLE_CHECK(x.ndim() >= 2 && x.shape().back() >= rotary_dim, ValueError,
                "rotary: expected (..., L, D) with D >= rotary_dim ", rotary_dim, ", got shape ",
                shape_str(x.shape()));
-  const int64_t L = x.shape()[x.ndim() - 2], D = x.shape().back(), half = rotary_dim / 2;
+  const int64_t L = x.shape()[x.ndim() - 2];
   auto [cos_full, sin_full] = tables(offset + L, x.device(), x.dtype());
-  Tensor cos_t(cos_full.slice(0, offset, offset + L)), sin_t(sin_full.slice(0, offset, offset + L));
-  auto last = [&](int64_t a, int64_t b) {
-    return getitem(x, {Index::ellipsis(), Index::slice(a, b)});
-  };
-  Tensor x_rot = rotary_dim == D ? x : last(0, rotary_dim);
-  Tensor x1 = getitem(x_rot, {Index::ellipsis(), Index::slice(0, half)});
-  Tensor x2 = getitem(x_rot, {Index::ellipsis(), Index::slice(half, rotary_dim)});
-  Tensor rotated = concatenate({neg(x2), x1}, -1);
-  Tensor out = add(mul(x_rot, cos_t), mul(rotated, sin_t));
-  return rotary_dim == D ? out : concatenate({out, last(rotary_dim, D)}, -1);
+  return rotary_embedding(x, Tensor(cos_full.slice(0, offset, offset + L)),
+                          Tensor(sin_full.slice(0, offset, offset + L)));
 }
 
 MultiHeadAttention::MultiHeadAttention(int64_t e, int64_t h, bool bias, bool fused, int64_t rd,

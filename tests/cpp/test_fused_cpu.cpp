@@ -248,3 +248,40 @@ TEST_CASE("adamw steps match torch.optim.AdamW's update written in float64", "[f
     }
   }
 }
+
+TEST_CASE("rotary forward and transpose match their float64 formulas on strided views",
+          "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  // x is a (N, T, D) = (3, 5, 12) view permuted out of (T, N, D) storage, as q is sliced and
+  // permuted out of a fused projection.
+  const int64_t N = 3, T = 5, D = 12;
+  for (int64_t R : {int64_t(2), int64_t(8), int64_t(12)}) {
+    INFO("R=" << R);
+    const int64_t h = R / 2;
+    NDArray x = random_array(400 + R, {T, N, D}, DType::Float64).permute({1, 0, 2});
+    NDArray cos = random_array(500 + R, {T, R}, DType::Float64);
+    NDArray sin = random_array(600 + R, {T, R}, DType::Float64);
+    const std::vector<double> xv = read_host(x).v, c = read_host(cos).v, s = read_host(sin).v;
+    for (bool transpose : {false, true}) {
+      INFO("transpose=" << transpose);
+      NDArray out = NDArray::empty({N, T, D}, DType::Float64);
+      b.rotary(x.ref(), cos.ref(), sin.ref(), transpose, out.ref());
+      std::vector<double> want(xv.size());
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t t = 0; t < T; ++t) {
+          const double* row = xv.data() + (n * T + t) * D;
+          double* o = want.data() + (n * T + t) * D;
+          const double* ct = c.data() + t * R;
+          const double* st = s.data() + t * R;
+          for (int64_t i = 0; i < h; ++i) {
+            o[i] = transpose ? row[i] * ct[i] + row[i + h] * st[i + h]
+                             : row[i] * ct[i] - row[i + h] * st[i];
+            o[i + h] = transpose ? row[i + h] * ct[i + h] - row[i] * st[i]
+                                 : row[i + h] * ct[i + h] + row[i] * st[i + h];
+          }
+          for (int64_t i = R; i < D; ++i) o[i] = row[i];
+        }
+      expect_values(out, want, Tolerance{1e-13, 1e-13}, "out");
+    }
+  }
+}

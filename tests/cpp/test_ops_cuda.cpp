@@ -142,6 +142,38 @@ TEST_CASE("cuda layer_norm forward and backward match the CPU kernels", "[cuda][
   cuda_synchronize();
 }
 
+TEST_CASE("cuda rotary matches the CPU kernel to the bit on strided views", "[cuda][fused]") {
+  NEEDLE_REQUIRE_GPU();
+  const Backend& cb = cpu_backend();
+  const Backend& gb = cuda_backend();
+  Rng rng(131);
+  struct Dims {
+    int64_t n, t, d, r;
+  };
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
+    for (Dims dims : {Dims{1, 1, 2, 2}, Dims{3, 7, 10, 6}, Dims{16, 130, 64, 16},
+                      Dims{4, 33, 80, 20}, Dims{2, 9, 128, 128}}) {
+      INFO(dtype_name(dt) << " N=" << dims.n << " T=" << dims.t << " D=" << dims.d
+                          << " R=" << dims.r);
+      // x: (N, T, D) permuted out of (T, N, D) storage (q sliced from a fused projection).
+      Pair storage = random_pair(rng, {dims.t, dims.n, dims.d}, dt);
+      Pair cos = random_pair(rng, {dims.t, dims.r}, dt), sin = random_pair(rng, {dims.t, dims.r}, dt);
+      for (bool transpose : {false, true}) {
+        INFO("transpose=" << transpose);
+        Pair out = empty_pair({dims.n, dims.t, dims.d}, dt);
+        for (int dev = 0; dev < 2; ++dev) {
+          const Backend& be = dev ? gb : cb;
+          auto pick = [&](Pair& p) { return (dev ? p.gpu : p.cpu); };
+          be.rotary(pick(storage).permute({1, 0, 2}).ref(), pick(cos).ref(), pick(sin).ref(),
+                    transpose, pick(out).ref());
+        }
+        expect_pair_close(out, Tolerance{0, 0}, "out");
+      }
+    }
+  }
+  cuda_synchronize();
+}
+
 TEST_CASE("cuda cross_entropy forward and backward match the CPU kernels", "[cuda][fused]") {
   NEEDLE_REQUIRE_GPU();
   const Backend& cb = cpu_backend();

@@ -51,3 +51,30 @@ def test_bad_input_is_an_error():
         prof.summarise_trace({"traceEvents": [_event("cpu_op", "aten::mm", 0, 5)]}, steps=1)
     with pytest.raises(ValueError, match="expected steps >= 1, got 0"):
         prof.summarise_trace({"traceEvents": []}, steps=0)
+
+
+def test_composed_rotary_ablation_gives_the_fused_kernels_numbers(monkeypatch):
+    # --rotary composed swaps RotaryTables.rotate for the elementwise composition needle ran
+    # before the fused kernel; the A/B is only fair if both give the same bits.
+    np = pytest.importorskip("numpy")
+    import needle as ndl
+    from apps.models_attention import RotaryTables
+
+    monkeypatch.setattr(RotaryTables, "rotate", RotaryTables.rotate)  # restored after the test
+    x = np.random.default_rng(3).standard_normal((2, 3, 11, 16)).astype(np.float32)
+    w = np.random.default_rng(4).standard_normal((2, 3, 11, 16)).astype(np.float32)
+    results = []
+    for composed in (False, True):
+        if composed:
+            prof.use_composed_rotary()
+        rot = RotaryTables(head_dim=16, rotary_dim=4, base=10000, length=8)
+        for dtype in (ndl.float32, ndl.bfloat16):
+            t = ndl.tensor(x, dtype=dtype, requires_grad=True)
+            y = rot.rotate(t.permute(0, 2, 1, 3).permute(0, 2, 1, 3), 5)
+            (y * ndl.tensor(w, dtype=dtype)).sum().backward()
+            results.append((y.detach().numpy(), t.grad.numpy()))
+    assert "use_composed_rotary" in RotaryTables.rotate.__qualname__  # the swap took effect
+    for fused, composed in zip(results[:2], results[2:]):
+        np.testing.assert_array_equal(fused[0], composed[0])
+        np.testing.assert_array_equal(fused[1], composed[1])
+    assert not np.array_equal(results[0][0][..., :4], x[..., :4])

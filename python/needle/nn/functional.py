@@ -1,5 +1,5 @@
 """Differentiable functions (torch.nn.functional names): the C++ ops of needle._C.functional plus
-the compositions of needle._C.nn (silu, rms_norm, mse_loss, attention, rotary)."""
+the compositions of needle._C.nn (silu, rms_norm, mse_loss, attention, apply_rotary)."""
 from .._C import functional as _F
 from .._C import nn as _nn
 from .._C.attention import block_sparse_attention
@@ -8,6 +8,7 @@ linear = _F.linear
 embedding = _F.embedding
 cross_entropy = _F.cross_entropy
 layer_norm = _F.layer_norm
+rotary_embedding = _F.rotary_embedding
 gelu = _F.gelu
 dropout = _F.dropout
 softmax = _F.softmax
