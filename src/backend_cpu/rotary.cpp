@@ -55,18 +55,7 @@ void rotary_typed(const ArrayRef& x, const T* cos, const T* sin, int64_t R, bool
 void rotary(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool transpose,
             const ArrayRef& out) {
   const char* name = "rotary";
-  NEEDLE_CHECK(x.ndim == 3 && out.ndim == 3 && cos.ndim == 2 && sin.ndim == 2, ValueError, name,
-               ": expected x and out (N, T, D) and cos, sin (T, R), got ", x.ndim, ", ", out.ndim,
-               ", ", cos.ndim, " and ", sin.ndim, " dims");
-  const int64_t T_len = x.shape[1], D = x.shape[2], R = cos.shape[1];
-  NEEDLE_CHECK(cos.shape[0] == T_len && sin.shape[0] == T_len && sin.shape[1] == R && R % 2 == 0 &&
-                   R <= D,
-               ValueError, name, ": expected cos and sin of shape (", T_len, ", R) with R even and <= ",
-               D, ", got (", cos.shape[0], ", ", R, ") and (", sin.shape[0], ", ", sin.shape[1], ")");
-  NEEDLE_CHECK(cos.dtype == x.dtype && sin.dtype == x.dtype && out.dtype == x.dtype, TypeError, name,
-               ": expected cos, sin and out of x's dtype ", dtype_name(x.dtype));
-  NEEDLE_CHECK(cos.is_compact() && sin.is_compact() && out.is_compact(), ValueError, name,
-               ": expected compact cos, sin and out");
+  const int64_t R = check_rotary_args(name, x, cos, sin, out);
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
     using T = scalar_t;
     rotary_typed<T>(x, static_cast<const T*>(cos.data), static_cast<const T*>(sin.data), R,

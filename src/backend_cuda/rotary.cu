@@ -68,18 +68,9 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
 void rotary(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool transpose,
             const ArrayRef& out) {
   const char* name = "cuda rotary";
-  NEEDLE_CHECK(x.ndim == 3 && out.ndim == 3 && cos.ndim == 2 && sin.ndim == 2, ValueError, name,
-               ": expected x and out (N, T, D) and cos, sin (T, R), got ", x.ndim, ", ", out.ndim,
-               ", ", cos.ndim, " and ", sin.ndim, " dims");
-  const int64_t N = x.shape[0], T_len = x.shape[1], D = x.shape[2], R = cos.shape[1];
-  NEEDLE_CHECK(cos.shape[0] == T_len && sin.shape[0] == T_len && sin.shape[1] == R && R % 2 == 0 &&
-                   R <= D && D <= (int64_t{1} << 30),
-               ValueError, name, ": expected cos and sin of shape (", T_len, ", R) with R even and <= ",
-               D, ", got (", cos.shape[0], ", ", R, ") and (", sin.shape[0], ", ", sin.shape[1], ")");
-  NEEDLE_CHECK(cos.dtype == x.dtype && sin.dtype == x.dtype && out.dtype == x.dtype, TypeError, name,
-               ": expected cos, sin and out of x's dtype ", dtype_name(x.dtype));
-  NEEDLE_CHECK(cos.is_compact() && sin.is_compact() && out.is_compact(), ValueError, name,
-               ": expected compact cos, sin and out");
+  const int64_t R = check_rotary_args(name, x, cos, sin, out);
+  const int64_t N = x.shape[0], T_len = x.shape[1], D = x.shape[2];
+  NEEDLE_CHECK(D <= (int64_t{1} << 30), ValueError, name, ": rows of at most 2^30 elements, got ", D);
   const int64_t rows = N * T_len;
   if (rows == 0 || D == 0) return;
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {

@@ -14,6 +14,7 @@
 
 #include "ndarray/device.h"
 #include "ndarray/dtype.h"
+#include "ndarray/error.h"
 #include "ndarray/ops.h"
 
 namespace needle {
@@ -234,6 +235,25 @@ struct Backend {
                                           double scale, const ArrayRef& dq, const ArrayRef& dk,
                                           const ArrayRef& dv);
 };
+
+// Backend::rotary's argument checks, shared by the backends' implementations; returns R.
+inline int64_t check_rotary_args(const char* name, const ArrayRef& x, const ArrayRef& cos,
+                                 const ArrayRef& sin, const ArrayRef& out) {
+  NEEDLE_CHECK(x.ndim == 3 && out.ndim == 3 && cos.ndim == 2 && sin.ndim == 2, ValueError, name,
+               ": expected x and out (N, T, D) and cos, sin (T, R), got ", x.ndim, ", ", out.ndim,
+               ", ", cos.ndim, " and ", sin.ndim, " dims");
+  const int64_t T = x.shape[1], D = x.shape[2], R = cos.shape[1];
+  NEEDLE_CHECK(out.shape[0] == x.shape[0] && out.shape[1] == T && out.shape[2] == D, ValueError,
+               name, ": expected out of x's shape");
+  NEEDLE_CHECK(cos.shape[0] == T && sin.shape[0] == T && sin.shape[1] == R && R % 2 == 0 && R <= D,
+               ValueError, name, ": expected cos and sin of shape (", T, ", R) with R even and <= ",
+               D, ", got (", cos.shape[0], ", ", R, ") and (", sin.shape[0], ", ", sin.shape[1], ")");
+  NEEDLE_CHECK(cos.dtype == x.dtype && sin.dtype == x.dtype && out.dtype == x.dtype, TypeError,
+               name, ": expected cos, sin and out of x's dtype ", dtype_name(x.dtype));
+  NEEDLE_CHECK(cos.is_compact() && sin.is_compact() && out.is_compact(), ValueError, name,
+               ": expected compact cos, sin and out");
+  return R;
+}
 
 // The dtype fused kernels keep statistics in (layer-norm mean/rstd, cross-entropy loss/lse).
 inline DType stats_dtype(DType input) {
