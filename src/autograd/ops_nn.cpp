@@ -159,8 +159,9 @@ Tensor rotary_map(const Tensor& x, const NDArray& cos, const NDArray& sin, bool 
   const int nd = x.ndim();
   const int64_t T = x.shape()[nd - 2], D = x.shape()[nd - 1];
   const int64_t N = T * D == 0 ? 0 : x.numel() / (T * D);
-  // (N, T, D): a view of x's data where its leading dims merge (q or k sliced from a fused
-  // projection do), else a compact copy; the kernel reads any strides.
+  // (N, T, D): a view of x's data where its leading dims merge, else a compact copy (the
+  // GPT-NeoX models' q and k, (B, H, T, D) views of the fused projection, are copied: B and H
+  // do not merge). The kernel reads any strides within that view.
   NDArray x3 = x.data().reshape({N, T, D});
   NDArray out = NDArray::empty({N, T, D}, x.dtype(), x.device());
   if (out.numel() > 0) x.data().backend().rotary(x3.ref(), cos.ref(), sin.ref(), transpose, out.ref());

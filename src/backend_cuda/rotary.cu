@@ -1,5 +1,5 @@
 // Rotary position embedding (backend.h: Backend::rotary), forward and its transpose, in one pass:
-// a strided (N, T, D) view in (q or k sliced from a fused projection), a compact (N, T, D) out.
+// a strided (N, T, D) view in, a compact (N, T, D) out.
 // A warp per row: lane j < h forms the pair (j, j + h), the other lanes copy the dims past R.
 // Products and sums are rounded one by one (__fmul_rn / __fadd_rn, never an FMA), as separate
 // elementwise kernels round them, so results equal the composition's bit for bit.
