@@ -202,9 +202,8 @@ class KVCache:
 class RotaryTables:
     """GPT-NeoX rotary embeddings: on the first rotary_dim dims of each head of q and k,
     y = x * cos + rotate_half(x) * sin (F.rotary_embedding: one fused kernel forward and one
-    backward, which write q and k compact for the attention kernels; their (B, H, T, D) views of
-    the fused projection are copied compact first, as the kernel reads (N, T, D)); the other
-    D - rotary_dim dims pass through.
+    backward, which read q and k as (B, H, T, D) views of the fused projection, in place, and
+    write them compact for the attention kernels); the other D - rotary_dim dims pass through.
 
     The angles follow Hugging Face's float32 arithmetic (inv_freq = 1 / base^(arange(0, rot, 2) /
     rot) and position * inv_freq in float32) so logits agree to float32 rounding; tables are

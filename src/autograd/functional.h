@@ -87,8 +87,9 @@ Tensor gelu(const Tensor& a, bool tanh_approximation);
 // Rotary position embedding, rotate_half convention (GPT-NeoX, Llama): x (..., T, D), cos and sin
 // (T, R) with R even and <= D. The first R dims of each row become x * cos + rotate_half(x) * sin,
 // where rotate_half(x) = [-x[R/2:R], x[:R/2]]; the other dims pass through. One fused kernel
-// forward and one backward; x may be any view (the kernel reads x as (N, T, D) with any strides,
-// so a view whose leading dims do not merge into N is copied compact first). The result is
+// forward and one backward; x may be any view (the kernel reads x as (P, Q, T, D) with any
+// strides, so q and k sliced from a fused projection are read in place; above four dims the
+// leading ones merge into P, copied compact where they cannot). The result is
 // compact, in the promoted dtype, and equals that composition's to the bit. Tables that require
 // grad take the composition.
 Tensor rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin);

@@ -157,15 +157,19 @@ struct RotaryFn : Op {
 
 Tensor rotary_map(const Tensor& x, const NDArray& cos, const NDArray& sin, bool transpose) {
   const int nd = x.ndim();
-  const int64_t T = x.shape()[nd - 2], D = x.shape()[nd - 1];
-  const int64_t N = T * D == 0 ? 0 : x.numel() / (T * D);
-  // (N, T, D): a view of x's data where its leading dims merge, else a compact copy (the
-  // GPT-NeoX models' q and k, (B, H, T, D) views of the fused projection, are copied: B and H
-  // do not merge). The kernel reads any strides within that view.
-  NDArray x3 = x.data().reshape({N, T, D});
-  NDArray out = NDArray::empty({N, T, D}, x.dtype(), x.device());
-  if (out.numel() > 0) x.data().backend().rotary(x3.ref(), cos.ref(), sin.ref(), transpose, out.ref());
-  return make_result(out.reshape(x.shape()), std::make_shared<RotaryFn>(cos, sin, transpose), {x});
+  const Shape& s = x.shape();
+  if (x.numel() == 0)
+    return make_result(NDArray::empty(s, x.dtype(), x.device()),
+                       std::make_shared<RotaryFn>(cos, sin, transpose), {x});
+  // (P, Q, T, D), the kernel's view, which reads any strides: x itself when 4-D (q or k as the
+  // (B, H, T, D) view of a fused projection), unit dims prepended below that, and above it the
+  // leading dims merged into P (a view where they merge, else a compact copy).
+  const Shape s4 = nd >= 4 ? Shape{-1, s[nd - 3], s[nd - 2], s[nd - 1]}
+                           : nd == 3 ? Shape{1, s[0], s[1], s[2]} : Shape{1, 1, s[0], s[1]};
+  NDArray x4 = nd == 4 ? x.data() : x.data().reshape(s4);
+  NDArray out = NDArray::empty(x4.shape(), x.dtype(), x.device());
+  if (out.numel() > 0) x.data().backend().rotary(x4.ref(), cos.ref(), sin.ref(), transpose, out.ref());
+  return make_result(out.reshape(s), std::make_shared<RotaryFn>(cos, sin, transpose), {x});
 }
 
 }  // namespace

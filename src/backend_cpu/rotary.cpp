@@ -24,14 +24,14 @@ T neg_t(T a) {
 template <typename T>
 void rotary_typed(const ArrayRef& x, const T* cos, const T* sin, int64_t R, bool transpose,
                   T* out) {
-  const int64_t N = x.shape[0], T_len = x.shape[1], D = x.shape[2], h = R / 2;
-  const int64_t sn = x.strides[0], st = x.strides[1], sd = x.strides[2];
+  const int64_t Q = x.shape[1], T_len = x.shape[2], D = x.shape[3], h = R / 2;
+  const int64_t sp = x.strides[0], sq = x.strides[1], st = x.strides[2], sd = x.strides[3];
   const T* xp = static_cast<const T*>(x.data);
-  parallel_for(N * T_len, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)),
+  parallel_for(x.shape[0] * Q * T_len, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)),
                [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const int64_t n = r / T_len, t = r % T_len;
-      const T* row = xp + n * sn + t * st;
+      const int64_t t = r % T_len, q = (r / T_len) % Q, p = r / (T_len * Q);
+      const T* row = xp + p * sp + q * sq + t * st;
       const T* c = cos + t * R;
       const T* s = sin + t * R;
       T* o = out + r * D;

@@ -199,9 +199,10 @@ struct Backend {
   void (*cross_entropy_backward)(const ArrayRef& logits, const ArrayRef& targets,
                                  const ArrayRef& lse, const ArrayRef& dloss, int64_t ignore_index,
                                  int64_t rows, int64_t classes, const ArrayRef& dlogits);
-  // Rotary position embedding, GPT-NeoX / Llama's rotate_half convention, on x (N, T, D) (any
-  // strides) with cos, sin compact (T, R) of x's dtype, R even and <= D, h = R / 2; out compact
-  // (N, T, D) of x's dtype. Forward, on dims i < R of every row (n, t); dims >= R are copied:
+  // Rotary position embedding, GPT-NeoX / Llama's rotate_half convention, on x (P, Q, T, D) (any
+  // strides: q as the (B, H, T, D) view of a fused projection) with cos, sin compact (T, R) of x's
+  // dtype, R even and <= D, h = R / 2; out compact (P, Q, T, D) of x's dtype. Forward, on dims
+  // i < R of every row (p, q, t); dims >= R are copied:
   //   out[i] = x[i] * cos[t, i] - x[i + h] * sin[t, i]   (i < h)
   //   out[i] = x[i] * cos[t, i] + x[i - h] * sin[t, i]   (h <= i < R)
   // transpose: the adjoint map (the forward's gradient with respect to x):
@@ -239,12 +240,12 @@ struct Backend {
 // Backend::rotary's argument checks, shared by the backends' implementations; returns R.
 inline int64_t check_rotary_args(const char* name, const ArrayRef& x, const ArrayRef& cos,
                                  const ArrayRef& sin, const ArrayRef& out) {
-  NEEDLE_CHECK(x.ndim == 3 && out.ndim == 3 && cos.ndim == 2 && sin.ndim == 2, ValueError, name,
-               ": expected x and out (N, T, D) and cos, sin (T, R), got ", x.ndim, ", ", out.ndim,
-               ", ", cos.ndim, " and ", sin.ndim, " dims");
-  const int64_t T = x.shape[1], D = x.shape[2], R = cos.shape[1];
-  NEEDLE_CHECK(out.shape[0] == x.shape[0] && out.shape[1] == T && out.shape[2] == D, ValueError,
-               name, ": expected out of x's shape");
+  NEEDLE_CHECK(x.ndim == 4 && out.ndim == 4 && cos.ndim == 2 && sin.ndim == 2, ValueError, name,
+               ": expected x and out (P, Q, T, D) and cos, sin (T, R), got ", x.ndim, ", ",
+               out.ndim, ", ", cos.ndim, " and ", sin.ndim, " dims");
+  const int64_t T = x.shape[2], D = x.shape[3], R = cos.shape[1];
+  for (int d = 0; d < 4; ++d)
+    NEEDLE_CHECK(out.shape[d] == x.shape[d], ValueError, name, ": expected out of x's shape");
   NEEDLE_CHECK(cos.shape[0] == T && sin.shape[0] == T && sin.shape[1] == R && R % 2 == 0 && R <= D,
                ValueError, name, ": expected cos and sin of shape (", T, ", R) with R even and <= ",
                D, ", got (", cos.shape[0], ", ", R, ") and (", sin.shape[0], ", ", sin.shape[1], ")");

@@ -252,19 +252,19 @@ TEST_CASE("adamw steps match torch.optim.AdamW's update written in float64", "[f
 TEST_CASE("rotary forward and transpose match their float64 formulas on strided views",
           "[fused][cpu]") {
   const Backend& b = cpu_backend();
-  // x is a (N, T, D) = (3, 5, 12) view permuted out of (T, N, D) storage, as q is sliced and
-  // permuted out of a fused projection.
-  const int64_t N = 3, T = 5, D = 12;
+  // x is a (B, H, T, D) = (2, 3, 5, 12) view sliced and permuted out of a (B, T, H, 3 * D)
+  // projection, as the GPT-NeoX model's q is; out is compact, row (b, h, t) at ((b * H + h) * T + t).
+  const int64_t B = 2, H = 3, N = B * H, T = 5, D = 12;
   for (int64_t R : {int64_t(2), int64_t(8), int64_t(12)}) {
     INFO("R=" << R);
     const int64_t h = R / 2;
-    NDArray x = random_array(400 + R, {T, N, D}, DType::Float64).permute({1, 0, 2});
+    NDArray x = random_array(400 + R, {B, T, H, 3 * D}, DType::Float64).slice(3, D, 2 * D).permute({0, 2, 1, 3});
     NDArray cos = random_array(500 + R, {T, R}, DType::Float64);
     NDArray sin = random_array(600 + R, {T, R}, DType::Float64);
     const std::vector<double> xv = read_host(x).v, c = read_host(cos).v, s = read_host(sin).v;
     for (bool transpose : {false, true}) {
       INFO("transpose=" << transpose);
-      NDArray out = NDArray::empty({N, T, D}, DType::Float64);
+      NDArray out = NDArray::empty({B, H, T, D}, DType::Float64);
       b.rotary(x.ref(), cos.ref(), sin.ref(), transpose, out.ref());
       std::vector<double> want(xv.size());
       for (int64_t n = 0; n < N; ++n)

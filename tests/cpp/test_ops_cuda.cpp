@@ -148,24 +148,27 @@ TEST_CASE("cuda rotary matches the CPU kernel to the bit on strided views", "[cu
   const Backend& gb = cuda_backend();
   Rng rng(131);
   struct Dims {
-    int64_t n, t, d, r;
+    int64_t b, h, t, d, r, skew;  // skew: x starts this many elements into its projection row
   };
   for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
-    for (Dims dims : {Dims{1, 1, 2, 2}, Dims{3, 7, 10, 6}, Dims{16, 130, 64, 16},
-                      Dims{4, 33, 80, 20}, Dims{2, 9, 128, 128}}) {
-      INFO(dtype_name(dt) << " N=" << dims.n << " T=" << dims.t << " D=" << dims.d
-                          << " R=" << dims.r);
-      // x: (N, T, D) permuted out of (T, N, D) storage (q sliced from a fused projection).
-      Pair storage = random_pair(rng, {dims.t, dims.n, dims.d}, dt);
+    // 16-byte chunks (aligned, R a multiple of two chunks) and single elements (the rest).
+    for (Dims dims : {Dims{1, 1, 1, 2, 2, 0}, Dims{3, 2, 7, 10, 6, 0}, Dims{2, 8, 130, 64, 16, 0},
+                      Dims{2, 8, 130, 64, 16, 1}, Dims{1, 4, 33, 80, 20, 0},
+                      Dims{2, 2, 9, 128, 128, 0}, Dims{1, 3, 17, 64, 32, 8}}) {
+      INFO(dtype_name(dt) << " B=" << dims.b << " H=" << dims.h << " T=" << dims.t << " D="
+                          << dims.d << " R=" << dims.r << " skew=" << dims.skew);
+      // x: the (B, H, T, D) view of q in a (B, T, H, 3D + skew) projection, as GPT-NeoX slices it.
+      const int64_t width = 3 * dims.d + dims.skew;
+      Pair storage = random_pair(rng, {dims.b, dims.t, dims.h, width}, dt);
       Pair cos = random_pair(rng, {dims.t, dims.r}, dt), sin = random_pair(rng, {dims.t, dims.r}, dt);
       for (bool transpose : {false, true}) {
         INFO("transpose=" << transpose);
-        Pair out = empty_pair({dims.n, dims.t, dims.d}, dt);
+        Pair out = empty_pair({dims.b, dims.h, dims.t, dims.d}, dt);
         for (int dev = 0; dev < 2; ++dev) {
           const Backend& be = dev ? gb : cb;
           auto pick = [&](Pair& p) { return (dev ? p.gpu : p.cpu); };
-          be.rotary(pick(storage).permute({1, 0, 2}).ref(), pick(cos).ref(), pick(sin).ref(),
-                    transpose, pick(out).ref());
+          NDArray x = pick(storage).slice(3, dims.skew, dims.skew + dims.d).permute({0, 2, 1, 3});
+          be.rotary(x.ref(), pick(cos).ref(), pick(sin).ref(), transpose, pick(out).ref());
         }
         expect_pair_close(out, Tolerance{0, 0}, "out");
       }
