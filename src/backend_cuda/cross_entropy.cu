@@ -24,8 +24,9 @@ void check_targets_dtype(const ArrayRef& t, const char* op) {
 // R = rows, C = classes. One block per row: lse[r] = logsumexp(logits[r]),
 // loss[r] = lse[r] - logits[r, target[r]] (0 when the target is ignore_index). loss and lse are of
 // stats_dtype(logits) (backend.h): float32, or float64 for float64 logits, i.e. acc_t<T>.
-// Chunked: rows read in chunks of 8 with 16-byte loads (rows_chunkable), a vocabulary's usual
-// case; otherwise element by element.
+// Chunked (bfloat16 and float32 only): rows read in chunks of 8 with 16-byte loads
+// (rows_chunkable), a vocabulary's usual case, by block_max_sum_chunked; otherwise element by
+// element (block_max_sum).
 template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
@@ -37,7 +38,7 @@ __global__ void __launch_bounds__(1024)
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = logits + r * classes;
     MaxSum<A> st;
-    if constexpr (Chunked) st = block_max_sum_chunked<A>(row, classes, scratch);
+    if constexpr (Chunked) st = block_max_sum_chunked(row, classes, scratch);
     else st = block_max_sum<A>(row, classes, scratch);
     if (threadIdx.x != 0) continue;
     const A l = max_sum_logsumexp(st);
@@ -104,10 +105,16 @@ __global__ void __launch_bounds__(1024)
 // --only-cross-entropy) the chunked backward took 1.16 against 2.00 ms in bfloat16 but 3.31
 // against 2.89 ms in float32.
 template <typename T>
-auto forward_kernel_for(const void* logits, int64_t classes) {
+struct ForwardLaunch {
+  decltype(&cross_entropy_forward_kernel<T, false>) kernel;
+  int threads;
+};
+template <typename T>
+ForwardLaunch<T> forward_kernel_for(const void* logits, int64_t classes) {
   if constexpr (sizeof(T) <= 4)
-    if (rows_chunkable<T>(logits, classes)) return cross_entropy_forward_kernel<T, true>;
-  return cross_entropy_forward_kernel<T, false>;
+    if (rows_chunkable<T>(logits, classes))
+      return {cross_entropy_forward_kernel<T, true>, chunked_row_threads(classes)};
+  return {cross_entropy_forward_kernel<T, false>, row_block_threads(classes)};
 }
 
 template <typename T>
@@ -138,8 +145,8 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   if (rows == 0) return;
   const int64_t ts = aux_stride(targets, name, "targets");
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    const auto kernel = forward_kernel_for<scalar_t>(logits.data, classes);
-    kernel<<<grid_for(rows, 1), row_block_threads(classes), 0, stream()>>>(
+    const auto launch = forward_kernel_for<scalar_t>(logits.data, classes);
+    launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(
         static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index,
         rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),
         static_cast<acc_t<scalar_t>*>(lse.data), device_error_flag());

@@ -340,6 +340,25 @@ def test_cross_entropy_and_grad(rows, classes, reduction, dtype):
                 f"cross_entropy ({reduction})")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("classes", [50304, 8200, 72])
+@pytest.mark.parametrize("order", ["rising", "falling"])
+def test_cross_entropy_running_maximum(order, classes, dtype):
+    # Logits over +-80 (their exps overflow float32 unless taken from the row's maximum), rising
+    # or falling along the row, so a thread's running maximum moves from one segment of chunks to
+    # the next (rising: every segment rescales the sums) or never does. 8200 and 72 classes leave
+    # threads with part of a segment or none. Against float64 on the same (rounded) logits.
+    ramp = np.linspace(-80.0, 80.0, classes)
+    x = rounded((ramp if order == "rising" else ramp[::-1]) + RNG.standard_normal((6, classes)),
+                dtype)
+    target = RNG.integers(0, classes, 6)
+    xs = ndl.tensor(x.astype(np.float32), dtype=ndtype(dtype), device="cuda")
+    got = to_np(F.cross_entropy(xs, ndl.tensor(target, device="cuda"), reduction="none"))
+    top = x.max(axis=1)
+    want = top + np.log(np.exp(x - top[:, None]).sum(axis=1)) - x[np.arange(6), target]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-5)
+
+
 @pytest.mark.parametrize("classes", [64, 63])
 def test_cross_entropy_special_values_match_the_cpu(classes):
     # -inf logits (masked classes), a row of +inf, a row with a NaN and a row of all -inf but the
