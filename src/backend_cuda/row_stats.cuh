@@ -110,44 +110,50 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 #endif
 }
 
-// Chunks of 8 a thread takes per segment in block_max_sum_chunked.
-constexpr int kMaxSumSegment = 4;
+// Elements a thread takes per segment in block_max_sum_segments.
+constexpr int kMaxSumSegment = 32;
 
-// block_max_sum for a float (bfloat16 or float32) row in chunks of 8 (rows_chunkable). Thread t
-// takes chunks t, t + blockDim.x, ... with 16-byte loads, kMaxSumSegment of them at a time (a
-// segment, all loads in flight together). Per segment: the segment's maximum (max_nan), one
-// rescale of the running sums to the new maximum, then exp(x - max) added element by element,
-// element j of each chunk to its own partial sum. No branch per element: the online update of
+// (max, sum) of a float (bfloat16 or float32) row over the whole block, in segments. Thread t
+// loads V elements at a time (V = 8: 16-byte chunks, for rows_chunkable rows; V = 1: one element,
+// any alignment), units t, t + blockDim.x, ..., kMaxSumSegment elements per segment (16 single
+// elements for V = 1) with all its loads in flight together. Per segment: the segment's maximum (max_nan), one rescale of the
+// thread's eight partial sums to the new maximum, then exp(x - max) added element by element,
+// element i of the segment to partial sum i % 8. No branch per element: the online update of
 // max_sum_add (a compare, a branch and for a new maximum a second exp, per element) left the
 // bfloat16 forward compute-bound at 0.9 TB/s on an H100 (820d185: 1.88 ms for 16384 x 50304
-// against torch's 1.53). The element-to-sum assignment and the segments depend only on the chunk
-// index, so a bfloat16 row and its float32 copy give the same bits. Special values as
+// against torch's 1.53). The element-to-sum assignment and the segments depend only on the
+// element's index, so a bfloat16 row and its float32 copy give the same bits. Special values as
 // max_sum_add: a NaN makes the maximum NaN; while the maximum is -inf the exponents are taken
 // from 0, so -inf elements add exp(-inf) = 0, never exp(-inf - -inf); a +inf maximum is the
 // row's answer (max_sum_logsumexp) whatever the sums hold.
-template <typename T>
-__device__ __forceinline__ MaxSum<float> block_max_sum_chunked(const T* row, int64_t cols,
-                                                               MaxSum<float>* scratch) {
-  constexpr int U = kMaxSumSegment;
+template <int V, typename T>
+__device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, int64_t cols,
+                                                                MaxSum<float>* scratch) {
+  static_assert(V == 1 || V == 8, "units of one element or of a 16-byte chunk of 8");
+  // Loads per segment: 4 chunks of 8, or 16 single elements (32 would spill a float32 row's).
+  constexpr int U = V == 8 ? kMaxSumSegment / V : kMaxSumSegment / 2;
   float m = -INFINITY;
   float s[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) s[j] = 0.0f;
-  const int64_t stride = int64_t(blockDim.x) * 8;
-  for (int64_t c0 = int64_t(threadIdx.x) * 8; c0 < cols; c0 += stride * U) {
-    alignas(16) T v[U][8];
+  const int64_t stride = int64_t(blockDim.x) * V;
+  for (int64_t c0 = int64_t(threadIdx.x) * V; c0 < cols; c0 += stride * U) {
+    alignas(16) T v[U][V];
     bool have[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      have[u] = c0 + u * stride < cols;
-      if (have[u]) load8(row + c0 + u * stride, v[u]);
+      const int64_t c = c0 + u * stride;
+      have[u] = c < cols;
+      if (!have[u]) continue;
+      if constexpr (V == 8) load8(row + c, v[u]);
+      else v[u][0] = row[c];
     }
     float seg = -INFINITY;
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (have[u])
 #pragma unroll
-        for (int j = 0; j < 8; ++j) seg = max_nan(seg, convert<float>(v[u][j]));
+        for (int j = 0; j < V; ++j) seg = max_nan(seg, convert<float>(v[u][j]));
     const float mnew = max_nan(m, seg);
     const float origin = mnew == -INFINITY ? 0.0f : mnew;
     const float scale = expf(m - origin);
@@ -157,7 +163,7 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_chunked(const T* row, int
     for (int u = 0; u < U; ++u)
       if (have[u])
 #pragma unroll
-        for (int j = 0; j < 8; ++j) s[j] += expf(convert<float>(v[u][j]) - origin);
+        for (int j = 0; j < V; ++j) s[(u * V + j) % 8] += expf(convert<float>(v[u][j]) - origin);
     m = mnew;
   }
   float total = s[0];
@@ -166,11 +172,11 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_chunked(const T* row, int
   return block_merge_max_sum(MaxSum<float>{m, total}, scratch);
 }
 
-// Threads per row block of block_max_sum_chunked: about one segment (kMaxSumSegment chunks of 8)
-// per thread, between one warp and 512 threads (16384 x 50304 bfloat16 logits: 512 threads,
-// about 12 chunks each, so each block's reduction is shared by more loads than at 1024).
-inline int chunked_row_threads(int64_t cols) {
-  int64_t t = (ceil_div(cols, 8 * kMaxSumSegment) + 31) / 32 * 32;
+// Threads per row block of block_max_sum_segments: about kMaxSumSegment elements per thread, between one
+// warp and 512 threads (16384 x 50304 bfloat16 logits: 512 threads, about 98 elements each, so
+// each block's reduction is shared by more loads than at 1024).
+inline int segmented_row_threads(int64_t cols) {
+  int64_t t = (ceil_div(cols, kMaxSumSegment) + 31) / 32 * 32;
   if (t < 32) t = 32;
   if (t > 512) t = 512;
   return static_cast<int>(t);

@@ -341,14 +341,15 @@ def test_cross_entropy_and_grad(rows, classes, reduction, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("classes", [50304, 8200, 72])
+@pytest.mark.parametrize("classes", [50304, 8200, 72, 8201, 75])
 @pytest.mark.parametrize("order", ["rising", "falling"])
 def test_cross_entropy_running_maximum(order, classes, dtype):
     # Logits over +-80 (their exps overflow float32 unless taken from the row's maximum), rising
-    # or falling along the row, so a thread's running maximum moves from one segment of chunks to
-    # the next (rising: every segment rescales the sums) or never does. 8200 and 72 classes leave
-    # threads with part of a segment or none. Against float64 on the same (rounded) logits; a
-    # bfloat16 loss is rounded to bfloat16 (one unit: 2^-8 relative).
+    # or falling along the row, so a thread's running maximum moves from one segment to the next
+    # (rising: every segment rescales the sums) or never does. 8200 and 72 classes leave threads
+    # with part of a segment or none; 8201 and 75 are read element by element, not in chunks of 8.
+    # Against float64 on the same (rounded) logits; a bfloat16 loss is rounded to bfloat16 (one
+    # unit: 2^-8 relative).
     ramp = np.linspace(-80.0, 80.0, classes)
     x = rounded((ramp if order == "rising" else ramp[::-1]) + RNG.standard_normal((6, classes)),
                 dtype)
