@@ -385,7 +385,10 @@ def main():
     print(f"device: {device}", flush=True)
     if args.only_strided or args.only_cross_entropy:
         copy_bw = copy_case()
-        strided_cases() if args.only_strided else cross_entropy_cases()
+        if args.only_strided:
+            strided_cases()
+        else:
+            cross_entropy_cases()
     else:
         copy_bw = bandwidth_cases()
         strided_cases()

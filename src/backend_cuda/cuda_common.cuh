@@ -201,6 +201,14 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N) VecN {
   T v[N];
 };
+template <typename T, int N>
+__device__ __forceinline__ VecN<T, N> load_vec(const T* p) {
+  return *reinterpret_cast<const VecN<T, N>*>(p);
+}
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* p, const VecN<T, N>& w) {
+  *reinterpret_cast<VecN<T, N>*>(p) = w;
+}
 
 // --- block reductions ----------------------------------------------------------------------------
 template <typename T>

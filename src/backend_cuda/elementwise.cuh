@@ -28,17 +28,12 @@ constexpr int vec_width() {
   return static_cast<int>(16 / max_size_of<Out, In...>());
 }
 
-template <typename T, int N>
-__device__ __forceinline__ VecN<T, N> load_vec(const T* p) {
-  return *reinterpret_cast<const VecN<T, N>*>(p);
-}
-
 template <int N, typename F, typename Out, typename... In>
 __device__ __forceinline__ void apply_vec(Out* out, const F& f, const VecN<In, N>&... v) {
   VecN<Out, N> o;
 #pragma unroll
   for (int j = 0; j < N; ++j) o.v[j] = f(v.v[j]...);
-  *reinterpret_cast<VecN<Out, N>*>(out) = o;
+  store_vec(out, o);
 }
 
 // n = number of elements. Each thread handles N consecutive elements per grid-stride step.

@@ -28,10 +28,11 @@ __device__ __forceinline__ T rotate_one(T a, T b, T c, T d, bool negate) {
   return convert<T>(add_rn(convert<A>(p1), second));
 }
 
+// V elements at p as an array: one 16-byte access (load_vec / store_vec), or a single element.
 template <typename T, int V>
 __device__ __forceinline__ void load_chunk(const T* p, T (&v)[V]) {
   if constexpr (V > 1) {
-    const VecN<T, V> w = *reinterpret_cast<const VecN<T, V>*>(p);
+    const VecN<T, V> w = load_vec<T, V>(p);
 #pragma unroll
     for (int k = 0; k < V; ++k) v[k] = w.v[k];
   } else {
@@ -45,7 +46,7 @@ __device__ __forceinline__ void store_chunk(T* p, const T (&v)[V]) {
     VecN<T, V> w;
 #pragma unroll
     for (int k = 0; k < V; ++k) w.v[k] = v[k];
-    *reinterpret_cast<VecN<T, V>*>(p) = w;
+    store_vec(p, w);
   } else {
     p[0] = v[0];
   }
@@ -132,8 +133,8 @@ void rotary(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool tr
   NEEDLE_DISPATCH_FLOATING(x.dtype, name, [&] {
     using T = scalar_t;
     const int V = chunk_width<T>(x, cos, sin, out, D, R);
-    NEEDLE_CHECK(out.numel() / V < (int64_t{1} << 31), ValueError, name, ": at most 2^31 chunks of ",
-                 V, " elements, got ", out.numel() / V);
+    NEEDLE_CHECK(out.numel() / V < (int64_t{1} << 31), ValueError, name,
+                 ": at most 2^31 chunks of ", V, " elements, got ", out.numel() / V);
     RotaryArgs a{x.data, x.strides[0], x.strides[1], x.strides[2], x.strides[3],
                  static_cast<uint32_t>(out.numel() / V), IntDivider(static_cast<uint32_t>(D / V)),
                  IntDivider(static_cast<uint32_t>(T_len)), IntDivider(static_cast<uint32_t>(Q)),

@@ -110,15 +110,13 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 #endif
 }
 
-// Elements a thread takes per segment in block_max_sum_segments.
-constexpr int kMaxSumSegment = 32;
-
 // (max, sum) of a float (bfloat16 or float32) row over the whole block, in segments. Thread t
 // loads V elements at a time (V = 8: 16-byte chunks, for rows_chunkable rows; V = 1: one element,
-// any alignment), units t, t + blockDim.x, ..., kMaxSumSegment elements per segment (16 single
-// elements for V = 1) with all its loads in flight together. Per segment: the segment's maximum (max_nan), one rescale of the
-// thread's eight partial sums to the new maximum, then exp(x - max) added element by element,
-// element i of the segment to partial sum i % 8. No branch per element: the online update of
+// any alignment), units t, t + blockDim.x, ..., a segment of U units with all its loads in flight
+// together: 4 chunks (32 elements), or 16 single elements (32 would spill a float32 row's). Per
+// segment: the segment's maximum (max_nan), one rescale of the thread's eight partial sums to the
+// new maximum, then exp(x - max) added element by element, element i of the segment to partial
+// sum i % 8. No branch per element: the online update of
 // max_sum_add (a compare, a branch and for a new maximum a second exp, per element) left the
 // bfloat16 forward compute-bound at 0.9 TB/s on an H100 (820d185: 1.88 ms for 16384 x 50304
 // against torch's 1.53). The element-to-sum assignment and the segments depend only on the
@@ -130,8 +128,7 @@ template <int V, typename T>
 __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, int64_t cols,
                                                                 MaxSum<float>* scratch) {
   static_assert(V == 1 || V == 8, "units of one element or of a 16-byte chunk of 8");
-  // Loads per segment: 4 chunks of 8, or 16 single elements (32 would spill a float32 row's).
-  constexpr int U = V == 8 ? kMaxSumSegment / V : kMaxSumSegment / 2;
+  constexpr int U = V == 8 ? 4 : 16;
   float m = -INFINITY;
   float s[8];
 #pragma unroll
@@ -172,11 +169,11 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, in
   return block_merge_max_sum(MaxSum<float>{m, total}, scratch);
 }
 
-// Threads per row block of block_max_sum_segments: about kMaxSumSegment elements per thread, between one
+// Threads per row block of block_max_sum_segments: about 32 elements per thread, between one
 // warp and 512 threads (16384 x 50304 bfloat16 logits: 512 threads, about 98 elements each, so
 // each block's reduction is shared by more loads than at 1024).
 inline int segmented_row_threads(int64_t cols) {
-  int64_t t = (ceil_div(cols, kMaxSumSegment) + 31) / 32 * 32;
+  int64_t t = (ceil_div(cols, 32) + 31) / 32 * 32;
   if (t < 32) t = 32;
   if (t > 512) t = 512;
   return static_cast<int>(t);

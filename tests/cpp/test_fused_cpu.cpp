@@ -258,7 +258,9 @@ TEST_CASE("rotary forward and transpose match their float64 formulas on strided 
   for (int64_t R : {int64_t(2), int64_t(8), int64_t(12)}) {
     INFO("R=" << R);
     const int64_t h = R / 2;
-    NDArray x = random_array(400 + R, {B, T, H, 3 * D}, DType::Float64).slice(3, D, 2 * D).permute({0, 2, 1, 3});
+    NDArray x = random_array(400 + R, {B, T, H, 3 * D}, DType::Float64)
+                    .slice(3, D, 2 * D)
+                    .permute({0, 2, 1, 3});
     NDArray cos = random_array(500 + R, {T, R}, DType::Float64);
     NDArray sin = random_array(600 + R, {T, R}, DType::Float64);
     const std::vector<double> xv = read_host(x).v, c = read_host(cos).v, s = read_host(sin).v;
