@@ -1,6 +1,8 @@
-// The numerically stable log-sum-exp of one row, shared by softmax.cu and cross_entropy.cu: each
-// thread keeps a running (max, sum of exp(x - max)) over its strided share of the row (one pass,
-// the "online softmax"), and the block merges the pairs with warp shuffles.
+// The numerically stable log-sum-exp of one row over a thread block, for softmax.cu's fallback row
+// kernel and cross_entropy.cu's forward: each thread keeps a (max, sum of exp(x - max)) pair over
+// its strided share of the row in one pass, and the block merges the pairs with warp shuffles.
+// bfloat16 and float32 rows are taken in segments (block_max_sum_segments), float64 rows element
+// by element with a running maximum (block_max_sum, the "online softmax").
 #pragma once
 #include <cmath>
 
@@ -60,8 +62,8 @@ __device__ __forceinline__ MaxSum<A> block_merge_max_sum(MaxSum<A> st, MaxSum<A>
   return st;
 }
 
-// (max, sum) of row[0, cols) over the whole block (blockDim.x a multiple of 32); every thread gets
-// the result. `scratch` holds 32 pairs.
+// (max, sum) of row[0, cols) over the whole block (blockDim.x a multiple of 32), element by element
+// with max_sum_add; every thread gets the result. `scratch` holds 32 pairs. For float64 rows.
 template <typename A, typename T>
 __device__ __forceinline__ MaxSum<A> block_max_sum(const T* row, int64_t cols, MaxSum<A>* scratch) {
   MaxSum<A> st{-INFINITY, A(0)};

@@ -10,8 +10,9 @@
 //  - other rows that fit in shared memory: a block per row, the row staged there (row_cache.cuh);
 // all take the maximum, then the sum of exp(x - max), then the output from the kept copy: two
 // cheap reductions and one exponential per element per pass, instead of rescaling a running sum.
-// Rows too long to stage, and logsumexp, use one block per row on the online max/sum of
-// row_stats.cuh (the long rows are read twice: statistics, then the output pass).
+// Rows too long to stage, and logsumexp, use one block per row on the (max, sum) of row_stats.cuh:
+// bfloat16 and float32 rows by segments (in 16-byte chunks where the rows allow), float64 rows by
+// the online update (the long rows are read twice: statistics, then the output pass).
 #include <cooperative_groups.h>
 
 #include "backend_cuda/cuda_internal.h"
@@ -21,8 +22,11 @@
 namespace needle::cuda {
 namespace {
 
-// R = rows, C = cols. out is (R, C) for Softmax / LogSoftmax and (R) for LogSumExp.
-template <typename T>
+// R = rows, C = cols. out is (R, C) for Softmax / LogSoftmax and (R) for LogSumExp. One block
+// per row. The statistics of bfloat16 and float32 rows by block_max_sum_segments: Chunked, in
+// chunks of 8 with 16-byte loads (rows_chunkable), otherwise element by element; of float64 rows
+// by block_max_sum. The output pass reads the row again element by element.
+template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     row_op_kernel(RowOp op, const T* __restrict__ x, int64_t rows, int64_t cols,
                   T* __restrict__ out) {
@@ -30,7 +34,11 @@ __global__ void __launch_bounds__(1024)
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = x + r * cols;
-    MaxSum<A> st = block_max_sum<A>(row, cols, scratch);
+    MaxSum<A> st;
+    if constexpr (sizeof(T) > 4)
+      st = block_max_sum<A>(row, cols, scratch);
+    else
+      st = block_max_sum_segments<(Chunked ? 8 : 1)>(row, cols, scratch);
     if (op == RowOp::LogSumExp) {
       if (threadIdx.x == 0) out[r] = convert<T>(max_sum_logsumexp(st));
       continue;
@@ -322,6 +330,24 @@ void launch_row_op_warp(RowOp op, const T* x, int64_t rows, int64_t cols, T* out
   kernel<<<grid, 32 * kWarpsPerBlock, 0, stream()>>>(op, x, rows, cols, out);
 }
 
+// row_op_kernel for rows of T and its threads per row: bfloat16 and float32 rows by segments,
+// chunked where the rows allow it; float64 rows (eight partial sums of doubles would spill) by
+// block_max_sum.
+template <typename T>
+struct RowOpLaunch {
+  decltype(&row_op_kernel<T, false>) kernel;
+  int threads;
+};
+template <typename T>
+RowOpLaunch<T> row_op_kernel_for(const void* x, int64_t cols) {
+  if constexpr (sizeof(T) <= 4) {
+    const int threads = segmented_row_threads(cols);
+    if (rows_chunkable<T>(x, cols)) return {row_op_kernel<T, true>, threads};
+    return {row_op_kernel<T, false>, threads};
+  }
+  return {row_op_kernel<T, false>, row_block_threads(cols)};
+}
+
 const char* row_op_name(RowOp op) {
   return op == RowOp::Softmax ? "softmax" : op == RowOp::LogSoftmax ? "log_softmax" : "logsumexp";
 }
@@ -370,8 +396,8 @@ void row_op(RowOp op, const ArrayRef& in, int64_t rows, int64_t cols, const Arra
       const unsigned grid = resident_grid(row_op_cached_kernel<T>, threads, smem, rows);
       row_op_cached_kernel<T><<<grid, threads, smem, stream()>>>(op, x, rows, cols, vec, o);
     } else {
-      row_op_kernel<T>
-          <<<grid_for(rows, 1), row_block_threads(cols), 0, stream()>>>(op, x, rows, cols, o);
+      const auto launch = row_op_kernel_for<T>(in.data, cols);
+      launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(op, x, rows, cols, o);
     }
     NEEDLE_CUDA_LAUNCH_CHECK();
   });

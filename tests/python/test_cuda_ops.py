@@ -6,9 +6,9 @@ to bfloat16 first, so both sides see the same numbers), and compares by the rela
 ||needle - torch|| / ||torch|| (METHOD.md's bounds: float32 far under 1e-3, bfloat16 1e-3..1e-2);
 NaN or inf where torch is finite fails. Covered: unary and binary elementwise ops (broadcasting
 included), reductions (the full reduction's two-stage path too), matmul, softmax / log_softmax
-(rows staged in shared memory, rows that cannot be read in vectors, vocabulary-sized rows),
-layer_norm, cross_entropy (ignore_index), embedding, gelu, and the backward of a small MLP with
-cross-entropy.
+(rows staged in shared memory, rows that cannot be read in vectors, vocabulary-sized rows, rows
+too long to stage), logsumexp (special values too), layer_norm, cross_entropy (ignore_index),
+embedding, gelu, and the backward of a small MLP with cross-entropy.
 
 Output blocks are poisoned first: NaN arrays of each output's size are allocated and freed just
 before the op, so needle's best-fit caching allocator hands those blocks to the kernels and an
@@ -305,6 +305,99 @@ def test_softmax_rows_of_an_offset_view(cols, dtype):
     for nfn, tfn in ((F.softmax, torch.softmax), (F.log_softmax, torch.log_softmax)):
         poison((5, cols), dtype=dtype)
         check(nfn(x.n[1:], -1), tfn(x.t[1:], -1), TOL[dtype], f"{nfn.__name__} of x[1:]")
+
+
+def logsumexp64(x):
+    """log(sum(exp(x))) along the last axis in float64, with needle's and torch's special values: a
+    NaN anywhere gives NaN, an infinite maximum is the answer (+inf, or -inf for a row of -inf)."""
+    m = x.max(axis=-1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        s = np.exp(x - np.where(np.isfinite(m), m, 0.0)[..., None]).sum(axis=-1)
+        return np.where(np.isinf(m), m, m + np.log(s))
+
+
+def cuda_rows(x, dtype, offset):
+    """x (rows, cols) on cuda as `dtype`; offset 1: a view one element into its buffer, so the rows
+    start off a 16-byte boundary and are read element by element whatever their length."""
+    flat = np.concatenate([np.zeros(offset), x.ravel()]).astype(np.float32)
+    t = ndl.tensor(flat, dtype=ndtype(dtype), device="cuda")[offset:].reshape(*x.shape)
+    assert (t.array.data_ptr() % 16 != 0) == (offset != 0)
+    return t
+
+
+def ramp_rows(rows, cols, order, dtype):
+    """Rows over +-80 (their exps overflow float32 unless taken from the row's maximum), rising or
+    falling along the row, rounded to dtype, as float64."""
+    ramp = np.linspace(-80.0, 80.0, cols)
+    return rounded((ramp if order == "rising" else ramp[::-1]) + RNG.standard_normal((rows, cols)),
+                   dtype)
+
+
+# logsumexp takes every row through row_op_kernel's segments: rising rows move a thread's maximum
+# from one segment to the next, falling rows never do. 72, 8200 and 50304 columns are read in
+# 16-byte chunks (8200 and 72 leave threads with part of a segment or none), 1, 7, 75 and 8201
+# element by element, and so is every row of a view one element into its buffer (offset 1).
+# Against float64 on the same (rounded) values; a bfloat16 result is rounded to bfloat16 (2^-8).
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("cols", [1, 7, 72, 75, 8200, 8201, 50304])
+@pytest.mark.parametrize("order", ["rising", "falling"])
+def test_logsumexp_running_maximum(order, cols, offset, dtype):
+    x = ramp_rows(6, cols, order, dtype)
+    poison((6,), dtype=dtype)
+    got = to_np(cuda_rows(x, dtype, offset).logsumexp(-1))
+    np.testing.assert_allclose(got, logsumexp64(x), rtol=1e-6 if dtype == "float32" else 2 ** -8,
+                               atol=2e-5)
+
+
+# NaN, +inf and -inf in the chunked (64, 8200, 50304) and element-wise (63, 8201) kernels: a NaN
+# anywhere gives NaN (also beside +inf), a row holding +inf gives +inf, a row of -inf gives -inf,
+# -inf elements add nothing (also before the row's first finite element).
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("cols", [64, 63, 8200, 8201, 50304])
+def test_logsumexp_special_values(cols, dtype):
+    x = ramp_rows(9, cols, "rising", dtype)
+    x[0, ::3] = -np.inf
+    x[1, 5] = np.inf
+    x[2, 7] = np.nan
+    x[3, :] = -np.inf
+    x[4, :-1] = -np.inf
+    x[4, -1] = 0.5
+    x[5, 3], x[5, -2] = np.nan, np.inf
+    x[6, 0], x[6, -1] = -np.inf, np.inf
+    x[7, -1] = np.nan
+    x[8, :cols // 2] = -np.inf
+    got = to_np(cuda_rows(x, dtype, 0).logsumexp(-1))
+    want = logsumexp64(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 2 ** -8, atol=2e-5)
+
+
+# Rows of 4 MB (float32) or 2 MB (bfloat16): more than the cached kernel's shared memory and than
+# a cluster of 8 blocks takes (about 1.8 MB on Hopper), so softmax and log_softmax take the
+# statistics from row_op_kernel's segments (1000000: in chunks, 1000001 and the view one element
+# into its buffer: element by element), then write the output in a second pass. Rising and falling
+# rows over +-80, a masked half, and rows of special values: NaN, +inf and all -inf give NaN rows,
+# as in torch.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("cols,offset", [(1000000, 0), (1000000, 1), (1000001, 0)])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_rows_beyond_shared_memory(cols, offset, log, dtype):
+    x = np.concatenate([ramp_rows(1, cols, "rising", dtype), ramp_rows(5, cols, "falling", dtype)])
+    x[2, ::2] = -np.inf
+    x[3, -1] = np.nan
+    x[4, cols // 3] = np.inf
+    x[5, :] = -np.inf
+    poison(x.shape, dtype=dtype)
+    xs = cuda_rows(x, dtype, offset)
+    got = to_np(xs.log_softmax(-1) if log else xs.softmax(-1))
+    with np.errstate(invalid="ignore"):
+        shifted = x - x.max(axis=1, keepdims=True)
+        log_s = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        want = shifted - log_s if log else np.exp(shifted - log_s)
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite], want[~finite])
+    check(got[finite], want[finite], TOL[dtype], "log_softmax" if log else "softmax")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
