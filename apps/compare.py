@@ -252,10 +252,10 @@ def run_torch(s, args, out_dir):
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        value = loss.item()  # read after the norm, before the optimizer step, as apps/train.py does
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        value = loss.item()  # waits for the GPU, as apps/train.py's loss.item() does
         seconds = time.perf_counter() - start
         train_time += seconds
         if not math.isfinite(value):

@@ -401,22 +401,27 @@ def train(argv=None, build_model=None):
             ndl.manual_seed(U.step_seed(cfg["seed"], step))
             lr = scheduler.get_last_lr()[0]
             start = time.perf_counter()
-            loss_sum = 0.0
+            losses = []
             for micro in range(cfg["grad_accum"]):
                 x, y = next(loader)
                 with amp:
                     loss, vocab = U.lm_loss(model, x, y)
                 if args.test_hook_nan_at_step == step and micro == 0:
                     loss = loss * float("nan")
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"non-finite training loss ({value}) at step {step}, micro-batch "
-                                        f"{micro + 1}{last_good(run_dir)}")
                 (loss * (1.0 / cfg["grad_accum"])).backward()
-                loss_sum += value
+                losses.append(loss.detach())
             if step == first_step and vocab < meta["vocab_size"]:
                 raise ValueError(f"the model predicts {vocab} tokens but {data_dir} uses a vocabulary of {meta['vocab_size']}")
             grad_norm = ndl.nn.utils.clip_grad_norm_(params, cfg["clip"]) if cfg["clip"] > 0 else float("nan")
+            # The losses are read once the backward passes are queued (the norm above has waited
+            # for them), so the GPU is not left idle between a forward pass and its backward.
+            # Nothing has touched the parameters yet when a check below stops the run.
+            values = [loss.item() for loss in losses]
+            for micro, value in enumerate(values):
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"non-finite training loss ({value}) at step {step}, micro-batch "
+                                        f"{micro + 1}{last_good(run_dir)}")
+            loss_sum = sum(values)
             if cfg["clip"] > 0 and not math.isfinite(grad_norm):
                 raise NonFiniteLoss(f"non-finite gradient norm ({grad_norm}) at step {step}{last_good(run_dir)}")
             optimizer.step()

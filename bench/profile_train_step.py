@@ -133,9 +133,9 @@ def needle_step(s):
         x, y = next(loader)
         with amp:
             loss, _ = U.lm_loss(model, x, y)
-        value = loss.item()
         (loss * 1.0).backward()
         ndl.nn.utils.clip_grad_norm_(params, s["clip"])
+        value = loss.item()
         optimizer.step()
         optimizer.zero_grad()
         return value
@@ -161,10 +161,11 @@ def torch_step(s):
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        value = loss.item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        return loss.item()
+        return value
 
     return step
 

@@ -36,31 +36,23 @@ void adamw_typed(int64_t n, P* p, const G* g, M* m, M* v, double lr, double beta
 
 }  // namespace
 
-// N = number of parameters in each of the four arrays.
-void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
-           const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-           double weight_decay, double bias_correction1, double bias_correction2) {
-  const int64_t n = param.numel();
-  NEEDLE_CHECK(grad.numel() == n && exp_avg.numel() == n && exp_avg_sq.numel() == n, ValueError,
-               "adamw: expected param, grad, exp_avg and exp_avg_sq of equal length, got ", n, ", ",
-               grad.numel(), ", ", exp_avg.numel(), " and ", exp_avg_sq.numel());
-  NEEDLE_CHECK(exp_avg.dtype == exp_avg_sq.dtype, TypeError,
-               "adamw: expected exp_avg and exp_avg_sq of one dtype, got ",
-               dtype_name(exp_avg.dtype), " and ", dtype_name(exp_avg_sq.dtype));
-  NEEDLE_CHECK(bias_correction1 > 0 && bias_correction2 > 0, ValueError,
-               "adamw: expected positive bias corrections (step >= 1), got ", bias_correction1,
-               " and ", bias_correction2);
-  NEEDLE_DISPATCH_FLOATING(param.dtype, "adamw", [&] {
-    using P = scalar_t;
-    NEEDLE_DISPATCH_FLOATING(grad.dtype, "adamw", [&] {
-      using G = scalar_t;
-      NEEDLE_DISPATCH_FLOATING(exp_avg.dtype, "adamw", [&] {
-        adamw_typed(n, static_cast<P*>(param.data), static_cast<const G*>(grad.data),
-                    static_cast<scalar_t*>(exp_avg.data), static_cast<scalar_t*>(exp_avg_sq.data),
-                    lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2);
+void adamw(const AdamWParam* params, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) check_adamw_param("adamw", params[i]);
+  for (int64_t i = 0; i < count; ++i) {
+    const AdamWParam& a = params[i];
+    NEEDLE_DISPATCH_FLOATING(a.param.dtype, "adamw", [&] {
+      using P = scalar_t;
+      NEEDLE_DISPATCH_FLOATING(a.grad.dtype, "adamw", [&] {
+        using G = scalar_t;
+        NEEDLE_DISPATCH_FLOATING(a.exp_avg.dtype, "adamw", [&] {
+          adamw_typed(a.param.numel(), static_cast<P*>(a.param.data),
+                      static_cast<const G*>(a.grad.data), static_cast<scalar_t*>(a.exp_avg.data),
+                      static_cast<scalar_t*>(a.exp_avg_sq.data), a.lr, a.beta1, a.beta2, a.eps,
+                      a.weight_decay, a.bias_correction1, a.bias_correction2);
+        });
       });
     });
-  });
+  }
 }
 
 }  // namespace needle::cpu_kernels

@@ -35,6 +35,8 @@ const Backend& cpu_backend() {
     b.cross_entropy_backward = cpu_kernels::cross_entropy_backward;
     b.rotary = cpu_kernels::rotary;
     b.adamw = cpu_kernels::adamw;
+    b.foreach_sum_squares = cpu_kernels::foreach_sum_squares;
+    b.foreach_mul_scalar = cpu_kernels::foreach_mul_scalar;
     b.block_sparse_attention_forward = cpu_kernels::block_sparse_attention_forward;
     b.block_sparse_attention_backward = cpu_kernels::block_sparse_attention_backward;
     return b;

@@ -56,9 +56,11 @@ void rotary(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool tr
             const ArrayRef& out);
 
 // adamw.cpp
-void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
-           const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-           double weight_decay, double bias_correction1, double bias_correction2);
+void adamw(const AdamWParam* params, int64_t count);
+
+// foreach.cpp
+void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out);
+void foreach_mul_scalar(const ArrayRef* arrays, int64_t count, double factor);
 
 // attention.cpp
 void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,

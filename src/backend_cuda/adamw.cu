@@ -1,80 +1,137 @@
-// One fused AdamW step (decoupled weight decay) over compact arrays, in the order the CPU kernel
-// (backend_cpu/adamw.cpp) and torch.optim.AdamW apply it: decay, moment updates, bias-corrected
-// step. One pass: each element's parameter, gradient and two moments are read and written once.
+// Fused AdamW steps (decoupled weight decay) over a list of parameters, in the order the CPU
+// kernel (backend_cpu/adamw.cpp) and torch.optim.AdamW apply them: decay, moment updates,
+// bias-corrected step. Each element's parameter, gradient and two moments are read and written
+// once, and one launch updates a batch of parameters (multi_tensor.cuh): a model's 76 parameter
+// arrays take two launches, not 76.
 #include <cmath>
+#include <vector>
 
 #include "backend_cuda/cuda_common.cuh"
 #include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/multi_tensor.cuh"
 
 namespace needle::cuda {
 namespace {
 
-// Per-step constants, folded on the host in double as the CPU kernel folds them.
+// Per-parameter constants, folded on the host in double as the CPU kernel folds them.
 template <typename A>
 struct AdamWConstants {
   A decay, b1, b2, one_minus_b1, one_minus_b2, step, inv_sqrt_bc2, eps;
 };
 
-// N = number of parameters. P, G, M: storage types of parameter, gradient and moments; the
-// update runs in acc_t<P> (float for float32 / bfloat16 parameters, double for float64).
+// One parameter of a launch. `vec`: all four arrays can be read and written kVec elements at a
+// time (aligned for it).
+template <typename A>
+struct AdamWItem {
+  void* p;
+  const void* g;
+  void* m;
+  void* v;
+  int64_t n;
+  AdamWConstants<A> k;
+  bool vec;
+};
+
+// Elements per block, and per vector access.
+constexpr int64_t kAdamWChunk = 4096;
+constexpr int kVec = 4;
+
+// One element's update in A = acc_t<P> (float for float32 / bfloat16 parameters, double for
+// float64).
+template <typename A, typename P, typename G, typename M>
+__device__ __forceinline__ void adamw_element(P& p, G g, M& m, M& v, const AdamWConstants<A>& k) {
+  const A gi = convert<A>(g);
+  const A mi = k.b1 * convert<A>(m) + k.one_minus_b1 * gi;
+  const A vi = k.b2 * convert<A>(v) + k.one_minus_b2 * gi * gi;
+  m = convert<M>(mi);
+  v = convert<M>(vi);
+  // sqrt(vhat) = sqrt(v) / sqrt(bc2); mhat = m / bc1 is folded into `step`.
+  const A denom = sqrt(vi) * k.inv_sqrt_bc2 + k.eps;
+  p = convert<P>(convert<A>(p) * k.decay - k.step * mi / denom);
+}
+
+// P, G, M: storage types of parameter, gradient and moments. Block b updates elements
+// [c * kAdamWChunk, (c + 1) * kAdamWChunk) of its item, c = b - the item's first block.
 template <typename P, typename G, typename M>
-__global__ void adamw_kernel(int64_t n, P* __restrict__ p, const G* __restrict__ g,
-                             M* __restrict__ m, M* __restrict__ v, AdamWConstants<acc_t<P>> k) {
-  using A = acc_t<P>;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const A gi = convert<A>(g[i]);
-    const A mi = k.b1 * convert<A>(m[i]) + k.one_minus_b1 * gi;
-    const A vi = k.b2 * convert<A>(v[i]) + k.one_minus_b2 * gi * gi;
-    m[i] = convert<M>(mi);
-    v[i] = convert<M>(vi);
-    // sqrt(vhat) = sqrt(v) / sqrt(bc2); mhat = m / bc1 is folded into `step`.
-    const A denom = sqrt(vi) * k.inv_sqrt_bc2 + k.eps;
-    p[i] = convert<P>(convert<A>(p[i]) * k.decay - k.step * mi / denom);
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(const __grid_constant__ TensorBatch<AdamWItem<acc_t<P>>> batch) {
+  const int i = batch_item(batch);
+  const AdamWItem<acc_t<P>>& it = batch.items[i];
+  P* __restrict__ p = static_cast<P*>(it.p);
+  const G* __restrict__ g = static_cast<const G*>(it.g);
+  M* __restrict__ m = static_cast<M*>(it.m);
+  M* __restrict__ v = static_cast<M*>(it.v);
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - batch.first_block[i]) * kAdamWChunk;
+  const int64_t end = begin + kAdamWChunk < it.n ? begin + kAdamWChunk : it.n;
+  int64_t tail = begin;
+  if (it.vec) {
+    tail = begin + (end - begin) / kVec * kVec;
+    for (int64_t j = begin + threadIdx.x * kVec; j < tail; j += kThreads * kVec) {
+      VecN<P, kVec> pv = load_vec<P, kVec>(p + j);
+      const VecN<G, kVec> gv = load_vec<G, kVec>(g + j);
+      VecN<M, kVec> mv = load_vec<M, kVec>(m + j), vv = load_vec<M, kVec>(v + j);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) adamw_element(pv.v[e], gv.v[e], mv.v[e], vv.v[e], it.k);
+      store_vec(p + j, pv);
+      store_vec(m + j, mv);
+      store_vec(v + j, vv);
+    }
   }
+  for (int64_t j = tail + threadIdx.x; j < end; j += kThreads)
+    adamw_element(p[j], g[j], m[j], v[j], it.k);
+}
+
+template <typename P, typename G, typename M>
+AdamWItem<acc_t<P>> adamw_item(const AdamWParam& a) {
+  using A = acc_t<P>;
+  const AdamWConstants<A> k{static_cast<A>(1.0 - a.lr * a.weight_decay),
+                            static_cast<A>(a.beta1),
+                            static_cast<A>(a.beta2),
+                            static_cast<A>(1.0 - a.beta1),
+                            static_cast<A>(1.0 - a.beta2),
+                            static_cast<A>(a.lr / a.bias_correction1),
+                            static_cast<A>(1.0 / std::sqrt(a.bias_correction2)),
+                            static_cast<A>(a.eps)};
+  const bool vec = aligned_to(a.param.data, sizeof(P) * kVec) &&
+                   aligned_to(a.grad.data, sizeof(G) * kVec) &&
+                   aligned_to(a.exp_avg.data, sizeof(M) * kVec) &&
+                   aligned_to(a.exp_avg_sq.data, sizeof(M) * kVec);
+  return {a.param.data, a.grad.data, a.exp_avg.data, a.exp_avg_sq.data, a.param.numel(), k, vec};
+}
+
+bool same_dtypes(const AdamWParam& a, const AdamWParam& b) {
+  return a.param.dtype == b.param.dtype && a.grad.dtype == b.grad.dtype &&
+         a.exp_avg.dtype == b.exp_avg.dtype;
 }
 
 }  // namespace
 
-// N = number of parameters in each of the four arrays.
-void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
-           const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-           double weight_decay, double bias_correction1, double bias_correction2) {
-  const int64_t n = param.numel();
-  NEEDLE_CHECK(grad.numel() == n && exp_avg.numel() == n && exp_avg_sq.numel() == n, ValueError,
-               "cuda adamw: expected param, grad, exp_avg and exp_avg_sq of equal length, got ", n,
-               ", ", grad.numel(), ", ", exp_avg.numel(), " and ", exp_avg_sq.numel());
-  NEEDLE_CHECK(exp_avg.dtype == exp_avg_sq.dtype, TypeError,
-               "cuda adamw: expected exp_avg and exp_avg_sq of one dtype, got ",
-               dtype_name(exp_avg.dtype), " and ", dtype_name(exp_avg_sq.dtype));
-  NEEDLE_CHECK(bias_correction1 > 0 && bias_correction2 > 0, ValueError,
-               "cuda adamw: expected positive bias corrections (step >= 1), got ", bias_correction1,
-               " and ", bias_correction2);
-  NEEDLE_CHECK(
-      param.is_compact() && grad.is_compact() && exp_avg.is_compact() && exp_avg_sq.is_compact(),
-      ValueError, "cuda adamw: expected compact param, grad, exp_avg and exp_avg_sq");
-  NEEDLE_DISPATCH_FLOATING(param.dtype, "adamw", [&] {
-    using P = scalar_t;
-    using A = acc_t<P>;
-    const AdamWConstants<A> k{static_cast<A>(1.0 - lr * weight_decay),
-                              static_cast<A>(beta1),
-                              static_cast<A>(beta2),
-                              static_cast<A>(1.0 - beta1),
-                              static_cast<A>(1.0 - beta2),
-                              static_cast<A>(lr / bias_correction1),
-                              static_cast<A>(1.0 / std::sqrt(bias_correction2)),
-                              static_cast<A>(eps)};
-    NEEDLE_DISPATCH_FLOATING(grad.dtype, "adamw", [&] {
-      using G = scalar_t;
-      NEEDLE_DISPATCH_FLOATING(exp_avg.dtype, "adamw", [&] {
-        if (n == 0) return;
-        adamw_kernel<P, G, scalar_t><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(
-            n, static_cast<P*>(param.data), static_cast<const G*>(grad.data),
-            static_cast<scalar_t*>(exp_avg.data), static_cast<scalar_t*>(exp_avg_sq.data), k);
-        NEEDLE_CUDA_LAUNCH_CHECK();
+void adamw(const AdamWParam* params, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) check_adamw_param("cuda adamw", params[i]);
+  // One kernel per (parameter, gradient, moment) dtype combination, in order of appearance.
+  std::vector<bool> taken(static_cast<size_t>(count), false);
+  for (int64_t i = 0; i < count; ++i) {
+    if (taken[i]) continue;
+    NEEDLE_DISPATCH_FLOATING(params[i].param.dtype, "adamw", [&] {
+      using P = scalar_t;
+      NEEDLE_DISPATCH_FLOATING(params[i].grad.dtype, "adamw", [&] {
+        using G = scalar_t;
+        NEEDLE_DISPATCH_FLOATING(params[i].exp_avg.dtype, "adamw", [&] {
+          using M = scalar_t;
+          std::vector<AdamWItem<acc_t<P>>> items;
+          for (int64_t j = i; j < count; ++j) {
+            if (taken[j] || !same_dtypes(params[i], params[j])) continue;
+            taken[j] = true;
+            items.push_back(adamw_item<P, G, M>(params[j]));
+          }
+          launch_batches(items, kAdamWChunk, [](const auto& batch, unsigned blocks, int64_t) {
+            adamw_kernel<P, G, M><<<blocks, kThreads, 0, stream()>>>(batch);
+            NEEDLE_CUDA_LAUNCH_CHECK();
+          });
+        });
       });
     });
-  });
+  }
 }
 
 }  // namespace needle::cuda

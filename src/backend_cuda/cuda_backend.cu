@@ -38,6 +38,8 @@ const Backend& cuda_backend() {
     b.cross_entropy_forward = cuda::cross_entropy_forward;
     b.cross_entropy_backward = cuda::cross_entropy_backward;
     b.adamw = cuda::adamw;
+    b.foreach_sum_squares = cuda::foreach_sum_squares;
+    b.foreach_mul_scalar = cuda::foreach_mul_scalar;
     b.block_sparse_attention_forward = cuda::block_sparse_attention_forward;
     b.block_sparse_attention_backward = cuda::block_sparse_attention_backward;
     return b;

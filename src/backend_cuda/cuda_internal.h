@@ -72,9 +72,11 @@ void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, con
                             int64_t classes, const ArrayRef& dlogits);
 
 // adamw.cu
-void adamw(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
-           const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-           double weight_decay, double bias_correction1, double bias_correction2);
+void adamw(const AdamWParam* params, int64_t count);
+
+// foreach.cu
+void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out);
+void foreach_mul_scalar(const ArrayRef* arrays, int64_t count, double factor);
 
 // attention_forward.cu, attention_backward.cu
 void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,

@@ -65,6 +65,50 @@ struct GemmArgs {
   const void* bias = nullptr;
 };
 
+// One parameter's AdamW step (Backend::adamw) on compact floating arrays of equal length, the
+// moments of one dtype: decoupled decay p -= lr * wd * p, moments updated,
+// p -= lr * mhat / (sqrt(vhat) + eps), with bias corrections bc1 = 1 - beta1^step and
+// bc2 = 1 - beta2^step (both > 0: step >= 1).
+struct AdamWParam {
+  ArrayRef param, grad, exp_avg, exp_avg_sq;
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  double bias_correction1 = 1, bias_correction2 = 1;
+};
+
+// Backend::adamw's argument checks for one parameter, shared by the backends.
+inline void check_adamw_param(const char* name, const AdamWParam& a) {
+  const int64_t n = a.param.numel();
+  NEEDLE_CHECK(a.grad.numel() == n && a.exp_avg.numel() == n && a.exp_avg_sq.numel() == n,
+               ValueError, name,
+               ": expected param, grad, exp_avg and exp_avg_sq of equal length, got ", n, ", ",
+               a.grad.numel(), ", ", a.exp_avg.numel(), " and ", a.exp_avg_sq.numel());
+  NEEDLE_CHECK(
+      is_floating(a.param.dtype) && is_floating(a.grad.dtype) && is_floating(a.exp_avg.dtype),
+      TypeError, name, ": expected floating param, grad and moments, got ",
+      dtype_name(a.param.dtype), ", ", dtype_name(a.grad.dtype), " and ",
+      dtype_name(a.exp_avg.dtype));
+  NEEDLE_CHECK(a.exp_avg.dtype == a.exp_avg_sq.dtype, TypeError, name,
+               ": expected exp_avg and exp_avg_sq of one dtype, got ", dtype_name(a.exp_avg.dtype),
+               " and ", dtype_name(a.exp_avg_sq.dtype));
+  NEEDLE_CHECK(a.bias_correction1 > 0 && a.bias_correction2 > 0, ValueError, name,
+               ": expected positive bias corrections (step >= 1), got ", a.bias_correction1,
+               " and ", a.bias_correction2);
+  NEEDLE_CHECK(a.param.is_compact() && a.grad.is_compact() && a.exp_avg.is_compact() &&
+                   a.exp_avg_sq.is_compact(),
+               ValueError, name, ": expected compact param, grad, exp_avg and exp_avg_sq");
+}
+
+// The foreach_* entries' argument checks, shared by the backends.
+inline void check_foreach_arrays(const char* name, const ArrayRef* arrays, int64_t count) {
+  NEEDLE_CHECK(count >= 0, ValueError, name, ": expected a count >= 0, got ", count);
+  for (int64_t i = 0; i < count; ++i) {
+    NEEDLE_CHECK(is_floating(arrays[i].dtype), TypeError, name,
+                 ": expected floating arrays, array ", i, " is ", dtype_name(arrays[i].dtype));
+    NEEDLE_CHECK(arrays[i].is_compact(), ValueError, name, ": expected compact arrays, array ", i,
+                 " is a strided view");
+  }
+}
+
 // A block-sparse attention layout as the kernels read it: the kept (query-block, key-block)
 // pairs in CSR form and its transpose, all int32 arrays on the kernel's device.
 //   b = block_size, QB = num_q_blocks = ceil((q_offset + q_len) / b) rows of the layout,
@@ -180,6 +224,16 @@ struct Backend {
   void (*random)(RandomKind kind, const ArrayRef& out, uint64_t seed, uint64_t offset, double p0,
                  double p1);
 
+  // --- ops over lists of arrays (torch's _foreach_*) --------------------------------------------
+  // Compact floating arrays, any mix of dtypes.
+  // out (a float64 scalar) = the sum of x * x over every element of the `count` arrays, squares
+  // and sums in float64 (exact squares for float32 and bfloat16 elements). The summation order
+  // depends only on the arrays' sizes, so a repeated call gives the same bits.
+  void (*foreach_sum_squares)(const ArrayRef* arrays, int64_t count, const ArrayRef& out);
+  // x = x * factor in place for each of the `count` arrays, as binary_scalar's Mul computes it:
+  // factor rounded to the array's dtype, the product in compute_t and rounded back.
+  void (*foreach_mul_scalar)(const ArrayRef* arrays, int64_t count, double factor);
+
   // --- fused ops (optional) -----------------------------------------------------------------------
   // x, y: compact (rows, d) floating; weight, bias: (d) or null; mean, rstd: (rows) of
   // stats_dtype(x.dtype) (float32, or float64 for float64 inputs so gradient checks stay exact).
@@ -212,12 +266,9 @@ struct Backend {
   // round them (no fused multiply-add), so the result is the composition's to the bit.
   void (*rotary)(const ArrayRef& x, const ArrayRef& cos, const ArrayRef& sin, bool transpose,
                  const ArrayRef& out);
-  // One AdamW step on compact float arrays of equal length (param, grad, exp_avg, exp_avg_sq):
-  // decoupled decay p -= lr*wd*p, moments updated, p -= lr * mhat / (sqrt(vhat) + eps), with
-  // bias corrections bc1 = 1 - beta1^step, bc2 = 1 - beta2^step.
-  void (*adamw)(const ArrayRef& param, const ArrayRef& grad, const ArrayRef& exp_avg,
-                const ArrayRef& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                double weight_decay, double bias_correction1, double bias_correction2);
+  // One AdamW step on each of `count` parameters (AdamWParam), as torch.optim.AdamW's fused
+  // step takes a whole parameter list: the CUDA backend updates many parameters per launch.
+  void (*adamw)(const AdamWParam* params, int64_t count);
   // Block-sparse attention (B = batch, H = heads, Lq/Lk = lengths, D = head dim: any on the CPU,
   // a multiple of 8 up to 128 on CUDA).
   // q: compact (B, H, Lq, D); k, v: compact (B, H, Lk, D); all of one floating dtype (float32 or

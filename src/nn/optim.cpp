@@ -1,9 +1,11 @@
 // Optimizer steps, state dicts, gradient clipping and lr schedules (see optim.h).
 #include "nn/optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
+#include <utility>
 
 #include "ndarray/error.h"
 
@@ -66,6 +68,7 @@ void Optimizer::add_param_group(ParamGroup group) {
 
 void Optimizer::step() {
   NoGradGuard no_grad;
+  std::vector<Update> updates;
   size_t index = 0;
   for (const ParamGroup& group : groups_) {
     for (const Tensor& p : group.params) {
@@ -75,9 +78,10 @@ void Optimizer::step() {
       // Kernels write the parameter's buffer directly, which needs compact storage.
       if (!p.data().is_compact()) p.set_data(p.data().compact());
       ++s.step;
-      update(p, g.data().compact(), group.options, s);
+      updates.push_back({&p, g.data().compact(), &group.options, &s});
     }
   }
+  if (!updates.empty()) update(updates);
 }
 
 void Optimizer::zero_grad() {
@@ -171,21 +175,26 @@ SGD::SGD(std::vector<ParamGroup> groups, double lr, double momentum, double damp
                " and dampening ", dampening);
 }
 
-void SGD::update(const Tensor& p, const NDArray& grad, const Options& o, ParamState& s) {
-  const double lr = option(o, "lr"), mu = option(o, "momentum"), wd = option(o, "weight_decay");
-  NDArray g = grad.astype(state_dtype(p.dtype()));
-  if (wd != 0) g = add(g, mul(p.data().astype(g.dtype()), Scalar(wd)));
-  if (mu != 0) {
-    auto it = s.buffers.find("momentum_buffer");
-    if (it == s.buffers.end()) {
-      it = s.buffers.emplace("momentum_buffer", g.clone()).first;
-    } else {
-      it->second.assign(add(mul(it->second, Scalar(mu)),
-                            mul(g, Scalar(1.0 - option(o, "dampening")))));
+void SGD::update(const std::vector<Update>& updates) {
+  for (const Update& u : updates) {
+    const Tensor& p = *u.param;
+    const Options& o = *u.options;
+    const double lr = option(o, "lr"), mu = option(o, "momentum"), wd = option(o, "weight_decay");
+    NDArray g = u.grad.astype(state_dtype(p.dtype()));
+    if (wd != 0) g = add(g, mul(p.data().astype(g.dtype()), Scalar(wd)));
+    if (mu != 0) {
+      auto& buffers = u.state->buffers;
+      auto it = buffers.find("momentum_buffer");
+      if (it == buffers.end()) {
+        it = buffers.emplace("momentum_buffer", g.clone()).first;
+      } else {
+        it->second.assign(add(mul(it->second, Scalar(mu)),
+                              mul(g, Scalar(1.0 - option(o, "dampening")))));
+      }
+      g = option(o, "nesterov") != 0 ? add(g, mul(it->second, Scalar(mu))) : it->second;
     }
-    g = option(o, "nesterov") != 0 ? add(g, mul(it->second, Scalar(mu))) : it->second;
+    p.data().assign(sub(p.data().astype(g.dtype()), mul(g, Scalar(lr))));
   }
-  p.data().assign(sub(p.data().astype(g.dtype()), mul(g, Scalar(lr))));
 }
 
 // --- Adam / AdamW --------------------------------------------------------------------------------------
@@ -208,33 +217,102 @@ Adam::Adam(std::vector<ParamGroup> groups, double lr, double beta1, double beta2
                "Adam: expected betas in [0, 1), got (", beta1, ", ", beta2, ")");
 }
 
-void Adam::update(const Tensor& p, const NDArray& grad, const Options& o, ParamState& s) {
-  const double lr = option(o, "lr"), b1 = option(o, "beta1"), b2 = option(o, "beta2"),
-               eps = option(o, "eps"), wd = option(o, "weight_decay");
-  const NDArray& param = p.data();
-  NDArray& m = buffer(s.buffers, "exp_avg", param);
-  NDArray& v = buffer(s.buffers, "exp_avg_sq", param);
-  NDArray g = grad;
-  // Adam's L2 decay enters the gradient; AdamW's decoupled decay is the kernel's own term.
-  if (!decoupled_ && wd != 0) g = add(g.astype(m.dtype()), mul(param.astype(m.dtype()), Scalar(wd)));
-  const double kernel_wd = decoupled_ ? wd : 0.0;
-  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(s.step));
-  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(s.step));
-  const Backend& be = param.backend();
-  if (be.adamw) {
-    be.adamw(param.ref(), g.ref(), m.ref(), v.ref(), lr, b1, b2, eps, kernel_wd, bc1, bc2);
-    return;
+void Adam::update(const std::vector<Update>& updates) {
+  // The backend calls, one per device in order of first appearance, each with its parameters.
+  std::vector<std::pair<const Backend*, std::vector<AdamWParam>>> calls;
+  std::vector<NDArray> keep;  // arrays the AdamWParams point into (a gradient with L2 decay)
+  for (const Update& u : updates) {
+    const Options& o = *u.options;
+    const double lr = option(o, "lr"), b1 = option(o, "beta1"), b2 = option(o, "beta2"),
+                 eps = option(o, "eps"), wd = option(o, "weight_decay");
+    const NDArray& param = u.param->data();
+    NDArray& m = buffer(u.state->buffers, "exp_avg", param);
+    NDArray& v = buffer(u.state->buffers, "exp_avg_sq", param);
+    NDArray g = u.grad;
+    // Adam's L2 decay enters the gradient; AdamW's decoupled decay is the kernel's own term.
+    if (!decoupled_ && wd != 0)
+      g = add(g.astype(m.dtype()), mul(param.astype(m.dtype()), Scalar(wd)));
+    const double kernel_wd = decoupled_ ? wd : 0.0;
+    const double step = static_cast<double>(u.state->step);
+    const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
+    const Backend& be = param.backend();
+    if (!be.adamw) {
+      // Composed fallback for backends without the fused entry: the same formula in NDArray ops.
+      NDArray gf = g.astype(m.dtype());
+      m.assign(add(mul(m, Scalar(b1)), mul(gf, Scalar(1.0 - b1))));
+      v.assign(add(mul(v, Scalar(b2)), mul(mul(gf, gf), Scalar(1.0 - b2))));
+      NDArray denom = add(div(sqrt(v), Scalar(std::sqrt(bc2))), Scalar(eps));
+      NDArray pf = param.astype(m.dtype());
+      param.assign(
+          sub(mul(pf, Scalar(1.0 - lr * kernel_wd)), mul(div(m, denom), Scalar(lr / bc1))));
+      continue;
+    }
+    keep.push_back(g);
+    auto call =
+        std::find_if(calls.begin(), calls.end(), [&](const auto& c) { return c.first == &be; });
+    if (call == calls.end()) call = calls.insert(calls.end(), {&be, {}});
+    call->second.push_back(
+        {param.ref(), g.ref(), m.ref(), v.ref(), lr, b1, b2, eps, kernel_wd, bc1, bc2});
   }
-  // Composed fallback for backends without the fused entry: the same formula in NDArray ops.
-  NDArray gf = g.astype(m.dtype());
-  m.assign(add(mul(m, Scalar(b1)), mul(gf, Scalar(1.0 - b1))));
-  v.assign(add(mul(v, Scalar(b2)), mul(mul(gf, gf), Scalar(1.0 - b2))));
-  NDArray denom = add(div(sqrt(v), Scalar(std::sqrt(bc2))), Scalar(eps));
-  NDArray pf = param.astype(m.dtype());
-  param.assign(sub(mul(pf, Scalar(1.0 - lr * kernel_wd)), mul(div(m, denom), Scalar(lr / bc1))));
+  for (const auto& [be, params] : calls)
+    be->adamw(params.data(), static_cast<int64_t>(params.size()));
 }
 
-// --- clipping --------------------------------------------------------------------------------------------
+// --- clipping
+// --------------------------------------------------------------------------------------------
+namespace {
+
+// Arrays grouped by the backend they live on, in order of first appearance.
+struct ArrayLists {
+  std::vector<std::pair<const Backend*, std::vector<NDArray>>> lists;
+  void add(const NDArray& a) {
+    const Backend* be = &a.backend();
+    auto it =
+        std::find_if(lists.begin(), lists.end(), [&](const auto& l) { return l.first == be; });
+    if (it == lists.end()) it = lists.insert(lists.end(), {be, {}});
+    it->second.push_back(a);
+  }
+};
+
+std::vector<ArrayRef> refs(const std::vector<NDArray>& arrays) {
+  std::vector<ArrayRef> out;
+  out.reserve(arrays.size());
+  for (const NDArray& a : arrays) out.push_back(a.ref());
+  return out;
+}
+
+// The sum of squares of every gradient, in float64: one foreach_sum_squares call and one host
+// read per device.
+double sum_squares(const std::vector<NDArray>& grads) {
+  ArrayLists by_device;
+  for (const NDArray& g : grads) by_device.add(g.compact());
+  double total = 0;
+  for (const auto& [be, arrays] : by_device.lists) {
+    NDArray out = NDArray::empty({}, DType::Float64, arrays.front().device());
+    const std::vector<ArrayRef> r = refs(arrays);
+    be->foreach_sum_squares(r.data(), static_cast<int64_t>(r.size()), out.ref());
+    total += out.item();
+  }
+  return total;
+}
+
+// g *= coef for every gradient, in place: compact ones by one foreach_mul_scalar call per device.
+void scale(const std::vector<NDArray>& grads, double coef) {
+  ArrayLists by_device;
+  for (const NDArray& g : grads) {
+    if (g.is_compact())
+      by_device.add(g);
+    else
+      g.assign(mul(g, Scalar(coef)));
+  }
+  for (const auto& [be, arrays] : by_device.lists) {
+    const std::vector<ArrayRef> r = refs(arrays);
+    be->foreach_mul_scalar(r.data(), static_cast<int64_t>(r.size()), coef);
+  }
+}
+
+}  // namespace
+
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
   NEEDLE_CHECK(max_norm >= 0, ValueError, "clip_grad_norm_: expected max_norm >= 0, got ",
                max_norm);
@@ -246,30 +324,27 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   for (const Tensor& p : params)
     if (p.defined() && p.grad().defined()) grads.push_back(p.grad().data());
   if (grads.empty()) return 0.0;
-  // Per-tensor partial norms stay on the device; one host read at the end. The max norm is exact
-  // in the gradients' dtype; the 2-norm squares in float32 or float64 (bfloat16 is widened
-  // first) and sums each tensor with the reduction's float accumulator; any other p in float64.
-  NDArray total;
-  for (const NDArray& g : grads) {
-    NDArray part;
-    if (inf) {
-      part = max(abs(g)).astype(DType::Float64);
-    } else if (norm_type == 2.0) {
-      NDArray x = g.dtype() == DType::Float64 ? g : g.astype(DType::Float32);
-      part = sum(mul(x, x)).astype(DType::Float64);
-    } else {
-      part = sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type)));
+  double norm;
+  if (norm_type == 2.0) {
+    norm = std::sqrt(sum_squares(grads));
+  } else {
+    // Per-tensor partial norms stay on the device; one host read at the end. The max norm is
+    // exact in the gradients' dtype, any other p sums |g|^p in float64.
+    NDArray total;
+    for (const NDArray& g : grads) {
+      NDArray part = inf ? max(abs(g)).astype(DType::Float64)
+                         : sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type)));
+      total = total.defined() ? (inf ? maximum(total, part) : add(total, part)) : part;
     }
-    total = total.defined() ? (inf ? maximum(total, part) : add(total, part)) : part;
+    norm = inf ? total.item() : std::pow(total.item(), 1.0 / norm_type);
   }
-  const double norm = inf ? total.item() : std::pow(total.item(), 1.0 / norm_type);
   const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0)
-    for (const NDArray& g : grads) g.assign(mul(g, Scalar(coef)));
+  if (coef < 1.0) scale(grads, coef);
   return norm;
 }
 
-// --- schedules -------------------------------------------------------------------------------------------
+// --- schedules
+// -------------------------------------------------------------------------------------------
 LRScheduler::LRScheduler(Optimizer& optimizer) : optimizer_(optimizer) {
   for (const ParamGroup& g : optimizer.param_groups()) base_lrs_.push_back(g.options.at("lr"));
 }

@@ -1,7 +1,8 @@
 // Optimizers (SGD, Adam, AdamW) with parameter groups, global-norm gradient clipping and
 // learning-rate schedules. Updates run as kernels on the parameters' device: AdamW and Adam
-// through the backend's fused `adamw` entry (composed from NDArray ops where a backend lacks it),
-// SGD through NDArray ops; parameters are updated in place so every Tensor handle sees them.
+// through the backend's fused `adamw` entry, which takes the whole parameter list (composed from
+// NDArray ops where a backend lacks it), SGD through NDArray ops; parameters are updated in place
+// so every Tensor handle sees them.
 //
 // state_dict() is a flat NamedArrays, so a checkpoint is one safetensors file:
 //   "state.<i>.step" (int64 scalar), "state.<i>.<buffer>" (exp_avg, exp_avg_sq, momentum_buffer)
@@ -44,8 +45,16 @@ class Optimizer {
     int64_t step = 0;
     std::map<std::string, NDArray> buffers;
   };
-  // One update of parameter p (compact data) with gradient g under the group's options.
-  virtual void update(const Tensor& p, const NDArray& g, const Options& o, ParamState& s) = 0;
+  // One parameter's part of a step: the parameter (compact data), its compact gradient, its
+  // group's options and its state (the step already counted).
+  struct Update {
+    const Tensor* param;
+    NDArray grad;
+    const Options* options;
+    ParamState* state;
+  };
+  // Applies one step to every parameter in `updates`.
+  virtual void update(const std::vector<Update>& updates) = 0;
 
  private:
   std::vector<ParamGroup> groups_;
@@ -62,7 +71,7 @@ class SGD : public Optimizer {
   std::string type_name() const override { return "SGD"; }
 
  protected:
-  void update(const Tensor& p, const NDArray& g, const Options& o, ParamState& s) override;
+  void update(const std::vector<Update>& updates) override;
 };
 
 // Adam with L2 weight decay (g += wd p) when decoupled is false; AdamW (p -= lr wd p) when true.
@@ -75,7 +84,8 @@ class Adam : public Optimizer {
  protected:
   Adam(std::vector<ParamGroup> groups, double lr, double beta1, double beta2, double eps,
        double weight_decay, bool decoupled);
-  void update(const Tensor& p, const NDArray& g, const Options& o, ParamState& s) override;
+  // All parameters of one device in one call of the backend's list-taking adamw entry.
+  void update(const std::vector<Update>& updates) override;
 
  private:
   bool decoupled_;

@@ -1,9 +1,10 @@
-// The fused CPU kernels (layer_norm, cross_entropy, adamw) called through the kernel table, each
-// against its float64 formula written out here; the layer_norm backward also against finite
-// differences of the forward kernel.
+// The fused CPU kernels (layer_norm, cross_entropy, adamw, the foreach ops) called through the
+// kernel table, each against its float64 formula written out here; the layer_norm backward also
+// against finite differences of the forward kernel.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "backend_cpu/cpu_backend.h"
 #include "op_table.h"
@@ -222,30 +223,123 @@ TEST_CASE("cross_entropy rejects out-of-range targets naming row, target and cla
 
 TEST_CASE("adamw steps match torch.optim.AdamW's update written in float64", "[fused][cpu]") {
   const Backend& b = cpu_backend();
-  const double lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, wd = 0.1;
+  const double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   for (DType dt : {DType::Float32, DType::Float64}) {
-    for (int64_t n : {int64_t(1), int64_t(37), int64_t(100003)}) {
-      INFO(dtype_name(dt) << " n=" << n);
-      NDArray p = random_array(200 + n, {n}, dt), m = NDArray::zeros({n}, dt),
-              v = NDArray::zeros({n}, dt);
-      std::vector<double> rp = read_host(p).v, rm(n, 0.0), rv(n, 0.0);
-      for (int step = 1; step <= 3; ++step) {
-        NDArray g = random_array(300 + step, {n}, dt);
-        std::vector<double> gv = read_host(g).v;
-        const double bc1 = 1 - std::pow(beta1, step), bc2 = 1 - std::pow(beta2, step);
-        b.adamw(p.ref(), g.ref(), m.ref(), v.ref(), lr, beta1, beta2, eps, wd, bc1, bc2);
-        for (int64_t i = 0; i < n; ++i) {
-          rp[i] -= lr * wd * rp[i];
-          rm[i] = beta1 * rm[i] + (1 - beta1) * gv[i];
-          rv[i] = beta2 * rv[i] + (1 - beta2) * gv[i] * gv[i];
-          rp[i] -= lr * (rm[i] / bc1) / (std::sqrt(rv[i] / bc2) + eps);
+    INFO(dtype_name(dt));
+    // One call updates every parameter of the list, each with its own lr and weight decay.
+    const std::vector<int64_t> sizes = {1, 37, 100003};
+    std::vector<NDArray> p, m, v;
+    std::vector<std::vector<double>> rp, rm, rv;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      const int64_t n = sizes[k];
+      p.push_back(random_array(200 + n, {n}, dt));
+      m.push_back(NDArray::zeros({n}, dt));
+      v.push_back(NDArray::zeros({n}, dt));
+      rp.push_back(read_host(p[k]).v);
+      rm.emplace_back(n, 0.0);
+      rv.emplace_back(n, 0.0);
+    }
+    for (int step = 1; step <= 3; ++step) {
+      const double bc1 = 1 - std::pow(beta1, step), bc2 = 1 - std::pow(beta2, step);
+      std::vector<NDArray> g;
+      std::vector<AdamWParam> list;
+      for (size_t k = 0; k < sizes.size(); ++k) {
+        g.push_back(random_array(300 + 10 * step + k, {sizes[k]}, dt));
+        const double lr = 1e-2 * (k + 1), wd = 0.1 * k;
+        list.push_back({p[k].ref(), g[k].ref(), m[k].ref(), v[k].ref(), lr, beta1, beta2, eps, wd,
+                        bc1, bc2});
+        const std::vector<double> gv = read_host(g[k]).v;
+        for (int64_t i = 0; i < sizes[k]; ++i) {
+          rp[k][i] -= lr * wd * rp[k][i];
+          rm[k][i] = beta1 * rm[k][i] + (1 - beta1) * gv[i];
+          rv[k][i] = beta2 * rv[k][i] + (1 - beta2) * gv[i] * gv[i];
+          rp[k][i] -= lr * (rm[k][i] / bc1) / (std::sqrt(rv[k][i] / bc2) + eps);
         }
       }
-      Tolerance t = dt == DType::Float32 ? Tolerance{1e-6, 1e-5} : Tolerance{1e-12, 1e-10};
-      expect_values(p, rp, t, "param");
-      expect_values(m, rm, t, "exp_avg");
-      expect_values(v, rv, t, "exp_avg_sq");
+      b.adamw(list.data(), static_cast<int64_t>(list.size()));
     }
+    Tolerance t = dt == DType::Float32 ? Tolerance{1e-6, 1e-5} : Tolerance{1e-12, 1e-10};
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      INFO("n=" << sizes[k]);
+      expect_values(p[k], rp[k], t, "param");
+      expect_values(m[k], rm[k], t, "exp_avg");
+      expect_values(v[k], rv[k], t, "exp_avg_sq");
+    }
+  }
+}
+
+TEST_CASE("adamw rejects a bad parameter before updating any", "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  NDArray p = random_array(1, {8}, DType::Float32), g = random_array(2, {8}, DType::Float32);
+  NDArray m = NDArray::zeros({8}), v = NDArray::zeros({8}), short_g = NDArray::zeros({7});
+  const std::vector<double> before = read_host(p).v;
+  AdamWParam good{p.ref(), g.ref(), m.ref(), v.ref(), 1e-2, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001};
+  AdamWParam bad = good;
+  bad.grad = short_g.ref();
+  std::vector<AdamWParam> list = {good, bad};
+  CHECK_THROWS_AS(b.adamw(list.data(), 2), ValueError);
+  bad = good;
+  bad.bias_correction1 = 0;
+  list = {good, bad};
+  CHECK_THROWS_AS(b.adamw(list.data(), 2), ValueError);
+  NDArray m64 = NDArray::zeros({8}, DType::Float64);
+  bad = good;
+  bad.exp_avg = m64.ref();
+  list = {good, bad};
+  CHECK_THROWS_AS(b.adamw(list.data(), 2), TypeError);
+  CHECK(read_host(p).v == before);
+}
+
+TEST_CASE("foreach_sum_squares sums the squares of a list in float64", "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  // Mixed dtypes, an empty array, and one longer than a partial sum's piece (65536).
+  std::vector<NDArray> xs = {random_array(11, {3, 5}, DType::Float32),
+                             random_array(12, {0}, DType::Float32),
+                             random_array(13, {70001}, DType::BFloat16),
+                             random_array(14, {131073}, DType::Float32),
+                             random_array(15, {9}, DType::Float64)};
+  double expected = 0;
+  for (const NDArray& x : xs)
+    for (double e : read_host(x).v) expected += e * e;
+  std::vector<ArrayRef> refs;
+  for (const NDArray& x : xs) refs.push_back(x.ref());
+  NDArray out = NDArray::empty({}, DType::Float64);
+  b.foreach_sum_squares(refs.data(), static_cast<int64_t>(refs.size()), out.ref());
+  const double got = out.item();
+  CHECK(std::abs(got - expected) <= 1e-12 * expected);
+  // The order is fixed by the sizes: the same list gives the same bits.
+  NDArray again = NDArray::empty({}, DType::Float64);
+  b.foreach_sum_squares(refs.data(), static_cast<int64_t>(refs.size()), again.ref());
+  CHECK(again.item() == got);
+  b.foreach_sum_squares(refs.data(), 0, out.ref());
+  CHECK(out.item() == 0.0);
+
+  NDArray wrong_out = NDArray::empty({}, DType::Float32);
+  CHECK_THROWS_AS(b.foreach_sum_squares(refs.data(), 1, wrong_out.ref()), ValueError);
+  NDArray ints = NDArray::zeros({4}, DType::Int64);
+  std::vector<ArrayRef> bad = {xs[0].ref(), ints.ref()};
+  CHECK_THROWS_AS(b.foreach_sum_squares(bad.data(), 2, out.ref()), TypeError);
+  NDArray strided = xs[0].permute({1, 0});
+  bad = {strided.ref()};
+  CHECK_THROWS_AS(b.foreach_sum_squares(bad.data(), 1, out.ref()), ValueError);
+}
+
+TEST_CASE("foreach_mul_scalar scales each array in place as binary_scalar's Mul",
+          "[fused][cpu]") {
+  const Backend& b = cpu_backend();
+  const double factor = 0.3712;
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
+    INFO(dtype_name(dt));
+    std::vector<NDArray> xs = {random_array(21, {1000}, dt), random_array(22, {0}, dt),
+                               random_array(23, {4, 7}, dt)};
+    std::vector<NDArray> expected;
+    std::vector<ArrayRef> refs;
+    for (const NDArray& x : xs) {
+      expected.push_back(mul(x, Scalar(factor)));
+      refs.push_back(x.ref());
+    }
+    b.foreach_mul_scalar(refs.data(), static_cast<int64_t>(refs.size()), factor);
+    for (size_t k = 0; k < xs.size(); ++k) CHECK(read_host(xs[k]).v == read_host(expected[k]).v);
   }
 }
 

@@ -1,8 +1,9 @@
 // CUDA kernels against the CPU kernels: the shared op table (op_table.h) run on cuda:0 with the
 // CPU as the oracle, plus what the table does not cover: the fused entries (layer_norm,
-// cross_entropy, AdamW) called through both kernel tables, vocabulary-sized rows, the split
-// reduction paths, GEMM arguments NDArray rarely produces, device-reported index errors and the
-// matmul precision switch. Needs a GPU (label `gpu`); without one every test passes with a note.
+// cross_entropy, AdamW, the foreach ops) called through both kernel tables, vocabulary-sized
+// rows, the split reduction paths, GEMM arguments NDArray rarely produces, device-reported index
+// errors and the matmul precision switch. Needs a GPU (label `gpu`); without one every test
+// passes with a note.
 //
 // The CUDA allocator runs in poison mode here: every block it hands out is filled with NaN bytes
 // first, so an output element a kernel forgets to write fails the comparison.
@@ -215,32 +216,114 @@ TEST_CASE("cuda cross_entropy forward and backward match the CPU kernels", "[cud
   cuda_synchronize();
 }
 
-TEST_CASE("cuda adamw matches the CPU kernel over several steps", "[cuda][fused]") {
+TEST_CASE("cuda adamw matches the CPU kernel over a parameter list", "[cuda][fused]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(303);
   struct Types {
-    DType param, moments;
+    DType param, grad, moments;
   };
-  for (Types ty : {Types{DType::Float32, DType::Float32}, Types{DType::BFloat16, DType::Float32},
-                   Types{DType::Float64, DType::Float64}}) {
-    const int64_t n = 100003;
-    INFO("param " << dtype_name(ty.param) << " moments " << dtype_name(ty.moments));
-    Pair p = random_pair(rng, {n}, ty.param);
-    Pair m = random_pair(rng, {n}, ty.moments);
-    Pair v = random_pair(rng, {n}, ty.moments, Domain::Positive);
-    for (int step = 1; step <= 3; ++step) {
-      Pair g = random_pair(rng, {n}, ty.param);
-      const double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
-      const double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
-      cpu_backend().adamw(p.cpu.ref(), g.cpu.ref(), m.cpu.ref(), v.cpu.ref(), lr, b1, b2, eps, wd,
-                          bc1, bc2);
-      cuda_backend().adamw(p.gpu.ref(), g.gpu.ref(), m.gpu.ref(), v.gpu.ref(), lr, b1, b2, eps, wd,
-                           bc1, bc2);
-    }
-    expect_pair_close(p, fused_tol(ty.param), "param");
-    expect_pair_close(m, fused_tol(ty.moments), "exp_avg");
-    expect_pair_close(v, fused_tol(ty.moments), "exp_avg_sq");
+  const std::vector<Types> types = {{DType::Float32, DType::Float32, DType::Float32},
+                                    {DType::BFloat16, DType::BFloat16, DType::Float32},
+                                    {DType::Float32, DType::BFloat16, DType::Float32},
+                                    {DType::Float64, DType::Float64, DType::Float64}};
+  // 90 parameters of mixed dtypes in one call: more than one launch's batch holds, sizes on both
+  // sides of a block's chunk (4096) and of a vector (4), and views one element into their buffer
+  // (not aligned for vector access).
+  const std::vector<int64_t> sizes = {1, 3, 4, 5, 4095, 4096, 4097, 100003, 0, 513};
+  std::vector<Pair> p, m, v;
+  std::vector<Types> ty;
+  for (int k = 0; k < 90; ++k) {
+    const Types t = types[k % types.size()];
+    const int64_t n = sizes[k % sizes.size()];
+    const bool offset = k % 7 == 3;
+    auto make = [&](DType dt, Domain dom) {
+      Pair x = random_pair(rng, {n + (offset ? 1 : 0)}, dt, dom);
+      if (offset) x = {x.cpu.slice(0, 1, n + 1), x.gpu.slice(0, 1, n + 1)};
+      return x;
+    };
+    ty.push_back(t);
+    p.push_back(make(t.param, Domain::Real));
+    m.push_back(make(t.moments, Domain::Real));
+    v.push_back(make(t.moments, Domain::Positive));
   }
+  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  for (int step = 1; step <= 3; ++step) {
+    const double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+    std::vector<Pair> g;
+    std::vector<AdamWParam> on_cpu, on_gpu;
+    for (size_t k = 0; k < p.size(); ++k) {
+      g.push_back(random_pair(rng, p[k].cpu.shape(), ty[k].grad));
+      const double lr = 1e-3 * (1 + k % 3), wd = 0.05 * (k % 4);
+      on_cpu.push_back({p[k].cpu.ref(), g[k].cpu.ref(), m[k].cpu.ref(), v[k].cpu.ref(), lr, b1, b2,
+                        eps, wd, bc1, bc2});
+      on_gpu.push_back({p[k].gpu.ref(), g[k].gpu.ref(), m[k].gpu.ref(), v[k].gpu.ref(), lr, b1, b2,
+                        eps, wd, bc1, bc2});
+    }
+    cpu_backend().adamw(on_cpu.data(), static_cast<int64_t>(on_cpu.size()));
+    cuda_backend().adamw(on_gpu.data(), static_cast<int64_t>(on_gpu.size()));
+  }
+  for (size_t k = 0; k < p.size(); ++k) {
+    INFO("parameter " << k << ": " << dtype_name(ty[k].param) << ", grad "
+                      << dtype_name(ty[k].grad) << ", n " << p[k].cpu.numel());
+    expect_pair_close(p[k], fused_tol(ty[k].param), "param");
+    expect_pair_close(m[k], fused_tol(ty[k].moments), "exp_avg");
+    expect_pair_close(v[k], fused_tol(ty[k].moments), "exp_avg_sq");
+  }
+  // A bad entry anywhere in the list is rejected before any launch.
+  NDArray short_grad = NDArray::zeros({2}, DType::Float32, kCuda);
+  std::vector<AdamWParam> list = {{p[0].gpu.ref(), p[0].gpu.ref(), m[0].gpu.ref(), v[0].gpu.ref(),
+                                   1e-3, b1, b2, eps, 0.0, 0.1, 0.001},
+                                  {p[1].gpu.ref(), short_grad.ref(), m[1].gpu.ref(),
+                                   v[1].gpu.ref(), 1e-3, b1, b2, eps, 0.0, 0.1, 0.001}};
+  const HostArray before = read_host(p[0].gpu);
+  CHECK_THROWS_AS(cuda_backend().adamw(list.data(), 2), ValueError);
+  CHECK(read_host(p[0].gpu).v == before.v);
+}
+
+TEST_CASE("cuda foreach_sum_squares and foreach_mul_scalar match the CPU", "[cuda][fused]") {
+  NEEDLE_REQUIRE_GPU();
+  Rng rng(505);
+  // 150 arrays of mixed dtypes (several launches), empty ones, and arrays longer than a block's
+  // chunk (8192).
+  const std::vector<DType> dtypes = {DType::Float32, DType::BFloat16, DType::Float64};
+  const std::vector<int64_t> sizes = {1, 8191, 8192, 8193, 0, 100003, 7, 512};
+  std::vector<Pair> xs;
+  for (int k = 0; k < 150; ++k)
+    xs.push_back(random_pair(rng, {sizes[k % sizes.size()]}, dtypes[k % dtypes.size()]));
+  std::vector<ArrayRef> on_cpu, on_gpu;
+  for (const Pair& x : xs) {
+    on_cpu.push_back(x.cpu.ref());
+    on_gpu.push_back(x.gpu.ref());
+  }
+  const int64_t n = static_cast<int64_t>(xs.size());
+  NDArray cpu_sum = NDArray::empty({}, DType::Float64);
+  NDArray gpu_sum = NDArray::empty({}, DType::Float64, kCuda);
+  NDArray gpu_again = NDArray::empty({}, DType::Float64, kCuda);
+  cpu_backend().foreach_sum_squares(on_cpu.data(), n, cpu_sum.ref());
+  cuda_backend().foreach_sum_squares(on_gpu.data(), n, gpu_sum.ref());
+  cuda_backend().foreach_sum_squares(on_gpu.data(), n, gpu_again.ref());
+  const double expected = cpu_sum.item(), got = gpu_sum.item();
+  CHECK(std::abs(got - expected) <= 1e-12 * expected);
+  CHECK(gpu_again.item() == got);  // a fixed order: the same bits again
+  NDArray empty_sum = NDArray::empty({}, DType::Float64, kCuda);
+  cuda_backend().foreach_sum_squares(on_gpu.data(), 0, empty_sum.ref());
+  CHECK(empty_sum.item() == 0.0);
+
+  const double factor = 0.3712;
+  cpu_backend().foreach_mul_scalar(on_cpu.data(), n, factor);
+  cuda_backend().foreach_mul_scalar(on_gpu.data(), n, factor);
+  for (size_t k = 0; k < xs.size(); ++k) {
+    INFO("array " << k);
+    expect_pair_close(xs[k], Tolerance{0, 0}, "scaled");
+  }
+
+  NDArray ints = NDArray::zeros({4}, DType::Int32, kCuda);
+  std::vector<ArrayRef> bad = {on_gpu[0], ints.ref()};
+  CHECK_THROWS_AS(cuda_backend().foreach_mul_scalar(bad.data(), 2, factor), TypeError);
+  NDArray wrong_out = NDArray::empty({2}, DType::Float64, kCuda);
+  CHECK_THROWS_AS(cuda_backend().foreach_sum_squares(on_gpu.data(), 1, wrong_out.ref()),
+                  ValueError);
+  cuda_synchronize();
 }
 
 TEST_CASE("cuda softmax family on vocabulary-sized rows", "[cuda][rowops]") {

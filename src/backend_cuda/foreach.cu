@@ -1,0 +1,124 @@
+// Ops over lists of arrays (torch's _foreach_*), a batch of arrays per launch (multi_tensor.cuh):
+// the squared 2-norm of a whole gradient list and its in-place scaling, as clip_grad_norm_ uses
+// them. A model's gradient list takes a few launches instead of four per array.
+#include <vector>
+
+#include "backend_cuda/cuda_common.cuh"
+#include "backend_cuda/cuda_internal.h"
+#include "backend_cuda/multi_tensor.cuh"
+
+namespace needle::cuda {
+namespace {
+
+// One array of a launch; its dtype is read per block (a block-uniform branch).
+struct ForeachItem {
+  void* data;
+  int64_t n;
+  DType dtype;
+};
+
+// Elements per block.
+constexpr int64_t kForeachChunk = 8192;
+
+template <typename T>
+__device__ __forceinline__ double chunk_sum_squares(const T* x, int64_t begin, int64_t end) {
+  double s = 0;
+  for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
+    const double v = convert<double>(x[j]);
+    s += v * v;
+  }
+  return s;
+}
+
+// partials[first + b] = the sum of squares of block b's chunk, in float64 (a fixed order: each
+// thread's elements in turn, then the block's tree).
+__global__ void __launch_bounds__(kThreads)
+    sum_squares_kernel(const __grid_constant__ TensorBatch<ForeachItem> batch, int64_t first,
+                       double* __restrict__ partials) {
+  __shared__ double scratch[32];
+  const int i = batch_item(batch);
+  const ForeachItem& it = batch.items[i];
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - batch.first_block[i]) * kForeachChunk;
+  const int64_t end = begin + kForeachChunk < it.n ? begin + kForeachChunk : it.n;
+  double s;
+  if (it.dtype == DType::Float32)
+    s = chunk_sum_squares(static_cast<const float*>(it.data), begin, end);
+  else if (it.dtype == DType::BFloat16)
+    s = chunk_sum_squares(static_cast<const bfloat16*>(it.data), begin, end);
+  else
+    s = chunk_sum_squares(static_cast<const double*>(it.data), begin, end);
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) partials[first + blockIdx.x] = s;
+}
+
+// out[0] = the sum of partials[0, n), by one block in a fixed order.
+__global__ void __launch_bounds__(1024)
+    sum_partials_kernel(const double* __restrict__ partials, int64_t n, double* __restrict__ out) {
+  __shared__ double scratch[32];
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += partials[j];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// x = x * f (f = factor rounded to T), as binary_scalar's ScalarFn computes Mul.
+template <typename T>
+__device__ __forceinline__ void chunk_mul(T* x, int64_t begin, int64_t end, double factor) {
+  using C = compute_t<T>;
+  const C f = convert<C>(convert<T>(factor));
+  for (int64_t j = begin + threadIdx.x; j < end; j += kThreads)
+    x[j] = convert<T>(convert<C>(x[j]) * f);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    mul_scalar_kernel(const __grid_constant__ TensorBatch<ForeachItem> batch, double factor) {
+  const int i = batch_item(batch);
+  const ForeachItem& it = batch.items[i];
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - batch.first_block[i]) * kForeachChunk;
+  const int64_t end = begin + kForeachChunk < it.n ? begin + kForeachChunk : it.n;
+  if (it.dtype == DType::Float32)
+    chunk_mul(static_cast<float*>(it.data), begin, end, factor);
+  else if (it.dtype == DType::BFloat16)
+    chunk_mul(static_cast<bfloat16*>(it.data), begin, end, factor);
+  else
+    chunk_mul(static_cast<double*>(it.data), begin, end, factor);
+}
+
+std::vector<ForeachItem> foreach_items(const ArrayRef* arrays, int64_t count) {
+  std::vector<ForeachItem> items;
+  items.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i)
+    items.push_back({arrays[i].data, arrays[i].numel(), arrays[i].dtype});
+  return items;
+}
+
+}  // namespace
+
+void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out) {
+  check_foreach_arrays("cuda foreach_sum_squares", arrays, count);
+  NEEDLE_CHECK(out.dtype == DType::Float64 && out.numel() == 1, ValueError,
+               "cuda foreach_sum_squares: expected a float64 scalar output, got ", out.numel(),
+               " elements of ", dtype_name(out.dtype));
+  const std::vector<ForeachItem> items = foreach_items(arrays, count);
+  int64_t blocks = 0;
+  for (const ForeachItem& it : items) blocks += ceil_div(it.n, kForeachChunk);
+  Workspace partials(static_cast<size_t>(blocks > 0 ? blocks : 1) * sizeof(double));
+  double* p = partials.as<double>();
+  launch_batches(items, kForeachChunk, [&](const auto& batch, unsigned grid, int64_t first) {
+    sum_squares_kernel<<<grid, kThreads, 0, stream()>>>(batch, first, p);
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  });
+  sum_partials_kernel<<<1, 1024, 0, stream()>>>(p, blocks, static_cast<double*>(out.data));
+  NEEDLE_CUDA_LAUNCH_CHECK();
+}
+
+void foreach_mul_scalar(const ArrayRef* arrays, int64_t count, double factor) {
+  check_foreach_arrays("cuda foreach_mul_scalar", arrays, count);
+  launch_batches(foreach_items(arrays, count), kForeachChunk,
+                 [&](const auto& batch, unsigned grid, int64_t) {
+                   mul_scalar_kernel<<<grid, kThreads, 0, stream()>>>(batch, factor);
+                   NEEDLE_CUDA_LAUNCH_CHECK();
+                 });
+}
+
+}  // namespace needle::cuda
