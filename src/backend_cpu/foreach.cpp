@@ -33,10 +33,7 @@ double piece_sum_squares(const Piece& p) {
 }  // namespace
 
 void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out) {
-  check_foreach_arrays("foreach_sum_squares", arrays, count);
-  NEEDLE_CHECK(out.dtype == DType::Float64 && out.numel() == 1, ValueError,
-               "foreach_sum_squares: expected a float64 scalar output, got ", out.numel(),
-               " elements of ", dtype_name(out.dtype));
+  check_foreach_sum_squares("foreach_sum_squares", arrays, count, out);
   std::vector<Piece> pieces;
   for (int64_t i = 0; i < count; ++i)
     for (int64_t b = 0; b < arrays[i].numel(); b += kSquaresPiece)

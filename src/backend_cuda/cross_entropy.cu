@@ -99,27 +99,19 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// The kernels for rows of T, and the forward's threads per row: chunked where the rows allow it
-// and it was measured faster. The forward for bfloat16 and float32 (float64, for reference
-// checks, would spill eight pairs of doubles), by segments (on one H100, 842d2bb and 5261c8c:
-// 16384 x 50304 bfloat16 in 0.78 ms chunked, 1.36 ms element by element; torch took 1.51-1.53);
-// the backward for bfloat16 only: on one H100 (820d185, bench_cuda.py --only-cross-entropy) the
-// chunked backward took 1.16 against 2.00 ms in bfloat16 but 3.31 against 2.89 ms in float32.
+// The forward for bfloat16 and float32 rows by segments, chunked where the rows allow it (on one
+// H100, 842d2bb and 5261c8c: 16384 x 50304 bfloat16 in 0.78 ms chunked, 1.36 ms element by
+// element; torch took 1.51-1.53); float64 (for reference checks) by block_max_sum.
 template <typename T>
-struct ForwardLaunch {
-  decltype(&cross_entropy_forward_kernel<T, false>) kernel;
-  int threads;
-};
-template <typename T>
-ForwardLaunch<T> forward_kernel_for(const void* logits, int64_t classes) {
-  if constexpr (sizeof(T) <= 4) {
-    const int threads = segmented_row_threads(classes);
-    if (rows_chunkable<T>(logits, classes)) return {cross_entropy_forward_kernel<T, true>, threads};
-    return {cross_entropy_forward_kernel<T, false>, threads};
-  }
-  return {cross_entropy_forward_kernel<T, false>, row_block_threads(classes)};
+auto forward_launch(const void* logits, int64_t classes) {
+  return segmented_row_launch<T>(logits, classes, [](auto chunked) {
+    return cross_entropy_forward_kernel<T, decltype(chunked)::value>;
+  });
 }
 
+// The backward chunked where the rows allow it and it was measured faster: for bfloat16 only. On
+// one H100 (820d185, bench_cuda.py --only-cross-entropy) the chunked backward took 1.16 against
+// 2.00 ms in bfloat16 but 3.31 against 2.89 ms in float32.
 template <typename T>
 auto backward_kernel_for(const void* logits, const void* dlogits, int64_t classes) {
   if constexpr (sizeof(T) == 2)
@@ -148,7 +140,7 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   if (rows == 0) return;
   const int64_t ts = aux_stride(targets, name, "targets");
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    const auto launch = forward_kernel_for<scalar_t>(logits.data, classes);
+    const auto launch = forward_launch<scalar_t>(logits.data, classes);
     launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(
         static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index,
         rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),

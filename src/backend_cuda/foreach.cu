@@ -95,10 +95,7 @@ std::vector<ForeachItem> foreach_items(const ArrayRef* arrays, int64_t count) {
 }  // namespace
 
 void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out) {
-  check_foreach_arrays("cuda foreach_sum_squares", arrays, count);
-  NEEDLE_CHECK(out.dtype == DType::Float64 && out.numel() == 1, ValueError,
-               "cuda foreach_sum_squares: expected a float64 scalar output, got ", out.numel(),
-               " elements of ", dtype_name(out.dtype));
+  check_foreach_sum_squares("cuda foreach_sum_squares", arrays, count, out);
   const std::vector<ForeachItem> items = foreach_items(arrays, count);
   int64_t blocks = 0;
   for (const ForeachItem& it : items) blocks += ceil_div(it.n, kForeachChunk);

@@ -5,6 +5,7 @@
 // by element with a running maximum (block_max_sum, the "online softmax").
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "backend_cuda/cuda_common.cuh"
 #include "backend_cuda/row_cache.cuh"
@@ -187,6 +188,29 @@ inline int row_block_threads(int64_t cols) {
   if (t < 32) t = 32;
   if (t > 1024) t = 1024;
   return static_cast<int>(t);
+}
+
+// A row kernel's launch: the kernel and its threads per row.
+template <typename Kernel>
+struct RowLaunch {
+  Kernel kernel;
+  int threads;
+};
+
+// The launch of a kernel that takes each row's (max, sum) by block_max_sum_segments for bfloat16
+// and float32 rows and by block_max_sum for float64 rows (eight partial sums of doubles would
+// spill). pick(std::bool_constant<Chunked>) gives the kernel's instance; Chunked (16-byte chunks
+// of 8) where the rows are rows_chunkable. Segments take segmented_row_threads, float64 rows
+// row_block_threads.
+template <typename T, typename Pick>
+auto segmented_row_launch(const void* rows, int64_t cols, Pick pick)
+    -> RowLaunch<decltype(pick(std::false_type{}))> {
+  if constexpr (sizeof(T) <= 4) {
+    const int threads = segmented_row_threads(cols);
+    if (rows_chunkable<T>(rows, cols)) return {pick(std::true_type{}), threads};
+    return {pick(std::false_type{}), threads};
+  }
+  return {pick(std::false_type{}), row_block_threads(cols)};
 }
 
 }  // namespace needle::cuda

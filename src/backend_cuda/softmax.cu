@@ -330,24 +330,6 @@ void launch_row_op_warp(RowOp op, const T* x, int64_t rows, int64_t cols, T* out
   kernel<<<grid, 32 * kWarpsPerBlock, 0, stream()>>>(op, x, rows, cols, out);
 }
 
-// row_op_kernel for rows of T and its threads per row: bfloat16 and float32 rows by segments,
-// chunked where the rows allow it; float64 rows (eight partial sums of doubles would spill) by
-// block_max_sum.
-template <typename T>
-struct RowOpLaunch {
-  decltype(&row_op_kernel<T, false>) kernel;
-  int threads;
-};
-template <typename T>
-RowOpLaunch<T> row_op_kernel_for(const void* x, int64_t cols) {
-  if constexpr (sizeof(T) <= 4) {
-    const int threads = segmented_row_threads(cols);
-    if (rows_chunkable<T>(x, cols)) return {row_op_kernel<T, true>, threads};
-    return {row_op_kernel<T, false>, threads};
-  }
-  return {row_op_kernel<T, false>, row_block_threads(cols)};
-}
-
 const char* row_op_name(RowOp op) {
   return op == RowOp::Softmax ? "softmax" : op == RowOp::LogSoftmax ? "log_softmax" : "logsumexp";
 }
@@ -396,7 +378,8 @@ void row_op(RowOp op, const ArrayRef& in, int64_t rows, int64_t cols, const Arra
       const unsigned grid = resident_grid(row_op_cached_kernel<T>, threads, smem, rows);
       row_op_cached_kernel<T><<<grid, threads, smem, stream()>>>(op, x, rows, cols, vec, o);
     } else {
-      const auto launch = row_op_kernel_for<T>(in.data, cols);
+      const auto launch = segmented_row_launch<T>(
+          in.data, cols, [](auto chunked) { return row_op_kernel<T, decltype(chunked)::value>; });
       launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(op, x, rows, cols, o);
     }
     NEEDLE_CUDA_LAUNCH_CHECK();

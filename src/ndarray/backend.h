@@ -109,6 +109,15 @@ inline void check_foreach_arrays(const char* name, const ArrayRef* arrays, int64
   }
 }
 
+// foreach_sum_squares's checks: the arrays', and a float64 scalar output.
+inline void check_foreach_sum_squares(const char* name, const ArrayRef* arrays, int64_t count,
+                                      const ArrayRef& out) {
+  check_foreach_arrays(name, arrays, count);
+  NEEDLE_CHECK(out.dtype == DType::Float64 && out.numel() == 1, ValueError, name,
+               ": expected a float64 scalar output, got ", out.numel(), " elements of ",
+               dtype_name(out.dtype));
+}
+
 // A block-sparse attention layout as the kernels read it: the kept (query-block, key-block)
 // pairs in CSR form and its transpose, all int32 arrays on the kernel's device.
 //   b = block_size, QB = num_q_blocks = ceil((q_offset + q_len) / b) rows of the layout,
