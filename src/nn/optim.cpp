@@ -30,6 +30,19 @@ NDArray& buffer(std::map<std::string, NDArray>& buffers, const std::string& name
   return it->second;
 }
 
+// Items grouped by the backend (device) they belong to, in order of first appearance: the
+// list-taking kernel entries get one call per device.
+template <typename T>
+struct ByBackend {
+  std::vector<std::pair<const Backend*, std::vector<T>>> groups;
+  void add(const Backend& be, T item) {
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const auto& g) { return g.first == &be; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {&be, {}});
+    it->second.push_back(std::move(item));
+  }
+};
+
 // "lr, momentum, ..." for error messages (type_name() is not callable from the constructor).
 std::string option_names(const Options& o) {
   std::string out;
@@ -218,8 +231,7 @@ Adam::Adam(std::vector<ParamGroup> groups, double lr, double beta1, double beta2
 }
 
 void Adam::update(const std::vector<Update>& updates) {
-  // The backend calls, one per device in order of first appearance, each with its parameters.
-  std::vector<std::pair<const Backend*, std::vector<AdamWParam>>> calls;
+  ByBackend<AdamWParam> calls;
   std::vector<NDArray> keep;  // arrays the AdamWParams point into (a gradient with L2 decay)
   for (const Update& u : updates) {
     const Options& o = *u.options;
@@ -248,31 +260,14 @@ void Adam::update(const std::vector<Update>& updates) {
       continue;
     }
     keep.push_back(g);
-    auto call =
-        std::find_if(calls.begin(), calls.end(), [&](const auto& c) { return c.first == &be; });
-    if (call == calls.end()) call = calls.insert(calls.end(), {&be, {}});
-    call->second.push_back(
-        {param.ref(), g.ref(), m.ref(), v.ref(), lr, b1, b2, eps, kernel_wd, bc1, bc2});
+    calls.add(be, {param.ref(), g.ref(), m.ref(), v.ref(), lr, b1, b2, eps, kernel_wd, bc1, bc2});
   }
-  for (const auto& [be, params] : calls)
+  for (const auto& [be, params] : calls.groups)
     be->adamw(params.data(), static_cast<int64_t>(params.size()));
 }
 
-// --- clipping
-// --------------------------------------------------------------------------------------------
+// --- clipping --------------------------------------------------------------------------------------------
 namespace {
-
-// Arrays grouped by the backend they live on, in order of first appearance.
-struct ArrayLists {
-  std::vector<std::pair<const Backend*, std::vector<NDArray>>> lists;
-  void add(const NDArray& a) {
-    const Backend* be = &a.backend();
-    auto it =
-        std::find_if(lists.begin(), lists.end(), [&](const auto& l) { return l.first == be; });
-    if (it == lists.end()) it = lists.insert(lists.end(), {be, {}});
-    it->second.push_back(a);
-  }
-};
 
 std::vector<ArrayRef> refs(const std::vector<NDArray>& arrays) {
   std::vector<ArrayRef> out;
@@ -284,10 +279,10 @@ std::vector<ArrayRef> refs(const std::vector<NDArray>& arrays) {
 // The sum of squares of every gradient, in float64: one foreach_sum_squares call and one host
 // read per device.
 double sum_squares(const std::vector<NDArray>& grads) {
-  ArrayLists by_device;
-  for (const NDArray& g : grads) by_device.add(g.compact());
+  ByBackend<NDArray> by_device;
+  for (const NDArray& g : grads) by_device.add(g.backend(), g.compact());
   double total = 0;
-  for (const auto& [be, arrays] : by_device.lists) {
+  for (const auto& [be, arrays] : by_device.groups) {
     NDArray out = NDArray::empty({}, DType::Float64, arrays.front().device());
     const std::vector<ArrayRef> r = refs(arrays);
     be->foreach_sum_squares(r.data(), static_cast<int64_t>(r.size()), out.ref());
@@ -298,14 +293,14 @@ double sum_squares(const std::vector<NDArray>& grads) {
 
 // g *= coef for every gradient, in place: compact ones by one foreach_mul_scalar call per device.
 void scale(const std::vector<NDArray>& grads, double coef) {
-  ArrayLists by_device;
+  ByBackend<NDArray> by_device;
   for (const NDArray& g : grads) {
     if (g.is_compact())
-      by_device.add(g);
+      by_device.add(g.backend(), g);
     else
       g.assign(mul(g, Scalar(coef)));
   }
-  for (const auto& [be, arrays] : by_device.lists) {
+  for (const auto& [be, arrays] : by_device.groups) {
     const std::vector<ArrayRef> r = refs(arrays);
     be->foreach_mul_scalar(r.data(), static_cast<int64_t>(r.size()), coef);
   }
@@ -343,8 +338,7 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   return norm;
 }
 
-// --- schedules
-// -------------------------------------------------------------------------------------------
+// --- schedules -------------------------------------------------------------------------------------------
 LRScheduler::LRScheduler(Optimizer& optimizer) : optimizer_(optimizer) {
   for (const ParamGroup& g : optimizer.param_groups()) base_lrs_.push_back(g.options.at("lr"));
 }

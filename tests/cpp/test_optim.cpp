@@ -158,6 +158,36 @@ TEST_CASE("clip_grad_norm_: a million float32 values, bfloat16 gradients and p =
   REQUIRE(clip_grad_norm_({p, q}, 100.0, 3.0) == Approx(std::cbrt(91.0)));
 }
 
+TEST_CASE("clip_grad_norm_: mixed dtypes in float64, and a strided gradient scaled in place") {
+  // float32, bfloat16 and float64 gradients; the 2-norm's squares and sum are float64, so the
+  // norm matches one computed here to rounding.
+  Tensor a(NDArray::zeros({1000}, DType::Float32), true),
+      b(NDArray::zeros({70001}, DType::BFloat16), true),
+      c(NDArray::zeros({3, 4}, DType::Float64), true);
+  a.set_grad(Tensor(NDArray::randn({1000}, DType::Float32)));
+  b.set_grad(Tensor(NDArray::randn({70001}, DType::Float32).astype(DType::BFloat16)));
+  // A transposed view: not compact, so it is summed from a copy and scaled through assign().
+  c.set_grad(Tensor(NDArray::randn({4, 3}, DType::Float64).permute({1, 0})));
+  REQUIRE_FALSE(c.grad().data().is_compact());
+  double want = 0;
+  std::vector<std::vector<double>> before;
+  for (const Tensor* t : {&a, &b, &c}) {
+    before.push_back(values(t->grad()));
+    for (double v : before.back()) want += v * v;
+  }
+  const double norm = clip_grad_norm_({a, b, c}, 1.0);
+  REQUIRE(norm == Approx(std::sqrt(want)).epsilon(1e-13));
+  const double coef = 1.0 / (norm + 1e-6);
+  const std::vector<double> tol = {1e-6, 1e-2, 1e-15};
+  int k = 0;
+  for (const Tensor* t : {&a, &b, &c}) {
+    const std::vector<double> after = values(t->grad());
+    for (size_t i = 0; i < after.size(); ++i)
+      REQUIRE(after[i] == Approx(before[k][i] * coef).epsilon(tol[k]).margin(1e-12));
+    ++k;
+  }
+}
+
 TEST_CASE("lr schedules: warm-up, cosine to a floor, linear decay") {
   Tensor p = param(kStart);
   SGD opt({{{p}, {}}}, 1.0);
