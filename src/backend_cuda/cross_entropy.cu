@@ -24,9 +24,9 @@ void check_targets_dtype(const ArrayRef& t, const char* op) {
 // R = rows, C = classes. One block per row: lse[r] = logsumexp(logits[r]),
 // loss[r] = lse[r] - logits[r, target[r]] (0 when the target is ignore_index). loss and lse are of
 // stats_dtype(logits) (backend.h): float32, or float64 for float64 logits, i.e. acc_t<T>.
-// bfloat16 and float32 rows by block_max_sum_segments: Chunked, in chunks of 8 with 16-byte loads
-// (rows_chunkable, a vocabulary's usual case), otherwise element by element (a view one element
-// into its buffer, a vocabulary of 50257). float64 (for reference checks) by block_max_sum.
+// The row statistics by block_row_max_sum<Chunked>: Chunked for rows_chunkable rows (a
+// vocabulary's usual case), otherwise element by element (a view one element into its buffer,
+// a vocabulary of 50257).
 template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     cross_entropy_forward_kernel(const T* __restrict__ logits, const void* targets,
@@ -37,9 +37,7 @@ __global__ void __launch_bounds__(1024)
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = logits + r * classes;
-    MaxSum<A> st;
-    if constexpr (sizeof(T) > 4) st = block_max_sum<A>(row, classes, scratch);
-    else st = block_max_sum_segments<Chunked ? 8 : 1>(row, classes, scratch);
+    const MaxSum<A> st = block_row_max_sum<Chunked>(row, classes, scratch);
     if (threadIdx.x != 0) continue;
     const A l = max_sum_logsumexp(st);
     const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);

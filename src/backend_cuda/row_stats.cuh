@@ -172,6 +172,19 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, in
   return block_merge_max_sum(MaxSum<float>{m, total}, scratch);
 }
 
+// A row's (max, sum) as the row kernels take it: bfloat16 and float32 rows by segments (Chunked:
+// 16-byte chunks of 8, for rows_chunkable rows; else single elements), float64 rows by
+// block_max_sum (eight partial sums of doubles would spill). segmented_row_launch picks Chunked
+// and the threads.
+template <bool Chunked, typename T>
+__device__ __forceinline__ MaxSum<acc_t<T>> block_row_max_sum(const T* row, int64_t cols,
+                                                              MaxSum<acc_t<T>>* scratch) {
+  if constexpr (sizeof(T) > 4)
+    return block_max_sum<acc_t<T>>(row, cols, scratch);
+  else
+    return block_max_sum_segments<(Chunked ? 8 : 1)>(row, cols, scratch);
+}
+
 // Threads per row block of block_max_sum_segments: about 32 elements per thread, between one
 // warp and 512 threads (16384 x 50304 bfloat16 logits: 512 threads, about 98 elements each, so
 // each block's reduction is shared by more loads than at 1024).
@@ -197,11 +210,9 @@ struct RowLaunch {
   int threads;
 };
 
-// The launch of a kernel that takes each row's (max, sum) by block_max_sum_segments for bfloat16
-// and float32 rows and by block_max_sum for float64 rows (eight partial sums of doubles would
-// spill). pick(std::bool_constant<Chunked>) gives the kernel's instance; Chunked (16-byte chunks
-// of 8) where the rows are rows_chunkable. Segments take segmented_row_threads, float64 rows
-// row_block_threads.
+// The launch of a kernel that takes each row's (max, sum) by block_row_max_sum<Chunked>.
+// pick(std::bool_constant<Chunked>) gives the kernel's instance; Chunked where the rows are
+// rows_chunkable. Segments take segmented_row_threads, float64 rows row_block_threads.
 template <typename T, typename Pick>
 auto segmented_row_launch(const void* rows, int64_t cols, Pick pick)
     -> RowLaunch<decltype(pick(std::false_type{}))> {

@@ -23,9 +23,8 @@ namespace needle::cuda {
 namespace {
 
 // R = rows, C = cols. out is (R, C) for Softmax / LogSoftmax and (R) for LogSumExp. One block
-// per row. The statistics of bfloat16 and float32 rows by block_max_sum_segments: Chunked, in
-// chunks of 8 with 16-byte loads (rows_chunkable), otherwise element by element; of float64 rows
-// by block_max_sum. The output pass reads the row again element by element.
+// per row: the statistics by block_row_max_sum<Chunked>, then the output pass reads the row
+// again element by element.
 template <typename T, bool Chunked>
 __global__ void __launch_bounds__(1024)
     row_op_kernel(RowOp op, const T* __restrict__ x, int64_t rows, int64_t cols,
@@ -34,11 +33,7 @@ __global__ void __launch_bounds__(1024)
   __shared__ MaxSum<A> scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = x + r * cols;
-    MaxSum<A> st;
-    if constexpr (sizeof(T) > 4)
-      st = block_max_sum<A>(row, cols, scratch);
-    else
-      st = block_max_sum_segments<(Chunked ? 8 : 1)>(row, cols, scratch);
+    const MaxSum<A> st = block_row_max_sum<Chunked>(row, cols, scratch);
     if (op == RowOp::LogSumExp) {
       if (threadIdx.x == 0) out[r] = convert<T>(max_sum_logsumexp(st));
       continue;
@@ -59,6 +54,8 @@ __global__ void __launch_bounds__(1024)
 }
 
 // Maximum that propagates NaN: once m is NaN it stays NaN, so every output of the row is NaN.
+// This compare-and-select form hides row_stats.cuh's float max_nan (one max.NaN.f32) from the
+// kernels below; both give the same values.
 template <typename A>
 __device__ __forceinline__ A max_nan(A m, A v) {
   return (v > m || v != v) ? v : m;
