@@ -1,6 +1,7 @@
 // The Tensor value type, grad mode, and the backward engine.
 #include "autograd/tensor.h"
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -111,13 +112,52 @@ static std::vector<std::shared_ptr<TensorImpl>> topo_order(const std::shared_ptr
 
 static Tensor accumulate(const Tensor& acc, const Tensor& g) { return acc.defined() ? add(acc, g) : g; }
 
+// A gradient buffer backward() allocated and nothing else references yet. When it started as
+// zeros, `written` lists the views (getitem indices) written into it so far.
+struct OwnedBuffer {
+  bool from_zeros = false;
+  std::vector<std::vector<Index>> written;
+};
+
+// Index entry `e` of dim size n as a half-open range with step 1: an integer i as [i, i + 1), a
+// slice without a step or with step 1 as [start, stop), clipped as Python clips them. False for
+// anything else (other steps, new axes, ellipses).
+static bool unit_range(const Index& e, int64_t n, int64_t& lo, int64_t& hi) {
+  if (e.kind == Index::Kind::Integer) {
+    lo = e.integer < 0 ? e.integer + n : e.integer;
+    hi = lo + 1;
+    return true;
+  }
+  if (e.kind != Index::Kind::Slice || (e.step && *e.step != 1)) return false;
+  auto clip = [n](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + n : v, 0, n); };
+  lo = e.start ? clip(*e.start) : 0;
+  hi = e.stop ? clip(*e.stop) : n;
+  return true;
+}
+
+// Whether the views a and b of an array of `shape` provably share no element: some dim where
+// both select disjoint ranges. Conservative: false when it cannot tell.
+static bool disjoint_views(const std::vector<Index>& a, const std::vector<Index>& b,
+                           const Shape& shape) {
+  const size_t n = std::min({a.size(), b.size(), shape.size()});
+  for (size_t d = 0; d < n; ++d) {
+    int64_t alo, ahi, blo, bhi;
+    if (!unit_range(a[d], shape[d], alo, ahi) || !unit_range(b[d], shape[d], blo, bhi))
+      return false;  // later entries may not line up with the dims
+    if (ahi <= blo || bhi <= alo) return true;
+  }
+  return false;
+}
+
 // The gradient of a view op (Op::view_index) written into its view of the input's slot: in place
 // when this engine owns the slot's buffer, else into a new owned buffer (zeros, or a copy of the
-// gradient gathered so far). False, with nothing done, when the op is no view or the slot's
-// dtype or device differs from g's (the general path promotes those).
+// gradient gathered so far). A view of a zero-started buffer that no earlier view touched is
+// copied, not added (the q, k and v slices of a fused projection). False, with nothing done, when
+// the op is no view or the slot's dtype or device differs from g's (the general path promotes
+// those).
 static bool scatter_gradient(Op& op, const Tensor& g,
                              std::unordered_map<TensorImpl*, Tensor>& grads,
-                             std::unordered_set<TensorImpl*>& owned) {
+                             std::unordered_map<TensorImpl*, OwnedBuffer>& owned) {
   const std::vector<Index>* index = op.view_index();
   if (index == nullptr || op.inputs.size() != 1) return false;
   const Tensor& input = op.inputs[0];
@@ -130,15 +170,22 @@ static bool scatter_gradient(Op& op, const Tensor& g,
     NDArray buffer = zeros ? NDArray::zeros(input.shape(), g.dtype(), g.device())
                            : found->second.data().clone();
     Tensor slot(buffer);
-    owned.insert(slot.impl().get());
+    owned[slot.impl().get()].from_zeros = zeros;
     found = grads.insert_or_assign(input.impl().get(), std::move(slot)).first;
   }
+  OwnedBuffer& buffer = owned.at(found->second.impl().get());
+  const bool untouched =
+      buffer.from_zeros &&
+      std::all_of(buffer.written.begin(), buffer.written.end(), [&](const std::vector<Index>& w) {
+        return disjoint_views(w, *index, input.shape());
+      });
   NDArray view = found->second.data().getitem(*index);
-  if (zeros) {
-    view.assign(g.data());  // the rest of the buffer stays zero
+  if (untouched) {
+    view.assign(g.data());  // over zeros
   } else {
     add_into(view, g.data());
   }
+  if (buffer.from_zeros) buffer.written.push_back(*index);
   return true;
 }
 
@@ -168,7 +215,7 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
   std::unordered_map<TensorImpl*, Tensor> grads;
   // Gradient buffers this loop allocated for scattering ops and that nothing else references yet:
   // they may be added into in place until their node is reached.
-  std::unordered_set<TensorImpl*> owned;
+  std::unordered_map<TensorImpl*, OwnedBuffer> owned;
   grads[impl_.get()] = seed;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     std::shared_ptr<TensorImpl> node = std::move(*it);

@@ -168,6 +168,18 @@ std::vector<GradCase> grad_cases() {
                      Tensor b = getitem(x[0], {all, Index::slice(-3, std::nullopt)});
                      return concatenate({mul(e, a), b}, 0);
                    }});
+  // Disjoint views (as q, k, v of a fused projection) are copied into the zero buffer, views that
+  // overlap an earlier one are added: x[:, 0], x[:, 1], x[:, -1], then x[1:, 0] over x[:, 0] and
+  // x[0:1, 1:3] over x[:, 1] and x[:, -1].
+  cases.push_back({"disjoint and overlapping views", one({3, 3, 4}), [](auto& x) {
+                     const Index all = Index::slice();
+                     Tensor a = getitem(x[0], {all, Index::at(0)});
+                     Tensor b = getitem(x[0], {all, Index::at(1)});
+                     Tensor c = getitem(x[0], {all, Index::at(-1)});
+                     Tensor d = getitem(x[0], {Index::slice(1, std::nullopt), Index::at(0)});
+                     Tensor e = getitem(x[0], {Index::slice(0, 1), Index::slice(1, 3)});
+                     return concatenate({mul(a, b), exp(c), d, reshape(e, {2, 4})}, 0);
+                   }});
   cases.push_back({"concatenate", [] { return two({2, 3}, {4, 3}); },
                    [](auto& x) { return concatenate({x[0], x[1], x[0]}, 0); }});
   cases.push_back({"stack", [] { return two({2, 3}, {2, 3}); },
