@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "autograd/autocast.h"
 #include "autograd/functional.h"
