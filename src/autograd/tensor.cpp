@@ -118,30 +118,32 @@ struct OwnedBuffer {
   std::vector<std::vector<Index>> written;
 };
 
-// Index entry `e` of dim size n as a half-open range with step 1: an integer i as [i, i + 1), a
-// slice without a step or with step 1 as [start, stop), clipped as Python clips them. False for
-// anything else (other steps, new axes, ellipses).
-static bool unit_range(const Index& e, int64_t n, int64_t& lo, int64_t& hi) {
+// The indices entry `e` takes from a dim of size n, bounded by [lo, hi): an integer i takes
+// [i, i + 1), a slice at most the span from its first to its last index (slice_range, any step).
+// False for a new axis or an ellipsis.
+static bool index_span(const Index& e, int64_t n, int64_t& lo, int64_t& hi) {
   if (e.kind == Index::Kind::Integer) {
     lo = e.integer < 0 ? e.integer + n : e.integer;
     hi = lo + 1;
     return true;
   }
-  if (e.kind != Index::Kind::Slice || (e.step && *e.step != 1)) return false;
-  auto clip = [n](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + n : v, 0, n); };
-  lo = e.start ? clip(*e.start) : 0;
-  hi = e.stop ? clip(*e.stop) : n;
+  if (e.kind != Index::Kind::Slice) return false;
+  const int64_t step = e.step.value_or(1);
+  const SliceRange r = slice_range(n, e.start, e.stop, step);
+  const int64_t last = r.begin + (r.length - 1) * step;
+  lo = r.length > 0 ? std::min(r.begin, last) : 0;
+  hi = r.length > 0 ? std::max(r.begin, last) + 1 : 0;
   return true;
 }
 
 // Whether the views a and b of an array of `shape` provably share no element: some dim where
-// both select disjoint ranges. Conservative: false when it cannot tell.
+// their spans do not meet. Conservative: false when it cannot tell.
 static bool disjoint_views(const std::vector<Index>& a, const std::vector<Index>& b,
                            const Shape& shape) {
   const size_t n = std::min({a.size(), b.size(), shape.size()});
   for (size_t d = 0; d < n; ++d) {
     int64_t alo, ahi, blo, bhi;
-    if (!unit_range(a[d], shape[d], alo, ahi) || !unit_range(b[d], shape[d], blo, bhi))
+    if (!index_span(a[d], shape[d], alo, ahi) || !index_span(b[d], shape[d], blo, bhi))
       return false;  // later entries may not line up with the dims
     if (ahi <= blo || bhi <= alo) return true;
   }

@@ -62,6 +62,30 @@ Shape broadcast_shapes(const Shape& a, const Shape& b) {
   return out;
 }
 
+SliceRange slice_range(int64_t n, std::optional<int64_t> start, std::optional<int64_t> stop,
+                       int64_t step) {
+  NEEDLE_CHECK(step != 0, ValueError, "slice step cannot be zero");
+  int64_t b, e, len;
+  if (step > 0) {
+    b = start.value_or(0);
+    e = stop.value_or(n);
+    if (b < 0) b = std::max<int64_t>(b + n, 0);
+    if (e < 0) e = std::max<int64_t>(e + n, 0);
+    b = std::min(b, n);
+    e = std::min(e, n);
+    len = e > b ? (e - b + step - 1) / step : 0;
+  } else {
+    b = start.has_value() ? *start : n - 1;
+    e = stop.has_value() ? *stop : -1 - n;
+    if (b < 0) b = std::max<int64_t>(b + n, -1);
+    if (e < 0) e = std::max<int64_t>(e + n, -1);
+    b = std::min(b, n - 1);
+    e = std::min(e, n - 1);
+    len = b > e ? (b - e - step - 1) / (-step) : 0;
+  }
+  return {b, len};
+}
+
 int normalize_dim(int dim, int ndim) {
   int n = std::max(ndim, 1);  // a 0-d array accepts dim 0 and -1, as in PyTorch
   NEEDLE_CHECK(dim >= -n && dim < n, IndexError, "dimension ", dim,
@@ -407,30 +431,10 @@ NDArray NDArray::as_strided(const Shape& shape, const Strides& strides, int64_t 
 NDArray NDArray::slice(int dim, std::optional<int64_t> start, std::optional<int64_t> stop,
                        int64_t step) const {
   int d = normalize_dim(dim, ndim());
-  NEEDLE_CHECK(step != 0, ValueError, "slice step cannot be zero");
-  int64_t n = shape_[d];
-  int64_t b, e, len;
-  // Python's slice.indices() rules, negative steps included.
-  if (step > 0) {
-    b = start.value_or(0);
-    e = stop.value_or(n);
-    if (b < 0) b = std::max<int64_t>(b + n, 0);
-    if (e < 0) e = std::max<int64_t>(e + n, 0);
-    b = std::min(b, n);
-    e = std::min(e, n);
-    len = e > b ? (e - b + step - 1) / step : 0;
-  } else {
-    b = start.has_value() ? *start : n - 1;
-    e = stop.has_value() ? *stop : -1 - n;
-    if (b < 0) b = std::max<int64_t>(b + n, -1);
-    if (e < 0) e = std::max<int64_t>(e + n, -1);
-    b = std::min(b, n - 1);
-    e = std::min(e, n - 1);
-    len = b > e ? (b - e - step - 1) / (-step) : 0;
-  }
+  const SliceRange range = slice_range(shape_[d], start, stop, step);
   NDArray r = *this;
-  if (len > 0) r.offset_ += b * strides_[d];
-  r.shape_[d] = len;
+  if (range.length > 0) r.offset_ += range.begin * strides_[d];
+  r.shape_[d] = range.length;
   r.strides_[d] = strides_[d] * step;
   return r;
 }

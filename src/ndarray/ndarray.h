@@ -182,6 +182,13 @@ std::string shape_str(const Shape& shape);
 Shape broadcast_shapes(const Shape& a, const Shape& b);
 // Wraps a possibly negative dim into [0, ndim); IndexError when out of range.
 int normalize_dim(int dim, int ndim);
+// A slice of a dim of size n by Python's slice.indices() rules (step != 0, negative steps
+// included): the first index taken and how many are taken, `step` apart.
+struct SliceRange {
+  int64_t begin, length;
+};
+SliceRange slice_range(int64_t n, std::optional<int64_t> start, std::optional<int64_t> stop,
+                       int64_t step);
 
 // --- elementwise ----------------------------------------------------------------------------------
 #define NEEDLE_DECLARE_UNARY(Name, fname, ...) NDArray fname(const NDArray& a);

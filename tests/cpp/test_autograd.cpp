@@ -180,6 +180,15 @@ std::vector<GradCase> grad_cases() {
                      Tensor e = getitem(x[0], {Index::slice(0, 1), Index::slice(1, 3)});
                      return concatenate({mul(a, b), exp(c), d, reshape(e, {2, 4})}, 0);
                    }});
+  // Stepped slices: x[:, 0:3:2] and x[:, 3::2] span disjoint columns and are copied; x[:, 5:0:-3]
+  // (columns 5 and 2) spans both and is added.
+  cases.push_back({"stepped views", one({4, 6}), [](auto& x) {
+                     const Index all = Index::slice();
+                     Tensor a = getitem(x[0], {all, Index::slice(0, 3, 2)});
+                     Tensor b = getitem(x[0], {all, Index::slice(3, std::nullopt, 2)});
+                     Tensor c = getitem(x[0], {all, Index::slice(5, 0, -3)});
+                     return concatenate({mul(a, b), exp(c)}, 0);
+                   }});
   cases.push_back({"concatenate", [] { return two({2, 3}, {4, 3}); },
                    [](auto& x) { return concatenate({x[0], x[1], x[0]}, 0); }});
   cases.push_back({"stack", [] { return two({2, 3}, {2, 3}); },
