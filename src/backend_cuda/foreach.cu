@@ -20,6 +20,17 @@ struct ForeachItem {
 // Elements per block.
 constexpr int64_t kForeachChunk = 8192;
 
+// f(x) with x the item's data as a pointer to its element type (float32, bfloat16 or float64).
+template <typename F>
+__device__ __forceinline__ void with_element_type(const ForeachItem& it, F f) {
+  if (it.dtype == DType::Float32)
+    f(static_cast<float*>(it.data));
+  else if (it.dtype == DType::BFloat16)
+    f(static_cast<bfloat16*>(it.data));
+  else
+    f(static_cast<double*>(it.data));
+}
+
 template <typename T>
 __device__ __forceinline__ double chunk_sum_squares(const T* x, int64_t begin, int64_t end) {
   double s = 0;
@@ -36,17 +47,9 @@ __global__ void __launch_bounds__(kThreads)
     sum_squares_kernel(const __grid_constant__ TensorBatch<ForeachItem> batch, int64_t first,
                        double* __restrict__ partials) {
   __shared__ double scratch[32];
-  const int i = batch_item(batch);
-  const ForeachItem& it = batch.items[i];
-  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - batch.first_block[i]) * kForeachChunk;
-  const int64_t end = begin + kForeachChunk < it.n ? begin + kForeachChunk : it.n;
+  const BlockChunk<ForeachItem> c = block_chunk(batch, kForeachChunk);
   double s;
-  if (it.dtype == DType::Float32)
-    s = chunk_sum_squares(static_cast<const float*>(it.data), begin, end);
-  else if (it.dtype == DType::BFloat16)
-    s = chunk_sum_squares(static_cast<const bfloat16*>(it.data), begin, end);
-  else
-    s = chunk_sum_squares(static_cast<const double*>(it.data), begin, end);
+  with_element_type(c.item, [&](auto* x) { s = chunk_sum_squares(x, c.begin, c.end); });
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) partials[first + blockIdx.x] = s;
 }
@@ -72,16 +75,8 @@ __device__ __forceinline__ void chunk_mul(T* x, int64_t begin, int64_t end, doub
 
 __global__ void __launch_bounds__(kThreads)
     mul_scalar_kernel(const __grid_constant__ TensorBatch<ForeachItem> batch, double factor) {
-  const int i = batch_item(batch);
-  const ForeachItem& it = batch.items[i];
-  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - batch.first_block[i]) * kForeachChunk;
-  const int64_t end = begin + kForeachChunk < it.n ? begin + kForeachChunk : it.n;
-  if (it.dtype == DType::Float32)
-    chunk_mul(static_cast<float*>(it.data), begin, end, factor);
-  else if (it.dtype == DType::BFloat16)
-    chunk_mul(static_cast<bfloat16*>(it.data), begin, end, factor);
-  else
-    chunk_mul(static_cast<double*>(it.data), begin, end, factor);
+  const BlockChunk<ForeachItem> c = block_chunk(batch, kForeachChunk);
+  with_element_type(c.item, [&](auto* x) { chunk_mul(x, c.begin, c.end, factor); });
 }
 
 std::vector<ForeachItem> foreach_items(const ArrayRef* arrays, int64_t count) {

@@ -34,6 +34,22 @@ __device__ __forceinline__ int batch_item(const TensorBatch<Item>& b) {
   return lo;
 }
 
+// The item that owns this block (in blocks of `chunk` elements), and the [begin, end) of its
+// elements the block covers. adamw.cu still computes the same range inline: through this helper
+// its kernels' PTX changes (the same instructions in another order), not yet run on a GPU.
+template <typename Item>
+struct BlockChunk {
+  const Item& item;
+  int64_t begin, end;
+};
+template <typename Item>
+__device__ __forceinline__ BlockChunk<Item> block_chunk(const TensorBatch<Item>& b, int64_t chunk) {
+  const int i = batch_item(b);
+  const Item& it = b.items[i];
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - b.first_block[i]) * chunk;
+  return {it, begin, begin + chunk < it.n ? begin + chunk : it.n};
+}
+
 // Cuts `items` (arrays of `chunk` elements per block; empty ones skipped) into batches and calls
 // launch(batch, blocks, first) for each: `blocks` is the batch's grid, `first` the number of
 // blocks launched before it (for outputs indexed by block across launches). Returns the total.
