@@ -4,7 +4,10 @@
 //  - inner == 1 (rows): a warp per row for short rows, a block per row for long ones; threads
 //    stride along the row, so a warp reads consecutive elements.
 //  - inner > 1 (columns): a 32 x 8 block covers 32 adjacent columns; the 32 lanes of a warp read
-//    32 consecutive elements of one input row, the 8 warps split the reduced rows.
+//    32 consecutive elements of one input row, the 8 warps split the reduced rows. Where the rows
+//    hold whole 16-byte vectors of 2- to 8-byte elements, each lane reads one vector instead and
+//    the block covers 32 vectors' columns (a bias gradient: 256 bfloat16 columns, 512 bytes of
+//    a row per warp load rather than 64).
 // Rows are read in 16-byte vectors when they are aligned and hold whole vectors, four loads in
 // flight per thread.
 // When those units cannot fill the GPU (a full reduction, a few long rows, a column sum over a
@@ -206,38 +209,63 @@ __global__ void reduce_rows_kernel(const T* __restrict__ x, int64_t outer, int64
 }
 
 // O = outer, R = reduce length, I = inner length, P = pieces of the reduced axis. Block (32, 8):
-// x over 32 adjacent columns, y over reduced rows. Unit = (o, column tile, piece). With P == 1 it
-// writes out[o, j]; otherwise partial[(o * P + piece) * I + j].
-template <typename Red, typename T>
+// each lane folds N adjacent columns (N = 1, or the elements of one 16-byte vector, which needs
+// inner % N == 0 and x 16-byte aligned so that every row of every tile starts on a vector), so a
+// unit covers 32 * N columns; warp y takes the reduced rows y, y + 8, ... of its piece, four loads
+// in flight, and the 8 warps are combined in order. Unit = (o, column tile, piece). With P == 1
+// it writes out[o, j]; otherwise partial[(o * P + piece) * I + j].
+template <typename Red, typename T, int N>
 __global__ void reduce_columns_kernel(const T* __restrict__ x, int64_t outer, int64_t reduce,
                                       int64_t inner, int64_t pieces, int64_t piece_len,
                                       typename Red::Out* __restrict__ out,
                                       typename Red::S* __restrict__ partial) {
   using S = typename Red::S;
+  using V = VecN<T, N>;
   __shared__ S scratch[8][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t tiles = (inner + 31) / 32;
+  const int64_t tiles = (inner + 32 * N - 1) / (32 * N);
   const int64_t units = outer * tiles * pieces;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
     const int64_t piece = u % pieces, tile = (u / pieces) % tiles, o = u / (pieces * tiles);
-    const int64_t j = tile * 32 + tx;
-    S st = Red::identity();
-    if (j < inner) {
-      int64_t begin = piece * piece_len;
-      int64_t end = begin + piece_len < reduce ? begin + piece_len : reduce;
-      st = fold_strided<Red>(st, x + o * reduce * inner + j, begin, end, ty, 8, inner);
-    }
-    scratch[ty][tx] = st;
-    __syncthreads();
-    if (ty == 0 && j < inner) {
+    const int64_t j0 = (tile * 32 + tx) * N;  // inner % N == 0: all N columns or none exist
+    S st[N];
 #pragma unroll
-      for (int k = 1; k < 8; ++k) st = Red::combine(st, scratch[k][tx]);
-      if (pieces == 1)
-        out[o * inner + j] = Red::finalize(st);
-      else
-        partial[(o * pieces + piece) * inner + j] = st;
+    for (int c = 0; c < N; ++c) st[c] = Red::identity();
+    if (j0 < inner) {
+      const T* col = x + o * reduce * inner + j0;
+      const int64_t begin = piece * piece_len;
+      const int64_t end = begin + piece_len < reduce ? begin + piece_len : reduce;
+      int64_t r = begin + ty;
+      for (; r + 24 < end; r += 32) {
+        V a[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) a[k] = load_vec<T, N>(col + (r + 8 * k) * inner);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+#pragma unroll
+          for (int c = 0; c < N; ++c) st[c] = Red::combine(st[c], Red::make(a[k].v[c], r + 8 * k));
+      }
+      for (; r < end; r += 8) {
+        const V a = load_vec<T, N>(col + r * inner);
+#pragma unroll
+        for (int c = 0; c < N; ++c) st[c] = Red::combine(st[c], Red::make(a.v[c], r));
+      }
     }
-    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+      scratch[ty][tx] = st[c];
+      __syncthreads();
+      if (ty == 0 && j0 < inner) {
+        S total = st[c];
+#pragma unroll
+        for (int k = 1; k < 8; ++k) total = Red::combine(total, scratch[k][tx]);
+        if (pieces == 1)
+          out[o * inner + j0 + c] = Red::finalize(total);
+        else
+          partial[(o * pieces + piece) * inner + j0 + c] = total;
+      }
+      __syncthreads();
+    }
   }
 }
 
@@ -326,12 +354,22 @@ void run_reduce(const T* x, int64_t outer, int64_t reduce, int64_t inner, typena
     if (pieces > 1) combine_partials<Red>(ws.as<S>(), outer, pieces, 1, out);
     return;
   }
-  const int64_t tiles = outer * ceil_div(inner, 32);
+  // A 16-byte vector per lane for 2- to 8-byte elements in rows of whole vectors.
+  constexpr int kVec = static_cast<int>(16 / sizeof(T));
+  auto* kernel = reduce_columns_kernel<Red, T, 1>;
+  int64_t width = 32;  // columns per unit
+  if constexpr (sizeof(T) >= 2) {
+    if (inner % kVec == 0 && aligned_to(x, 16)) {
+      kernel = reduce_columns_kernel<Red, T, kVec>;
+      width = 32 * kVec;
+    }
+  }
+  const int64_t tiles = outer * ceil_div(inner, width);
   const int64_t pieces = choose_pieces(tiles, sms * 8, reduce, 8 * 16);
   const int64_t piece_len = ceil_div(reduce, pieces);
   Workspace ws(pieces > 1 ? static_cast<size_t>(outer * pieces * inner) * sizeof(S) : 0);
-  reduce_columns_kernel<Red><<<grid_for(tiles * pieces, 1), dim3(32, 8), 0, stream()>>>(
-      x, outer, reduce, inner, pieces, piece_len, out, ws.as<S>());
+  kernel<<<grid_for(tiles * pieces, 1), dim3(32, 8), 0, stream()>>>(x, outer, reduce, inner, pieces,
+                                                                    piece_len, out, ws.as<S>());
   NEEDLE_CUDA_LAUNCH_CHECK();
   if (pieces > 1) combine_partials<Red>(ws.as<S>(), outer, pieces, inner, out);
 }

@@ -361,9 +361,11 @@ TEST_CASE("cuda reductions: split paths, ties and NaN", "[cuda][reduce]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(505);
   // A full reduction of 3M values and a tall column sum both take the two-kernel split path;
-  // 1 << 22 values and rows of 262144 are read in 16-byte vectors, split into pieces.
-  for (Shape shape :
-       {Shape{3000007}, Shape{1000003, 3}, Shape{2, 70001}, Shape{1 << 22}, Shape{3, 262144}}) {
+  // 1 << 22 values and rows of 262144 are read in 16-byte vectors, split into pieces. The columns
+  // of {20000, 264} are read a 16-byte vector per lane (whole tiles of 32 vectors and a last
+  // tile of a few lanes), the rows split into pieces.
+  for (Shape shape : {Shape{3000007}, Shape{1000003, 3}, Shape{2, 70001}, Shape{1 << 22},
+                      Shape{3, 262144}, Shape{20000, 264}}) {
     for (DType dt : {DType::Float32, DType::Int32, DType::Float64}) {
       INFO(shape_tag(shape) << " " << dtype_name(dt));
       Pair x = random_pair(rng, shape, dt, Domain::Discrete);

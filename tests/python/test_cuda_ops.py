@@ -163,6 +163,7 @@ def test_binary_on_transposed_views():
 @pytest.mark.parametrize("shape,dim,keepdim", [
     ((33, 4097), -1, False), ((33, 4097), 0, True), ((5, 700, 9), 1, False),
     ((2, 3, 50304), -1, False), ((4096, 64), None, False), (((1 << 22) + 12,), None, False),
+    ((16384, 1536), 0, False), ((1000, 264), 0, True),  # columns in 16-byte vectors per lane
 ], ids=str)
 def test_sum_mean_and_grad(shape, dim, keepdim, dtype):
     # dim None over the flat 4M elements: the two-stage grid reduction.
