@@ -25,7 +25,7 @@ namespace {
 template <typename A>
 using Tile = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <typename A>
-using ConstTile = Eigen::Map<const Tile<A>>;
+using ConstTile = Eigen::Map<const Tile<A>, 0, Eigen::OuterStride<>>;
 template <typename A>
 using Column = Eigen::Array<A, Eigen::Dynamic, 1>;
 
@@ -36,27 +36,39 @@ struct Dims {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows [row, row + n) of head bh of a compact (B, H, L, D) array as a compute-type matrix:
-// mapped in place when T is the compute type, converted into `buf` (bfloat16) otherwise.
+// Row `row` of head bh (batch item * H + head) of a (B, H, L, D) operand, a view whose rows are
+// contiguous (attention_operand_ok), and the elements from one row to the next.
+template <typename T>
+T* row_ptr(const ArrayRef& a, int64_t H, int64_t bh, int64_t row) {
+  return static_cast<T*>(a.data) + (bh / H) * a.strides[0] + (bh % H) * a.strides[1] +
+         row * a.strides[2];
+}
+int64_t row_pitch(const ArrayRef& a) { return a.shape[2] == 1 ? a.shape[3] : a.strides[2]; }
+
+// Rows [row, row + n) of head bh of a (B, H, L, D) operand as a compute-type matrix: mapped in
+// place when T is the compute type, converted into `buf` (bfloat16) otherwise.
 template <typename T, typename A>
-ConstTile<A> rows_of(const ArrayRef& a, int64_t L, int64_t D, int64_t bh, int64_t row, int64_t n,
+ConstTile<A> rows_of(const ArrayRef& a, int64_t H, int64_t D, int64_t bh, int64_t row, int64_t n,
                      Tile<A>& buf) {
-  const T* p = static_cast<const T*>(a.data) + (bh * L + row) * D;
+  const T* p = row_ptr<const T>(a, H, bh, row);
+  const int64_t pitch = row_pitch(a);
   if constexpr (std::is_same_v<T, A>) {
-    return ConstTile<A>(p, n, D);
+    return ConstTile<A>(p, n, D, Eigen::OuterStride<>(pitch));
   } else {
     buf.resize(n, D);
-    for (int64_t i = 0; i < n * D; ++i) buf.data()[i] = convert<A>(p[i]);
-    return ConstTile<A>(buf.data(), n, D);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < D; ++c) buf(i, c) = convert<A>(p[i * pitch + c]);
+    return ConstTile<A>(buf.data(), n, D, Eigen::OuterStride<>(D));
   }
 }
 
 template <typename T, typename A>
-void store_rows(const ArrayRef& a, int64_t L, int64_t D, int64_t bh, int64_t row,
-                const Tile<A>& tile, A factor) {
-  T* p = static_cast<T*>(a.data) + (bh * L + row) * D;
-  const A* src = tile.data();
-  for (int64_t i = 0; i < tile.size(); ++i) p[i] = convert<T>(src[i] * factor);
+void store_rows(const ArrayRef& a, int64_t H, int64_t bh, int64_t row, const Tile<A>& tile,
+                A factor) {
+  T* p = row_ptr<T>(a, H, bh, row);
+  const int64_t pitch = row_pitch(a);
+  for (int64_t i = 0; i < tile.rows(); ++i)
+    for (int64_t c = 0; c < tile.cols(); ++c) p[i * pitch + c] = convert<T>(tile(i, c) * factor);
 }
 
 // Logsumexp is float32, or float64 for float64 inputs (stats_dtype).
@@ -116,8 +128,10 @@ Dims check_args(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const B
         a->shape[0] == d.B && a->shape[1] == d.H && a->shape[2] == d.Lk && a->shape[3] == d.D,
         ValueError, what, ": expected k and v of shape (", d.B, ", ", d.H, ", ", d.Lk, ", ", d.D,
         "), got (", a->shape[0], ", ", a->shape[1], ", ", a->shape[2], ", ", a->shape[3], ")");
-  NEEDLE_CHECK(q.is_compact() && k.is_compact() && v.is_compact(), ValueError, what,
-               ": expected compact q, k, v");
+  for (const ArrayRef* a : {&q, &k, &v})
+    NEEDLE_CHECK(attention_operand_ok(*a), ValueError, what,
+                 ": expected q, k, v with contiguous rows and 16-byte aligned strides "
+                 "(attention_operand_ok); copy them compact first");
   NEEDLE_CHECK(k.dtype == q.dtype && v.dtype == q.dtype, TypeError, what,
                ": expected q, k, v of one dtype, got ", dtype_name(q.dtype), ", ",
                dtype_name(k.dtype), ", ", dtype_name(v.dtype));
@@ -139,6 +153,17 @@ Dims check_args(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const B
   return d;
 }
 
+// An output or gradient operand: `like`'s shape and dtype, rows contiguous and 16-byte aligned.
+void check_operand(const ArrayRef& a, const ArrayRef& like, const char* what, const char* name) {
+  bool same = a.ndim == 4 && a.dtype == like.dtype;
+  for (int i = 0; same && i < 4; ++i) same = a.shape[i] == like.shape[i];
+  NEEDLE_CHECK(same, ValueError, what, ": expected ", name, " of shape (", like.shape[0], ", ",
+               like.shape[1], ", ", like.shape[2], ", ", like.shape[3], ") and dtype ",
+               dtype_name(like.dtype), ", got ", a.ndim, "-D ", dtype_name(a.dtype));
+  NEEDLE_CHECK(attention_operand_ok(a), ValueError, what, ": expected ", name,
+               " with contiguous rows and 16-byte aligned strides (attention_operand_ok)");
+}
+
 // One task per (batch, head, query block): Q tile against each kept K/V tile, online softmax.
 template <typename T, typename A>
 void forward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const BlockLayoutRef& L,
@@ -157,15 +182,15 @@ void forward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const
       // Absolute query positions of this tile; row pos - q_offset of q.
       const int64_t pos0 = std::max(qb * b, L.q_offset), pos1 = std::min(qb * b + b, q_end);
       const int64_t nr = pos1 - pos0, r0 = pos0 - L.q_offset;
-      Qs.noalias() = scale * rows_of<T, A>(q, d.Lq, d.D, bh, r0, nr, qbuf);
+      Qs.noalias() = scale * rows_of<T, A>(q, d.H, d.D, bh, r0, nr, qbuf);
       O.setZero(nr, d.D);
       m.setConstant(nr, kNegInf);
       l.setZero(nr);
       const int32_t* rp = L.row_ptr + lh * (L.num_q_blocks + 1);
       for (int32_t e = rp[qb]; e < rp[qb + 1]; ++e) {
         const int64_t c0 = int64_t(L.col_idx[e]) * b, nc = std::min(b, d.Lk - c0);
-        ConstTile<A> K = rows_of<T, A>(k, d.Lk, d.D, bh, c0, nc, kbuf);
-        ConstTile<A> V = rows_of<T, A>(v, d.Lk, d.D, bh, c0, nc, vbuf);
+        ConstTile<A> K = rows_of<T, A>(k, d.H, d.D, bh, c0, nc, kbuf);
+        ConstTile<A> V = rows_of<T, A>(v, d.H, d.D, bh, c0, nc, vbuf);
         S.noalias() = Qs * K.transpose();
         if (L.causal && L.block_flags[e]) mask_causal(S, pos0, c0);
         for (int64_t i = 0; i < nr; ++i) {
@@ -182,11 +207,12 @@ void forward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const
         }
         O.noalias() += S * V;
       }
-      T* o = static_cast<T*>(out.data) + (bh * d.Lq + r0) * d.D;
+      T* o = row_ptr<T>(out, d.H, bh, r0);
+      const int64_t pitch = row_pitch(out);
       for (int64_t i = 0; i < nr; ++i) {
         const bool empty = l[i] == A(0);
         const A inv = empty ? A(0) : A(1) / l[i];
-        for (int64_t c = 0; c < d.D; ++c) o[i * d.D + c] = convert<T>(O(i, c) * inv);
+        for (int64_t c = 0; c < d.D; ++c) o[i * pitch + c] = convert<T>(O(i, c) * inv);
         store_lse(lse, bh * d.Lq + r0 + i,
                   empty ? -std::numeric_limits<double>::infinity()
                         : static_cast<double>(m[i] + std::log(l[i])));
@@ -206,12 +232,11 @@ void backward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, cons
   std::vector<A> lse_a(static_cast<size_t>(rows));
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(d.D, 1)),
                [&](int64_t r0, int64_t r1) {
-                 const T* o = static_cast<const T*>(out.data);
-                 const T* g = static_cast<const T*>(dout.data);
                  for (int64_t r = r0; r < r1; ++r) {
+                   const T* o = row_ptr<const T>(out, d.H, r / d.Lq, r % d.Lq);
+                   const T* g = row_ptr<const T>(dout, d.H, r / d.Lq, r % d.Lq);
                    A acc = 0;
-                   for (int64_t c = 0; c < d.D; ++c)
-                     acc += convert<A>(o[r * d.D + c]) * convert<A>(g[r * d.D + c]);
+                   for (int64_t c = 0; c < d.D; ++c) acc += convert<A>(o[c]) * convert<A>(g[c]);
                    delta[static_cast<size_t>(r)] = acc;
                    lse_a[static_cast<size_t>(r)] = static_cast<A>(load_lse(lse, r));
                  }
@@ -231,15 +256,15 @@ void backward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, cons
     for (int64_t t = 0; t < d.B * d.H * QB; ++t) {
       const int64_t bh = t / QB, qb = t % QB, lh = L.layout_heads == 1 ? 0 : bh % d.H;
       const int64_t r0 = qb * b, nr = std::min(b, d.Lq - r0);
-      Qs.noalias() = scale * rows_of<T, A>(q, d.Lq, d.D, bh, r0, nr, qbuf);
-      ConstTile<A> dO = rows_of<T, A>(dout, d.Lq, d.D, bh, r0, nr, gbuf);
+      Qs.noalias() = scale * rows_of<T, A>(q, d.H, d.D, bh, r0, nr, qbuf);
+      ConstTile<A> dO = rows_of<T, A>(dout, d.H, d.D, bh, r0, nr, gbuf);
       row_stats(bh, r0, nr, ls, dl);
       acc.setZero(nr, d.D);
       const int32_t* rp = L.row_ptr + lh * (QB + 1);
       for (int32_t e = rp[qb]; e < rp[qb + 1]; ++e) {
         const int64_t c0 = int64_t(L.col_idx[e]) * b, nc = std::min(b, d.Lk - c0);
-        ConstTile<A> K = rows_of<T, A>(k, d.Lk, d.D, bh, c0, nc, kbuf);
-        ConstTile<A> V = rows_of<T, A>(v, d.Lk, d.D, bh, c0, nc, vbuf);
+        ConstTile<A> K = rows_of<T, A>(k, d.H, d.D, bh, c0, nc, kbuf);
+        ConstTile<A> V = rows_of<T, A>(v, d.H, d.D, bh, c0, nc, vbuf);
         S.noalias() = Qs * K.transpose();
         if (L.causal && L.block_flags[e]) mask_causal(S, r0, c0);
         probabilities(S, ls);
@@ -247,7 +272,7 @@ void backward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, cons
         dP = (S.array() * (dP.array().colwise() - dl)).matrix();  // dS
         acc.noalias() += dP * K;
       }
-      store_rows<T, A>(dq, d.Lq, d.D, bh, r0, acc, scale);
+      store_rows<T, A>(dq, d.H, bh, r0, acc, scale);
     }
   }
 
@@ -260,15 +285,15 @@ void backward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, cons
     for (int64_t t = 0; t < d.B * d.H * KB; ++t) {
       const int64_t bh = t / KB, kb = t % KB, lh = L.layout_heads == 1 ? 0 : bh % d.H;
       const int64_t c0 = kb * b, nc = std::min(b, d.Lk - c0);
-      ConstTile<A> K = rows_of<T, A>(k, d.Lk, d.D, bh, c0, nc, kbuf);
-      ConstTile<A> V = rows_of<T, A>(v, d.Lk, d.D, bh, c0, nc, vbuf);
+      ConstTile<A> K = rows_of<T, A>(k, d.H, d.D, bh, c0, nc, kbuf);
+      ConstTile<A> V = rows_of<T, A>(v, d.H, d.D, bh, c0, nc, vbuf);
       dK.setZero(nc, d.D);
       dV.setZero(nc, d.D);
       const int32_t* cp = L.col_ptr + lh * (KB + 1);
       for (int32_t e = cp[kb]; e < cp[kb + 1]; ++e) {
         const int64_t r0 = int64_t(L.row_idx[e]) * b, nr = std::min(b, d.Lq - r0);
-        Qs.noalias() = scale * rows_of<T, A>(q, d.Lq, d.D, bh, r0, nr, qbuf);
-        ConstTile<A> dO = rows_of<T, A>(dout, d.Lq, d.D, bh, r0, nr, gbuf);
+        Qs.noalias() = scale * rows_of<T, A>(q, d.H, d.D, bh, r0, nr, qbuf);
+        ConstTile<A> dO = rows_of<T, A>(dout, d.H, d.D, bh, r0, nr, gbuf);
         row_stats(bh, r0, nr, ls, dl);
         S.noalias() = Qs * K.transpose();
         if (L.causal && L.t_block_flags[e]) mask_causal(S, r0, c0);
@@ -278,8 +303,8 @@ void backward_impl(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, cons
         dP = (S.array() * (dP.array().colwise() - dl)).matrix();  // dS
         dK.noalias() += dP.transpose() * Qs;                      // Qs carries the scale of dK
       }
-      store_rows<T, A>(dk, d.Lk, d.D, bh, c0, dK, A(1));
-      store_rows<T, A>(dv, d.Lk, d.D, bh, c0, dV, A(1));
+      store_rows<T, A>(dk, d.H, bh, c0, dK, A(1));
+      store_rows<T, A>(dv, d.H, bh, c0, dV, A(1));
     }
   }
 }
@@ -292,9 +317,7 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
                                     const ArrayRef& lse) {
   const char* what = "block_sparse_attention_forward";
   const Dims d = check_args(q, k, v, layout, lse, what);
-  NEEDLE_CHECK(out.dtype == q.dtype && out.numel() == q.numel() && out.is_compact(), ValueError,
-               what, ": expected a compact ", dtype_name(q.dtype), " out of ", q.numel(),
-               " elements, got ", dtype_name(out.dtype), " of ", out.numel());
+  check_operand(out, q, what, "out");
   if (d.B * d.H * d.Lq == 0) return;
   NEEDLE_DISPATCH_FLOATING(q.dtype, what, [&] {
     using A = acc_t<scalar_t>;
@@ -314,14 +337,11 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
                layout.q_offset);
   check_csr(layout.col_ptr, layout.row_idx, layout.layout_heads, layout.num_k_blocks,
             layout.num_q_blocks, what);
-  for (const ArrayRef* a : {&out, &dout, &dq})
-    NEEDLE_CHECK(a->dtype == q.dtype && a->numel() == q.numel() && a->is_compact(), ValueError,
-                 what, ": expected compact ", dtype_name(q.dtype), " out, dout, dq of ", q.numel(),
-                 " elements, got ", dtype_name(a->dtype), " of ", a->numel());
-  for (const ArrayRef* a : {&dk, &dv})
-    NEEDLE_CHECK(a->dtype == q.dtype && a->numel() == k.numel() && a->is_compact(), ValueError,
-                 what, ": expected compact ", dtype_name(q.dtype), " dk, dv of ", k.numel(),
-                 " elements, got ", dtype_name(a->dtype), " of ", a->numel());
+  check_operand(out, q, what, "out");
+  check_operand(dout, q, what, "dout");
+  check_operand(dq, q, what, "dq");
+  check_operand(dk, k, what, "dk");
+  check_operand(dv, k, what, "dv");
   if (d.B * d.H == 0) return;
   NEEDLE_DISPATCH_FLOATING(q.dtype, what, [&] {
     using A = acc_t<scalar_t>;

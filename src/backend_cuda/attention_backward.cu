@@ -23,20 +23,23 @@ __device__ __forceinline__ float load_float(const uint16_t* p, int64_t i) {
 }
 __device__ __forceinline__ float load_float(const float* p, int64_t i) { return p[i]; }
 
-// R = B * H * Lq rows of d elements (d = D unless Padded). delta[r] = sum_j dO[r, j] * O[r, j];
-// one warp per row.
+// The R = B * H * Lq rows (b, h, l) of out and dout, rows of d elements (d = D unless Padded):
+// delta[r] = sum_j dO[r, j] * O[r, j] with r = (b * H + h) * Lq + l; one warp per row.
 template <typename E, int D, bool Padded>
-__global__ void delta_kernel(const E* __restrict__ out, const E* __restrict__ dout,
-                             float* __restrict__ delta, int64_t rows, int d_arg) {
+__global__ void delta_kernel(Operand out, Operand dout, float* __restrict__ delta, int64_t rows,
+                             int64_t lq, int heads, int d_arg) {
   const int d = row_length<D, Padded>(d_arg);
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
        r += warps) {
+    const int64_t bh = r / lq, l = r - bh * lq, b = bh / heads;
+    const int h = static_cast<int>(bh - b * heads);
+    const E* o = rows_of<const E>(out, b, h).at(l);
+    const E* g = rows_of<const E>(dout, b, h).at(l);
     float acc = 0.f;
 #pragma unroll
-    for (int j = lane; j < d; j += 32)
-      acc += load_float(out, r * d + j) * load_float(dout, r * d + j);
+    for (int j = lane; j < d; j += 32) acc += load_float(o, j) * load_float(g, j);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) delta[r] = acc;
@@ -76,10 +79,10 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
   const int h = ct.h;
   const int64_t bh = ct.bh;
   const int d = row_length<D, Padded>(a.d);
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * d;
-  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * d;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * d;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * d;
+  const Rows<const E> q = rows_of<const E>(a.q, ct.b, h);
+  const Rows<const E> dout = rows_of<const E>(a.dout, ct.b, h);
+  const Rows<const E> k = rows_of<const E>(a.k, ct.b, h);
+  const Rows<const E> v = rows_of<const E>(a.v, ct.b, h);
   const float* lse = a.lse + bh * a.lq;
   const float* delta = a.delta + bh * a.lq;
   const BlockLayoutRef& L = a.layout;
@@ -125,8 +128,8 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
       gemm_py<M, D, MT, kHalf>(dk, ds, sq + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(static_cast<E*>(a.dk) + bh * a.lk * d, d, k0, row0, a.lk, dk, a.scale, lane);
-  store_rows<E, D, MT>(static_cast<E*>(a.dv) + bh * a.lk * d, d, k0, row0, a.lk, dv, 1.f, lane);
+  store_rows<E, D, MT>(rows_of<E>(a.dk, ct.b, h), d, k0, row0, a.lk, dk, a.scale, lane);
+  store_rows<E, D, MT>(rows_of<E>(a.dv, ct.b, h), d, k0, row0, a.lk, dv, 1.f, lane);
 }
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d (d = D
@@ -150,10 +153,10 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
   const int h = ct.h;
   const int64_t bh = ct.bh;
   const int d = row_length<D, Padded>(a.d);
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * d;
-  const E* dout = static_cast<const E*>(a.dout) + bh * a.lq * d;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * d;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * d;
+  const Rows<const E> q = rows_of<const E>(a.q, ct.b, h);
+  const Rows<const E> dout = rows_of<const E>(a.dout, ct.b, h);
+  const Rows<const E> k = rows_of<const E>(a.k, ct.b, h);
+  const Rows<const E> v = rows_of<const E>(a.v, ct.b, h);
   const BlockLayoutRef& L = a.layout;
 
   auto query_pos = [&](int j) -> int64_t { return q0 + j < a.lq ? q0 + j : -1; };
@@ -193,7 +196,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
       gemm_py<M, D, MT, kHalf>(dq, ds, sk + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(static_cast<E*>(a.dq) + bh * a.lq * d, d, q0, row0, a.lq, dq, a.scale, lane);
+  store_rows<E, D, MT>(rows_of<E>(a.dq, ct.b, h), d, q0, row0, a.lq, dq, a.scale, lane);
 }
 
 // Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.
@@ -232,24 +235,14 @@ void dispatch_backward(int64_t d, const BwdArgs& a, int64_t batch) {
 }
 
 template <typename E>
-void launch_delta(const ArrayRef& out, const ArrayRef& dout, float* delta, int64_t rows,
-                  int64_t d) {
+void launch_delta(const BwdArgs& a, const Operand& out, float* delta, int64_t rows) {
   constexpr int kRowsPerBlock = 8;  // one warp per row
   const unsigned blocks = grid_for(rows, kRowsPerBlock);
-  dispatch_head_dim(d, [&](auto D, auto padded) {
+  dispatch_head_dim(a.d, [&](auto D, auto padded) {
     delta_kernel<E, decltype(D)::value, decltype(padded)::value>
-        <<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(static_cast<const E*>(out.data),
-                                                      static_cast<const E*>(dout.data), delta,
-                                                      rows, static_cast<int>(d));
+        <<<blocks, 32 * kRowsPerBlock, 0, stream()>>>(out, a.dout, delta, rows, a.lq, a.heads, a.d);
   });
   NEEDLE_CUDA_LAUNCH_CHECK();
-}
-
-void check_like(const ArrayRef& x, const ArrayRef& like, const char* name) {
-  bool same = x.ndim == like.ndim && x.dtype == like.dtype && x.is_compact();
-  for (int i = 0; same && i < x.ndim; ++i) same = x.shape[i] == like.shape[i];
-  NEEDLE_CHECK(same, ValueError, "cuda block_sparse_attention_backward: ", name,
-               " must be a compact array of the shape and dtype of its input");
 }
 
 }  // namespace
@@ -261,15 +254,20 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
                                      double scale, const ArrayRef& dq, const ArrayRef& dk,
                                      const ArrayRef& dv) {
   using namespace attn;
-  check_attention_args("block_sparse_attention_backward", q, k, v, layout);
+  const char* op = "block_sparse_attention_backward";
+  check_attention_args(op, q, k, v, layout);
   NEEDLE_CHECK(layout.q_offset == 0, ValueError,
                "cuda block_sparse_attention_backward: requires q_offset == 0, got ",
                layout.q_offset);
-  check_like(out, q, "out");
-  check_like(dout, q, "dout");
-  check_like(dq, q, "dq");
-  check_like(dk, k, "dk");
-  check_like(dv, v, "dv");
+  BwdArgs a{};
+  a.q = operand(op, "q", q, q);
+  a.k = operand(op, "k", k, k);
+  a.v = operand(op, "v", v, k);
+  a.dout = operand(op, "dout", dout, q);
+  a.dq = operand(op, "dq", dq, q);
+  a.dk = operand(op, "dk", dk, k);
+  a.dv = operand(op, "dv", dv, k);
+  const Operand o = operand(op, "out", out, q);
   const int64_t batch = q.shape[0], heads = q.shape[1], lq = q.shape[2], d = q.shape[3];
   NEEDLE_CHECK(lse.dtype == DType::Float32 && lse.is_compact() && lse.numel() == batch * heads * lq,
                ValueError, "cuda block_sparse_attention_backward: lse must be compact float32 (",
@@ -277,27 +275,19 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
   if (batch == 0 || heads == 0) return;
   const int64_t rows = batch * heads * lq;
   Workspace delta(static_cast<size_t>(rows) * sizeof(float));
-  if (rows > 0) {
-    if (q.dtype == DType::BFloat16)
-      launch_delta<uint16_t>(out, dout, delta.as<float>(), rows, d);
-    else
-      launch_delta<float>(out, dout, delta.as<float>(), rows, d);
-  }
-  BwdArgs a{};
-  a.q = q.data;
-  a.k = k.data;
-  a.v = v.data;
-  a.dout = dout.data;
   a.lse = static_cast<const float*>(lse.data);
   a.delta = delta.as<float>();
-  a.dq = dq.data;
-  a.dk = dk.data;
-  a.dv = dv.data;
   a.layout = layout;
   a.heads = static_cast<int>(heads);
   a.d = static_cast<int>(d);
   a.lq = lq;
   a.lk = k.shape[2];
+  if (rows > 0) {
+    if (q.dtype == DType::BFloat16)
+      launch_delta<uint16_t>(a, o, delta.as<float>(), rows);
+    else
+      launch_delta<float>(a, o, delta.as<float>(), rows);
+  }
   a.q_tiles = static_cast<int>(ceil_div(lq, kTile));
   a.k_tiles = static_cast<int>(ceil_div(a.lk, kTile));
   a.scale = static_cast<float>(scale);

@@ -1,12 +1,18 @@
-// Pieces shared by the block-sparse attention kernels (attention_forward.cu, attention_backward.cu):
-// the math modes, the warp-level tensor-core GEMMs over shared-memory tiles, cp.async tile loads,
-// the cursor that walks a layout's CSR lists tile by tile, element masking, and host-side checks.
+// Pieces shared by the block-sparse attention kernels (attention_forward.cu,
+// attention_backward.cu): the math modes, the warp-level tensor-core GEMMs over shared-memory
+// tiles, cp.async tile loads, the cursor that walks a layout's CSR lists tile by tile, element
+// masking, and host-side checks.
+//
+// Operands. q, k, v, out and the gradients are (B, H, L, d) views (Operand): each row of d
+// elements is contiguous and 16-byte aligned, rows lie `row` elements apart and a (batch item,
+// head) `batch` and `head` elements in, so the (B, H, L, d) views of a fused QKV projection and
+// an output written in (B, L, H, d) memory are read and written where they lie.
 //
 // Head dims. Any head dim d that is a multiple of 8 up to 128. A d that equals a tile width (32,
 // 64, 96 or 128) runs in kernels compiled for that width, every row length a constant. Any other d
-// runs in the "padded" kernels of the next tile width D (dispatch_head_dim): rows are d elements
-// apart in global memory, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0
-// to every dot product) and never stored. The exact kernels are kept apart because a run-time row
+// runs in the "padded" kernels of the next tile width D (dispatch_head_dim): rows hold d
+// elements, the tile's columns d .. D - 1 are zero-filled by the loads (they add 0 to every dot
+// product) and never stored. The exact kernels are kept apart because a run-time row
 // length costs the float32 and bf16 mma.sync kernels 17-34% at d = 64 (address and predicate
 // arithmetic in the tile loads, whose instruction issue competes with the MMAs'; measured on an
 // H100). The Hopper kernels (sm90/) do the same with tile widths 64 and 128 only.
@@ -331,18 +337,41 @@ __device__ __forceinline__ void zero(float (&c)[MT][N][4]) {
       for (int i = 0; i < 4; ++i) c[m][n][i] = 0.f;
 }
 
+// --- operands ------------------------------------------------------------------------------------
+// A (B, H, L, d) view: element (b, h, l, j) at data + b * batch + h * head + l * row + j, strides
+// in elements, each a multiple of 16 bytes (attention_operand_ok in ndarray/backend.h).
+struct Operand {
+  void* data;
+  int64_t batch, head, row;
+};
+
+// The rows of one (batch item, head) of an operand: row l starts at p + l * pitch.
+template <typename E>
+struct Rows {
+  E* p;
+  int64_t pitch;
+  __device__ __forceinline__ E* at(int64_t l) const { return p + l * pitch; }
+};
+
+// Batch item b, head h of x; E is const for the inputs.
+template <typename E>
+__device__ __forceinline__ Rows<E> rows_of(const Operand& x, int64_t b, int h) {
+  return {static_cast<E*>(x.data) + b * x.batch + h * x.head, x.row};
+}
+
 // --- tile loads ----------------------------------------------------------------------------------
 // Copies 64 rows into a shared tile of width D (row stride ld) with cp.async; row j is the d
-// elements at src + pos_j * d where pos_j = row_pos(j), or zeros when row_pos(j) < 0; columns d
-// .. D - 1 are zeros.
+// elements of src's row pos_j = row_pos(j), or zeros when row_pos(j) < 0; columns d .. D - 1 are
+// zeros.
 template <typename E, int D, int NT, typename RowPos>
-__device__ __forceinline__ void load_tile(E* dst, int ld, const E* src, int d, RowPos row_pos) {
+__device__ __forceinline__ void load_tile(E* dst, int ld, Rows<const E> src, int d,
+                                          RowPos row_pos) {
   constexpr int kChunks = D * int(sizeof(E)) / 16;  // 16-byte chunks per row
   constexpr int kPer = sizeof(E) == 2 ? 8 : 4;       // elements per chunk
   for (int c = threadIdx.x; c < kTile * kChunks; c += NT) {
     const int row = c / kChunks, col = (c % kChunks) * kPer;
     const int64_t pos = col < d ? row_pos(row) : -1;
-    const E* s = pos >= 0 ? src + pos * d + col : src;
+    const E* s = pos >= 0 ? src.at(pos) + col : src.p;
     cp_async16(dst + row * ld + col, s, pos >= 0 ? 16 : 0);
   }
 }
@@ -465,8 +494,8 @@ __device__ __forceinline__ void open_cursor(TileCursor& c, const BlockLayoutRef&
 // Loads the rows slot tile st gathers (positions below `limit`) from x and y (rows of d elements)
 // into two consecutive kTile x LD shared-memory tiles starting at dst.
 template <typename E, int D, int NT>
-__device__ __forceinline__ void load_slot_pair(E* dst, int ld, const E* x, const E* y, int d,
-                                               const SlotTile& st, int gs, int64_t limit) {
+__device__ __forceinline__ void load_slot_pair(E* dst, int ld, Rows<const E> x, Rows<const E> y,
+                                               int d, const SlotTile& st, int gs, int64_t limit) {
   auto pos = [&](int j) -> int64_t {
     const int64_t p = slot_pos(st, j, gs);
     return p < limit ? p : -1;
@@ -543,11 +572,8 @@ __device__ __forceinline__ void apply_mask(float (&s)[MT][N / 8][4], const SlotT
 // B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim. q (B, H, Lq, d), k, v
 // (B, H, Lk, d), out (B, H, Lq, d), lse (B, H, Lq) float32.
 struct FwdArgs {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* out;
-  float* lse;
+  Operand q, k, v, out;
+  float* lse;  // compact (B, H, Lq)
   BlockLayoutRef layout;
   int heads;
   int d;  // head dim: the row length of q, k, v and out
@@ -558,15 +584,9 @@ struct FwdArgs {
 };
 
 struct BwdArgs {
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* dout;
-  const float* lse;
-  const float* delta;
-  void* dq;
-  void* dk;
-  void* dv;
+  Operand q, k, v, dout, dq, dk, dv;
+  const float* lse;    // compact (B, H, Lq)
+  const float* delta;  // compact (B, H, Lq)
   BlockLayoutRef layout;
   int heads;
   int d;  // head dim: the row length of q, k, v and their gradients
@@ -585,7 +605,8 @@ struct BwdArgs {
 struct CtaTile {
   int tile;    // absolute 64-position tile
   int h;       // head
-  int64_t bh;  // batch item * heads + h
+  int64_t b;   // batch item
+  int64_t bh;  // b * heads + h: the row of the compact statistics (lse, delta)
 };
 __device__ __forceinline__ CtaTile cta_tile(const int32_t* order, int tiles, int first_tile,
                                             int heads, int layout_heads) {
@@ -601,11 +622,13 @@ __device__ __forceinline__ CtaTile cta_tile(const int32_t* order, int tiles, int
     c.tile = e % tiles;
     if (per_head) {
       c.h = e / tiles;
+      c.b = rep;
       c.bh = int64_t(rep) * heads + c.h;
       return c;
     }
   }
   c.h = static_cast<int>(rep % unsigned(heads));
+  c.b = rep / unsigned(heads);
   c.bh = rep;
   return c;
 }
@@ -627,7 +650,7 @@ __device__ __forceinline__ float lse_log2(float lse) {
 // Stores the accumulator rows (layout of gemm_xyt) this lane holds, times mul, to rows p0 + row0 +
 // ... of dst (row length d <= D, a multiple of 8), skipping rows at or past len.
 template <typename E, int D, int MT>
-__device__ __forceinline__ void store_rows(E* dst, int d, int64_t p0, int row0, int64_t len,
+__device__ __forceinline__ void store_rows(Rows<E> dst, int d, int64_t p0, int row0, int64_t len,
                                            const float (&c)[MT][D / 8][4], float mul, int lane) {
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -636,7 +659,7 @@ __device__ __forceinline__ void store_rows(E* dst, int d, int64_t p0, int row0, 
     for (int i = 0; i < 2; ++i) {
       const int64_t r = p0 + row0 + m * 16 + g + 8 * i;
       if (r >= len) continue;
-      E* row = dst + r * d + 2 * t;
+      E* row = dst.at(r) + 2 * t;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         if (n * 8 >= d) break;
@@ -703,12 +726,12 @@ __device__ __forceinline__ void online_softmax(float (&s)[MT][N / 8][4], float (
 // (absolute positions) this lane holds, rows of d <= D elements; rows before q_offset or past Lq
 // are not stored.
 template <typename E, int D, int MT>
-__device__ __forceinline__ void store_output(const FwdArgs& a, int d, int64_t bh, int64_t q0,
+__device__ __forceinline__ void store_output(const FwdArgs& a, int d, const CtaTile& ct, int64_t q0,
                                              int row0, const float (&o)[MT][D / 8][4],
-                                             const float (&mrow)[MT][2],
-                                             const float (&lrow)[MT][2], int lane) {
-  E* out = static_cast<E*>(a.out) + bh * a.lq * d;
-  float* lse = a.lse + bh * a.lq;
+                                             const float (&mrow)[MT][2], const float (&lrow)[MT][2],
+                                             int lane) {
+  const Rows<E> out = rows_of<E>(a.out, ct.b, ct.h);
+  float* lse = a.lse + ct.bh * a.lq;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int m = 0; m < MT; ++m)
@@ -720,7 +743,7 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int d, int64_t bh
       const float inv = l > 0.f ? 1.f / l : 0.f;
       const int64_t r = q0 + row0 + m * 16 + g + 8 * i - a.q_offset;
       if (r < 0 || r >= a.lq) continue;
-      E* orow = out + r * d + 2 * t;
+      E* orow = out.at(r) + 2 * t;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         if (n * 8 >= d) break;
@@ -861,6 +884,9 @@ __device__ __forceinline__ void dscores_by_col(float (&dp)[MT][N / 8][4],
 // Validates shapes, dtypes and the layout against the contract in backend.h; throws otherwise.
 void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
                           const BlockLayoutRef& layout);
+// x as an Operand, after checking that it has `like`'s shape and dtype and passes
+// attention_operand_ok.
+Operand operand(const char* op, const char* name, const ArrayRef& x, const ArrayRef& like);
 // The math mode for the inputs' dtype and the current matmul precision.
 MathMode math_mode_for(DType dtype);
 

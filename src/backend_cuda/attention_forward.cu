@@ -27,8 +27,10 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
                dtype_name(k.dtype), ", ", dtype_name(v.dtype));
   NEEDLE_CHECK(q.dtype == DType::Float32 || q.dtype == DType::BFloat16, TypeError, "cuda ", op,
                ": expected float32 or bfloat16 inputs, got ", dtype_name(q.dtype));
-  NEEDLE_CHECK(q.is_compact() && k.is_compact() && v.is_compact(), ValueError, "cuda ", op,
-               ": expected compact q, k, v");
+  for (const ArrayRef* x : {&q, &k, &v})
+    NEEDLE_CHECK(attention_operand_ok(*x), ValueError, "cuda ", op,
+                 ": expected q, k, v with contiguous rows and 16-byte aligned strides "
+                 "(attention_operand_ok); copy them compact first");
   const int64_t d = q.shape[3];
   NEEDLE_CHECK(d > 0 && d <= kMaxHeadDim && d % 8 == 0, ValueError, "cuda ", op,
                ": head dim must be a multiple of 8 from 8 to ", kMaxHeadDim, ", got ", d,
@@ -56,6 +58,17 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
   NEEDLE_CHECK(layout.q_offset + layout.q_len < (int64_t(1) << 31) &&
                    layout.k_len < (int64_t(1) << 31),
                ValueError, "cuda ", op, ": sequence positions must fit in int32");
+}
+
+Operand operand(const char* op, const char* name, const ArrayRef& x, const ArrayRef& like) {
+  bool same = x.ndim == 4 && x.dtype == like.dtype;
+  for (int i = 0; same && i < 4; ++i) same = x.shape[i] == like.shape[i];
+  NEEDLE_CHECK(same, ValueError, "cuda ", op, ": expected ", name, " of shape (", like.shape[0],
+               ", ", like.shape[1], ", ", like.shape[2], ", ", like.shape[3], ") and dtype ",
+               dtype_name(like.dtype), ", got ", x.ndim, "-d ", dtype_name(x.dtype));
+  NEEDLE_CHECK(attention_operand_ok(x), ValueError, "cuda ", op, ": expected ", name,
+               " with contiguous rows and 16-byte aligned strides (attention_operand_ok)");
+  return {x.data, x.strides[0], x.strides[1], x.strides[2]};
 }
 
 namespace sm90 {
@@ -100,12 +113,11 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
   const CtaTile ct = cta_tile(a.layout.q_order, a.tiles, a.first_tile, a.heads,
                              a.layout.layout_heads);
   const int tile = ct.tile, h = ct.h;
-  const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
   const int d = row_length<D, Padded>(a.d);
-  const E* q = static_cast<const E*>(a.q) + bh * a.lq * d;
-  const E* k = static_cast<const E*>(a.k) + bh * a.lk * d;
-  const E* v = static_cast<const E*>(a.v) + bh * a.lk * d;
+  const Rows<const E> q = rows_of<const E>(a.q, ct.b, h);
+  const Rows<const E> k = rows_of<const E>(a.k, ct.b, h);
+  const Rows<const E> v = rows_of<const E>(a.v, ct.b, h);
   const BlockLayoutRef& L = a.layout;
 
   load_tile<E, D, NT>(sq, LD, q, d, [&](int j) -> int64_t {
@@ -160,7 +172,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>(), 1) forward_kernel(FwdA
     gemm_py<M, D, MT, kTile>(o, s, sv, LD, lane);
   });
 
-  store_output<E, D, MT>(a, d, bh, q0, row0, o, mrow, lrow, lane);
+  store_output<E, D, MT>(a, d, ct, q0, row0, o, mrow, lrow, lane);
 }
 
 template <MathMode M, int D, bool Padded>
@@ -193,20 +205,19 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
                                     const BlockLayoutRef& layout, double scale,
                                     const ArrayRef& out, const ArrayRef& lse) {
   using namespace attn;
-  check_attention_args("block_sparse_attention_forward", q, k, v, layout);
-  NEEDLE_CHECK(out.dtype == q.dtype && out.is_compact() && out.numel() == q.numel(), ValueError,
-               "cuda block_sparse_attention_forward: out must be a compact array like q");
+  const char* op = "block_sparse_attention_forward";
+  check_attention_args(op, q, k, v, layout);
   NEEDLE_CHECK(lse.dtype == DType::Float32 && lse.is_compact() &&
                    lse.numel() == q.shape[0] * q.shape[1] * q.shape[2],
                ValueError, "cuda block_sparse_attention_forward: lse must be compact float32 (",
                q.shape[0], ", ", q.shape[1], ", ", q.shape[2], ")");
+  FwdArgs a{};
+  a.q = operand(op, "q", q, q);
+  a.k = operand(op, "k", k, k);
+  a.v = operand(op, "v", v, k);
+  a.out = operand(op, "out", out, q);
   const int64_t batch = q.shape[0], heads = q.shape[1], lq = q.shape[2], d = q.shape[3];
   if (batch == 0 || heads == 0 || lq == 0) return;
-  FwdArgs a{};
-  a.q = q.data;
-  a.k = k.data;
-  a.v = v.data;
-  a.out = out.data;
   a.lse = static_cast<float*>(lse.data);
   a.layout = layout;
   a.heads = static_cast<int>(heads);

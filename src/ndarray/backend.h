@@ -280,11 +280,13 @@ struct Backend {
   void (*adamw)(const AdamWParam* params, int64_t count);
   // Block-sparse attention (B = batch, H = heads, Lq/Lk = lengths, D = head dim: any on the CPU,
   // a multiple of 8 up to 128 on CUDA).
-  // q: compact (B, H, Lq, D); k, v: compact (B, H, Lk, D); all of one floating dtype (float32 or
-  // bfloat16; float64 on the CPU for reference checks). out: (B, H, Lq, D) in that dtype; lse:
-  // (B, H, Lq) float32 (float64 for float64 inputs) holding log(sum_j exp(scale * q.k_j)) over
-  // visible keys, -inf for a row with none (its output row is 0, never NaN). Only kept blocks
-  // are read; no Lq x Lk buffer exists anywhere.
+  // q: (B, H, Lq, D); k, v: (B, H, Lk, D); all of one floating dtype (float32 or bfloat16;
+  // float64 on the CPU for reference checks). out: (B, H, Lq, D) in that dtype. These and the
+  // backward's dout, dq, dk, dv are views that pass attention_operand_ok (below), such as the
+  // (B, H, L, D) views of a fused QKV projection, and the output written in (B, L, H, D) memory.
+  // lse: compact (B, H, Lq) float32 (float64 for float64 inputs) holding
+  // log(sum_j exp(scale * q.k_j)) over visible keys, -inf for a row with none (its output row is
+  // 0, never NaN). Only kept blocks are read; no Lq x Lk buffer exists anywhere.
   void (*block_sparse_attention_forward)(const ArrayRef& q, const ArrayRef& k,
                                          const ArrayRef& v, const BlockLayoutRef& layout,
                                          double scale, const ArrayRef& out, const ArrayRef& lse);
@@ -296,6 +298,20 @@ struct Backend {
                                           double scale, const ArrayRef& dq, const ArrayRef& dk,
                                           const ArrayRef& dv);
 };
+
+// Whether a (B, H, L, D) view can be an operand of the attention kernels as it is: rows
+// contiguous (stride 1 along D), and the data address and the other strides non-negative
+// multiples of 16 bytes, so that every row can be read and written in 16-byte pieces wherever it
+// lies. The attention op copies any other view compact first.
+inline bool attention_operand_ok(const ArrayRef& x) {
+  if (x.ndim != 4) return false;
+  const int64_t bytes = static_cast<int64_t>(itemsize(x.dtype));
+  if (x.shape[3] != 1 && x.strides[3] != 1) return false;
+  if (reinterpret_cast<uintptr_t>(x.data) % 16 != 0) return false;
+  for (int i = 0; i < 3; ++i)
+    if (x.shape[i] != 1 && (x.strides[i] < 0 || (x.strides[i] * bytes) % 16 != 0)) return false;
+  return true;
+}
 
 // Backend::rotary's argument checks, shared by the backends' implementations; returns R.
 inline int64_t check_rotary_args(const char* name, const ArrayRef& x, const ArrayRef& cos,

@@ -19,9 +19,13 @@ struct BlockSparseAttentionBackwardFn : Op {
   }
 };
 
+// x as the kernels may read it: x itself where attention_operand_ok (views of a fused projection
+// included), else a compact copy.
+NDArray as_operand(const NDArray& x) { return attention_operand_ok(x.ref()) ? x : x.clone(); }
+
 struct BlockSparseAttentionFn : Op {
   BlockSparseLayout layout;
-  NDArray q, k, v, lse;  // compact inputs as the kernel read them, and the saved logsumexp
+  NDArray q, k, v, lse;  // the inputs as the kernel read them, and the saved logsumexp
   double scale;
   int64_t q_offset;
   BlockSparseAttentionFn(BlockSparseLayout l, NDArray q_, NDArray k_, NDArray v_, NDArray lse_,
@@ -44,8 +48,8 @@ struct BlockSparseAttentionFn : Op {
     NEEDLE_CHECK(be.block_sparse_attention_backward, RuntimeError, "the ", be.name,
                  " backend has no fused block_sparse_attention backward kernel");
     const BlockLayoutRef ref = layout.ref(q.device(), q.size(2), k.size(2), 0);
-    NDArray dout = g.data().compact();  // g has the output's dtype, q's
-    NDArray o = out.data().compact();
+    NDArray dout = as_operand(g.data());  // g has the output's dtype, q's
+    NDArray o = as_operand(out.data());
     NDArray dq = NDArray::empty(q.shape(), q.dtype(), q.device());
     NDArray dk = NDArray::empty(k.shape(), k.dtype(), k.device());
     NDArray dv = NDArray::empty(v.shape(), v.dtype(), v.device());
@@ -93,8 +97,10 @@ Tensor block_sparse_attention(const Tensor& q_in, const Tensor& k_in, const Tens
                " backend has no fused block_sparse_attention kernel");
   const BlockLayoutRef ref = layout.ref(q.device(), Lq, Lk, offset);
 
-  NDArray qc = q.data().compact(), kc = k.data().compact(), vc = v.data().compact();
-  NDArray out = NDArray::empty(q.shape(), q.dtype(), q.device());
+  NDArray qc = as_operand(q.data()), kc = as_operand(k.data()), vc = as_operand(v.data());
+  // Written in (B, Lq, H, D) memory and returned as its (B, H, Lq, D) view, as FlashAttention
+  // does: merging the heads afterwards, out.permute(0, 2, 1, 3).reshape(B, Lq, H * D), is free.
+  NDArray out = NDArray::empty({B, Lq, H, D}, q.dtype(), q.device()).permute({0, 2, 1, 3});
   NDArray lse = NDArray::empty({B, H, Lq}, stats_dtype(q.dtype()), q.device());
   if (B * H * Lq > 0)
     be.block_sparse_attention_forward(qc.ref(), kc.ref(), vc.ref(), ref, s, out.ref(), lse.ref());

@@ -244,3 +244,46 @@ def test_default_scale_and_double_backward():
     (out * w).sum().backward(create_graph=True)
     with pytest.raises(RuntimeError, match="double backward not supported"):
         q.grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+def test_views_of_a_fused_projection(dtype, tol):
+    """q, k, v as the (B, H, L, D) views of one (B, L, H, 3, D) projection are read where they lie,
+    the output comes back as the (B, H, L, D) view of (B, L, H, D) memory, and the gradient
+    w.r.t. the projection holds the three gradients side by side. Views the kernels cannot read
+    in 16-byte rows (here one element into their buffer) give the same results through a compact
+    copy."""
+    B, H, L, D = 2, 3, 70, 16
+    layout = BlockSparseLayout.mixed(L, 16, stride=3)
+    rng = np.random.default_rng(11)
+    qkv = rng.standard_normal((B, L, H, 3, D)).astype(dtype)
+    w = rng.standard_normal((B, L, H * D)).astype(dtype)
+    q, k, v = (np.ascontiguousarray(qkv[:, :, :, i].transpose(0, 2, 1, 3)).astype(np.float64)
+               for i in range(3))
+    dout = w.reshape(B, L, H, D).transpose(0, 2, 1, 3).astype(np.float64)
+    want = reference(q, k, v, dout, layout, 1 / math.sqrt(D))
+
+    def check(t, views):
+        out = block_sparse_attention(*views, layout)
+        assert out.shape == (B, H, L, D)
+        merged = out.permute(0, 2, 1, 3)
+        assert merged.is_contiguous()  # (B, L, H, D) memory: merging the heads is free
+        np.testing.assert_allclose(out.detach().numpy(), want[0], rtol=tol, atol=tol)
+        # The gradient reaches the kernel as the strided (B, H, L, D) view of a (B, L, E) array.
+        (merged.reshape(B, L, H * D) * ndl.tensor(w)).sum().backward()
+        return t.grad.numpy()
+
+    t = ndl.tensor(qkv, requires_grad=True)
+    grad = check(t, [t[:, :, :, i].permute(0, 2, 1, 3) for i in range(3)])
+    for i in range(3):
+        np.testing.assert_allclose(grad[:, :, :, i].transpose(0, 2, 1, 3), want[2 + i],
+                                   rtol=4 * tol, atol=4 * tol)
+
+    # One element into its buffer: rows no longer 16-byte aligned, so the op copies them.
+    padded = np.concatenate([np.zeros((B, L, H, 3, 1), dtype), qkv], axis=-1)
+    t = ndl.tensor(padded, requires_grad=True)
+    grad = check(t, [t[:, :, :, i, 1:].permute(0, 2, 1, 3) for i in range(3)])
+    assert (grad[..., 0] == 0).all()
+    for i in range(3):
+        np.testing.assert_allclose(grad[:, :, :, i, 1:].transpose(0, 2, 1, 3), want[2 + i],
+                                   rtol=4 * tol, atol=4 * tol)

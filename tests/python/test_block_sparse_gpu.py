@@ -201,6 +201,47 @@ def test_head_dims_between_the_tile_widths(pattern, b, D, dtype):
     run_case(pattern, True, b, D, dtype)
 
 
+def run_projection_case(pattern, D, dtype, pad=0, offset=0, L=300, B=2, H=3, b=64):
+    """q, k, v as the (B, H, L, D) views of one (B, L, H, 3, D + pad) projection (columns offset ..
+    offset + D - 1 of each part), the output's heads merged by a free reshape, the loss's gradient
+    reaching the backward as a strided view, and the projection's gradient against torch."""
+    tol = TOL[dtype]
+    layout = make_layout(pattern, L, b, True, H)
+    host = RNG.standard_normal((B, L, H, 3, D + pad)).astype(np.float32)
+    nqkv = ndl.tensor(host, dtype=_dtype(dtype), device="cuda", requires_grad=True)
+    nw = ndl.tensor(RNG.standard_normal((B, L, H * D)).astype(np.float32), dtype=_dtype(dtype),
+                    device="cuda")
+    scale = 1 / math.sqrt(D)
+    poison(((B, H, L, D), dtype), ((B, H, L), "float32"))
+    out = attention(*(nqkv[:, :, :, i, offset:offset + D].permute(0, 2, 1, 3) for i in range(3)),
+                    layout, scale=scale)
+    merged = out.permute(0, 2, 1, 3)
+    assert merged.is_contiguous()  # written in (B, L, H, D) memory
+    poison(((B, L, H, 3, D + pad), dtype), ((B, H, L, D), dtype))
+    (merged.reshape(B, L, H * D) * nw).sum().backward()
+
+    tqkv = torch.tensor(nqkv.detach().numpy(), dtype=torch.float64, device=TDEV,
+                        requires_grad=True)
+    tw = torch.tensor(nw.numpy(), dtype=torch.float64, device=TDEV)
+    ref, _ = reference(*(tqkv[:, :, :, i, offset:offset + D].permute(0, 2, 1, 3)
+                         for i in range(3)), element_mask(layout, L, b, True, H), scale)
+    (ref.permute(0, 2, 1, 3).reshape(B, L, H * D) * tw).sum().backward()
+    errs = {"out": rel_err(out.detach().numpy(), ref.detach()),
+            "dqkv": rel_err(nqkv.grad.numpy(), tqkv.grad)}
+    assert all(e < tol for e in errs.values()), f"errors over {tol}: {errs}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("D", [40, 64, 128])
+@pytest.mark.parametrize("pattern", ["dense", "mixed", "per_head"])
+def test_views_of_a_fused_projection(pattern, D, dtype):
+    # Read and written where they lie: rows 3 * H * (D + pad) elements apart.
+    run_projection_case(pattern, D, dtype)
+    # Strides of 3 * (D + 2) elements per head, not multiples of 16 bytes, and (bfloat16) rows
+    # starting one element in: the op copies them compact first.
+    run_projection_case(pattern, D, dtype, pad=2, offset=0 if dtype == "float32" else 1)
+
+
 @pytest.mark.parametrize("D", [4, 20, 136, 256])
 def test_unsupported_head_dims_are_clear_errors(D):
     x = ndl.tensor(np.zeros((1, 2, 64, D), np.float32), device="cuda")

@@ -41,11 +41,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
   const CtaTile ct = cta_tile(a.layout.q_order, a.tiles, a.first_tile, a.heads,
                              a.layout.layout_heads);
   const int tile = ct.tile, h = ct.h;
-  const int64_t bh = ct.bh;
   const int64_t q0 = int64_t(tile) * kTile;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * rl;
-  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * rl;
-  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * rl;
+  const Rows<const uint16_t> q = rows_of<const uint16_t>(a.q, ct.b, h);
+  const Rows<const uint16_t> k = rows_of<const uint16_t>(a.k, ct.b, h);
+  const Rows<const uint16_t> v = rows_of<const uint16_t>(a.v, ct.b, h);
   const BlockLayoutRef& L = a.layout;
 
   load_rows_sw<D, Padded, 1>({sq}, {q}, rl, [&](int j) -> int64_t {
@@ -80,7 +79,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 5 : 1) forward_kernel(FwdA
     pack_a(pa, s);
     wgmma_run([&] { wgmma_py<D>(flat(o), pa, sv); }, flat(o));
   });
-  store_output<uint16_t, D, 1>(a, rl, bh, q0, row0, o, mrow, lrow, lane);
+  store_output<uint16_t, D, 1>(a, rl, ct, q0, row0, o, mrow, lrow, lane);
 }
 
 // One CTA per (64-key tile, head, batch item), in the k_order work order (cta_tile).
@@ -100,10 +99,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
   const int64_t k0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * rl;
-  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * rl;
-  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * rl;
-  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * rl;
+  const Rows<const uint16_t> q = rows_of<const uint16_t>(a.q, ct.b, h);
+  const Rows<const uint16_t> dout = rows_of<const uint16_t>(a.dout, ct.b, h);
+  const Rows<const uint16_t> k = rows_of<const uint16_t>(a.k, ct.b, h);
+  const Rows<const uint16_t> v = rows_of<const uint16_t>(a.v, ct.b, h);
   const float* lse = a.lse + bh * a.lq;
   const float* delta = a.delta + bh * a.lq;
   const BlockLayoutRef& L = a.layout;
@@ -147,10 +146,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
       wgmma_py<D>(flat(dk), da, sq);
     }, flat(dv), flat(dk));
   });
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dk) + bh * a.lk * rl, rl, k0, row0, a.lk,
-                             dk, a.scale, lane);
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dv) + bh * a.lk * rl, rl, k0, row0, a.lk,
-                             dv, 1.f, lane);
+  store_rows<uint16_t, D, 1>(rows_of<uint16_t>(a.dk, ct.b, h), rl, k0, row0, a.lk, dk, a.scale,
+                             lane);
+  store_rows<uint16_t, D, 1>(rows_of<uint16_t>(a.dv, ct.b, h), rl, k0, row0, a.lk, dv, 1.f, lane);
 }
 
 // One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
@@ -168,10 +166,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
   const int64_t q0 = int64_t(ct.tile) * kTile;
   const int h = ct.h;
   const int64_t bh = ct.bh;
-  const uint16_t* q = static_cast<const uint16_t*>(a.q) + bh * a.lq * rl;
-  const uint16_t* dout = static_cast<const uint16_t*>(a.dout) + bh * a.lq * rl;
-  const uint16_t* k = static_cast<const uint16_t*>(a.k) + bh * a.lk * rl;
-  const uint16_t* v = static_cast<const uint16_t*>(a.v) + bh * a.lk * rl;
+  const Rows<const uint16_t> q = rows_of<const uint16_t>(a.q, ct.b, h);
+  const Rows<const uint16_t> dout = rows_of<const uint16_t>(a.dout, ct.b, h);
+  const Rows<const uint16_t> k = rows_of<const uint16_t>(a.k, ct.b, h);
+  const Rows<const uint16_t> v = rows_of<const uint16_t>(a.v, ct.b, h);
   const BlockLayoutRef& L = a.layout;
 
   load_run_sw<D, Padded, 2>({sq, sdo}, {q, dout}, rl, q0, a.lq);
@@ -207,8 +205,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
     pack_a(da, dp);
     wgmma_run([&] { wgmma_py<D>(flat(dq), da, sk); }, flat(dq));
   });
-  store_rows<uint16_t, D, 1>(static_cast<uint16_t*>(a.dq) + bh * a.lq * rl, rl, q0, row0, a.lq,
-                             dq, a.scale, lane);
+  store_rows<uint16_t, D, 1>(rows_of<uint16_t>(a.dq, ct.b, h), rl, q0, row0, a.lq, dq, a.scale,
+                             lane);
 }
 
 // Shared memory of each kernel: `tiles` tiles of 64 x D bf16, extra bytes, and 1 KB of slack for

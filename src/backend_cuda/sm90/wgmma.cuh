@@ -47,9 +47,9 @@ __device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, 
 // every row it copies has the same row % 8): the swizzled byte offset of its first chunk is
 // fixed for the CTA's lifetime and later rows add i * R * 128 bytes.
 //
-// Rows are `rl` elements apart in global memory: D in the exact kernels, the head dim d < D in the
-// padded ones (Padded), where a thread whose chunk lies at or past d zero-fills it instead (the
-// columns d .. D - 1 then add 0 to every product).
+// Rows hold `rl` elements: D in the exact kernels, the head dim d < D in the padded ones
+// (Padded), where a thread whose chunk lies at or past d zero-fills it instead (the columns d ..
+// D - 1 then add 0 to every product). Each matrix's rows lie its own pitch apart (Rows).
 template <int D, bool Padded>
 struct ChunkMap {
   static constexpr int C = D / 8, R = kThreads / C;
@@ -64,21 +64,21 @@ struct ChunkMap {
   }
 };
 
-// Gathered rows: row j comes from src + pos_j * rl where pos_j = row_pos(j), or is zero-filled
-// when pos_j < 0; a row's position is computed once for all NMat matrices.
+// Gathered rows: row j is src's row pos_j = row_pos(j), or is zero-filled when pos_j < 0; a row's
+// position is computed once for all NMat matrices.
 template <int D, bool Padded, int NMat, typename RowPos>
 __device__ __forceinline__ void load_rows_sw(const uint32_t (&dst)[NMat],
-                                             const uint16_t* const (&src)[NMat], int rl,
+                                             const Rows<const uint16_t> (&src)[NMat], int rl,
                                              RowPos row_pos) {
   const ChunkMap<D, Padded> cm(rl);
 #pragma unroll
   for (int i = 0; i < kTile / cm.R; ++i) {
     const int64_t pos = row_pos(cm.r0 + i * cm.R);
     const bool copy = pos >= 0 && cm.live;
-    const int64_t off = copy ? pos * rl + cm.chunk * 8 : 0;
 #pragma unroll
     for (int m = 0; m < NMat; ++m)
-      cp_async16_zfill(dst[m] + cm.offset + i * cm.R * 128, src[m] + off, copy ? 16 : 0);
+      cp_async16_zfill(dst[m] + cm.offset + i * cm.R * 128,
+                       copy ? src[m].at(pos) + cm.chunk * 8 : src[m].p, copy ? 16 : 0);
   }
 }
 
@@ -87,14 +87,14 @@ __device__ __forceinline__ void load_rows_sw(const uint32_t (&dst)[NMat],
 // and no per-row checks.
 template <int D, bool Padded, int NMat>
 __device__ __forceinline__ void load_run_sw(const uint32_t (&dst)[NMat],
-                                            const uint16_t* const (&src)[NMat], int rl,
+                                            const Rows<const uint16_t> (&src)[NMat], int rl,
                                             int64_t start, int64_t limit) {
   const ChunkMap<D, Padded> cm(rl);
   if (start + kTile <= limit) {
 #pragma unroll
     for (int m = 0; m < NMat; ++m) {
-      const uint16_t* s = cm.live ? src[m] + (start + cm.r0) * rl + cm.chunk * 8 : src[m];
-      const int step = cm.live ? cm.R * rl : 0;
+      const uint16_t* s = cm.live ? src[m].at(start + cm.r0) + cm.chunk * 8 : src[m].p;
+      const int64_t step = cm.live ? cm.R * src[m].pitch : 0;
 #pragma unroll
       for (int i = 0; i < kTile / cm.R; ++i) {
         const uint32_t d = dst[m] + cm.offset + i * cm.R * 128;
@@ -111,9 +111,9 @@ __device__ __forceinline__ void load_run_sw(const uint32_t (&dst)[NMat],
 
 // The K and V (or Q and dO) rows of slot tile st (group size gs, positions below limit).
 template <int D, bool Padded>
-__device__ __forceinline__ void load_slot_pair_sw(uint32_t dx, uint32_t dy, const uint16_t* x,
-                                                  const uint16_t* y, int rl, const SlotTile& st,
-                                                  int gs, int64_t limit) {
+__device__ __forceinline__ void load_slot_pair_sw(uint32_t dx, uint32_t dy, Rows<const uint16_t> x,
+                                                  Rows<const uint16_t> y, int rl,
+                                                  const SlotTile& st, int gs, int64_t limit) {
   // A tile of block size >= 64 is one run of 64 consecutive positions.
   if (gs == kTile) {
     load_run_sw<D, Padded, 2>({dx, dy}, {x, y}, rl, st.start[0], limit);
