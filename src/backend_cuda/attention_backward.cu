@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dkdv_kernel(BwdArgs a)
       gemm_py<M, D, MT, kHalf>(dk, ds, sq + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(rows_of<E>(a.dk, ct.b, h), d, k0, row0, a.lk, dk, a.scale, lane);
-  store_rows<E, D, MT>(rows_of<E>(a.dv, ct.b, h), d, k0, row0, a.lk, dv, 1.f, lane);
+  store_rows<E, D, MT>(rows_at<E>(a.dk, bh, a.heads), d, k0, row0, a.lk, dk, a.scale, lane);
+  store_rows<E, D, MT>(rows_at<E>(a.dv, bh, a.heads), d, k0, row0, a.lk, dv, 1.f, lane);
 }
 
 // B = batch, H = heads, Lq / Lk = query / key lengths, d = head dim, D = tile width >= d (d = D
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(32 * num_warps<M, D>()) dq_kernel(BwdArgs a) {
       gemm_py<M, D, MT, kHalf>(dq, ds, sk + c0 * LD, LD, lane);
     }
   });
-  store_rows<E, D, MT>(rows_of<E>(a.dq, ct.b, h), d, q0, row0, a.lq, dq, a.scale, lane);
+  store_rows<E, D, MT>(rows_at<E>(a.dq, bh, a.heads), d, q0, row0, a.lq, dq, a.scale, lane);
 }
 
 // Above 48 KB a kernel must opt in to more dynamic shared memory; once per instantiation.

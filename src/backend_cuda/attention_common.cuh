@@ -342,21 +342,35 @@ __device__ __forceinline__ void zero(float (&c)[MT][N][4]) {
 // in elements, each a multiple of 16 bytes (attention_operand_ok in ndarray/backend.h).
 struct Operand {
   void* data;
-  int64_t batch, head, row;
+  int64_t batch, head;
+  int row;  // below 2^31 (attention_operand_ok)
 };
 
-// The rows of one (batch item, head) of an operand: row l starts at p + l * pitch.
+// The rows of one (batch item, head) of an operand: row l starts at p + l * pitch. Positions and
+// the pitch fit in 32 bits, so an address is one wide multiply-add, and a pitch takes one register
+// in the kernels' loops (spills appeared at 64 bits in the Hopper forward at head dim 64).
 template <typename E>
 struct Rows {
   E* p;
-  int64_t pitch;
-  __device__ __forceinline__ E* at(int64_t l) const { return p + l * pitch; }
+  int pitch;
+  __device__ __forceinline__ E* at(int64_t l) const {
+    return p + static_cast<int64_t>(static_cast<int>(l)) * pitch;
+  }
 };
 
 // Batch item b, head h of x; E is const for the inputs.
 template <typename E>
 __device__ __forceinline__ Rows<E> rows_of(const Operand& x, int64_t b, int h) {
   return {static_cast<E*>(x.data) + b * x.batch + h * x.head, x.row};
+}
+
+// The same from bh = b * heads + h, for the epilogues: only bh then stays live through a
+// kernel's main loop, where registers are tightest (the Hopper forward at head dim 64 and dK/dV
+// at 128 spilled with b and h kept).
+template <typename E>
+__device__ __forceinline__ Rows<E> rows_at(const Operand& x, int64_t bh, int heads) {
+  const int64_t b = bh / heads;
+  return rows_of<E>(x, b, static_cast<int>(bh - b * heads));
 }
 
 // --- tile loads ----------------------------------------------------------------------------------
@@ -730,7 +744,7 @@ __device__ __forceinline__ void store_output(const FwdArgs& a, int d, const CtaT
                                              int row0, const float (&o)[MT][D / 8][4],
                                              const float (&mrow)[MT][2], const float (&lrow)[MT][2],
                                              int lane) {
-  const Rows<E> out = rows_of<E>(a.out, ct.b, ct.h);
+  const Rows<E> out = rows_at<E>(a.out, ct.bh, a.heads);
   float* lse = a.lse + ct.bh * a.lq;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll

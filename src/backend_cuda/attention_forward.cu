@@ -68,7 +68,7 @@ Operand operand(const char* op, const char* name, const ArrayRef& x, const Array
                dtype_name(like.dtype), ", got ", x.ndim, "-d ", dtype_name(x.dtype));
   NEEDLE_CHECK(attention_operand_ok(x), ValueError, "cuda ", op, ": expected ", name,
                " with contiguous rows and 16-byte aligned strides (attention_operand_ok)");
-  return {x.data, x.strides[0], x.strides[1], x.strides[2]};
+  return {x.data, x.strides[0], x.strides[1], static_cast<int>(x.strides[2])};
 }
 
 namespace sm90 {

@@ -300,13 +300,14 @@ struct Backend {
 };
 
 // Whether a (B, H, L, D) view can be an operand of the attention kernels as it is: rows
-// contiguous (stride 1 along D), and the data address and the other strides non-negative
-// multiples of 16 bytes, so that every row can be read and written in 16-byte pieces wherever it
-// lies. The attention op copies any other view compact first.
+// contiguous (stride 1 along D), the data address and the other strides non-negative multiples
+// of 16 bytes, so that every row can be read and written in 16-byte pieces wherever it lies, and
+// rows fewer than 2^31 elements apart. The attention op copies any other view compact first.
 inline bool attention_operand_ok(const ArrayRef& x) {
   if (x.ndim != 4) return false;
   const int64_t bytes = static_cast<int64_t>(itemsize(x.dtype));
   if (x.shape[3] != 1 && x.strides[3] != 1) return false;
+  if (x.shape[2] != 1 && x.strides[2] >= (int64_t(1) << 31)) return false;
   if (reinterpret_cast<uintptr_t>(x.data) % 16 != 0) return false;
   for (int i = 0; i < 3; ++i)
     if (x.shape[i] != 1 && (x.strides[i] < 0 || (x.strides[i] * bytes) % 16 != 0)) return false;

@@ -146,9 +146,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(BwdArgs
       wgmma_py<D>(flat(dk), da, sq);
     }, flat(dv), flat(dk));
   });
-  store_rows<uint16_t, D, 1>(rows_of<uint16_t>(a.dk, ct.b, h), rl, k0, row0, a.lk, dk, a.scale,
+  store_rows<uint16_t, D, 1>(rows_at<uint16_t>(a.dk, bh, a.heads), rl, k0, row0, a.lk, dk, a.scale,
                              lane);
-  store_rows<uint16_t, D, 1>(rows_of<uint16_t>(a.dv, ct.b, h), rl, k0, row0, a.lk, dv, 1.f, lane);
+  store_rows<uint16_t, D, 1>(rows_at<uint16_t>(a.dv, bh, a.heads), rl, k0, row0, a.lk, dv, 1.f,
+                             lane);
 }
 
 // One CTA per (64-query tile, head, batch item), in the q_order work order (cta_tile).
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) dq_kernel(BwdArgs a
     pack_a(da, dp);
     wgmma_run([&] { wgmma_py<D>(flat(dq), da, sk); }, flat(dq));
   });
-  store_rows<uint16_t, D, 1>(rows_of<uint16_t>(a.dq, ct.b, h), rl, q0, row0, a.lq, dq, a.scale,
+  store_rows<uint16_t, D, 1>(rows_at<uint16_t>(a.dq, bh, a.heads), rl, q0, row0, a.lq, dq, a.scale,
                              lane);
 }
 

@@ -94,7 +94,7 @@ __device__ __forceinline__ void load_run_sw(const uint32_t (&dst)[NMat],
 #pragma unroll
     for (int m = 0; m < NMat; ++m) {
       const uint16_t* s = cm.live ? src[m].at(start + cm.r0) + cm.chunk * 8 : src[m].p;
-      const int64_t step = cm.live ? cm.R * src[m].pitch : 0;
+      const int64_t step = cm.live ? int64_t(cm.R) * src[m].pitch : 0;
 #pragma unroll
       for (int i = 0; i < kTile / cm.R; ++i) {
         const uint32_t d = dst[m] + cm.offset + i * cm.R * 128;
