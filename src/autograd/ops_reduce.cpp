@@ -60,21 +60,19 @@ struct LogSumExpFn : Op {
 };
 
 // The gradients of softmax and log_softmax subtract a weighted row sum from g, which cancels
-// where one entry dominates a row. For bfloat16 they are computed in float32 and rounded once, as
-// torch does: rounding each step (the products, the sum, the difference) to bfloat16 put one draw
-// in twenty of a (3, 7) softmax gradient more than 2e-2 (relative 2-norm) off float64.
-Tensor widened(const Tensor& t) {
-  return t.dtype() == DType::BFloat16 ? astype(t, DType::Float32) : t;
-}
-Tensor narrowed(const Tensor& t, DType dtype) { return t.dtype() == dtype ? t : astype(t, dtype); }
+// where one entry dominates a row. They are computed in stats_dtype (float32 for bfloat16) and
+// rounded once, as torch does: rounding each step (the products, the sum, the difference) to
+// bfloat16 put one draw in twenty of a (3, 7) softmax gradient more than 2e-2 (relative 2-norm)
+// off float64.
 
 struct SoftmaxFn : Op {
   int dim;
   explicit SoftmaxFn(int d) : dim(d) {}
   const char* name() const override { return "softmax"; }
   std::vector<Tensor> gradient(const Tensor& g_in, const Tensor& out_in) override {
-    const Tensor g = widened(g_in), out = widened(out_in);
-    return {narrowed(mul(out, sub(g, sum(mul(g, out), {dim}, true))), out_in.dtype())};
+    const DType acc = stats_dtype(out_in.dtype());
+    const Tensor g = astype(g_in, acc), out = astype(out_in, acc);
+    return {astype(mul(out, sub(g, sum(mul(g, out), {dim}, true))), out_in.dtype())};
   }
 };
 
@@ -83,8 +81,9 @@ struct LogSoftmaxFn : Op {
   explicit LogSoftmaxFn(int d) : dim(d) {}
   const char* name() const override { return "log_softmax"; }
   std::vector<Tensor> gradient(const Tensor& g_in, const Tensor& out_in) override {
-    const Tensor g = widened(g_in), out = widened(out_in);
-    return {narrowed(sub(g, mul(exp(out), sum(g, {dim}, true))), out_in.dtype())};
+    const DType acc = stats_dtype(out_in.dtype());
+    const Tensor g = astype(g_in, acc), out = astype(out_in, acc);
+    return {astype(sub(g, mul(exp(out), sum(g, {dim}, true))), out_in.dtype())};
   }
 };
 

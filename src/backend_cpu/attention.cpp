@@ -128,13 +128,12 @@ Dims check_args(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const B
         a->shape[0] == d.B && a->shape[1] == d.H && a->shape[2] == d.Lk && a->shape[3] == d.D,
         ValueError, what, ": expected k and v of shape (", d.B, ", ", d.H, ", ", d.Lk, ", ", d.D,
         "), got (", a->shape[0], ", ", a->shape[1], ", ", a->shape[2], ", ", a->shape[3], ")");
-  for (const ArrayRef* a : {&q, &k, &v})
-    NEEDLE_CHECK(attention_operand_ok(*a), ValueError, what,
-                 ": expected q, k, v with contiguous rows and 16-byte aligned strides "
-                 "(attention_operand_ok); copy them compact first");
   NEEDLE_CHECK(k.dtype == q.dtype && v.dtype == q.dtype, TypeError, what,
                ": expected q, k, v of one dtype, got ", dtype_name(q.dtype), ", ",
                dtype_name(k.dtype), ", ", dtype_name(v.dtype));
+  check_attention_operand("", what, "q", q, q);
+  check_attention_operand("", what, "k", k, k);
+  check_attention_operand("", what, "v", v, k);
   NEEDLE_CHECK(lse.dtype == stats_dtype(q.dtype) && lse.numel() == d.B * d.H * d.Lq, ValueError,
                what, ": expected lse of ", d.B * d.H * d.Lq, " ", dtype_name(stats_dtype(q.dtype)),
                " values, got ", lse.numel(), " ", dtype_name(lse.dtype));
@@ -151,17 +150,6 @@ Dims check_args(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v, const B
                d.H, " layout heads, got ", L.layout_heads);
   check_csr(L.row_ptr, L.col_idx, L.layout_heads, L.num_q_blocks, L.num_k_blocks, what);
   return d;
-}
-
-// An output or gradient operand: `like`'s shape and dtype, rows contiguous and 16-byte aligned.
-void check_operand(const ArrayRef& a, const ArrayRef& like, const char* what, const char* name) {
-  bool same = a.ndim == 4 && a.dtype == like.dtype;
-  for (int i = 0; same && i < 4; ++i) same = a.shape[i] == like.shape[i];
-  NEEDLE_CHECK(same, ValueError, what, ": expected ", name, " of shape (", like.shape[0], ", ",
-               like.shape[1], ", ", like.shape[2], ", ", like.shape[3], ") and dtype ",
-               dtype_name(like.dtype), ", got ", a.ndim, "-D ", dtype_name(a.dtype));
-  NEEDLE_CHECK(attention_operand_ok(a), ValueError, what, ": expected ", name,
-               " with contiguous rows and 16-byte aligned strides (attention_operand_ok)");
 }
 
 // One task per (batch, head, query block): Q tile against each kept K/V tile, online softmax.
@@ -317,7 +305,7 @@ void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const 
                                     const ArrayRef& lse) {
   const char* what = "block_sparse_attention_forward";
   const Dims d = check_args(q, k, v, layout, lse, what);
-  check_operand(out, q, what, "out");
+  check_attention_operand("", what, "out", out, q);
   if (d.B * d.H * d.Lq == 0) return;
   NEEDLE_DISPATCH_FLOATING(q.dtype, what, [&] {
     using A = acc_t<scalar_t>;
@@ -337,11 +325,11 @@ void block_sparse_attention_backward(const ArrayRef& q, const ArrayRef& k, const
                layout.q_offset);
   check_csr(layout.col_ptr, layout.row_idx, layout.layout_heads, layout.num_k_blocks,
             layout.num_q_blocks, what);
-  check_operand(out, q, what, "out");
-  check_operand(dout, q, what, "dout");
-  check_operand(dq, q, what, "dq");
-  check_operand(dk, k, what, "dk");
-  check_operand(dv, k, what, "dv");
+  check_attention_operand("", what, "out", out, q);
+  check_attention_operand("", what, "dout", dout, q);
+  check_attention_operand("", what, "dq", dq, q);
+  check_attention_operand("", what, "dk", dk, k);
+  check_attention_operand("", what, "dv", dv, k);
   if (d.B * d.H == 0) return;
   NEEDLE_DISPATCH_FLOATING(q.dtype, what, [&] {
     using A = acc_t<scalar_t>;

@@ -896,9 +896,10 @@ __device__ __forceinline__ void dscores_by_col(float (&dp)[MT][N / 8][4],
 
 // --- host side -----------------------------------------------------------------------------------
 // Validates shapes, dtypes and the layout against the contract in backend.h; throws otherwise.
+// Each operand's strides are checked as it becomes an Operand (operand()).
 void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,
                           const BlockLayoutRef& layout);
-// x as an Operand, after checking that it has `like`'s shape and dtype and passes
+// x as an Operand, after check_attention_operand (backend.h): `like`'s shape and dtype, passing
 // attention_operand_ok.
 Operand operand(const char* op, const char* name, const ArrayRef& x, const ArrayRef& like);
 // The math mode for the inputs' dtype and the current matmul precision.

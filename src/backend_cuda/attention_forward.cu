@@ -27,10 +27,6 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
                dtype_name(k.dtype), ", ", dtype_name(v.dtype));
   NEEDLE_CHECK(q.dtype == DType::Float32 || q.dtype == DType::BFloat16, TypeError, "cuda ", op,
                ": expected float32 or bfloat16 inputs, got ", dtype_name(q.dtype));
-  for (const ArrayRef* x : {&q, &k, &v})
-    NEEDLE_CHECK(attention_operand_ok(*x), ValueError, "cuda ", op,
-                 ": expected q, k, v with contiguous rows and 16-byte aligned strides "
-                 "(attention_operand_ok); copy them compact first");
   const int64_t d = q.shape[3];
   NEEDLE_CHECK(d > 0 && d <= kMaxHeadDim && d % 8 == 0, ValueError, "cuda ", op,
                ": head dim must be a multiple of 8 from 8 to ", kMaxHeadDim, ", got ", d,
@@ -61,13 +57,7 @@ void check_attention_args(const char* op, const ArrayRef& q, const ArrayRef& k, 
 }
 
 Operand operand(const char* op, const char* name, const ArrayRef& x, const ArrayRef& like) {
-  bool same = x.ndim == 4 && x.dtype == like.dtype;
-  for (int i = 0; same && i < 4; ++i) same = x.shape[i] == like.shape[i];
-  NEEDLE_CHECK(same, ValueError, "cuda ", op, ": expected ", name, " of shape (", like.shape[0],
-               ", ", like.shape[1], ", ", like.shape[2], ", ", like.shape[3], ") and dtype ",
-               dtype_name(like.dtype), ", got ", x.ndim, "-d ", dtype_name(x.dtype));
-  NEEDLE_CHECK(attention_operand_ok(x), ValueError, "cuda ", op, ": expected ", name,
-               " with contiguous rows and 16-byte aligned strides (attention_operand_ok)");
+  check_attention_operand("cuda ", op, name, x, like);
   return {x.data, x.strides[0], x.strides[1], static_cast<int>(x.strides[2])};
 }
 

@@ -314,6 +314,21 @@ inline bool attention_operand_ok(const ArrayRef& x) {
   return true;
 }
 
+// One (B, H, L, D) attention operand (q, k, v, out or a gradient) as both backends take it:
+// `like`'s shape and dtype (like is 4-D), passing attention_operand_ok. Errors start with
+// prefix and op ("cuda ", "block_sparse_attention_forward").
+inline void check_attention_operand(const char* prefix, const char* op, const char* name,
+                                    const ArrayRef& x, const ArrayRef& like) {
+  bool same = x.ndim == 4 && x.dtype == like.dtype;
+  for (int i = 0; same && i < 4; ++i) same = x.shape[i] == like.shape[i];
+  NEEDLE_CHECK(same, ValueError, prefix, op, ": expected ", name, " of shape (", like.shape[0],
+               ", ", like.shape[1], ", ", like.shape[2], ", ", like.shape[3], ") and dtype ",
+               dtype_name(like.dtype), ", got ", x.ndim, "-D ", dtype_name(x.dtype));
+  NEEDLE_CHECK(attention_operand_ok(x), ValueError, prefix, op, ": expected ", name,
+               " with contiguous rows and 16-byte aligned strides (attention_operand_ok); copy it "
+               "compact first");
+}
+
 // Backend::rotary's argument checks, shared by the backends' implementations; returns R.
 inline int64_t check_rotary_args(const char* name, const ArrayRef& x, const ArrayRef& cos,
                                  const ArrayRef& sin, const ArrayRef& out) {
