@@ -25,7 +25,7 @@ export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 # one global block, stride 4) keeps 91 of the 136 causal blocks (density 0.669), so the
 # block-sparse kernels do real work. Step count and learning rate are tuned to finish well inside
 # five minutes on two shared cores and to end clearly below the unigram perplexity: 150 steps
-# took 258 s on a day when the 2-core machine ran 1.8x slower than usual (2026-12-07), with
+# took 209-258 s on a day when the 2-core machine ran up to 1.8x slower than usual (2026-12-07), with
 # validation perplexity 263 against the unigram 674.
 start=$SECONDS
 /usr/bin/python3 -m apps.train \
