@@ -30,4 +30,3 @@ def per_test_random_stream(request):
     for attr in ("RNG", "rng"):
         if isinstance(getattr(module, attr, None), np.random.Generator):
             setattr(module, attr, np.random.default_rng(seed))
-    yield

@@ -28,7 +28,7 @@ if not torch.cuda.is_available() or not ndl.cuda.is_available():
 F = ndl.nn.functional
 TF = torch.nn.functional
 TDEV = torch.device("cuda")
-RNG = np.random.default_rng(4)
+RNG = np.random.default_rng()  # re-bound per test by conftest.py
 TOL = {"float32": 2e-5, "bfloat16": 2e-2}
 
 
