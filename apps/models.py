@@ -317,7 +317,21 @@ class _CausalLM(nn.Module):
             kv_cache.commit(T)
         if logits_to_keep:
             h = h[:, T - logits_to_keep:]
-        return self._head(h)
+        return F.linear(self._head_input(h), self._head_weight())
+
+    def loss(self, ids, targets, ignore_index=-100):
+        """The mean cross-entropy of the logits self(ids) against targets (B, T), the token that
+        follows each position (already shifted, as TokenDataLoader gives them; ignore_index
+        positions left out), computed without the logits' own backward pass: the output layer
+        and the loss are one F.linear_cross_entropy, whose forward pass writes the logits'
+        gradient over the logits."""
+        ids = self._ids(ids)
+        if not isinstance(targets, ndl.Tensor):
+            targets = ndl.tensor(np.asarray(targets, dtype=np.int64), dtype=ndl.int64,
+                                 device=self.device)
+        h = self._body(ids, _Step(0, ids.shape[1], None))
+        return F.linear_cross_entropy(self._head_input(h), self._head_weight(), targets,
+                                      ignore_index=ignore_index)
 
 
 # --- GPT-NeoX / Pythia -------------------------------------------------------------------------------
@@ -412,8 +426,11 @@ class GPTNeoXForCausalLM(_CausalLM):
             h = layer(h, step, i)
         return h
 
-    def _head(self, h):
-        return self.embed_out(self.gpt_neox.final_layer_norm(h))
+    def _head_input(self, h):
+        return self.gpt_neox.final_layer_norm(h)
+
+    def _head_weight(self):
+        return self.embed_out.weight
 
 
 # --- OPT -----------------------------------------------------------------------------------------------
@@ -506,9 +523,11 @@ class OPTForCausalLM(_CausalLM):
             h = layer(h, step, i)
         return h
 
-    def _head(self, h):
-        decoder = self.model.decoder
-        return F.linear(decoder.final_layer_norm(h), decoder.embed_tokens.weight)
+    def _head_input(self, h):
+        return self.model.decoder.final_layer_norm(h)
+
+    def _head_weight(self):
+        return self.model.decoder.embed_tokens.weight  # tied
 
 
 # --- construction ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from needle.data import TokenDataLoader
 
 # Re-exported: train.py and compare.py write their files through U.atomic_write_*.
 from apps.files import atomic_write_bytes, atomic_write_json, fsync_dir, save_figure  # noqa: F401
+from apps.models import _CausalLM
 
 CHECKPOINT_FORMAT = 1
 
@@ -104,7 +105,11 @@ def adamw(model, cfg):
 
 
 def lm_loss(model, x, y):
-    """Mean next-token cross-entropy of model(x) (B, T, V) against y (B, T)."""
+    """Mean next-token cross-entropy of model(x) (B, T, V) against y (B, T), and V. needle's causal
+    LMs take it through model.loss (the output layer and the loss fused); any other model
+    through its logits."""
+    if isinstance(model, _CausalLM):
+        return model.loss(x, y), model.config.vocab_size
     logits = model(x)
     if logits.ndim != 3:
         raise ValueError(f"the model should return logits of shape (B, T, V), got {tuple(logits.shape)}")

@@ -111,6 +111,22 @@ def use_composed_rotary():
     RotaryTables.rotate = rotate
 
 
+def use_unfused_head():
+    """For an A/B of F.linear_cross_entropy (--head unfused): the models' loss as needle computed it
+    before, F.cross_entropy of the logits of a separate output layer (F.linear), whose backward
+    takes one more pass over the (tokens, vocabulary) logits."""
+    import needle as ndl
+    from apps.models import _CausalLM
+
+    def loss(self, ids, targets, ignore_index=-100):
+        logits = self(ids)
+        b, t, v = logits.shape
+        return ndl.nn.functional.cross_entropy(logits.reshape(b * t, v), targets.reshape(b * t),
+                                               ignore_index=ignore_index)
+
+    _CausalLM.loss = loss
+
+
 def needle_step(s):
     """apps/train.py's training step (grad_accum 1) on a fresh model; returns step()."""
     import needle as ndl
@@ -229,6 +245,9 @@ def main(argv=None):
     p.add_argument("--rotary", choices=["fused", "composed"], default="fused",
                    help="needle's rotary embedding: the fused kernel (F.rotary_embedding, as "
                         "apps.train runs) or the elementwise composition it replaced (an A/B)")
+    p.add_argument("--head", choices=["fused", "unfused"], default="fused",
+                   help="needle's output layer and loss: F.linear_cross_entropy (model.loss, as "
+                        "apps.train runs) or F.cross_entropy of F.linear's logits (an A/B)")
     args, rest = p.parse_known_args(argv)
     for name in ("warmup", "timed", "profiled"):
         if getattr(args, name) < 1:
@@ -236,17 +255,19 @@ def main(argv=None):
     s = compare._settings(compare.build_parser().parse_args(rest))  # --seq-len, --batch-size, --data, ...
     if args.rotary == "composed":
         use_composed_rotary()
+    if args.head == "unfused":
+        use_unfused_head()
     makers = {"needle": needle_step, "torch": torch_step}
     results = [measure(n, makers[n], s, args) for n in args.frameworks]
     print(f"{s['model']}, sequence length {s['seq_len']}, batch {s['batch_size']}, "
           f"{compare.precision(s)}, fp32 matmuls {s['matmul_precision']}, dense attention, "
-          f"{args.rotary} rotary; {args.profiled} profiled steps")
+          f"{args.rotary} rotary, {args.head} output layer and loss; {args.profiled} profiled steps")
     print_table(results, args.top)
     if args.json:
         import torch
         from apps import train_utils as U
 
-        U.atomic_write_json(Path(args.json), {"settings": s, "rotary": args.rotary,
+        U.atomic_write_json(Path(args.json), {"settings": s, "rotary": args.rotary, "head": args.head,
                                               "device": torch.cuda.get_device_name(),
                                               "torch": torch.__version__, "results": results})
 

@@ -61,6 +61,15 @@ std::optional<double> opt_double(py::handle h) {
   return py::cast<double>(h);
 }
 
+// A loss's `reduction` argument, as torch spells it.
+Reduction parse_reduction(const char* op, const std::string& reduction) {
+  if (reduction == "mean") return Reduction::Mean;
+  if (reduction == "sum") return Reduction::Sum;
+  if (reduction == "none") return Reduction::None;
+  throw ValueError(std::string(op) + ": reduction must be 'mean', 'sum' or 'none', got '" +
+                   reduction + "'");
+}
+
 void bind_tensor_ops(TensorClass& cls) {
 #define NEEDLE_BIND_TENSOR_BINARY(Name, fname, ...)                                              \
   cls.def(#fname, [](const Tensor& a, py::handle b) { return apply_binary(BinaryOp::Name, a, b, false); });
@@ -340,14 +349,18 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
         py::arg("input"), py::arg("weight"));
   F.def("cross_entropy", [](const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                             const std::string& reduction) {
-         Reduction r = reduction == "mean" ? Reduction::Mean
-                     : reduction == "sum"  ? Reduction::Sum
-                     : reduction == "none" ? Reduction::None
-                     : throw ValueError("cross_entropy: reduction must be 'mean', 'sum' or "
-                                        "'none', got '" + reduction + "'");
-         return cross_entropy(logits, targets, ignore_index, r);
+         return cross_entropy(logits, targets, ignore_index,
+                              parse_reduction("cross_entropy", reduction));
        }, py::arg("input"), py::arg("target"), py::arg("ignore_index") = -100,
        py::arg("reduction") = "mean");
+  F.def("linear_cross_entropy", [](const Tensor& x, const Tensor& weight, const Tensor& targets,
+                                   int64_t ignore_index, const std::string& reduction) {
+         return linear_cross_entropy(x, weight, targets, ignore_index,
+                                     parse_reduction("linear_cross_entropy", reduction));
+       }, py::arg("input"), py::arg("weight"), py::arg("target"), py::arg("ignore_index") = -100,
+       py::arg("reduction") = "mean",
+       "cross_entropy(linear(input, weight), target) in one op, without a bias: the forward pass "
+       "writes the logits' gradient over the logits, so the backward pass is two GEMMs.");
   F.def("layer_norm", [](const Tensor& x, py::handle shape, std::optional<Tensor> w,
                          std::optional<Tensor> b, double eps) {
          Shape ns = to_shape(shape);

@@ -82,6 +82,14 @@ enum class Reduction { None, Mean, Sum };
 // logits (..., C) and int64 targets (...); mean averages over targets != ignore_index.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100,
                      Reduction reduction = Reduction::Mean);
+// cross_entropy(linear(x, weight), targets) without the logits' gradient pass: x (..., in), weight
+// (classes, in), no bias (a language model's output layer). When a gradient is needed, one kernel
+// pass over the logits gives the losses and writes the logits' gradient (of each row's loss) over
+// them, and the backward pass takes dx and dweight from it with two GEMMs; the (rows, classes)
+// logits and their gradient share one buffer. Autocast: the product in bfloat16 (as linear), the
+// loss in float32 (as cross_entropy).
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            int64_t ignore_index = -100, Reduction reduction = Reduction::Mean);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 Tensor gelu(const Tensor& a, bool tanh_approximation);
 // Rotary position embedding, rotate_half convention (GPT-NeoX, Llama): x (..., T, D), cos and sin

@@ -97,6 +97,29 @@ struct CrossEntropyFn : Op {
   }
 };
 
+// linear_cross_entropy's gradient. `d` holds the gradient of each row's loss with respect to its
+// logits (softmax - one-hot, written over the logits by the forward pass), `x2` the (rows, in)
+// input and inputs[1] the (classes, in) weight. With g the gradient of the per-row losses:
+//   dx = g[:, None] * (d @ w),   dw = d^T @ (g[:, None] * x2)
+// so the scaling by g falls on (rows, in) operands, never on the (rows, classes) d.
+struct LinearCrossEntropyFn : Op {
+  NDArray d, x2;
+  LinearCrossEntropyFn(NDArray d_, NDArray x2_) : d(std::move(d_)), x2(std::move(x2_)) {}
+  const char* name() const override { return "linear_cross_entropy"; }
+  std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
+    const Tensor &x = inputs[0], &w = inputs[1];
+    const NDArray gcol = g.data().astype(d.dtype()).reshape({d.shape()[0], 1});
+    Tensor gx, gw;
+    auto fused = [&](NDArray a) {
+      return make_result(std::move(a),
+                         std::make_shared<FusedBackwardFn>("linear_cross_entropy_backward"), {g});
+    };
+    if (x.requires_grad()) gx = fused(mul(needle::matmul(d, w.data()), gcol).reshape(x.shape()));
+    if (w.requires_grad()) gw = fused(needle::matmul(d.transpose(0, 1), mul(x2, gcol)));
+    return {gx, gw};
+  }
+};
+
 struct LayerNormFn : Op {
   NDArray mean, rstd;
   LayerNormFn(NDArray m, NDArray r) : mean(std::move(m)), rstd(std::move(r)) {}
@@ -172,6 +195,36 @@ Tensor rotary_map(const Tensor& x, const NDArray& cos, const NDArray& sin, bool 
   return make_result(out.reshape(s), std::make_shared<RotaryFn>(cos, sin, transpose), {x});
 }
 
+// cross_entropy's targets for `noun` (the logits, or linear_cross_entropy's input) of shape
+// `source`: int64 or int32 of shape source[:-1] on `device`, returned as compact int64 (rows).
+NDArray class_targets(const char* op, const Tensor& targets, const char* noun, const Shape& source,
+                      const Device& device) {
+  const Shape expect(source.begin(), source.end() - 1);
+  NEEDLE_CHECK(targets.dtype() == DType::Int64 || targets.dtype() == DType::Int32, TypeError, op,
+               ": expected int64 class-index targets, got ", dtype_name(targets.dtype()));
+  NEEDLE_CHECK(targets.shape() == expect, ValueError, op, ": expected targets of shape ",
+               shape_str(expect), " for ", noun, " of shape ", shape_str(source), ", got ",
+               shape_str(targets.shape()));
+  NEEDLE_CHECK(device == targets.device(), RuntimeError, op, ": ", noun, " on ", device.str(),
+               " but targets on ", targets.device().str());
+  return targets.data().astype(DType::Int64).reshape({shape_numel(expect)}).compact();
+}
+
+// The per-row losses (rows) reduced as asked; mean over the targets that are not ignore_index.
+Tensor reduce_rows(const Tensor& per_row, const NDArray& t, int64_t ignore_index,
+                   Reduction reduction, const Shape& expect) {
+  switch (reduction) {
+    case Reduction::None: return reshape(per_row, expect);
+    case Reduction::Sum: return sum(per_row);
+    case Reduction::Mean: {
+      // Divide on the device (no host sync): the count of targets that are not ignored.
+      NDArray count = needle::sum(needle::ne(t, Scalar(ignore_index))).astype(per_row.dtype());
+      return div(sum(per_row), Tensor(count));
+    }
+  }
+  return per_row;
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
@@ -220,36 +273,56 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   NEEDLE_CHECK(logits.ndim() >= 1, ValueError, "cross_entropy: logits need a class dimension");
   NEEDLE_CHECK(is_floating(logits.dtype()), TypeError,
                "cross_entropy: expected floating logits, got ", dtype_name(logits.dtype()));
-  NEEDLE_CHECK(targets.dtype() == DType::Int64 || targets.dtype() == DType::Int32, TypeError,
-               "cross_entropy: expected int64 class-index targets, got ",
-               dtype_name(targets.dtype()));
   Shape expect(logits.shape().begin(), logits.shape().end() - 1);
-  NEEDLE_CHECK(targets.shape() == expect, ValueError, "cross_entropy: logits of shape ",
-               shape_str(logits.shape()), " need targets of shape ", shape_str(expect), ", got ",
-               shape_str(targets.shape()));
-  NEEDLE_CHECK(logits.device() == targets.device(), RuntimeError,
-               "cross_entropy: logits on ", logits.device().str(), " but targets on ",
-               targets.device().str());
+  NDArray t = class_targets("cross_entropy", targets, "logits", logits.shape(), logits.device());
   int64_t classes = logits.shape().back(), rows = shape_numel(expect);
   const Backend& be = fused_backend(logits, logits.data().backend().cross_entropy_forward,
                                     "cross_entropy");
   NDArray x = logits.data().reshape({rows, classes}).compact();
-  NDArray t = targets.data().astype(DType::Int64).reshape({rows}).compact();
   NDArray loss = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   NDArray lse = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   if (rows > 0) be.cross_entropy_forward(x.ref(), t.ref(), ignore_index, rows, classes, loss.ref(), lse.ref());
   Tensor per_row = make_result(loss.astype(loss_dtype),
                                std::make_shared<CrossEntropyFn>(t, lse, ignore_index), {logits});
-  switch (reduction) {
-    case Reduction::None: return reshape(per_row, expect);
-    case Reduction::Sum: return sum(per_row);
-    case Reduction::Mean: {
-      // Divide on the device (no host sync): the count of targets that are not ignored.
-      NDArray count = needle::sum(needle::ne(t, Scalar(ignore_index))).astype(loss_dtype);
-      return div(sum(per_row), Tensor(count));
-    }
+  return reduce_rows(per_row, t, ignore_index, reduction, expect);
+}
+
+Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const Tensor& targets,
+                            int64_t ignore_index, Reduction reduction) {
+  // The product is a lower-precision op under autocast, as linear; the loss a float32 one, as
+  // cross_entropy (its kernels read bfloat16 logits and compute in float32).
+  const Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in);
+  const char* op = "linear_cross_entropy";
+  NEEDLE_CHECK(weight.ndim() == 2, ValueError, op, ": expected a 2-D weight (classes, in), got ",
+               shape_str(weight.shape()));
+  NEEDLE_CHECK(x.ndim() >= 1 && x.shape().back() == weight.shape()[1], ValueError, op,
+               ": input of shape ", shape_str(x.shape()), " does not match weight of shape ",
+               shape_str(weight.shape()), " (expected last dim ", weight.shape()[1], ")");
+  NEEDLE_CHECK(is_floating(x.dtype()) && x.dtype() == weight.dtype(), TypeError, op,
+               ": expected floating input and weight of one dtype, got ", dtype_name(x.dtype()),
+               " and ", dtype_name(weight.dtype()));
+  NEEDLE_CHECK(x.device() == weight.device(), RuntimeError, op, ": input on ", x.device().str(),
+               " but weight on ", weight.device().str());
+  Shape expect(x.shape().begin(), x.shape().end() - 1);
+  NDArray t = class_targets(op, targets, "input", x.shape(), x.device());
+  const int64_t rows = shape_numel(expect), classes = weight.shape()[0];
+  const Backend& be = fused_backend(x, x.data().backend().cross_entropy_forward_grad, op);
+  const DType loss_dtype = autocast_float32_dtype(x);
+  NDArray x2 = x.data().reshape({rows, weight.shape()[1]});
+  NDArray logits = needle::matmul(x2, weight.data().transpose(0, 1)).compact();
+  NDArray loss = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
+  NDArray lse = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
+  const bool need_grad = grad_enabled() && (x.requires_grad() || weight.requires_grad());
+  if (rows > 0) {
+    // With a gradient to come, the logits become their gradient in the same pass (d below).
+    auto kernel = need_grad ? be.cross_entropy_forward_grad : be.cross_entropy_forward;
+    kernel(logits.ref(), t.ref(), ignore_index, rows, classes, loss.ref(), lse.ref());
   }
-  return per_row;
+  Tensor per_row =
+      need_grad ? make_result(loss.astype(loss_dtype),
+                              std::make_shared<LinearCrossEntropyFn>(logits, x2), {x, weight})
+                : Tensor(loss.astype(loss_dtype));
+  return reduce_rows(per_row, t, ignore_index, reduction, expect);
 }
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {

@@ -32,6 +32,7 @@ const Backend& cpu_backend() {
     b.layer_norm_forward = cpu_kernels::layer_norm_forward;
     b.layer_norm_backward = cpu_kernels::layer_norm_backward;
     b.cross_entropy_forward = cpu_kernels::cross_entropy_forward;
+    b.cross_entropy_forward_grad = cpu_kernels::cross_entropy_forward_grad;
     b.cross_entropy_backward = cpu_kernels::cross_entropy_backward;
     b.rotary = cpu_kernels::rotary;
     b.adamw = cpu_kernels::adamw;

@@ -137,11 +137,15 @@ void row_op(RowOp op, const ArrayRef& in, int64_t rows, int64_t cols, const Arra
   });
 }
 
+namespace {
+
 // R = rows, C = classes. loss[r] = lse(logits[r]) - logits[r, target[r]], 0 for ignored rows.
-void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
-                           int64_t rows, int64_t classes, const ArrayRef& loss,
-                           const ArrayRef& lse) {
-  const char* name = "cross_entropy";
+// With grad_in_place, the logits are then overwritten by the gradient of loss[r] (softmax -
+// one-hot; zeros for ignored rows): each row is loaded into scratch before it is written.
+void cross_entropy_forward_impl(const ArrayRef& logits, const ArrayRef& targets,
+                                int64_t ignore_index, int64_t rows, int64_t classes,
+                                const ArrayRef& loss, const ArrayRef& lse, bool grad_in_place,
+                                const char* name) {
   NEEDLE_CHECK(logits.numel() == rows * classes, ValueError, name, ": expected ", rows, " x ",
                classes, " logits, got ", logits.numel());
   const DType stats = stats_dtype(logits.dtype);
@@ -155,13 +159,15 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
     using T = scalar_t;
     using R = acc_t<T>;
-    const T* x = static_cast<const T*>(logits.data);
+    T* x = static_cast<T*>(logits.data);
     parallel_for(rows, row_grain(classes), [&](int64_t b, int64_t e) {
       RowScratch<R> row;
       for (int64_t r = b; r < e; ++r) {
-        row.load(x + r * classes, classes);
+        T* xr = x + r * classes;
+        row.load(xr, classes);
         const R l = row.logsumexp();
-        const double value = t[r] == ignore_index ? 0.0 : static_cast<double>(l - row.x[t[r]]);
+        const bool ignored = t[r] == ignore_index;
+        const double value = ignored ? 0.0 : static_cast<double>(l - row.x[t[r]]);
         if (stats == DType::Float64) {
           static_cast<double*>(lse.data)[r] = static_cast<double>(l);
           static_cast<double*>(loss.data)[r] = value;
@@ -169,9 +175,33 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
           static_cast<float*>(lse.data)[r] = static_cast<float>(l);
           static_cast<float*>(loss.data)[r] = static_cast<float>(value);
         }
+        if (!grad_in_place) continue;
+        if (ignored) {
+          std::fill_n(xr, classes, convert<T>(0.0f));
+          continue;
+        }
+        row.exp_shifted(l);  // row.e = softmax of the row
+        row.e[t[r]] -= R(1);
+        for (int64_t c = 0; c < classes; ++c) xr[c] = convert<T>(row.e[c]);
       }
     });
   });
+}
+
+}  // namespace
+
+void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
+                           int64_t rows, int64_t classes, const ArrayRef& loss,
+                           const ArrayRef& lse) {
+  cross_entropy_forward_impl(logits, targets, ignore_index, rows, classes, loss, lse, false,
+                             "cross_entropy");
+}
+
+void cross_entropy_forward_grad(const ArrayRef& logits, const ArrayRef& targets,
+                                int64_t ignore_index, int64_t rows, int64_t classes,
+                                const ArrayRef& loss, const ArrayRef& lse) {
+  cross_entropy_forward_impl(logits, targets, ignore_index, rows, classes, loss, lse, true,
+                             "cross_entropy_forward_grad");
 }
 
 // R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]).

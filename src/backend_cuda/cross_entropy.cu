@@ -53,6 +53,65 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// The forward above fused with the gradient of each row's loss, written over the logits:
+// logits[r, c] = exp(logits[r, c] - lse[r]) - [c == t[r]], a row of zeros when t[r] is ignored (or
+// out of range, reported). The row statistics end with a block barrier, so every read of the row
+// for them is done before the row is written; in the gradient loop each element is read, then
+// written, by one thread, which also takes the target's logit for the loss as it passes. Hence no
+// __restrict__ on `logits`. The re-read is mostly served by L2 (one row per block in flight). The
+// gradient is written in chunks of 8 for bfloat16 rows only, as the backward kernel's choice below
+// (measured: chunks were slower for float32 rows there).
+template <typename T, bool Chunked>
+__global__ void __launch_bounds__(1024)
+    cross_entropy_forward_grad_kernel(T* logits, const void* targets, DType target_dtype,
+                                      int64_t target_stride, int64_t ignore_index, int64_t rows,
+                                      int64_t classes, acc_t<T>* __restrict__ loss,
+                                      acc_t<T>* __restrict__ lse, DeviceErrorFlag flag) {
+  using A = acc_t<T>;
+  __shared__ MaxSum<A> scratch[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    T* row = logits + r * classes;
+    const MaxSum<A> st = block_row_max_sum<Chunked>(row, classes, scratch);
+    const A l = max_sum_logsumexp(st);
+    const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
+    const bool ignored = t == ignore_index;
+    const bool bad = !ignored && (t < 0 || t >= classes);
+    if (threadIdx.x == 0) {
+      lse[r] = l;
+      if (ignored) loss[r] = A(0);
+      if (bad) {
+        report_device_error(flag, kCrossEntropyTarget, t, classes);
+        loss[r] = A(NAN);
+      }
+    }
+    if (ignored || bad) {
+      for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) row[c] = convert<T>(0.0f);
+      continue;
+    }
+    if constexpr (Chunked && sizeof(T) == 2) {
+      for (int64_t c = int64_t(threadIdx.x) * 8; c < classes; c += int64_t(blockDim.x) * 8) {
+        alignas(16) T v[8];
+        load8(row + c, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const A x = convert<A>(v[j]);
+          const A p = exp(x - l);
+          if (c + j == t) loss[r] = l - x;
+          v[j] = convert<T>(c + j == t ? p - A(1) : p);
+        }
+        store8(row + c, v);
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) {
+        const A x = convert<A>(row[c]);
+        const A p = exp(x - l);
+        if (c == t) loss[r] = l - x;
+        row[c] = convert<T>(c == t ? p - A(1) : p);
+      }
+    }
+  }
+}
+
 // R = rows, C = classes. dlogits[r, c] = dloss[r] * (exp(logits[r, c] - lse[r]) - [c == t[r]]),
 // a row of zeros when t[r] is ignore_index. One block per row; Chunked as in the forward (both
 // logits and dlogits in chunks of 8), for bfloat16 rows only (backward_kernel_for).
@@ -120,11 +179,12 @@ auto backward_kernel_for(const void* logits, const void* dlogits, int64_t classe
 
 }  // namespace
 
-// R = rows, C = classes.
-void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
-                           int64_t rows, int64_t classes, const ArrayRef& loss,
-                           const ArrayRef& lse) {
-  const char* name = "cross_entropy";
+namespace {
+
+// The checks of cross_entropy_forward(_grad)'s arguments; returns the targets' element stride.
+int64_t check_forward_args(const ArrayRef& logits, const ArrayRef& targets, int64_t rows,
+                           int64_t classes, const ArrayRef& loss, const ArrayRef& lse,
+                           const char* name) {
   NEEDLE_CHECK(logits.numel() == rows * classes, ValueError, "cuda ", name, ": expected ", rows,
                " x ", classes, " logits, got ", logits.numel());
   const DType stats = stats_dtype(logits.dtype);
@@ -135,14 +195,43 @@ void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int6
                "cuda ", name, ": expected ", rows, " targets, loss and lse values, got ",
                targets.numel(), ", ", loss.numel(), " and ", lse.numel());
   check_targets_dtype(targets, name);
+  return rows == 0 ? 1 : aux_stride(targets, name, "targets");
+}
+
+}  // namespace
+
+// R = rows, C = classes.
+void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
+                           int64_t rows, int64_t classes, const ArrayRef& loss,
+                           const ArrayRef& lse) {
+  const char* name = "cross_entropy";
+  const int64_t ts = check_forward_args(logits, targets, rows, classes, loss, lse, name);
   if (rows == 0) return;
-  const int64_t ts = aux_stride(targets, name, "targets");
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
     const auto launch = forward_launch<scalar_t>(logits.data, classes);
     launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(
         static_cast<const scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index,
         rows, classes, static_cast<acc_t<scalar_t>*>(loss.data),
         static_cast<acc_t<scalar_t>*>(lse.data), device_error_flag());
+    NEEDLE_CUDA_LAUNCH_CHECK();
+  });
+}
+
+// R = rows, C = classes; the logits are overwritten by the gradient.
+void cross_entropy_forward_grad(const ArrayRef& logits, const ArrayRef& targets,
+                                int64_t ignore_index, int64_t rows, int64_t classes,
+                                const ArrayRef& loss, const ArrayRef& lse) {
+  const char* name = "cross_entropy_forward_grad";
+  const int64_t ts = check_forward_args(logits, targets, rows, classes, loss, lse, name);
+  if (rows == 0) return;
+  NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
+    const auto launch = segmented_row_launch<scalar_t>(logits.data, classes, [](auto chunked) {
+      return cross_entropy_forward_grad_kernel<scalar_t, decltype(chunked)::value>;
+    });
+    launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(
+        static_cast<scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index, rows,
+        classes, static_cast<acc_t<scalar_t>*>(loss.data), static_cast<acc_t<scalar_t>*>(lse.data),
+        device_error_flag());
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }

@@ -36,6 +36,7 @@ const Backend& cuda_backend() {
     b.layer_norm_backward = cuda::layer_norm_backward;
     b.rotary = cuda::rotary;
     b.cross_entropy_forward = cuda::cross_entropy_forward;
+    b.cross_entropy_forward_grad = cuda::cross_entropy_forward_grad;
     b.cross_entropy_backward = cuda::cross_entropy_backward;
     b.adamw = cuda::adamw;
     b.foreach_sum_squares = cuda::foreach_sum_squares;

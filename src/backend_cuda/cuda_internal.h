@@ -67,6 +67,9 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
 void cross_entropy_forward(const ArrayRef& logits, const ArrayRef& targets, int64_t ignore_index,
                            int64_t rows, int64_t classes, const ArrayRef& loss,
                            const ArrayRef& lse);
+void cross_entropy_forward_grad(const ArrayRef& logits, const ArrayRef& targets,
+                                int64_t ignore_index, int64_t rows, int64_t classes,
+                                const ArrayRef& loss, const ArrayRef& lse);
 void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, const ArrayRef& lse,
                             const ArrayRef& dloss, int64_t ignore_index, int64_t rows,
                             int64_t classes, const ArrayRef& dlogits);

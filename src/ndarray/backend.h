@@ -258,6 +258,12 @@ struct Backend {
   void (*cross_entropy_forward)(const ArrayRef& logits, const ArrayRef& targets,
                                 int64_t ignore_index, int64_t rows, int64_t classes,
                                 const ArrayRef& loss, const ArrayRef& lse);
+  // cross_entropy_forward, then the logits overwritten in place by the gradient of each row's loss:
+  // logits[r, c] = softmax(logits)[r, c] - [c == target[r]], a row of zeros for ignored rows. One
+  // pass over the logits for both (linear_cross_entropy's forward when a gradient is needed).
+  void (*cross_entropy_forward_grad)(const ArrayRef& logits, const ArrayRef& targets,
+                                     int64_t ignore_index, int64_t rows, int64_t classes,
+                                     const ArrayRef& loss, const ArrayRef& lse);
   // dlogits[r, c] = dloss[r] * (softmax(logits)[r, c] - [c == target[r]]), 0 for ignored rows.
   void (*cross_entropy_backward)(const ArrayRef& logits, const ArrayRef& targets,
                                  const ArrayRef& lse, const ArrayRef& dloss, int64_t ignore_index,

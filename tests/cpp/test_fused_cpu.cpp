@@ -197,6 +197,20 @@ TEST_CASE("cross_entropy forward and backward match the float64 formulas", "[fus
       expect_values(lse, ref_lse, ts, "lse");
       Tolerance tg = dt == DType::Float32 ? Tolerance{2e-6, 1e-5} : fused_tol(dt);
       expect_values(dlogits, ref_grad, tg, "dlogits");
+
+      // cross_entropy_forward_grad: the forward's loss and lse, and the backward's gradient for
+      // dloss = 1 written over a copy of the logits, bit for bit.
+      NDArray fused = logits.clone(), unit = NDArray::empty({rows, classes}, dt);
+      NDArray floss = NDArray::empty({rows}, stats_dtype(dt)),
+              flse = NDArray::empty({rows}, stats_dtype(dt));
+      b.cross_entropy_forward_grad(fused.ref(), targets.ref(), ignore, rows, classes, floss.ref(),
+                                   flse.ref());
+      NDArray ones = NDArray::ones({rows}, stats_dtype(dt));
+      b.cross_entropy_backward(logits.ref(), targets.ref(), lse.ref(), ones.ref(), ignore, rows,
+                               classes, unit.ref());
+      CHECK(read_host(floss).v == read_host(loss).v);
+      CHECK(read_host(flse).v == read_host(lse).v);
+      CHECK(read_host(fused).v == read_host(unit).v);
     }
   }
 }
@@ -219,6 +233,9 @@ TEST_CASE("cross_entropy rejects out-of-range targets naming row, target and cla
   CHECK_THROWS_AS(b.cross_entropy_backward(logits.ref(), negative.ref(), lse.ref(), loss.ref(),
                                            -100, 3, 4, dlogits.ref()),
                   IndexError);
+  CHECK_THROWS_AS(
+      b.cross_entropy_forward_grad(logits.ref(), targets.ref(), -100, 3, 4, loss.ref(), lse.ref()),
+      IndexError);
 }
 
 TEST_CASE("adamw steps match torch.optim.AdamW's update written in float64", "[fused][cpu]") {

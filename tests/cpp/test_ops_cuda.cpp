@@ -211,6 +211,29 @@ TEST_CASE("cuda cross_entropy forward and backward match the CPU kernels", "[cud
       expect_pair_close(loss, fused_tol(st), "loss");
       expect_pair_close(lse, fused_tol(st), "lse");
       expect_pair_close(dlogits, fused_tol(dt), "dlogits");
+
+      // cross_entropy_forward_grad: on each device, the forward's loss and lse and the backward's
+      // gradient for dloss = 1 (written over a copy of the logits), bit for bit.
+      Pair ones = {NDArray::ones({rows}, st, cpu()), NDArray::ones({rows}, st, kCuda)};
+      for (int dev = 0; dev < 2; ++dev) {
+        INFO((dev ? "cuda" : "cpu") << " forward_grad");
+        const Backend& be = dev ? gb : cb;
+        auto pick = [&](Pair& p) { return dev ? p.gpu : p.cpu; };
+        NDArray fused = pick(logits).clone(),
+                unit = NDArray::empty({rows, classes}, dt, pick(logits).device());
+        NDArray floss = NDArray::empty({rows}, st, fused.device()),
+                flse = NDArray::empty({rows}, st, fused.device());
+        be.cross_entropy_forward_grad(fused.ref(), pick(targets).ref(), ignore, rows, classes,
+                                      floss.ref(), flse.ref());
+        be.cross_entropy_backward(pick(logits).ref(), pick(targets).ref(), pick(lse).ref(),
+                                  pick(ones).ref(), ignore, rows, classes, unit.ref());
+        CHECK(floss.to(cpu()).astype(DType::Float64).to_vector<double>() ==
+              pick(loss).to(cpu()).astype(DType::Float64).to_vector<double>());
+        CHECK(flse.to(cpu()).astype(DType::Float64).to_vector<double>() ==
+              pick(lse).to(cpu()).astype(DType::Float64).to_vector<double>());
+        CHECK(fused.to(cpu()).astype(DType::Float64).to_vector<double>() ==
+              unit.to(cpu()).astype(DType::Float64).to_vector<double>());
+      }
     }
   }
   cuda_synchronize();
@@ -570,6 +593,9 @@ TEST_CASE("cuda bad indices raise IndexError at the next synchronisation", "[cud
   NDArray loss = NDArray::empty({2}, DType::Float32, kCuda),
           lse = NDArray::empty({2}, DType::Float32, kCuda);
   gb.cross_entropy_forward(logits.ref(), targets.ref(), -100, 2, 3, loss.ref(), lse.ref());
+  CHECK_THROWS_AS(loss.to_vector<float>(), IndexError);
+  CHECK_NOTHROW(cuda_synchronize());
+  gb.cross_entropy_forward_grad(logits.ref(), targets.ref(), -100, 2, 3, loss.ref(), lse.ref());
   CHECK_THROWS_AS(loss.to_vector<float>(), IndexError);
   CHECK_NOTHROW(cuda_synchronize());
 

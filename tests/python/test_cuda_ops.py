@@ -8,7 +8,8 @@ NaN or inf where torch is finite fails. Covered: unary and binary elementwise op
 included), reductions (the full reduction's two-stage path too), matmul, softmax / log_softmax
 (rows staged in shared memory, rows that cannot be read in vectors, vocabulary-sized rows, rows
 too long to stage), logsumexp (special values too), layer_norm, cross_entropy (ignore_index),
-embedding, gelu, and the backward of a small MLP with cross-entropy.
+embedding, gelu, linear_cross_entropy (under autocast too), and the backward of a small MLP with
+cross-entropy.
 
 Output blocks are poisoned first: NaN arrays of each output's size are allocated and freed just
 before the op, so needle's best-fit caching allocator hands those blocks to the kernels and an
@@ -447,6 +448,48 @@ def test_cross_entropy_and_grad(rows, classes, reduction, dtype):
     t = TF.cross_entropy(x.t, torch.tensor(target, device=TDEV), reduction=reduction)
     check_grads(n, t, [x], TOL[dtype] * 5 if dtype == "float32" else TOL[dtype],
                 f"cross_entropy ({reduction})")
+
+
+# linear_cross_entropy: the logits' gradient written over them in the forward kernel (chunked rows:
+# 50304, 1000; element by element: 1003, 10), dx and dweight by two GEMMs in the backward.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows,hidden,classes", [(64, 32, 10), (256, 64, 50304), (33, 16, 1000),
+                                                 (5, 24, 1003)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_cross_entropy_and_grad(rows, hidden, classes, reduction, dtype):
+    x = Pair(randn((rows, hidden), dtype), dtype)
+    w = Pair(randn((classes, hidden), dtype, scale=0.3), dtype)
+    target = RNG.integers(0, classes, rows)
+    target[::5] = -100  # ignored rows
+    poison((rows, classes), dtype=dtype)
+    n = F.linear_cross_entropy(x.n, w.n, ndl.tensor(target, device="cuda"), reduction=reduction)
+    t = TF.cross_entropy(x.t @ w.t.T, torch.tensor(target, device=TDEV), reduction=reduction)
+    check_grads(n, t, [x, w], TOL[dtype] * 5 if dtype == "float32" else TOL[dtype],
+                f"linear_cross_entropy ({reduction})")
+
+
+def test_linear_cross_entropy_under_autocast_matches_the_unfused_ops():
+    # apps.train's output layer and loss under bfloat16 autocast: the fused op against
+    # cross_entropy(linear(...)) on the same float32 parameters, in the same region. Both round the
+    # product and the logits' gradient to bfloat16 once, so they agree far inside bfloat16's bounds.
+    xv = RNG.standard_normal((2, 96, 64)).astype(np.float32)
+    wv = (RNG.standard_normal((50304, 64)) * 0.2).astype(np.float32)
+    target = ndl.tensor(RNG.integers(0, 50304, (2, 96)), device="cuda")
+    results = []
+    for fused in (True, False):
+        x = ndl.tensor(xv, device="cuda", requires_grad=True)
+        w = ndl.tensor(wv, device="cuda", requires_grad=True)
+        with ndl.autocast("cuda"):
+            if fused:
+                loss = F.linear_cross_entropy(x, w, target)
+            else:
+                loss = F.cross_entropy(F.linear(x, w).reshape(192, 50304), target.reshape(192))
+        assert loss.dtype == ndl.float32
+        loss.backward()
+        assert x.grad.dtype == ndl.float32 and w.grad.dtype == ndl.float32
+        results.append([to_np(loss), to_np(x.grad), to_np(w.grad)])
+    for what, a, b in zip(("loss", "dx", "dweight"), *results):
+        check(a, b, 1e-2, f"fused against unfused under autocast: {what}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -78,3 +78,32 @@ def test_composed_rotary_ablation_gives_the_fused_kernels_numbers(monkeypatch):
         np.testing.assert_array_equal(fused[0], composed[0])
         np.testing.assert_array_equal(fused[1], composed[1])
     assert not np.array_equal(results[0][0][..., :4], x[..., :4])
+
+
+def test_unfused_head_ablation_computes_the_same_loss(monkeypatch):
+    # --head unfused swaps the models' loss for F.cross_entropy of F.linear's logits; the A/B is
+    # only fair if both give the same loss and gradients (to float32 rounding: the order differs).
+    np = pytest.importorskip("numpy")
+    import needle as ndl
+    import sys
+    sys.path.insert(0, str(ROOT))
+    from apps.models import GPTNeoXConfig, _CausalLM, build_model
+
+    monkeypatch.setattr(_CausalLM, "loss", _CausalLM.loss)  # restored after the test
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
+                           intermediate_size=64, max_positions=32)
+    rng = np.random.default_rng(5)
+    x = ndl.tensor(rng.integers(0, 64, (2, 16)))
+    y = ndl.tensor(rng.integers(0, 64, (2, 16)))
+    results = []
+    for unfused in (False, True):
+        if unfused:
+            prof.use_unfused_head()
+        ndl.manual_seed(0)
+        model = build_model(config)
+        loss = model.loss(x, y)
+        loss.backward()
+        results.append((loss.item(), model.embed_out.weight.grad.numpy()))
+    assert "use_unfused_head" in _CausalLM.loss.__qualname__  # the swap took effect
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)

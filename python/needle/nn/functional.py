@@ -7,6 +7,7 @@ from .._C.attention import block_sparse_attention
 linear = _F.linear
 embedding = _F.embedding
 cross_entropy = _F.cross_entropy
+linear_cross_entropy = _F.linear_cross_entropy
 layer_norm = _F.layer_norm
 rotary_embedding = _F.rotary_embedding
 gelu = _F.gelu
