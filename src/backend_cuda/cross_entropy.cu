@@ -55,23 +55,41 @@ __global__ void __launch_bounds__(1024)
 
 // The forward above fused with the gradient of each row's loss, written over the logits:
 // logits[r, c] = exp(logits[r, c] - lse[r]) - [c == t[r]], a row of zeros when t[r] is ignored (or
-// out of range, reported). The row statistics end with a block barrier, so every read of the row
-// for them is done before the row is written; in the gradient loop each element is read, then
-// written, by one thread, which also takes the target's logit for the loss as it passes. Hence no
-// __restrict__ on `logits`. The re-read is mostly served by L2 (one row per block in flight). The
-// gradient is written in chunks of 8 for bfloat16 rows only, as the backward kernel's choice below
-// (measured: chunks were slower for float32 rows there).
-template <typename T, bool Chunked>
+// out of range, reported). The row is read twice, for its statistics and for the gradient.
+// Staged (rows_chunkable rows that fit in shared memory: 16384 x 50304 bfloat16 logits, 100 KB a
+// row, two blocks an SM) copies the row into shared memory first (cp.async), so HBM sees each
+// logit read once and written once, and one block's copy overlaps the other's arithmetic and
+// stores. Otherwise both reads go to the row in global memory; the second came from HBM, not L2
+// (one H100, session 18: 1.82 ms for 16384 x 50304 bfloat16, the unfused forward and backward's
+// 0.75 + 1.12). The statistics end with a block barrier, so every read of the row for them is
+// done before the row is written; in the gradient loop each element is read, then written, by one
+// thread, which also takes the target's logit for the loss as it passes. Hence no __restrict__
+// on `logits`. The gradient is written in chunks of 8 for bfloat16 or staged rows only, as the
+// backward kernel's choice below (measured: chunks were slower for float32 rows there).
+template <typename T, bool Chunked, bool Staged>
 __global__ void __launch_bounds__(1024)
     cross_entropy_forward_grad_kernel(T* logits, const void* targets, DType target_dtype,
                                       int64_t target_stride, int64_t ignore_index, int64_t rows,
                                       int64_t classes, acc_t<T>* __restrict__ loss,
                                       acc_t<T>* __restrict__ lse, DeviceErrorFlag flag) {
+  static_assert(Chunked || !Staged, "a staged row is copied in 16-byte chunks");
   using A = acc_t<T>;
   __shared__ MaxSum<A> scratch[32];
+  extern __shared__ uint4 staged[];  // Staged: one row
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* row = logits + r * classes;
-    const MaxSum<A> st = block_row_max_sum<Chunked>(row, classes, scratch);
+    const T* src = row;
+    if constexpr (Staged) {
+      __syncthreads();  // the previous row's gradient loop has read `staged`
+      const uint4* from = reinterpret_cast<const uint4*>(row);
+      for (int64_t i = threadIdx.x; i < classes / (16 / int64_t(sizeof(T))); i += blockDim.x)
+        cp_async16(staged + i, from + i, 16);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      src = reinterpret_cast<const T*>(staged);
+    }
+    const MaxSum<A> st = block_row_max_sum<Chunked>(src, classes, scratch);
     const A l = max_sum_logsumexp(st);
     const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
     const bool ignored = t == ignore_index;
@@ -88,10 +106,10 @@ __global__ void __launch_bounds__(1024)
       for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) row[c] = convert<T>(0.0f);
       continue;
     }
-    if constexpr (Chunked && sizeof(T) == 2) {
+    if constexpr (Chunked && (sizeof(T) == 2 || Staged)) {
       for (int64_t c = int64_t(threadIdx.x) * 8; c < classes; c += int64_t(blockDim.x) * 8) {
         alignas(16) T v[8];
-        load8(row + c, v);
+        load8(src + c, v);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const A x = convert<A>(v[j]);
@@ -103,7 +121,7 @@ __global__ void __launch_bounds__(1024)
       }
     } else {
       for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) {
-        const A x = convert<A>(row[c]);
+        const A x = convert<A>(src[c]);
         const A p = exp(x - l);
         if (c == t) loss[r] = l - x;
         row[c] = convert<T>(c == t ? p - A(1) : p);
@@ -166,6 +184,27 @@ auto forward_launch(const void* logits, int64_t classes) {
   });
 }
 
+// The forward_grad kernel for rows of `classes` T at `logits`: the staged one (smem = the row's
+// bytes of dynamic shared memory) where the rows are rows_chunkable and one fits beside the
+// kernel's static shared memory, else the one that reads the row in global memory (smem = 0).
+template <typename T>
+auto forward_grad_launch(const void* logits, int64_t classes, size_t& smem) {
+  auto launch = segmented_row_launch<T>(logits, classes, [](auto chunked) {
+    return cross_entropy_forward_grad_kernel<T, decltype(chunked)::value, false>;
+  });
+  smem = 0;
+  if constexpr (sizeof(T) <= 4) {
+    static const size_t limit =
+        enable_max_dynamic_shared_memory(cross_entropy_forward_grad_kernel<T, true, true>);
+    const size_t row_bytes = size_t(classes) * sizeof(T);
+    if (rows_chunkable<T>(logits, classes) && row_bytes <= limit) {
+      launch.kernel = cross_entropy_forward_grad_kernel<T, true, true>;
+      smem = row_bytes;
+    }
+  }
+  return launch;
+}
+
 // The backward chunked where the rows allow it and it was measured faster: for bfloat16 only. On
 // one H100 (820d185, bench_cuda.py --only-cross-entropy) the chunked backward took 1.16 against
 // 2.00 ms in bfloat16 but 3.31 against 2.89 ms in float32.
@@ -225,16 +264,17 @@ void cross_entropy_forward_grad(const ArrayRef& logits, const ArrayRef& targets,
   const int64_t ts = check_forward_args(logits, targets, rows, classes, loss, lse, name);
   if (rows == 0) return;
   NEEDLE_DISPATCH_FLOATING(logits.dtype, name, [&] {
-    const auto launch = segmented_row_launch<scalar_t>(logits.data, classes, [](auto chunked) {
-      return cross_entropy_forward_grad_kernel<scalar_t, decltype(chunked)::value>;
-    });
-    launch.kernel<<<grid_for(rows, 1), launch.threads, 0, stream()>>>(
-        static_cast<scalar_t*>(logits.data), targets.data, targets.dtype, ts, ignore_index, rows,
-        classes, static_cast<acc_t<scalar_t>*>(loss.data), static_cast<acc_t<scalar_t>*>(lse.data),
+    using T = scalar_t;
+    size_t smem = 0;
+    const auto launch = forward_grad_launch<T>(logits.data, classes, smem);
+    launch.kernel<<<grid_for(rows, 1), launch.threads, smem, stream()>>>(
+        static_cast<T*>(logits.data), targets.data, targets.dtype, ts, ignore_index, rows,
+        classes, static_cast<acc_t<T>*>(loss.data), static_cast<acc_t<T>*>(lse.data),
         device_error_flag());
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }
+
 
 // R = rows, C = classes.
 void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, const ArrayRef& lse,

@@ -450,11 +450,12 @@ def test_cross_entropy_and_grad(rows, classes, reduction, dtype):
                 f"cross_entropy ({reduction})")
 
 
-# linear_cross_entropy: the logits' gradient written over them in the forward kernel (chunked rows:
-# 50304, 1000; element by element: 1003, 10), dx and dweight by two GEMMs in the backward.
+# linear_cross_entropy: the logits' gradient written over them in the forward kernel (chunked rows
+# staged in shared memory: 50304, 1000; chunked rows too long to stage: 120000; element by element:
+# 1003, 10), dx and dweight by two GEMMs in the backward.
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("rows,hidden,classes", [(64, 32, 10), (256, 64, 50304), (33, 16, 1000),
-                                                 (5, 24, 1003)])
+                                                 (5, 24, 1003), (6, 16, 120000)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_linear_cross_entropy_and_grad(rows, hidden, classes, reduction, dtype):
     x = Pair(randn((rows, hidden), dtype), dtype)
