@@ -55,14 +55,14 @@ __global__ void __launch_bounds__(1024)
 
 // The forward above fused with the gradient of each row's loss, written over the logits:
 // logits[r, c] = exp(logits[r, c] - lse[r]) - [c == t[r]], a row of zeros when t[r] is ignored (or
-// out of range, reported). The gradient needs the row again after its statistics. Staged
-// (rows_chunkable rows that fit in shared memory: 16384 x 50304 bfloat16 logits, 100 KB a row,
-// two blocks an SM) stores each chunk to shared memory as the statistics load it, and the
-// gradient reads it there, so HBM sees each logit read once and written once. Otherwise the
-// gradient reads the row in global memory again, which came from HBM, not L2 (one H100, session
-// 18: 1.82 ms for 16384 x 50304 bfloat16, against the unfused forward and backward's 0.75 +
-// 1.12). The statistics end with a block barrier, so every read of the row for them is done
-// before the row is written; in the gradient loop each element is read, then written, by one
+// out of range, reported). The row is read twice, for its statistics and for the gradient.
+// Staged (rows_chunkable rows that fit in shared memory: 16384 x 50304 bfloat16 logits, 100 KB a
+// row, two blocks an SM) copies the row into shared memory first (cp.async), so HBM sees each
+// logit read once and written once, and one block's copy overlaps the other's arithmetic and
+// stores. Otherwise both reads go to the row in global memory; the second came from HBM, not L2
+// (one H100, session 18: 1.82 ms for 16384 x 50304 bfloat16, the unfused forward and backward's
+// 0.75 + 1.12). The statistics end with a block barrier, so every read of the row for them is
+// done before the row is written; in the gradient loop each element is read, then written, by one
 // thread, which also takes the target's logit for the loss as it passes. Hence no __restrict__
 // on `logits`. The gradient is written in chunks of 8 for bfloat16 or staged rows only, as the
 // backward kernel's choice below (measured: chunks were slower for float32 rows there).
@@ -72,22 +72,24 @@ __global__ void __launch_bounds__(1024)
                                       int64_t target_stride, int64_t ignore_index, int64_t rows,
                                       int64_t classes, acc_t<T>* __restrict__ loss,
                                       acc_t<T>* __restrict__ lse, DeviceErrorFlag flag) {
-  static_assert(Chunked || !Staged, "a staged row is stored in 16-byte chunks");
+  static_assert(Chunked || !Staged, "a staged row is copied in 16-byte chunks");
   using A = acc_t<T>;
   __shared__ MaxSum<A> scratch[32];
   extern __shared__ uint4 staged[];  // Staged: one row
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* row = logits + r * classes;
     const T* src = row;
-    MaxSum<A> st;
     if constexpr (Staged) {
       __syncthreads();  // the previous row's gradient loop has read `staged`
-      T* stage = reinterpret_cast<T*>(staged);
-      st = block_max_sum_segments<8>(static_cast<const T*>(row), classes, scratch, stage);
-      src = stage;
-    } else {
-      st = block_row_max_sum<Chunked>(static_cast<const T*>(row), classes, scratch);
+      const uint4* from = reinterpret_cast<const uint4*>(row);
+      for (int64_t i = threadIdx.x; i < classes / (16 / int64_t(sizeof(T))); i += blockDim.x)
+        cp_async16(staged + i, from + i, 16);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      src = reinterpret_cast<const T*>(staged);
     }
+    const MaxSum<A> st = block_row_max_sum<Chunked>(src, classes, scratch);
     const A l = max_sum_logsumexp(st);
     const int64_t t = load_as_int64(targets, target_dtype, r * target_stride);
     const bool ignored = t == ignore_index;

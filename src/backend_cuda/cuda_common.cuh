@@ -210,6 +210,25 @@ __device__ __forceinline__ void store_vec(T* p, const VecN<T, N>& w) {
   *reinterpret_cast<VecN<T, N>*>(p) = w;
 }
 
+// --- shared memory ---------------------------------------------------------------------------
+// The 32-bit shared-space address of a pointer into shared memory.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy (cp.async, cached in L2 only); src_bytes < 16 zero-fills the rest
+// (the attention kernels' padding rows, which must be finite: a masked probability of 0 times a
+// garbage NaN would still be NaN).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 // --- block reductions ----------------------------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

@@ -126,13 +126,10 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 // element's index, so a bfloat16 row and its float32 copy give the same bits. Special values as
 // max_sum_add: a NaN makes the maximum NaN; while the maximum is -inf the exponents are taken
 // from 0, so -inf elements add exp(-inf) = 0, never exp(-inf - -inf); a +inf maximum is the
-// row's answer (max_sum_logsumexp) whatever the sums hold. With `stage` (V = 8), each chunk is
-// also stored to stage[c] (shared memory) as it is loaded; the closing block reduction's barriers
-// make the whole row visible there to every thread.
+// row's answer (max_sum_logsumexp) whatever the sums hold.
 template <int V, typename T>
 __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, int64_t cols,
-                                                                MaxSum<float>* scratch,
-                                                                T* stage = nullptr) {
+                                                                MaxSum<float>* scratch) {
   static_assert(V == 1 || V == 8, "units of one element or of a 16-byte chunk of 8");
   constexpr int U = V == 8 ? 4 : 16;
   float m = -INFINITY;
@@ -148,12 +145,8 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, in
       const int64_t c = c0 + u * stride;
       have[u] = c < cols;
       if (!have[u]) continue;
-      if constexpr (V == 8) {
-        load8(row + c, v[u]);
-        if (stage) store8(stage + c, v[u]);
-      } else {
-        v[u][0] = row[c];
-      }
+      if constexpr (V == 8) load8(row + c, v[u]);
+      else v[u][0] = row[c];
     }
     float seg = -INFINITY;
 #pragma unroll
