@@ -59,9 +59,12 @@ __global__ void __launch_bounds__(1024)
 // Staged (rows_chunkable rows that fit in shared memory: 16384 x 50304 bfloat16 logits, 100 KB a
 // row, two blocks an SM) copies the row into shared memory first (cp.async), so HBM sees each
 // logit read once and written once, and one block's copy overlaps the other's arithmetic and
-// stores. Otherwise both reads go to the row in global memory; the second came from HBM, not L2
-// (one H100, session 18: 1.82 ms for 16384 x 50304 bfloat16, the unfused forward and backward's
-// 0.75 + 1.12). The statistics end with a block barrier, so every read of the row for them is
+// stores. On one H100 (686e497, 16384 x 50304): float32 2.26 ms, about 2.9 TB/s, against the
+// unfused forward and backward's 1.04 + 2.70; bfloat16 1.74 against 0.75 + 1.11, bound by the
+// two passes' arithmetic rather than by HBM. Storing each chunk to shared memory from the
+// statistics' own loads instead of a cp.async pass first was slower (6b58bb8: 2.82 and 1.92 ms).
+// Rows that do not fit read the row in global memory twice; the second read came from HBM, not
+// L2 (session 18: 1.82 ms in bfloat16). The statistics end with a block barrier, so every read of the row for them is
 // done before the row is written; in the gradient loop each element is read, then written, by one
 // thread, which also takes the target's logit for the loss as it passes. Hence no __restrict__
 // on `logits`. The gradient is written in chunks of 8 for bfloat16 or staged rows only, as the
