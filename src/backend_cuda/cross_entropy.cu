@@ -55,20 +55,20 @@ __global__ void __launch_bounds__(1024)
 
 // The forward above fused with the gradient of each row's loss, written over the logits:
 // logits[r, c] = exp(logits[r, c] - lse[r]) - [c == t[r]], a row of zeros when t[r] is ignored (or
-// out of range, reported). The row is read twice, for its statistics and for the gradient.
-// Staged (rows_chunkable rows that fit in shared memory: 16384 x 50304 bfloat16 logits, 100 KB a
-// row, two blocks an SM) copies the row into shared memory first (cp.async), so HBM sees each
-// logit read once and written once, and one block's copy overlaps the other's arithmetic and
-// stores. On one H100 (686e497, 16384 x 50304): float32 2.26 ms, about 2.9 TB/s, against the
-// unfused forward and backward's 1.04 + 2.70; bfloat16 1.74 against 0.75 + 1.11, bound by the
-// two passes' arithmetic rather than by HBM. Storing each chunk to shared memory from the
-// statistics' own loads instead of a cp.async pass first was slower (6b58bb8: 2.82 and 1.92 ms).
-// Rows that do not fit read the row in global memory twice; the second read came from HBM, not
-// L2 (session 18: 1.82 ms in bfloat16). The statistics end with a block barrier, so every read of the row for them is
-// done before the row is written; in the gradient loop each element is read, then written, by one
-// thread, which also takes the target's logit for the loss as it passes. Hence no __restrict__
-// on `logits`. The gradient is written in chunks of 8 for bfloat16 or staged rows only, as the
-// backward kernel's choice below (measured: chunks were slower for float32 rows there).
+// out of range, reported). The row is read twice, for its statistics and for the gradient. Staged
+// (rows_chunkable rows that fit in shared memory: 16384 x 50304 bfloat16 logits, 100 KB a row, two
+// blocks an SM) copies the row into shared memory first (cp.async), so HBM sees each logit read
+// once and written once, and one block's copy overlaps the other's arithmetic and stores. On one
+// H100 (686e497, 16384 x 50304): float32 2.26 ms, about 2.9 TB/s, against the unfused forward and
+// backward's 1.04 + 2.70; bfloat16 1.74 against 0.75 + 1.11, bound by the two passes' arithmetic
+// rather than by HBM. Storing each chunk to shared memory from the statistics' own loads instead of
+// a cp.async pass first was slower (6b58bb8: 2.82 and 1.92 ms). Rows that do not fit read the row
+// in global memory twice; the second read came from HBM, not L2 (session 18: 1.82 ms in bfloat16).
+// The statistics end with a block barrier, so every read of the row for them is done before the row
+// is written; in the gradient loop each element is read, then written, by one thread, which also
+// takes the target's logit for the loss as it passes. Hence no __restrict__ on `logits`. The
+// gradient is written in chunks of 8 for bfloat16 or staged rows only, as the backward kernel's
+// choice below (measured: chunks were slower for float32 rows there).
 template <typename T, bool Chunked, bool Staged>
 __global__ void __launch_bounds__(1024)
     cross_entropy_forward_grad_kernel(T* logits, const void* targets, DType target_dtype,
