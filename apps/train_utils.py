@@ -107,14 +107,20 @@ def adamw(model, cfg):
 def lm_loss(model, x, y):
     """Mean next-token cross-entropy of model(x) (B, T, V) against y (B, T), and V. needle's causal
     LMs take it through model.loss (the output layer and the loss fused); any other model
-    through its logits."""
+    through its logits (logits_loss)."""
     if isinstance(model, _CausalLM):
         return model.loss(x, y), model.config.vocab_size
+    return logits_loss(model, x, y)
+
+
+def logits_loss(model, x, y, ignore_index=-100):
+    """Mean cross-entropy of the logits model(x) (B, T, V) against y (B, T), and V: F.cross_entropy
+    of a separate output layer's logits."""
     logits = model(x)
     if logits.ndim != 3:
         raise ValueError(f"the model should return logits of shape (B, T, V), got {tuple(logits.shape)}")
     b, t, v = logits.shape
-    return F.cross_entropy(logits.reshape(b * t, v), y.reshape(b * t)), v
+    return F.cross_entropy(logits.reshape(b * t, v), y.reshape(b * t), ignore_index=ignore_index), v
 
 
 def step_seed(seed, step):

@@ -115,14 +115,11 @@ def use_unfused_head():
     """For an A/B of F.linear_cross_entropy (--head unfused): the models' loss as needle computed it
     before, F.cross_entropy of the logits of a separate output layer (F.linear), whose backward
     takes one more pass over the (tokens, vocabulary) logits."""
-    import needle as ndl
+    from apps import train_utils as U
     from apps.models import _CausalLM
 
     def loss(self, ids, targets, ignore_index=-100):
-        logits = self(ids)
-        b, t, v = logits.shape
-        return ndl.nn.functional.cross_entropy(logits.reshape(b * t, v), targets.reshape(b * t),
-                                               ignore_index=ignore_index)
+        return U.logits_loss(self, ids, targets, ignore_index)[0]
 
     _CausalLM.loss = loss
 

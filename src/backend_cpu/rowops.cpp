@@ -51,6 +51,15 @@ struct RowScratch {
     const R shift = std::isinf(m) ? R(0) : m;
     return static_cast<R>(std::log(exp_sum(shift))) + shift;
   }
+  // out[c] = scale * (exp(x[c] - lse) - [c == target]): the cross-entropy gradient of the loaded
+  // row, scaled by its loss's gradient (cross_entropy_backward; 1 in forward_grad, which leaves
+  // the values as they are).
+  template <typename T>
+  void write_cross_entropy_grad(R lse, int64_t target, R scale, T* out) {
+    exp_shifted(lse);  // e = softmax of the row
+    e[target] -= R(1);
+    for (Eigen::Index c = 0; c < e.size(); ++c) out[c] = convert<T>(scale * e[c]);
+  }
 };
 
 // R = rows, C = cols. T is the storage type; arithmetic runs in acc_t<T> (float or double), the
@@ -180,9 +189,7 @@ void cross_entropy_forward_impl(const ArrayRef& logits, const ArrayRef& targets,
           std::fill_n(xr, classes, convert<T>(0.0f));
           continue;
         }
-        row.exp_shifted(l);  // row.e = softmax of the row
-        row.e[t[r]] -= R(1);
-        for (int64_t c = 0; c < classes; ++c) xr[c] = convert<T>(row.e[c]);
+        row.write_cross_entropy_grad(l, t[r], R(1), xr);
       }
     });
   });
@@ -232,10 +239,7 @@ void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, con
           continue;
         }
         row.load(x + r * classes, classes);
-        const R gr = static_cast<R>(g[r]);
-        row.exp_shifted(static_cast<R>(l[r]));  // row.e = softmax of the row
-        row.e[t[r]] -= R(1);
-        for (int64_t c = 0; c < classes; ++c) drow[c] = convert<T>(gr * row.e[c]);
+        row.write_cross_entropy_grad(static_cast<R>(l[r]), t[r], static_cast<R>(g[r]), drow);
       }
     });
   });

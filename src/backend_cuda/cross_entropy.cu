@@ -1,6 +1,8 @@
 // Fused cross-entropy over class logits, forward and backward: no one-hot and no materialised
 // softmax. The forward pass stores the row's log-sum-exp, which the backward pass reuses, so each
 // pass reads the logits once (plus an L2-resident re-read in the backward's output loop).
+// forward_grad (linear_cross_entropy's forward) does both passes at once, writing the gradient
+// over the logits.
 #include "backend_cuda/cuda_internal.h"
 #include "backend_cuda/row_stats.cuh"
 
@@ -219,10 +221,6 @@ auto backward_kernel_for(const void* logits, const void* dlogits, int64_t classe
   return cross_entropy_backward_kernel<T, false>;
 }
 
-}  // namespace
-
-namespace {
-
 // The checks of cross_entropy_forward(_grad)'s arguments; returns the targets' element stride.
 int64_t check_forward_args(const ArrayRef& logits, const ArrayRef& targets, int64_t rows,
                            int64_t classes, const ArrayRef& loss, const ArrayRef& lse,
@@ -277,7 +275,6 @@ void cross_entropy_forward_grad(const ArrayRef& logits, const ArrayRef& targets,
     NEEDLE_CUDA_LAUNCH_CHECK();
   });
 }
-
 
 // R = rows, C = classes.
 void cross_entropy_backward(const ArrayRef& logits, const ArrayRef& targets, const ArrayRef& lse,
