@@ -58,8 +58,6 @@ enum class MathMode { kBF16, kTF32, kF32x3 };
 
 constexpr int kTile = kAttentionTile;  // primary rows per CTA and secondary slots per tile
 constexpr int kMaxGroups = 4; // slot groups per tile: 64 / 16 for the smallest block size
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMaxHeadDim = 128;
 
 // Calls launch(std::integral_constant<int, D>, std::bool_constant<Padded>) with the kernels that
@@ -502,12 +500,6 @@ __device__ __forceinline__ void load_slot_pair(E* dst, int ld, Rows<const E> x, 
   load_tile<E, D, NT>(dst + kTile * ld, ld, y, d, pos);
 }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // Whether secondary tile st (group size gs) needs element masking for the primary tile at p0:
 // the layout flagged one of its blocks, it gathers small blocks, it crosses the causal diagonal,
 // or it runs past sec_len.
@@ -695,14 +687,14 @@ __device__ __forceinline__ void online_softmax(float (&s)[MT][N / 8][4], float (
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(mrow[m][i], mx * scale);
       const float base = m_new == -INFINITY ? 0.f : m_new;
-      alpha[m][i] = fast_exp2(mrow[m][i] - base);
+      alpha[m][i] = exp2_approx(mrow[m][i] - base);
       rescale |= m_new != mrow[m][i];
       mrow[m][i] = m_new;
       float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < N / 8; ++n) {
-        s[m][n][2 * i] = fast_exp2(fmaf(s[m][n][2 * i], scale, -base));
-        s[m][n][2 * i + 1] = fast_exp2(fmaf(s[m][n][2 * i + 1], scale, -base));
+        s[m][n][2 * i] = exp2_approx(fmaf(s[m][n][2 * i], scale, -base));
+        s[m][n][2 * i + 1] = exp2_approx(fmaf(s[m][n][2 * i + 1], scale, -base));
         sum += s[m][n][2 * i] + s[m][n][2 * i + 1];
       }
       lrow[m][i] = lrow[m][i] * alpha[m][i] + sum;
@@ -828,7 +820,7 @@ __device__ __forceinline__ void probs_by_row(float (&p)[MT][N / 8][4],
 #pragma unroll
     for (int n = 0; n < N / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) p[m][n][e] = fast_exp2(p[m][n][e] * scale_log2 - row_lse[m][e >> 1]);
+      for (int e = 0; e < 4; ++e) p[m][n][e] = exp2_approx(p[m][n][e] * scale_log2 - row_lse[m][e >> 1]);
 }
 template <int MT, int N>
 __device__ __forceinline__ void probs_by_col(float (&p)[MT][N / 8][4], const float* col_lse,
@@ -840,10 +832,10 @@ __device__ __forceinline__ void probs_by_col(float (&p)[MT][N / 8][4], const flo
     const float l0 = l.x, l1 = l.y;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      p[m][n][0] = fast_exp2(p[m][n][0] * scale_log2 - l0);
-      p[m][n][1] = fast_exp2(p[m][n][1] * scale_log2 - l1);
-      p[m][n][2] = fast_exp2(p[m][n][2] * scale_log2 - l0);
-      p[m][n][3] = fast_exp2(p[m][n][3] * scale_log2 - l1);
+      p[m][n][0] = exp2_approx(p[m][n][0] * scale_log2 - l0);
+      p[m][n][1] = exp2_approx(p[m][n][1] * scale_log2 - l1);
+      p[m][n][2] = exp2_approx(p[m][n][2] * scale_log2 - l0);
+      p[m][n][3] = exp2_approx(p[m][n][3] * scale_log2 - l1);
     }
   }
 }

@@ -210,6 +210,19 @@ __device__ __forceinline__ void store_vec(T* p, const VecN<T, N>& w) {
   *reinterpret_cast<VecN<T, N>*>(p) = w;
 }
 
+// --- fast math -----------------------------------------------------------------------------------
+// 2^x by the hardware's approximation (one MUFU.EX2; relative error about 2^-22, so a float32
+// result a few ulps off), denormal results flushed to 0: the attention kernels' softmax, the
+// bfloat16 cross-entropy and GELU, whose results are rounded to bfloat16 or need no more. exp(x)
+// is exp2_approx(x * log2(e)). 2^-inf = 0, 2^inf = inf, 2^NaN = NaN.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+constexpr float kLog2e = 1.4426950408889634f;  // log2(e)
+constexpr float kLn2 = 0.6931471805599453f;     // ln(2)
+
 // --- shared memory ---------------------------------------------------------------------------
 // The 32-bit shared-space address of a pointer into shared memory.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {

@@ -65,7 +65,6 @@ __device__ __forceinline__ A max_nan(A m, A v) {
 // is loop-invariant); relative error about 1e-6 for the |v - m| of a softmax row. Rows holding
 // +inf or only -inf give NaN, as on the CPU and in torch.
 __device__ __forceinline__ float exp_minus(float v, float m) {
-  constexpr float kLog2e = 1.4426950408889634f;
   return exp2f(fmaf(v, kLog2e, -m * kLog2e));
 }
 __device__ __forceinline__ double exp_minus(double v, double m) { return exp(v - m); }
@@ -74,7 +73,6 @@ __device__ __forceinline__ double exp_minus(double v, double m) { return exp(v -
 // factor 2^(m log2(e) - c), c = m * log2(e) rounded: it cancels in softmax, and log_softmax takes
 // its logarithm back out (it grows with |m|: 6e-4 at m = 1e4).
 __device__ __forceinline__ float log_sum(float s, float m) {
-  constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
   return log(s) - fmaf(m, kLog2e, -m * kLog2e) * kLn2;
 }
 __device__ __forceinline__ double log_sum(double s, double) { return log(s); }

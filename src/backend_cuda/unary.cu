@@ -38,11 +38,6 @@ __device__ __forceinline__ float rcp_approx(float x) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
 }
-__device__ __forceinline__ float exp2_approx(float x) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-  return r;
-}
 __device__ __forceinline__ float gelu_erf_fast(float x) {
   const float t = rcp_approx(fmaf(fabsf(x), 0.3889087438583374f, 1.0f));
   float p = -0.2513718008995056f;
