@@ -126,8 +126,11 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 // element's index, so a bfloat16 row and its float32 copy give the same bits. Special values as
 // max_sum_add: a NaN makes the maximum NaN; while the maximum is -inf the exponents are taken
 // from 0, so -inf elements add exp(-inf) = 0, never exp(-inf - -inf); a +inf maximum is the
-// row's answer (max_sum_logsumexp) whatever the sums hold.
-template <int V, typename T>
+// row's answer (max_sum_logsumexp) whatever the sums hold. Fast takes each exp as
+// exp2_approx((x - max) * log2(e)) (cross-entropy's bfloat16 rows, whose gradient it computes so
+// too: see there), where expf is about ten instructions; the sum is then within about 2^-22 of
+// expf's, so the log-sum-exp within 3e-7.
+template <int V, bool Fast, typename T>
 __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, int64_t cols,
                                                                 MaxSum<float>* scratch) {
   static_assert(V == 1 || V == 8, "units of one element or of a 16-byte chunk of 8");
@@ -156,14 +159,17 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, in
         for (int j = 0; j < V; ++j) seg = max_nan(seg, convert<float>(v[u][j]));
     const float mnew = max_nan(m, seg);
     const float origin = mnew == -INFINITY ? 0.0f : mnew;
-    const float scale = expf(m - origin);
+    auto exp_from_origin = [origin](float x) {
+      return Fast ? exp2_approx((x - origin) * kLog2e) : expf(x - origin);
+    };
+    const float scale = exp_from_origin(m);
 #pragma unroll
     for (int j = 0; j < 8; ++j) s[j] *= scale;
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (have[u])
 #pragma unroll
-        for (int j = 0; j < V; ++j) s[(u * V + j) % 8] += expf(convert<float>(v[u][j]) - origin);
+        for (int j = 0; j < V; ++j) s[(u * V + j) % 8] += exp_from_origin(convert<float>(v[u][j]));
     m = mnew;
   }
   float total = s[0];
@@ -173,16 +179,16 @@ __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, in
 }
 
 // A row's (max, sum) as the row kernels take it: bfloat16 and float32 rows by segments (Chunked:
-// 16-byte chunks of 8, for rows_chunkable rows; else single elements), float64 rows by
-// block_max_sum (eight partial sums of doubles would spill). segmented_row_launch picks Chunked
-// and the threads.
-template <bool Chunked, typename T>
+// 16-byte chunks of 8, for rows_chunkable rows; else single elements; Fast as there), float64 rows
+// by block_max_sum (eight partial sums of doubles would spill). segmented_row_launch picks
+// Chunked and the threads.
+template <bool Chunked, bool Fast = false, typename T>
 __device__ __forceinline__ MaxSum<acc_t<T>> block_row_max_sum(const T* row, int64_t cols,
                                                               MaxSum<acc_t<T>>* scratch) {
   if constexpr (sizeof(T) > 4)
     return block_max_sum<acc_t<T>>(row, cols, scratch);
   else
-    return block_max_sum_segments<(Chunked ? 8 : 1)>(row, cols, scratch);
+    return block_max_sum_segments<(Chunked ? 8 : 1), Fast>(row, cols, scratch);
 }
 
 // Threads per row block of block_max_sum_segments: about 32 elements per thread, between one
