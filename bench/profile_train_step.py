@@ -3,7 +3,9 @@ transformers + torch (apps.compare's torch run), one after the other in one proc
 
 For each framework: a few warm-up steps, then --timed steps by the wall clock (synchronised at the
 end), then --profiled steps under torch.profiler with only the CUDA activity. CUPTI records every
-kernel the process launches, needle's included, so both frameworks are seen by the same tool. From
+kernel the process launches, needle's included, so both frameworks are seen by the same tool. Also
+the peak of each framework's own caching allocator (max_memory_allocated of needle.cuda or
+torch.cuda) over the model's creation, the warm-up and the timed steps. From
 the trace: GPU busy time per step (the union of kernel, memcpy and memset intervals), idle time
 (the step's span minus busy), kernel launches per step, and GPU time by category and by kernel.
 
@@ -186,6 +188,11 @@ def measure(name, make_step, s, args):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    import needle as ndl
+
+    # Each framework's own caching allocator: its peak over the model's creation and the steps.
+    peak = ndl.cuda.max_memory_allocated if name == "needle" else torch.cuda.max_memory_allocated
+    (ndl.cuda.reset_peak_memory_stats if name == "needle" else torch.cuda.reset_peak_memory_stats)()
     step = make_step(s)
     synchronize = torch.cuda.synchronize  # the whole device: needle's stream and torch's
     for _ in range(args.warmup):
@@ -196,6 +203,7 @@ def measure(name, make_step, s, args):
         step()
     synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3 / args.timed
+    peak_gb = peak() / 2**30
     with tempfile.TemporaryDirectory() as tmp:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(args.profiled):
@@ -205,7 +213,8 @@ def measure(name, make_step, s, args):
         prof.export_chrome_trace(str(path))
         summary = summarise_trace(json.loads(path.read_text()), args.profiled)
     tokens = s["batch_size"] * s["seq_len"]
-    summary.update({"framework": name, "wall_ms_per_step": wall_ms, "tokens_per_s": tokens / wall_ms * 1e3})
+    summary.update({"framework": name, "wall_ms_per_step": wall_ms, "tokens_per_s": tokens / wall_ms * 1e3,
+                    "peak_memory_gib": peak_gb})
     return summary
 
 
@@ -213,6 +222,7 @@ def print_table(results, top):
     names = [r["framework"] for r in results]
     print(f"{'per step':<28}" + "".join(f"{n:>16}" for n in names))
     rows = [("wall ms (unprofiled)", "wall_ms_per_step", "{:.1f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+            ("peak memory GiB", "peak_memory_gib", "{:.2f}"),
             ("GPU busy ms", "busy_ms", "{:.1f}"), ("GPU idle ms (in the span)", "idle_ms", "{:.1f}"),
             ("kernel launches", "kernel_launches", "{:.0f}")]
     for label, key, fmt in rows:
