@@ -820,7 +820,8 @@ __device__ __forceinline__ void probs_by_row(float (&p)[MT][N / 8][4],
 #pragma unroll
     for (int n = 0; n < N / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) p[m][n][e] = exp2_approx(p[m][n][e] * scale_log2 - row_lse[m][e >> 1]);
+      for (int e = 0; e < 4; ++e)
+        p[m][n][e] = exp2_approx(p[m][n][e] * scale_log2 - row_lse[m][e >> 1]);
 }
 template <int MT, int N>
 __device__ __forceinline__ void probs_by_col(float (&p)[MT][N / 8][4], const float* col_lse,

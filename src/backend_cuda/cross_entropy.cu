@@ -91,9 +91,10 @@ __global__ void __launch_bounds__(1024)
 // once and written once, and one block's copy overlaps the other's arithmetic and stores. On one
 // H100 (686e497, 16384 x 50304): float32 2.26 ms, about 2.9 TB/s, against the unfused forward and
 // backward's 1.04 + 2.70; bfloat16 1.74 against 0.75 + 1.11, bound by the two passes' arithmetic
-// rather than by HBM. Storing each chunk to shared memory from the statistics' own loads instead of
-// a cp.async pass first was slower (6b58bb8: 2.82 and 1.92 ms). Rows that do not fit read the row
-// in global memory twice; the second read came from HBM, not L2 (session 18: 1.82 ms in bfloat16).
+// rather than by HBM, until kLean (1.15 ms, about 2.9 TB/s, session 20). Storing each chunk to
+// shared memory from the statistics' own loads instead of a cp.async pass first was slower
+// (6b58bb8: 2.82 and 1.92 ms). Rows that do not fit read the row in global memory twice; the
+// second read came from HBM, not L2 (session 18: 1.82 ms in bfloat16).
 // The statistics end with a block barrier, so every read of the row for them is done before the row
 // is written; in the gradient loop each element is read, then written, by one thread, which also
 // takes the target's logit for the loss as it passes (for lean rows, kLean, it reads it before

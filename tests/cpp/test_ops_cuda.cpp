@@ -467,8 +467,9 @@ TEST_CASE("cuda float32 -> bfloat16 rounds as the CPU does, to the bit", "[cuda]
   int64_t mismatches = 0, first = -1;
   for (int64_t i = 0; i < n; ++i)
     if (got[i] != want[i] && mismatches++ == 0) first = i;
-  INFO("first mismatch: float32 bits 0x" << std::hex << (first < 0 ? 0 : bits[first]) << " -> cpu 0x"
-       << (first < 0 ? 0 : want[first] >> 16) << ", cuda 0x" << (first < 0 ? 0 : got[first] >> 16));
+  const size_t at = first < 0 ? 0 : size_t(first);
+  INFO(mismatches << " mismatches; the first: float32 bits 0x" << std::hex << bits[at]
+                  << " -> cpu 0x" << (want[at] >> 16) << ", cuda 0x" << (got[at] >> 16));
   CHECK(mismatches == 0);
 }
 
