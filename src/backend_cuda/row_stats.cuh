@@ -123,10 +123,11 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 // max_sum_add (a compare, a branch and for a new maximum a second exp, per element) left the
 // bfloat16 forward compute-bound at 0.9 TB/s on an H100 (820d185: 1.88 ms for 16384 x 50304
 // against torch's 1.53). The element-to-sum assignment and the segments depend only on the
-// element's index, so a bfloat16 row and its float32 copy give the same bits. Special values as
-// max_sum_add: a NaN makes the maximum NaN; while the maximum is -inf the exponents are taken
-// from 0, so -inf elements add exp(-inf) = 0, never exp(-inf - -inf); a +inf maximum is the
-// row's answer (max_sum_logsumexp) whatever the sums hold. Fast takes each exp as
+// element's index, so a bfloat16 row and its float32 copy give the same bits (unless Fast, below,
+// picks another exp for one of them). Special values as max_sum_add: a NaN makes the maximum NaN;
+// while the maximum is -inf the exponents are taken from 0, so -inf elements add exp(-inf) = 0,
+// never exp(-inf - -inf); a +inf maximum is the row's answer (max_sum_logsumexp) whatever the
+// sums hold. Fast takes each exp as
 // exp2_approx((x - max) * log2(e)) (cross-entropy's bfloat16 rows, whose gradient it computes so
 // too: see there), where expf is about ten instructions; the sum is then within about 2^-22 of
 // expf's, so the log-sum-exp within 3e-7.
