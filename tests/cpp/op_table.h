@@ -88,6 +88,28 @@ inline double round_to(DType dt, double v) {
   return read_scalar(buf, dt);
 }
 
+// float32 bit patterns for testing the rounding to bfloat16: every upper half (sign, exponent and
+// the 7 kept bits: zeros, subnormals, the largest finite values, infinities, NaNs of every payload)
+// with the lower halves that decide the rounding: exact, just above and below a tie, the tie itself
+// (to even: up from an odd kept value, down from an even one), the largest, and two others.
+inline std::vector<uint32_t> bfloat16_rounding_cases() {
+  const uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff, 0x3a5c, 0xc5a3};
+  std::vector<uint32_t> bits;
+  for (uint32_t hi = 0; hi < 0x10000u; ++hi)
+    for (uint32_t lo : lows) bits.push_back(hi << 16 | lo);
+  return bits;
+}
+
+// The bfloat16 bits of an array of them, read through float32 (bfloat16 -> float32 is a shift, so
+// the float32 bits hold them exactly, NaN payloads included).
+inline std::vector<uint16_t> bfloat16_bits(const NDArray& a) {
+  std::vector<uint32_t> wide(static_cast<size_t>(a.numel()));
+  a.to(cpu()).astype(DType::Float32).copy_to_host(wide.data());
+  std::vector<uint16_t> out(wide.size());
+  for (size_t i = 0; i < wide.size(); ++i) out[i] = static_cast<uint16_t>(wide[i] >> 16);
+  return out;
+}
+
 inline std::vector<int64_t> unravel(int64_t flat, const Shape& shape) {
   std::vector<int64_t> idx(shape.size());
   for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {

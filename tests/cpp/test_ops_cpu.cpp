@@ -56,6 +56,60 @@ TEST_CASE("op table: every case has a unique name", "[ops]") {
   CHECK(dup == names.end());
 }
 
+namespace {
+
+// An independent reference for float32 -> bfloat16: the nearer of the two bfloat16 values around
+// x, measured in double, ties to the even one; past the largest finite value the next one up is
+// 2^128 (IEEE rounding as if the exponent went on), which rounds to inf. NaNs stay NaN, quiet, with
+// their sign and upper payload bits.
+uint16_t bfloat16_reference(uint32_t u) {
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  const uint16_t down = static_cast<uint16_t>(u >> 16);  // toward zero
+  if ((u & 0xffffu) == 0) return down;                 // exact, or an infinity
+  const uint16_t up = static_cast<uint16_t>(down + 1);  // away from zero: never past inf
+  auto magnitude = [](uint16_t b) {
+    if ((b & 0x7fffu) == 0x7f80u) return std::ldexp(1.0, 128);
+    uint32_t w = static_cast<uint32_t>(b & 0x7fffu) << 16;
+    float f;
+    std::memcpy(&f, &w, 4);
+    return static_cast<double>(f);
+  };
+  uint32_t abs_bits = u & 0x7fffffffu;
+  float abs_x;
+  std::memcpy(&abs_x, &abs_bits, 4);
+  const double below = abs_x - magnitude(down), above = magnitude(up) - abs_x;
+  if (below != above) return below < above ? down : up;
+  return (down & 1u) ? up : down;
+}
+
+}  // namespace
+
+TEST_CASE("cpu float32 -> bfloat16 rounds to nearest even, NaNs quiet", "[cpu]") {
+  std::vector<uint32_t> bits = bfloat16_rounding_cases();
+  const int64_t n = static_cast<int64_t>(bits.size());
+  const NDArray f = NDArray::from_host(bits.data(), {n}, DType::Float32, cpu());
+  const std::vector<uint16_t> got = bfloat16_bits(f.astype(DType::BFloat16));
+  int64_t mismatches = 0, first = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    float f;
+    std::memcpy(&f, &bits[i], 4);
+    const uint16_t want = bfloat16_reference(bits[i]);
+    if ((got[i] != want || bfloat16(f).bits != want) && mismatches++ == 0) first = i;
+  }
+  const size_t at = first < 0 ? 0 : size_t(first);
+  INFO(mismatches << " mismatches; the first: float32 bits 0x" << std::hex << bits[at] << " -> 0x"
+                  << got[at] << ", expected 0x" << bfloat16_reference(bits[at]));
+  CHECK(mismatches == 0);
+  // Spot checks of the reference itself.
+  CHECK(bfloat16_reference(0x3f808000u) == 0x3f80);  // tie, down to the even 0x3f80
+  CHECK(bfloat16_reference(0x3f818000u) == 0x3f82);  // tie, up to the even 0x3f82
+  CHECK(bfloat16_reference(0x7f7f8000u) == 0x7f80);  // a tie past the largest finite: inf
+  CHECK(bfloat16_reference(0x7f7f7fffu) == 0x7f7f);
+  CHECK(bfloat16_reference(0x00008001u) == 0x0001);  // a subnormal rounds up
+  CHECK(bfloat16_reference(0xffc00001u) == 0xffc0);  // -NaN keeps its sign
+  CHECK(bfloat16_reference(0x7f800001u) == 0x7fc0);  // a payload in the low half only: quiet
+}
+
 TEST_CASE("cpu memory: statistics count allocations, frees and the peak", "[cpu][memory]") {
   const Backend& b = cpu_backend();
   b.reset_peak_memory_stats();
