@@ -190,9 +190,10 @@ def measure(name, make_step, s, args):
 
     import needle as ndl
 
-    # Each framework's own caching allocator: its peak over the model's creation and the steps.
-    peak = ndl.cuda.max_memory_allocated if name == "needle" else torch.cuda.max_memory_allocated
-    (ndl.cuda.reset_peak_memory_stats if name == "needle" else torch.cuda.reset_peak_memory_stats)()
+    # Each framework's own caching allocator (needle.cuda and torch.cuda share the names): its
+    # peak over the model's creation and the steps.
+    memory = ndl.cuda if name == "needle" else torch.cuda
+    memory.reset_peak_memory_stats()
     step = make_step(s)
     synchronize = torch.cuda.synchronize  # the whole device: needle's stream and torch's
     for _ in range(args.warmup):
@@ -203,7 +204,7 @@ def measure(name, make_step, s, args):
         step()
     synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3 / args.timed
-    peak_gb = peak() / 2**30
+    peak_gb = memory.max_memory_allocated() / 2**30
     with tempfile.TemporaryDirectory() as tmp:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(args.profiled):

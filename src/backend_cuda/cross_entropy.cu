@@ -44,8 +44,27 @@ __device__ __forceinline__ acc_t<T> row_prob(acc_t<T> x, acc_t<T> lse) {
     return exp(x - lse);
 }
 
-// The thread of a row block whose share of a row holds element t: the gradient loops below give
-// thread i the chunks of 8 (Chunks) or the elements i, i + blockDim.x, ...
+// A gradient loop over one row of `classes`: this thread's share of dst[c] = f(c, src[c]), f taking
+// the element in acc_t<T> and returning it in T. Thread i takes the chunks of 8 i, i + blockDim.x,
+// ... (Chunks: 16-byte loads and stores, rows_chunkable rows) or the elements i, i + blockDim.x,
+// ... src may be dst: each element is read, then written, by one thread.
+template <bool Chunks, typename T, typename F>
+__device__ __forceinline__ void map_row(const T* src, T* dst, int64_t classes, F f) {
+  using A = acc_t<T>;
+  if constexpr (Chunks) {
+    for (int64_t c = int64_t(threadIdx.x) * 8; c < classes; c += int64_t(blockDim.x) * 8) {
+      alignas(16) T v[8];
+      load8(src + c, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = f(c + j, convert<A>(v[j]));
+      store8(dst + c, v);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) dst[c] = f(c, convert<A>(src[c]));
+  }
+}
+
+// The thread whose share of a row (map_row<Chunks>) holds element t.
 template <bool Chunks>
 __device__ __forceinline__ bool owns(int64_t t) {
   return (Chunks ? t / 8 : t) % blockDim.x == threadIdx.x;
@@ -155,18 +174,7 @@ __global__ void __launch_bounds__(1024)
       }
       return convert<T>(p);
     };
-    if constexpr (kChunks) {
-      for (int64_t c = int64_t(threadIdx.x) * 8; c < classes; c += int64_t(blockDim.x) * 8) {
-        alignas(16) T v[8];
-        load8(src + c, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = grad(c + j, convert<A>(v[j]));
-        store8(row + c, v);
-      }
-    } else {
-      for (int64_t c = threadIdx.x; c < classes; c += blockDim.x)
-        row[c] = grad(c, convert<A>(src[c]));
-    }
+    map_row<kChunks>(src, row, classes, grad);
     if (owner) {
       row[t] = convert<T>(row_prob<T>(xt, l) - A(1));
       loss[r] = l - xt;
@@ -205,18 +213,7 @@ __global__ void __launch_bounds__(1024)
       if (!kLean<T> && c == t) p -= A(1);
       return convert<T>(g * p);
     };
-    if constexpr (Chunked) {
-      for (int64_t c = int64_t(threadIdx.x) * 8; c < classes; c += int64_t(blockDim.x) * 8) {
-        alignas(16) T v[8];
-        load8(row + c, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = grad(c + j, convert<A>(v[j]));
-        store8(drow + c, v);
-      }
-    } else {
-      for (int64_t c = threadIdx.x; c < classes; c += blockDim.x)
-        drow[c] = grad(c, convert<A>(row[c]));
-    }
+    map_row<Chunked>(row, drow, classes, grad);
     if (kLean<T> && owns<Chunked>(t))
       drow[t] = convert<T>(g * (row_prob<T>(convert<A>(row[t]), l) - A(1)));
   }
