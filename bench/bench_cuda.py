@@ -1,7 +1,8 @@
 """CUDA kernel benchmark: needle's CUDA ops against torch on the same GPU, in the same run.
 
 Usage (on the GPU machine, with needle._C built there):
-    PYTHONPATH=python python3 bench/bench_cuda.py [out.json] [--only-strided | --only-cross-entropy]
+    PYTHONPATH=python python3 bench/bench_cuda.py [out.json]
+        [--only-strided | --only-cross-entropy | --only-layer-norm]
 
 What it measures (issue 4's bar):
   - device-to-device copy bandwidth, torch's `copy_` and needle's `copy_`, 64M float32: the
@@ -13,6 +14,8 @@ What it measures (issue 4's bar):
     share of the copy bandwidth;
   - cross-entropy over 16384 rows of 50304 classes (a Pythia-70M step's loss), float32 and
     bfloat16, forward and forward + backward, from rows 16-byte aligned and one element off;
+  - layer norm at the Pythia-70M and OPT-125M training shapes (16384 rows of 512 and of 768),
+    float32 and bfloat16, forward and forward + backward (dx, dweight, dbias);
   - operands that are not one dense run, at Pythia-70M training shapes: a row-broadcast (bias)
     add, the (B, T, H, D) -> (B, H, T, D) copy around attention, a head slice times a table;
   - matmul at the Pythia-70M shapes (M x K x N = tokens x in x out), float32 without TF32
@@ -236,6 +239,51 @@ def cross_entropy_cases():
         del x, padded, inputs, tx
 
 
+def layer_norm_cases():
+    """Layer norm at the training shapes of Pythia-70M (16384 rows of 512) and OPT-125M (16384
+    rows of 768), float32 and bfloat16, affine: forward, and forward + backward (dx, dweight,
+    dbias from a given upstream gradient). Bytes: the forward reads x and writes y; forward +
+    backward adds reading x and dy and writing dx (the parameters and the per-row statistics are
+    left out)."""
+    F = ndl.nn.functional
+    for d in (512, 768):
+        rows = 16384
+        for dt, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            esz = 4 if dt == torch.float32 else 2
+            x, dy = randn(rows, d, dtype=dt), randn(rows, d, dtype=dt)
+            w, bias = randn(d, dtype=dt), randn(d, dtype=dt)
+            tx, tw, tb = (t.clone().requires_grad_(True) for t in (x, w, bias))
+            nx, nw, nb = (ndl.Tensor(needle_from(t)) for t in (x, w, bias))
+            for t in (nx, nw, nb):
+                t.requires_grad = True
+            ndy = ndl.Tensor(needle_from(dy))
+
+            def nfwd(v, g, c):
+                with ndl.no_grad():
+                    return F.layer_norm(v, (d,), g, c, 1e-5)
+
+            def nboth(v, g, c, up=ndy):
+                v.grad = g.grad = c.grad = None
+                F.layer_norm(v, (d,), g, c, 1e-5).backward(up)
+                return v.grad
+
+            def tboth(v, g, c, up=dy):
+                v.grad = g.grad = c.grad = None
+                torch.nn.functional.layer_norm(v, (d,), g, c, 1e-5).backward(up)
+                return v.grad
+
+            def tfwd(v, g, c):
+                with torch.no_grad():
+                    return torch.nn.functional.layer_norm(v, (d,), g, c, 1e-5)
+
+            ins = ([nx, nw, nb], [tx, tw, tb])
+            case("layer_norm", f"layer_norm fwd {tag} {rows}x{d}", *ins, nfwd, tfwd,
+                 nbytes=2 * esz * x.numel())
+            case("layer_norm", f"layer_norm fwd+bwd {tag} {rows}x{d}", *ins, nboth, tboth,
+                 nbytes=5 * esz * x.numel())
+            del x, dy, tx, nx, ndy
+
+
 def strided_cases():
     """Operands that are not one dense run (the N-D strided kernel), at Pythia-70M training
     shapes (batch 8 x 2048 tokens, 8 heads of 64): the Linear bias add, the (B, T, H, D) ->
@@ -379,20 +427,26 @@ def main():
                         help="the copy ceiling and the strided cases only (a quick before/after)")
     parser.add_argument("--only-cross-entropy", action="store_true",
                         help="the copy ceiling and the cross-entropy cases only")
+    parser.add_argument("--only-layer-norm", action="store_true",
+                        help="the copy ceiling and the layer-norm cases only")
     args = parser.parse_args()
     out = args.out
     result = {"device": device, "torch": torch.__version__, "rows": ROWS}
     print(f"device: {device}", flush=True)
-    if args.only_strided or args.only_cross_entropy:
+    only = args.only_strided or args.only_cross_entropy or args.only_layer_norm
+    if only:
         copy_bw = copy_case()
         if args.only_strided:
             strided_cases()
-        else:
+        elif args.only_cross_entropy:
             cross_entropy_cases()
+        else:
+            layer_norm_cases()
     else:
         copy_bw = bandwidth_cases()
         strided_cases()
         cross_entropy_cases()
+        layer_norm_cases()
         matmul_cases()
     for r in ROWS:
         if r["unit"] == "GB/s":
@@ -402,7 +456,7 @@ def main():
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print_table(device, copy_bw)
-    if args.only_strided or args.only_cross_entropy:
+    if only:
         return
 
     alloc = allocator_checks()

@@ -7,7 +7,8 @@ kernel the process launches, needle's included, so both frameworks are seen by t
 the peak of each framework's own caching allocator (max_memory_allocated of needle.cuda or
 torch.cuda) over the model's creation, the warm-up and the timed steps. From
 the trace: GPU busy time per step (the union of kernel, memcpy and memset intervals), idle time
-(the step's span minus busy), kernel launches per step, and GPU time by category and by kernel.
+(the step's span minus busy), kernel launches per step, GPU time by category and by kernel, and
+the idle time by the kernel that each gap waited for (where the GPU waits on the host).
 
     PYTHONPATH=python python3 bench/profile_train_step.py --json runs/profile_train_step.json
     PYTHONPATH=python python3 bench/profile_train_step.py --autocast bfloat16   # both under autocast
@@ -52,7 +53,8 @@ def category(name):
 def summarise_trace(trace, steps):
     """GPU time of a Chrome trace (torch.profiler's export_chrome_trace): per step, busy (union of
     kernel/memcpy/memset intervals), span (first start to last end) and idle = span - busy, in ms;
-    launches per step; and ms per step by category and by kernel name (largest first)."""
+    launches per step; ms per step by category and by kernel name (largest first); and the idle
+    time by the kernel (or copy) that ended each gap, with the gaps per step (largest first)."""
     if steps <= 0:
         raise ValueError(f"summarise_trace: expected steps >= 1, got {steps}")
     events = [e for e in trace.get("traceEvents", [])
@@ -60,11 +62,17 @@ def summarise_trace(trace, steps):
     if not events:
         raise ValueError("summarise_trace: the trace holds no GPU kernel, memcpy or memset events "
                          "(did the profiler record the CUDA activity?)")
-    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events)
+    events.sort(key=lambda e: (float(e["ts"]), float(e["ts"]) + float(e["dur"])))
+    intervals = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events]
+    # Idle gaps, each charged to the event that ends it (what the GPU was waiting to start).
+    idle_before = defaultdict(lambda: [0.0, 0])
     busy, (cur_start, cur_end) = 0.0, intervals[0]
-    for start, end in intervals[1:]:
+    for e, (start, end) in zip(events[1:], intervals[1:]):
         if start > cur_end:
             busy += cur_end - cur_start
+            gap = idle_before[e.get("name", "?") if e["cat"] == "kernel" else e["cat"]]
+            gap[0] += start - cur_end
+            gap[1] += 1
             cur_start, cur_end = start, end
         else:
             cur_end = max(cur_end, end)
@@ -86,6 +94,8 @@ def summarise_trace(trace, steps):
                                       key=lambda kv: -kv[1])),
         "by_kernel": [{"name": k, "ms": v[0] * per_step, "calls": v[1] / steps}
                       for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])],
+        "idle_before": [{"name": k, "ms": v[0] * per_step, "gaps": v[1] / steps}
+                        for k, v in sorted(idle_before.items(), key=lambda kv: -kv[1][0])],
     }
 
 
@@ -238,6 +248,9 @@ def print_table(results, top):
         print(f"\n{r['framework']}: the {top} kernels with the most GPU time (ms per step, calls per step)")
         for k in r["by_kernel"][:top]:
             print(f"  {k['ms']:8.2f} {k['calls']:6.0f}  {category(k['name']):<20} {k['name'][:110]}")
+        print(f"{r['framework']}: GPU idle before these kernels (ms per step, gaps per step)")
+        for k in r["idle_before"][:5]:
+            print(f"  {k['ms']:8.2f} {k['gaps']:6.1f}  {k['name'][:120]}")
 
 
 def main(argv=None):

@@ -6,6 +6,13 @@
 // too long for shared memory re-read x instead.
 // dweight / dbias are column sums over all rows, done in two stages without atomics: blocks
 // write partial sums for pieces of the rows, a second kernel adds the pieces in order.
+// Rows of float32 or bfloat16 with d a multiple of 128 up to 1024 (GPT-NeoX, OPT, GPT-2 widths)
+// take the warp kernels instead: a warp per row, held in registers, so the forward reads x once
+// and the backward reads x and dy once, writing dx and the dweight / dbias partial sums of its
+// block in the same pass (the row-per-block kernels read them twice more for the partials).
+#include <initializer_list>
+#include <type_traits>
+
 #include "backend_cuda/cuda_internal.h"
 #include "backend_cuda/row_cache.cuh"
 #include "backend_cuda/row_stats.cuh"
@@ -226,22 +233,205 @@ __global__ void layer_norm_param_partials_kernel(const T* __restrict__ dy, const
   }
 }
 
-// D = features, P = pieces: dweight[j] = sum_p partial_w[p, j], likewise dbias, in order.
+// --- a warp per row: d = 128 * C, float32 / bfloat16 --------------------------------------------
+// Lane l owns the four-element vectors l, l + 32, ..., l + 32 (C - 1) of every row it touches, so
+// its columns, and the parameters and partial sums that go with them, are the same for each row.
+constexpr int kWarpVec = 4;        // elements per vector
+constexpr int kWarpsPerBlock = 8;  // warps of a block, each a row at a time
+constexpr int kMaxWarpChunks = 8;  // d up to 128 * 8 = 1024 (registers: 4 C-vectors a lane)
+
+// y = (x - mean) * rstd * weight + bias, mean[r], rstd[r], one warp per row.
+template <typename T, int C>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    layer_norm_forward_warp_kernel(const T* __restrict__ x, Param weight, Param bias, double eps,
+                                   int64_t rows, T* __restrict__ y, float* __restrict__ mean_out,
+                                   float* __restrict__ rstd_out) {
+  constexpr int N = kWarpVec, D = 128 * C;
+  using V = VecN<T, N>;
+  const int lane = threadIdx.x % 32;
+  float w[C][N], b[C][N];
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    load_param_vec<T>(weight, lane + 32 * c, 1.f, w[c]);
+    load_param_vec<T>(bias, lane + 32 * c, 0.f, b[c]);
+  }
+  const int64_t step = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32; r < rows; r += step) {
+    const V* src = reinterpret_cast<const V*>(x + r * D);
+    float v[C][N];
+    float sum = 0.f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const V a = src[lane + 32 * c];
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        v[c][j] = convert<float>(a.v[j]);
+        sum += v[c][j];
+      }
+    }
+    const float mu = warp_sum(sum) / float(D);
+    float sq = 0.f;
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const float t = v[c][j] - mu;
+        sq += t * t;
+      }
+    const float rs = 1.f / sqrtf(warp_sum(sq) / float(D) + float(eps));
+    if (lane == 0) {
+      mean_out[r] = mu;
+      rstd_out[r] = rs;
+    }
+    V* dst = reinterpret_cast<V*>(y + r * D);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      V o;
+#pragma unroll
+      for (int j = 0; j < N; ++j) o.v[j] = convert<T>((v[c][j] - mu) * rs * w[c][j] + b[c][j]);
+      dst[lane + 32 * c] = o;
+    }
+  }
+}
+
+// dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)) with g = dy * weight, one warp per row,
+// and the block's partial sums over its rows: partial_w[block, j] = sum of dy * xhat,
+// partial_b[block, j] = sum of dy (the warps' sums added in warp order through shared memory).
+template <typename T, int C>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    layer_norm_backward_warp_kernel(const T* __restrict__ dy, const T* __restrict__ x, Param weight,
+                                    const float* __restrict__ mean, const float* __restrict__ rstd,
+                                    int64_t rows, T* __restrict__ dx, float* __restrict__ partial_w,
+                                    float* __restrict__ partial_b) {
+  constexpr int N = kWarpVec, D = 128 * C;
+  using V = VecN<T, N>;
+  __shared__ __align__(16) float sums[kWarpsPerBlock][D];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float pw[C][N] = {}, pb[C][N] = {};
+  const int64_t step = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + warp; r < rows; r += step) {
+    const V* xs = reinterpret_cast<const V*>(x + r * D);
+    const V* gs = reinterpret_cast<const V*>(dy + r * D);
+    V xv[C], gv[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      xv[c] = xs[lane + 32 * c];
+      gv[c] = gs[lane + 32 * c];
+    }
+    const float mu = mean[r], rs = rstd[r];
+    float g[C][N], xhat[C][N];
+    float sum_g = 0.f, sum_gx = 0.f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      float w[N];
+      load_param_vec<T>(weight, lane + 32 * c, 1.f, w);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const float d = convert<float>(gv[c].v[j]);
+        xhat[c][j] = (convert<float>(xv[c].v[j]) - mu) * rs;
+        pw[c][j] += d * xhat[c][j];
+        pb[c][j] += d;
+        g[c][j] = weight.data ? mul_rn(d, w[j]) : d;
+        sum_g += g[c][j];
+        sum_gx += g[c][j] * xhat[c][j];
+      }
+    }
+    const float mean_g = warp_sum(sum_g) / float(D), mean_gx = warp_sum(sum_gx) / float(D);
+    V* out = reinterpret_cast<V*>(dx + r * D);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      V o;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        o.v[j] = convert<T>(rs * (g[c][j] - mean_g - xhat[c][j] * mean_gx));
+      out[lane + 32 * c] = o;
+    }
+  }
+  // The block's sums, warp by warp in order: dweight's, then dbias's through the same shared
+  // memory.
+  auto flush = [&](const float(&acc)[C][N], float* out) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      VecN<float, N> a;
+#pragma unroll
+      for (int j = 0; j < N; ++j) a.v[j] = acc[c][j];
+      store_vec(&sums[warp][(lane + 32 * c) * N], a);
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+      float s = sums[0][j];
+#pragma unroll
+      for (int k = 1; k < kWarpsPerBlock; ++k) s += sums[k][j];
+      out[int64_t(blockIdx.x) * D + j] = s;
+    }
+    __syncthreads();
+  };
+  flush(pw, partial_w);
+  flush(pb, partial_b);
+}
+
+// Calls f(std::integral_constant<int, C>) and returns true when the warp kernels take rows of d
+// features (d = 128 * C, C <= kMaxWarpChunks); returns false otherwise.
+template <int C = 1, typename F>
+bool with_warp_chunks(int64_t d, F&& f) {
+  if constexpr (C > kMaxWarpChunks) {
+    return false;
+  } else {
+    if (d != 128 * C) return with_warp_chunks<C + 1>(d, f);
+    f(std::integral_constant<int, C>{});
+    return true;
+  }
+}
+
+// The element types the warp kernels take (their statistics are float).
+template <typename T>
+constexpr bool kWarpRows = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
+
+// True when every row of these compact arrays starts on a vector: their bases are aligned to one.
+template <typename T>
+bool warp_rows_ok(std::initializer_list<const void*> bases) {
+  for (const void* p : bases)
+    if (!aligned_to(p, kWarpVec * sizeof(T))) return false;
+  return true;
+}
+
+// D = features, P = pieces: dweight[j] = sum_p partial_w[p, j], likewise dbias. Block (32, 8)
+// over 32 adjacent columns of one of the two: warp y adds the pieces y, y + 8, ... in order, then
+// the 8 warps' sums are added in order, so the result does not depend on timing.
 template <typename A>
 __global__ void layer_norm_param_finish_kernel(const A* __restrict__ partial_w,
                                                const A* __restrict__ partial_b, int64_t d,
                                                int64_t pieces, void* dweight, DType w_dtype,
                                                void* dbias, DType b_dtype) {
-  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
-       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    A w = 0, b = 0;
-    for (int64_t p = 0; p < pieces; ++p) {
-      w += partial_w[p * d + j];
-      b += partial_b[p * d + j];
+  __shared__ A part[8][33];
+  const int64_t tiles = (d + 31) / 32;
+  for (int64_t u = blockIdx.x; u < 2 * tiles; u += gridDim.x) {
+    const bool is_bias = u >= tiles;
+    void* out = is_bias ? dbias : dweight;
+    if (out == nullptr) continue;  // uniform over the block
+    const A* partial = is_bias ? partial_b : partial_w;
+    const int64_t j = (u % tiles) * 32 + threadIdx.x;
+    A acc = 0;
+    if (j < d)
+      for (int64_t p = threadIdx.y; p < pieces; p += 8) acc += partial[p * d + j];
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < d) {
+#pragma unroll
+      for (int k = 1; k < 8; ++k) acc += part[k][threadIdx.x];
+      store_as(out, is_bias ? b_dtype : w_dtype, j, acc);
     }
-    if (dweight) store_as(dweight, w_dtype, j, w);
-    if (dbias) store_as(dbias, b_dtype, j, b);
+    __syncthreads();
   }
+}
+
+// dweight / dbias (either may be null) from the (pieces, d) partial sums.
+template <typename A>
+void finish_param_sums(const A* pw, const A* pb, int64_t d, int64_t pieces, void* dweight,
+                       DType w_dtype, void* dbias, DType b_dtype) {
+  layer_norm_param_finish_kernel<A><<<grid_for(2 * ceil_div(d, 32), 1), dim3(32, 8), 0, stream()>>>(
+      pw, pb, d, pieces, dweight, w_dtype, dbias, b_dtype);
+  NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
 // Threads per row block for d features: about 4 per thread, up to 1024.
@@ -269,6 +459,17 @@ void layer_norm_forward(const ArrayRef& x, const ArrayRef* weight, const ArrayRe
     T* yp = static_cast<T*>(y.data);
     auto* mp = static_cast<acc_t<T>*>(mean.data);
     auto* rp = static_cast<acc_t<T>*>(rstd.data);
+    if constexpr (kWarpRows<T>) {
+      const bool done =
+          warp_rows_ok<T>({xp, yp}) && with_warp_chunks(d, [&](auto chunks) {
+            auto* kernel = layer_norm_forward_warp_kernel<T, decltype(chunks)::value>;
+            const unsigned grid =
+                resident_grid(kernel, kWarpsPerBlock * 32, 0, ceil_div(rows, kWarpsPerBlock));
+            kernel<<<grid, kWarpsPerBlock * 32, 0, stream()>>>(xp, w, b, eps, rows, yp, mp, rp);
+            NEEDLE_CUDA_LAUNCH_CHECK();
+          });
+      if (done) return;
+    }
     static const size_t smem_limit =
         enable_max_dynamic_shared_memory(layer_norm_forward_cached_kernel<T>);
     const size_t smem = static_cast<size_t>(d) * sizeof(T);
@@ -308,6 +509,25 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
     const T* xp = static_cast<const T*>(x.data);
     const A* mp = static_cast<const A*>(mean.data);
     const A* rp = static_cast<const A*>(rstd.data);
+    void* dwp = dweight ? dweight->data : nullptr;
+    void* dbp = dbias ? dbias->data : nullptr;
+    if constexpr (kWarpRows<T>) {
+      T* dxp = static_cast<T*>(dx.data);
+      const bool done =
+          rows > 0 && warp_rows_ok<T>({dyp, xp, dxp}) && with_warp_chunks(d, [&](auto chunks) {
+            auto* kernel = layer_norm_backward_warp_kernel<T, decltype(chunks)::value>;
+            const unsigned grid =
+                resident_grid(kernel, kWarpsPerBlock * 32, 0, ceil_div(rows, kWarpsPerBlock));
+            Workspace ws(static_cast<size_t>(2 * grid * d) * sizeof(float));
+            float* pw = ws.as<float>();
+            float* pb = pw + grid * d;
+            kernel<<<grid, kWarpsPerBlock * 32, 0, stream()>>>(dyp, xp, w, mp, rp, rows, dxp, pw,
+                                                               pb);
+            NEEDLE_CUDA_LAUNCH_CHECK();
+            if (dwp || dbp) finish_param_sums(pw, pb, d, grid, dwp, dw.dtype, dbp, db.dtype);
+          });
+      if (done) return;
+    }
     if (rows > 0 && d > 0) {
       layer_norm_backward_dx_kernel<T><<<grid_for(rows, 1), norm_block_threads(d), 0, stream()>>>(
           dyp, xp, w, mp, rp, rows, d, static_cast<T*>(dx.data));
@@ -327,10 +547,7 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
     layer_norm_param_partials_kernel<T><<<grid_for(tiles * pieces, 1), dim3(32, 8), 0, stream()>>>(
         dyp, xp, mp, rp, rows, d, pieces, piece_rows, pw, pb);
     NEEDLE_CUDA_LAUNCH_CHECK();
-    layer_norm_param_finish_kernel<A><<<grid_for(d, kThreads), kThreads, 0, stream()>>>(
-        pw, pb, d, pieces, dweight ? dweight->data : nullptr, dw.dtype,
-        dbias ? dbias->data : nullptr, db.dtype);
-    NEEDLE_CUDA_LAUNCH_CHECK();
+    finish_param_sums(pw, pb, d, pieces, dwp, dw.dtype, dbp, db.dtype);
   });
 }
 

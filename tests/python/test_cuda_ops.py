@@ -418,7 +418,8 @@ def test_softmax_rows_beyond_shared_memory(cols, offset, log, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("rows,d", [(1, 1), (7, 5), (256, 512), (3, 2049), (1500, 96), (2, 60000)])
+@pytest.mark.parametrize("rows,d", [(1, 1), (7, 5), (256, 512), (1027, 1024), (33, 384), (3, 2049), (1500, 96),
+                                    (2, 60000)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_and_grad(rows, d, affine, dtype):
     x = Pair(randn((rows, d), dtype, scale=2.0, shift=0.5), dtype)

@@ -35,6 +35,12 @@ def test_busy_idle_launches_and_groups_per_step():
     assert list(s["by_category_ms"]) == ["matmul", "attention", "optimizer", "copy / layout"]
     top = s["by_kernel"][0]
     assert top["name"] == "ampere_sgemm_128x64_nn" and top["ms"] == pytest.approx(0.1) and top["calls"] == 1.0
+    # gaps: [120, 150] before the copy, [160, 200] before adamw, [220, 300] before the second gemm
+    assert [(g["name"], g["ms"], g["gaps"]) for g in s["idle_before"]] == [
+        ("ampere_sgemm_128x64_nn", pytest.approx(0.04), 0.5),
+        ("needle::cuda::adamw_kernel<float>", pytest.approx(0.02), 0.5),
+        ("gpu_memcpy", pytest.approx(0.015), 0.5)]
+    assert sum(g["ms"] for g in s["idle_before"]) == pytest.approx(s["idle_ms"])
 
 
 def test_categories_of_both_frameworks_kernels():
