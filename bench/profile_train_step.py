@@ -8,7 +8,10 @@ the peak of each framework's own caching allocator (max_memory_allocated of need
 torch.cuda) over the model's creation, the warm-up and the timed steps. From
 the trace: GPU busy time per step (the union of kernel, memcpy and memset intervals), idle time
 (the step's span minus busy), kernel launches per step, GPU time by category and by kernel, and
-the idle time by the kernel that each gap waited for (where the GPU waits on the host).
+the idle time by the kernel that each gap waited for (where the GPU waits on the host). Also the
+host's time per phase of the unprofiled steps (batch, forward + backward, clip + loss read,
+optimizer): the last phase follows a read of the GPU's results, so the GPU is idle for whatever
+of it (and of the next batch) its queued work does not cover.
 
     PYTHONPATH=python python3 bench/profile_train_step.py --json runs/profile_train_step.json
     PYTHONPATH=python python3 bench/profile_train_step.py --autocast bfloat16   # both under autocast
@@ -70,7 +73,7 @@ def summarise_trace(trace, steps):
     for e, (start, end) in zip(events[1:], intervals[1:]):
         if start > cur_end:
             busy += cur_end - cur_start
-            gap = idle_before[e.get("name", "?") if e["cat"] == "kernel" else e["cat"]]
+            gap = idle_before[e.get("name", e["cat"])]  # a copy's name: its direction and memory
             gap[0] += start - cur_end
             gap[1] += 1
             cur_start, cur_end = start, end
@@ -136,7 +139,33 @@ def use_unfused_head():
     _CausalLM.loss = loss
 
 
-def needle_step(s):
+# The host's wall time in each phase of a step, in the order the steps run them. The last phase
+# starts after the host has read the loss and the gradient norm, i.e. with the GPU drained: what
+# the host spends there (and on the next batch) the GPU waits for, unless queued work covers it.
+PHASES = ("batch", "forward + backward", "clip + loss read", "optimizer + zero_grad")
+
+
+class PhaseClock:
+    """Host seconds per phase, summed while `on`: tick(i) closes phase i at the current time."""
+
+    def __init__(self):
+        self.on, self.steps, self.seconds = False, 0, [0.0] * len(PHASES)
+
+    def start(self):
+        self._last = time.perf_counter()
+
+    def tick(self, i):
+        now = time.perf_counter()
+        if self.on:
+            self.seconds[i] += now - self._last
+            self.steps += i == len(PHASES) - 1
+        self._last = now
+
+    def ms_per_step(self):
+        return {name: sec * 1e3 / max(self.steps, 1) for name, sec in zip(PHASES, self.seconds)}
+
+
+def needle_step(s, clock):
     """apps/train.py's training step (grad_accum 1) on a fresh model; returns step()."""
     import needle as ndl
     from apps import train_utils as U
@@ -155,20 +184,25 @@ def needle_step(s):
     amp = ndl.autocast(s["device"], enabled=s["autocast"] == "bfloat16")
 
     def step():
+        clock.start()
         x, y = next(loader)
+        clock.tick(0)
         with amp:
             loss, _ = U.lm_loss(model, x, y)
         (loss * 1.0).backward()
+        clock.tick(1)
         ndl.nn.utils.clip_grad_norm_(params, s["clip"])
         value = loss.item()
+        clock.tick(2)
         optimizer.step()
         optimizer.zero_grad()
+        clock.tick(3)
         return value
 
     return step
 
 
-def torch_step(s):
+def torch_step(s, clock):
     """apps.compare's torch training step on a fresh transformers model; returns step()."""
     import needle as ndl
     from apps.compare import torch_autocast, torch_model_and_optimizer
@@ -180,16 +214,22 @@ def torch_step(s):
                                       seed=s["seed"])
 
     def step():
+        clock.start()
         x, y = (torch.from_numpy(t.numpy()).to(device, non_blocking=True) for t in next(loader))
+        clock.tick(0)
         with torch_autocast(torch, s):
             logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
+        clock.tick(1)
         torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        clock.tick(2)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        return loss.item()  # after the optimizer step, as apps.compare's torch loop (faster there)
+        value = loss.item()  # after the optimizer step, as apps.compare's torch loop (faster there)
+        clock.tick(3)
+        return value
 
     return step
 
@@ -204,16 +244,19 @@ def measure(name, make_step, s, args):
     # peak over the model's creation and the steps.
     memory = ndl.cuda if name == "needle" else torch.cuda
     memory.reset_peak_memory_stats()
-    step = make_step(s)
+    clock = PhaseClock()
+    step = make_step(s, clock)
     synchronize = torch.cuda.synchronize  # the whole device: needle's stream and torch's
     for _ in range(args.warmup):
         step()
     synchronize()
     start = time.perf_counter()
+    clock.on = True
     for _ in range(args.timed):
         step()
     synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3 / args.timed
+    clock.on = False
     peak_gb = memory.max_memory_allocated() / 2**30
     with tempfile.TemporaryDirectory() as tmp:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -225,7 +268,7 @@ def measure(name, make_step, s, args):
         summary = summarise_trace(json.loads(path.read_text()), args.profiled)
     tokens = s["batch_size"] * s["seq_len"]
     summary.update({"framework": name, "wall_ms_per_step": wall_ms, "tokens_per_s": tokens / wall_ms * 1e3,
-                    "peak_memory_gib": peak_gb})
+                    "peak_memory_gib": peak_gb, "host_ms": clock.ms_per_step()})
     return summary
 
 
@@ -238,6 +281,9 @@ def print_table(results, top):
             ("kernel launches", "kernel_launches", "{:.0f}")]
     for label, key, fmt in rows:
         print(f"{label:<28}" + "".join(f"{fmt.format(r[key]):>16}" for r in results))
+    print("host ms per step, by phase (unprofiled steps):")
+    for phase in PHASES:
+        print(f"  {phase:<26}" + "".join(f"{r['host_ms'][phase]:>16.2f}" for r in results))
     cats = []
     for r in results:
         cats += [c for c in r["by_category_ms"] if c not in cats]

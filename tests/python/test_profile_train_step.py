@@ -39,7 +39,7 @@ def test_busy_idle_launches_and_groups_per_step():
     assert [(g["name"], g["ms"], g["gaps"]) for g in s["idle_before"]] == [
         ("ampere_sgemm_128x64_nn", pytest.approx(0.04), 0.5),
         ("needle::cuda::adamw_kernel<float>", pytest.approx(0.02), 0.5),
-        ("gpu_memcpy", pytest.approx(0.015), 0.5)]
+        ("Memcpy HtoD", pytest.approx(0.015), 0.5)]
     assert sum(g["ms"] for g in s["idle_before"]) == pytest.approx(s["idle_ms"])
 
 
@@ -113,3 +113,30 @@ def test_unfused_head_ablation_computes_the_same_loss(monkeypatch):
     assert "use_unfused_head" in _CausalLM.loss.__qualname__  # the swap took effect
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_needle_step_times_its_host_phases_only_while_on(tmp_path):
+    # The profiler's needle step (apps/train.py's step) on the CPU with the tiny preset: the clock
+    # sums each phase's host time while `on` and counts whole steps.
+    np = pytest.importorskip("numpy")
+    import sys
+    sys.path.insert(0, str(ROOT))
+    from apps import compare
+
+    np.random.default_rng(0).integers(0, 50, 4000).astype(np.uint16).tofile(tmp_path / "train.bin")
+    s = compare._settings(compare.build_parser().parse_args(
+        ["--model", "pythia-tiny", "--device", "cpu", "--data", str(tmp_path), "--seq-len", "16",
+         "--batch-size", "2", "--block-size", "16"]))
+    clock = prof.PhaseClock()
+    step = prof.needle_step(s, clock)
+    first = step()
+    assert np.isfinite(first) and clock.steps == 0 and clock.seconds == [0.0] * len(prof.PHASES)
+    clock.on = True
+    for _ in range(3):
+        step()
+    clock.on = False
+    step()
+    assert clock.steps == 3
+    ms = clock.ms_per_step()
+    assert list(ms) == list(prof.PHASES) and all(v > 0 for v in ms.values())
+    assert ms["forward + backward"] > ms["batch"]
