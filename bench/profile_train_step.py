@@ -65,12 +65,12 @@ def summarise_trace(trace, steps):
     if not events:
         raise ValueError("summarise_trace: the trace holds no GPU kernel, memcpy or memset events "
                          "(did the profiler record the CUDA activity?)")
-    events.sort(key=lambda e: (float(e["ts"]), float(e["ts"]) + float(e["dur"])))
-    intervals = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events]
+    spans = sorted(((float(e["ts"]), float(e["ts"]) + float(e["dur"]), e) for e in events),
+                   key=lambda span: span[:2])
     # Idle gaps, each charged to the event that ends it (what the GPU was waiting to start).
     idle_before = defaultdict(lambda: [0.0, 0])
-    busy, (cur_start, cur_end) = 0.0, intervals[0]
-    for e, (start, end) in zip(events[1:], intervals[1:]):
+    busy, (cur_start, cur_end, _) = 0.0, spans[0]
+    for start, end, e in spans[1:]:
         if start > cur_end:
             busy += cur_end - cur_start
             gap = idle_before[e.get("name", e["cat"])]  # a copy's name: its direction and memory
@@ -80,7 +80,7 @@ def summarise_trace(trace, steps):
         else:
             cur_end = max(cur_end, end)
     busy += cur_end - cur_start
-    span = max(end for _, end in intervals) - intervals[0][0]
+    span = max(end for _, end, _ in spans) - spans[0][0]
     by_category, by_kernel, launches = defaultdict(float), defaultdict(lambda: [0.0, 0]), 0
     for e in events:
         name = e.get("name", "?") if e["cat"] == "kernel" else e["cat"]

@@ -127,10 +127,9 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 // picks another exp for one of them). Special values as max_sum_add: a NaN makes the maximum NaN;
 // while the maximum is -inf the exponents are taken from 0, so -inf elements add exp(-inf) = 0,
 // never exp(-inf - -inf); a +inf maximum is the row's answer (max_sum_logsumexp) whatever the
-// sums hold. Fast takes each exp as
-// exp2_approx((x - max) * log2(e)) (cross-entropy's bfloat16 rows, whose gradient it computes so
-// too: see there), where expf is about ten instructions; the sum is then within about 2^-22 of
-// expf's, so the log-sum-exp within 3e-7.
+// sums hold. Fast takes each exp as exp2_approx((x - max) * log2(e)) (cross-entropy's bfloat16
+// rows, whose gradient it computes so too: see there), where expf is about ten instructions; the
+// sum is then within about 2^-22 of expf's, so the log-sum-exp within 3e-7.
 template <int V, bool Fast, typename T>
 __device__ __forceinline__ MaxSum<float> block_max_sum_segments(const T* row, int64_t cols,
                                                                 MaxSum<float>* scratch) {
