@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "python"))
 # Category of a kernel, by the first pattern its name matches (case-insensitive).
 CATEGORIES = (
     ("attention", r"attention|flash|fmha|sdpa|attn"),
-    ("matmul", r"gemm|cutlass|cublas|xmma|nvjet|matmul|splitk|sm\d+_"),
+    ("matmul", r"gemm|gemv|cutlass|cublas|xmma|nvjet|matmul|splitk|sm\d+_"),
     ("cross-entropy", r"cross_entropy|log_softmax|nll_loss|softmax"),
     ("optimizer", r"adam|multi_tensor|foreach|clip|norm_scale|grad_norm"),
     ("layer norm", r"layer_?norm"),

@@ -31,10 +31,15 @@ AutocastGuard::AutocastGuard(DeviceType type, AutocastState state)
 
 AutocastGuard::~AutocastGuard() { state_of(type_) = prev_; }
 
+DType autocast_lower_dtype(const Tensor& t) {
+  const AutocastState& s = state_of(t.device().type);
+  return s.enabled && t.dtype() == DType::Float32 ? s.dtype : t.dtype();
+}
+
 Tensor autocast_lower(const Tensor& t) {
   if (!t.defined()) return t;
-  const AutocastState& s = state_of(t.device().type);
-  return s.enabled && t.dtype() == DType::Float32 ? astype(t, s.dtype) : t;
+  const DType dt = autocast_lower_dtype(t);
+  return dt == t.dtype() ? t : astype(t, dt);
 }
 
 DType autocast_float32_dtype(const Tensor& t) {

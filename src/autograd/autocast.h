@@ -49,6 +49,9 @@ class AutocastOffGuard {
 // t as a lower-precision op's input: in the region's dtype when a region is on for t's device and
 // t is float32; otherwise t itself.
 Tensor autocast_lower(const Tensor& t);
+// The dtype autocast_lower(t) has: for an op that lowers a parameter itself (linear, whose
+// weight and bias gradients so come out in the parameters' dtype).
+DType autocast_lower_dtype(const Tensor& t);
 // t as a float32 op's input: float32 when a region is on for t's device and t is bfloat16.
 Tensor autocast_float32(const Tensor& t);
 // The dtype a float32 op returns for input t: what autocast_float32(t) would have. For a fused op

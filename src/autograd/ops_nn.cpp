@@ -19,17 +19,50 @@ struct MatmulFn : Op {
   }
 };
 
+// y = x w^T + b, inputs {x, weight[, bias]}. The weight enters the product as w_low: itself, or its
+// bfloat16 copy under autocast, made inside the op (not as a Tensor cast) so that the weight and
+// bias gradients come out of the GEMM in the parameters' own dtype: float32 gradients of float32
+// parameters, never rounded to bfloat16, the bias gradient summed in the same GEMM
+// (linear_param_grads). With create_graph the gradients are composed of Tensor ops instead, so
+// they can be differentiated again.
+// The dtype of a parameter's gradient from a product computed in `product`: float32 for a float32
+// parameter of a bfloat16 product (autocast), written so by the GEMM; otherwise the product's
+// (the engine casts a gradient to its input's dtype where the two differ).
+DType param_grad_dtype(DType product, DType param) {
+  return product == DType::BFloat16 && param == DType::Float32 ? DType::Float32 : product;
+}
+
 struct LinearFn : Op {
+  NDArray w_low;
+  explicit LinearFn(NDArray w) : w_low(std::move(w)) {}
   const char* name() const override { return "linear"; }
   std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
     const Tensor &x = inputs[0], &w = inputs[1];
-    Tensor g2 = reshape(g, {-1, w.shape()[0]});
+    const bool has_bias = inputs.size() > 2;
+    const bool want_bias = has_bias && inputs[2].requires_grad();
+    const int64_t out = w.shape()[0], in = w.shape()[1];
     Tensor gx, gw, gb;
-    if (x.requires_grad()) gx = matmul(g, w);
-    if (w.requires_grad()) gw = matmul(transpose(g2, 0, 1), reshape(x, {-1, w.shape()[1]}));
-    if (inputs.size() > 2 && inputs[2].requires_grad()) gb = sum(g2, {0});
+    if (grad_enabled()) {
+      const Tensor wl = w.dtype() == w_low.dtype() ? w : astype(w, w_low.dtype());
+      Tensor g2 = reshape(g, {-1, out});
+      if (x.requires_grad()) gx = matmul(g, wl);
+      if (w.requires_grad()) gw = matmul(transpose(g2, 0, 1), reshape(x, {-1, in}));
+      if (want_bias) gb = sum(g2, {0});
+    } else {
+      const NDArray g2 = g.data().reshape({-1, out});
+      if (x.requires_grad()) gx = Tensor(needle::matmul(g.data(), w_low));
+      if (w.requires_grad()) {
+        const DType dt = param_grad_dtype(g.dtype(), w.dtype());
+        const bool fuse_bias = want_bias && inputs[2].dtype() == w.dtype();
+        NDArray db;
+        gw = Tensor(
+            linear_param_grads(g2, x.data().reshape({-1, in}), dt, fuse_bias ? &db : nullptr));
+        if (fuse_bias) gb = Tensor(db);
+      }
+      if (want_bias && !gb.defined()) gb = Tensor(needle::sum(g2, {0}));
+    }
     std::vector<Tensor> grads{gx, gw};
-    if (inputs.size() > 2) grads.push_back(gb);
+    if (has_bias) grads.push_back(gb);
     return grads;
   }
 };
@@ -99,12 +132,14 @@ struct CrossEntropyFn : Op {
 
 // linear_cross_entropy's gradient. `d` holds the gradient of each row's loss with respect to its
 // logits (softmax - one-hot, written over the logits by the forward pass), `x2` the (rows, in)
-// input and inputs[1] the (classes, in) weight. With g the gradient of the per-row losses:
+// input and w_low the (classes, in) weight as the product used it (inputs[1] itself, or its
+// bfloat16 copy under autocast, as in LinearFn). With g the gradient of the per-row losses:
 //   dx = g[:, None] * (d @ w),   dw = d^T @ (g[:, None] * x2)
 // so the scaling by g falls on (rows, in) operands, never on the (rows, classes) d.
 struct LinearCrossEntropyFn : Op {
-  NDArray d, x2;
-  LinearCrossEntropyFn(NDArray d_, NDArray x2_) : d(std::move(d_)), x2(std::move(x2_)) {}
+  NDArray d, x2, w_low;
+  LinearCrossEntropyFn(NDArray d_, NDArray x2_, NDArray w)
+      : d(std::move(d_)), x2(std::move(x2_)), w_low(std::move(w)) {}
   const char* name() const override { return "linear_cross_entropy"; }
   std::vector<Tensor> gradient(const Tensor& g, const Tensor&) override {
     const Tensor &x = inputs[0], &w = inputs[1];
@@ -114,8 +149,10 @@ struct LinearCrossEntropyFn : Op {
       return make_result(std::move(a),
                          std::make_shared<FusedBackwardFn>("linear_cross_entropy_backward"), {g});
     };
-    if (x.requires_grad()) gx = fused(mul(needle::matmul(d, w.data()), gcol).reshape(x.shape()));
-    if (w.requires_grad()) gw = fused(needle::matmul(d.transpose(0, 1), mul(x2, gcol)));
+    if (x.requires_grad()) gx = fused(mul(needle::matmul(d, w_low), gcol).reshape(x.shape()));
+    if (w.requires_grad())
+      gw = fused(
+          linear_param_grads(d, mul(x2, gcol), param_grad_dtype(d.dtype(), w.dtype()), nullptr));
     return {gx, gw};
   }
 };
@@ -238,9 +275,8 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   return make_result(needle::matmul(a.data(), b.data()), std::make_shared<MatmulFn>(), {a, b});
 }
 
-Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in) {
-  const Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in),
-               bias = autocast_lower(bias_in);
+Tensor linear(const Tensor& x_in, const Tensor& weight, const Tensor& bias) {
+  const Tensor x = autocast_lower(x_in);
   NEEDLE_CHECK(weight.ndim() == 2, ValueError, "linear: expected a 2-D weight (out, in), got ",
                shape_str(weight.shape()));
   NEEDLE_CHECK(x.ndim() >= 1 && x.shape().back() == weight.shape()[1], ValueError,
@@ -250,12 +286,14 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
     NEEDLE_CHECK(bias.shape() == Shape{weight.shape()[0]}, ValueError,
                  "linear: expected bias of shape (", weight.shape()[0], ",), got ",
                  shape_str(bias.shape()));
-  // One GEMM whose epilogue adds the bias (NDArray's matmul with a bias).
-  NDArray y = needle::matmul(x.data(), weight.data().transpose(0, 1),
-                             bias.defined() ? bias.data() : NDArray());
+  // One GEMM whose epilogue adds the bias (NDArray's matmul with a bias, cast to the product's
+  // dtype). The weight and bias are lowered here, not as Tensor casts: see LinearFn.
+  NDArray w_low = weight.data().astype(autocast_lower_dtype(weight));
+  NDArray y =
+      needle::matmul(x.data(), w_low.transpose(0, 1), bias.defined() ? bias.data() : NDArray());
   std::vector<Tensor> inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);
-  return make_result(y, std::make_shared<LinearFn>(), inputs);
+  return make_result(y, std::make_shared<LinearFn>(std::move(w_low)), inputs);
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
@@ -287,20 +325,22 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   return reduce_rows(per_row, t, ignore_index, reduction, expect);
 }
 
-Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const Tensor& targets,
+Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight, const Tensor& targets,
                             int64_t ignore_index, Reduction reduction) {
-  // The product is a lower-precision op under autocast, as linear; the loss a float32 one, as
-  // cross_entropy (its kernels read bfloat16 logits and compute in float32).
-  const Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in);
+  // The product is a lower-precision op under autocast, as linear (the weight lowered inside the
+  // op); the loss a float32 one, as cross_entropy (its kernels read bfloat16 logits and compute in
+  // float32).
+  const Tensor x = autocast_lower(x_in);
+  const DType w_dtype = autocast_lower_dtype(weight);
   const char* op = "linear_cross_entropy";
   NEEDLE_CHECK(weight.ndim() == 2, ValueError, op, ": expected a 2-D weight (classes, in), got ",
                shape_str(weight.shape()));
   NEEDLE_CHECK(x.ndim() >= 1 && x.shape().back() == weight.shape()[1], ValueError, op,
                ": input of shape ", shape_str(x.shape()), " does not match weight of shape ",
                shape_str(weight.shape()), " (expected last dim ", weight.shape()[1], ")");
-  NEEDLE_CHECK(is_floating(x.dtype()) && x.dtype() == weight.dtype(), TypeError, op,
+  NEEDLE_CHECK(is_floating(x.dtype()) && x.dtype() == w_dtype, TypeError, op,
                ": expected floating input and weight of one dtype, got ", dtype_name(x.dtype()),
-               " and ", dtype_name(weight.dtype()));
+               " and ", dtype_name(w_dtype));
   NEEDLE_CHECK(x.device() == weight.device(), RuntimeError, op, ": input on ", x.device().str(),
                " but weight on ", weight.device().str());
   Shape expect(x.shape().begin(), x.shape().end() - 1);
@@ -309,7 +349,8 @@ Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const T
   const Backend& be = fused_backend(x, x.data().backend().cross_entropy_forward_grad, op);
   const DType loss_dtype = autocast_float32_dtype(x);
   NDArray x2 = x.data().reshape({rows, weight.shape()[1]});
-  NDArray logits = needle::matmul(x2, weight.data().transpose(0, 1)).compact();
+  NDArray w_low = weight.data().astype(w_dtype);
+  NDArray logits = needle::matmul(x2, w_low.transpose(0, 1)).compact();
   NDArray loss = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   NDArray lse = NDArray::empty({rows}, stats_dtype(logits.dtype()), logits.device());
   const bool need_grad = grad_enabled() && (x.requires_grad() || weight.requires_grad());
@@ -320,7 +361,8 @@ Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const T
   }
   Tensor per_row =
       need_grad ? make_result(loss.astype(loss_dtype),
-                              std::make_shared<LinearCrossEntropyFn>(logits, x2), {x, weight})
+                              std::make_shared<LinearCrossEntropyFn>(logits, x2, std::move(w_low)),
+                              {x, weight})
                 : Tensor(loss.astype(loss_dtype));
   return reduce_rows(per_row, t, ignore_index, reduction, expect);
 }

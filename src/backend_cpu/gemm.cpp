@@ -26,11 +26,25 @@ using MutMap = Eigen::Map<RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 constexpr int64_t kSmallGemm = int64_t(1) << 21;
 
 // M = rows of C, N = cols of C, K = the contracted dim. C = alpha * op(A) op(B) + beta * C
-// (+ bias[j] on column j when bias is given) for one matrix of the batch; T is float or double.
+// (+ bias[j] on column j when bias is given) for one matrix of the batch, and op(A)'s row sums
+// into row_sums when given; T is float or double.
 template <typename T>
 void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-              const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta, const T* bias) {
+              const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta, const T* bias,
+              T* row_sums) {
   MutMap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
+  // Stored shapes: A is (m, k), or (k, m) when transposed; likewise B.
+  ConstMap<T> A(a, trans_a ? k : m, trans_a ? m : k, Eigen::OuterStride<>(lda));
+  if (row_sums != nullptr) {
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> sums(row_sums, m);
+    if (k == 0) {
+      sums.setZero();
+    } else if (trans_a) {
+      sums = A.colwise().sum().transpose();
+    } else {
+      sums = A.rowwise().sum();
+    }
+  }
   auto add_bias = [&] {
     if (bias != nullptr) C.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, n);
   };
@@ -45,8 +59,6 @@ void gemm_one(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const
     add_bias();
     return;
   }
-  // Stored shapes: A is (m, k), or (k, m) when transposed; likewise B.
-  ConstMap<T> A(a, trans_a ? k : m, trans_a ? m : k, Eigen::OuterStride<>(lda));
   ConstMap<T> B(b, trans_b ? n : k, trans_b ? k : n, Eigen::OuterStride<>(ldb));
   auto product = [&](const auto& opA, const auto& opB) {
     if (beta == T(0)) {
@@ -69,25 +81,37 @@ void widen(const bfloat16* src, int64_t rows, int64_t cols, int64_t ld, float* d
     for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = static_cast<float>(src[r * ld + c]);
 }
 
-// One bfloat16 matrix of the batch, computed in float: the operands (and the bias) are widened
-// into scratch, multiplied with Eigen's float GEMM, and the result rounded back once.
+// One bfloat16 matrix of the batch, computed in float: the operands are widened into scratch and
+// multiplied with Eigen's float GEMM. A bfloat16 C (and its bias) is widened too and the result
+// rounded back once; a float32 C (c_float32) is computed in place.
 void gemm_one_bf16(const GemmArgs& g, int64_t i) {
   const auto* a = static_cast<const bfloat16*>(g.a) + i * g.stride_a;
   const auto* b = static_cast<const bfloat16*>(g.b) + i * g.stride_b;
-  auto* c = static_cast<bfloat16*>(g.c) + i * g.stride_c;
   const int64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
   const int64_t b_rows = g.trans_b ? g.n : g.k, b_cols = g.trans_b ? g.k : g.n;
-  std::vector<float> fa(a_rows * a_cols), fb(b_rows * b_cols), fc(g.m * g.n, 0.0f);
+  std::vector<float> fa(a_rows * a_cols), fb(b_rows * b_cols);
   widen(a, a_rows, a_cols, g.lda, fa.data());
   widen(b, b_rows, b_cols, g.ldb, fb.data());
+  auto* row_sums = static_cast<float*>(g.a_row_sums);
+  if (g.c_float32) {
+    gemm_one<float>(g.trans_a, g.trans_b, g.m, g.n, g.k, fa.data(), a_cols, fb.data(), b_cols,
+                    static_cast<float*>(g.c) + i * g.stride_c, g.ldc, static_cast<float>(g.alpha),
+                    static_cast<float>(g.beta), static_cast<const float*>(g.bias), row_sums);
+    return;
+  }
+  auto* c = static_cast<bfloat16*>(g.c) + i * g.stride_c;
+  std::vector<float> fc(g.m * g.n, 0.0f), sums(row_sums != nullptr ? g.m : 0);
   if (g.beta != 0.0) widen(c, g.m, g.n, g.ldc, fc.data());
   std::vector<float> fbias(g.bias != nullptr ? g.n : 0);
   if (g.bias != nullptr) widen(static_cast<const bfloat16*>(g.bias), 1, g.n, g.n, fbias.data());
   gemm_one<float>(g.trans_a, g.trans_b, g.m, g.n, g.k, fa.data(), a_cols, fb.data(), b_cols,
                   fc.data(), g.n, static_cast<float>(g.alpha), static_cast<float>(g.beta),
-                  g.bias != nullptr ? fbias.data() : nullptr);
+                  g.bias != nullptr ? fbias.data() : nullptr,
+                  row_sums != nullptr ? sums.data() : nullptr);
   for (int64_t r = 0; r < g.m; ++r)
     for (int64_t col = 0; col < g.n; ++col) c[r * g.ldc + col] = bfloat16(fc[r * g.n + col]);
+  auto* bf_sums = static_cast<bfloat16*>(g.a_row_sums);
+  for (size_t r = 0; r < sums.size(); ++r) bf_sums[r] = bfloat16(sums[r]);
 }
 
 template <typename T>
@@ -95,17 +119,15 @@ void gemm_one_typed(const GemmArgs& g, int64_t i) {
   gemm_one<T>(g.trans_a, g.trans_b, g.m, g.n, g.k, static_cast<const T*>(g.a) + i * g.stride_a,
               g.lda, static_cast<const T*>(g.b) + i * g.stride_b, g.ldb,
               static_cast<T*>(g.c) + i * g.stride_c, g.ldc, static_cast<T>(g.alpha),
-              static_cast<T>(g.beta), static_cast<const T*>(g.bias));
+              static_cast<T>(g.beta), static_cast<const T*>(g.bias), static_cast<T*>(g.a_row_sums));
 }
 
 }  // namespace
 
 // B = batch, M, N = rows and cols of C, K = the contracted dim.
 void gemm(const GemmArgs& g) {
-  NEEDLE_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, ValueError,
-               "gemm: expected non-negative sizes, got m=", g.m, " n=", g.n, " k=", g.k,
-               " batch=", g.batch);
-  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+  check_gemm_args("gemm", g);
+  if (g.m == 0 || g.batch == 0 || (g.n == 0 && g.a_row_sums == nullptr)) return;
   void (*one)(const GemmArgs&, int64_t) = nullptr;
   switch (g.dtype) {
     case DType::Float32:

@@ -1,7 +1,9 @@
 // Batched GEMM through cuBLAS, at the float32 matmul precision of ndarray/matmul_precision.h.
-// A GEMM with a bias (a Linear layer's forward) goes through cuBLASLt, whose epilogue adds the
-// bias before C is written; where cuBLASLt has no such algorithm (float64, an odd alignment) the
-// bias is added by a broadcast add after the plain GEMM.
+// Two GEMMs go through cuBLASLt for its epilogues: one with a bias (a Linear layer's forward),
+// which adds the bias before C is written, and one with row sums of A (a Linear layer's weight
+// gradient g^T x), which sums g over rows into the bias gradient from the same pass (BGRADB).
+// Where cuBLASLt has no such algorithm (float64, an odd alignment) the bias is added by a
+// broadcast add after the plain GEMM, and the row sums are a second GEMM against a ones vector.
 //
 // cuBLAS is column-major; our matrices are row-major. A row-major (r, c) matrix with leading
 // dimension ld is the column-major (c, r) matrix of its transpose, so C = op(A) op(B) is computed
@@ -91,19 +93,21 @@ uint32_t alignment_of(const void* p) {
 }
 
 // One column-major problem as cuBLASLt sees it (operands already swapped, as in gemm()):
-// D (m, n) = alpha * op_a(A) op_b(B) + beta * C + bias (m rows) for `batch` strided matrices,
-// C and D the same buffer.
+// D (m, n) = alpha * op_a(A) op_b(B) + beta * C for `batch` strided matrices, C and D the same
+// buffer, with the epilogue's vector: BIAS adds bias (m rows) to every column; BGRADB writes the
+// n sums over k of op_b(B)'s columns (the row sums of the row-major A) in D's type.
 struct LtProblem {
-  cudaDataType_t type, scale;
+  cublasLtEpilogue_t epilogue;
+  cudaDataType_t type_ab, type_c, scale;
   cublasComputeType_t compute;
   cublasOperation_t op_a, op_b;
   int m, n, k, lda, ldb, ldc, batch;
   int64_t stride_a, stride_b, stride_c;
-  uint32_t align_a, align_b, align_c, align_bias;
+  uint32_t align_a, align_b, align_c, align_vector;
   auto key() const {
-    return std::make_tuple(int(type), int(compute), int(op_a), int(op_b), m, n, k, lda, ldb, ldc,
-                           batch, stride_a, stride_b, stride_c,
-                           std::make_tuple(align_a, align_b, align_c, align_bias));
+    return std::make_tuple(int(epilogue), int(type_ab), int(type_c), int(compute), int(op_a),
+                           int(op_b), m, n, k, lda, ldb, ldc, batch, stride_a, stride_b, stride_c,
+                           std::make_tuple(align_a, align_b, align_c, align_vector));
   }
 };
 
@@ -135,16 +139,17 @@ void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const
   NEEDLE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &value, sizeof(value)));
 }
 
-void build_plan(LtPlan& plan, const LtProblem& p, const void* bias) {
+void build_plan(LtPlan& plan, const LtProblem& p, const void* vector) {
   NEEDLE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, p.compute, p.scale));
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(p.op_a));
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(p.op_b));
-  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, uint32_t(CUBLASLT_EPILOGUE_BIAS));
-  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);  // its alignment guides the heuristic
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, uint32_t(p.epilogue));
+  // The vector's alignment guides the heuristic.
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, vector);
   const bool na = p.op_a == CUBLAS_OP_N, nb = p.op_b == CUBLAS_OP_N;
-  plan.a = lt_layout(p.type, na ? p.m : p.k, na ? p.k : p.m, p.lda, p.batch, p.stride_a);
-  plan.b = lt_layout(p.type, nb ? p.k : p.n, nb ? p.n : p.k, p.ldb, p.batch, p.stride_b);
-  plan.c = lt_layout(p.type, p.m, p.n, p.ldc, p.batch, p.stride_c);
+  plan.a = lt_layout(p.type_ab, na ? p.m : p.k, na ? p.k : p.m, p.lda, p.batch, p.stride_a);
+  plan.b = lt_layout(p.type_ab, nb ? p.k : p.n, nb ? p.n : p.k, p.ldb, p.batch, p.stride_b);
+  plan.c = lt_layout(p.type_c, p.m, p.n, p.ldc, p.batch, p.stride_c);
 
   cublasLtMatmulPreference_t pref;
   NEEDLE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -163,24 +168,25 @@ void build_plan(LtPlan& plan, const LtProblem& p, const void* bias) {
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
       lt_handle(), plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &returned);
   cublasLtMatmulPreferenceDestroy(pref);
-  // No algorithm (NOT_SUPPORTED, or none returned) leaves the caller to add the bias itself.
+  // No algorithm (NOT_SUPPORTED, or none returned) leaves the caller to do the epilogue's work.
   if (st != CUBLAS_STATUS_NOT_SUPPORTED) NEEDLE_CUBLAS_CHECK(st);
   plan.found = st == CUBLAS_STATUS_SUCCESS && returned > 0;
   if (plan.found) plan.algo = result.algo;
 }
 
-// D = alpha * op_a(A) op_b(B) + beta * C + bias through cuBLASLt's bias epilogue; false, with
-// nothing launched, when cuBLASLt has no algorithm for the problem.
-bool gemm_bias_lt(const LtProblem& p, const void* alpha, const void* beta, const void* a,
-                  const void* b, void* c, const void* bias) {
+// D = alpha * op_a(A) op_b(B) + beta * C with the problem's epilogue on `vector` (the bias, or
+// where the row sums go) through cuBLASLt; false, with nothing launched, when cuBLASLt has no
+// algorithm for the problem.
+bool gemm_lt(const LtProblem& p, const void* alpha, const void* beta, const void* a, const void* b,
+             void* c, const void* vector) {
   static std::mutex mu;
   static std::map<decltype(p.key()), LtPlan> plans;
-  std::lock_guard<std::mutex> lock(mu);  // a plan's descriptor carries this call's bias pointer
+  std::lock_guard<std::mutex> lock(mu);  // a plan's descriptor carries this call's vector pointer
   auto [it, inserted] = plans.try_emplace(p.key());
   LtPlan& plan = it->second;
-  if (inserted) build_plan(plan, p, bias);
+  if (inserted) build_plan(plan, p, vector);
   if (!plan.found) return false;
-  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, vector);
   NEEDLE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), plan.desc, alpha, a, plan.a, b, plan.b, beta, c,
                                      plan.c, c, plan.c, &plan.algo, workspace(), kCublasWorkspace,
                                      stream()));
@@ -202,24 +208,46 @@ void add_bias(void* c, const void* bias, DType dtype, int64_t batch, int64_t m, 
   binary(BinaryOp::Add, out, row, out);
 }
 
+// g.a_row_sums = op(A) (m, k) @ ones (k): the GEMM that stands in for the BGRADB epilogue.
+void row_sums_by_gemm(const GemmArgs& g) {
+  GemmArgs s;
+  s.dtype = g.dtype;
+  s.c_float32 = g.c_float32;
+  s.trans_a = g.trans_a;
+  s.m = g.m, s.n = 1, s.k = g.k;
+  s.a = g.a, s.lda = g.lda;
+  s.c = g.a_row_sums, s.ldc = 1;
+  s.ldb = 1;
+  const size_t bytes = size_t(g.k) * itemsize(g.dtype);
+  void* ones = g.k > 0 ? device_alloc(bytes) : nullptr;
+  if (ones != nullptr) {
+    ArrayRef r;
+    r.data = ones, r.dtype = g.dtype, r.ndim = 1, r.shape[0] = g.k, r.strides[0] = 1;
+    fill(r, 1.0);
+  }
+  s.b = ones;
+  gemm(s);
+  // Stream-ordered: the caching allocator hands the block out again only to later work.
+  if (ones != nullptr) device_free(ones, bytes);
+}
+
 }  // namespace
 
 // B = batch; per batch, C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, row-major.
 void gemm(const GemmArgs& g) {
-  NEEDLE_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, ValueError,
-               "cuda gemm: expected non-negative sizes, got m=", g.m, " n=", g.n, " k=", g.k,
-               " batch=", g.batch);
-  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+  check_gemm_args("cuda gemm", g);
+  if (g.m == 0 || g.batch == 0 || (g.n == 0 && g.a_row_sums == nullptr)) return;
   NEEDLE_CHECK(g.batch == 1 || g.stride_c != 0, ValueError,
                "cuda gemm: C has batch stride 0 with batch ", g.batch,
                ", so the batches would overwrite each other");
+  const DType c_dtype = g.c_dtype();
 
-  if (g.k == 0) {
+  if (g.k == 0 || g.n == 0) {
     // An empty inner dimension leaves C = beta * C; done here rather than trusting every cuBLAS
-    // path with k == 0.
+    // path with k == 0. (With n == 0 there is no C, only the row sums.)
     ArrayRef c;
     c.data = g.c;
-    c.dtype = g.dtype;
+    c.dtype = c_dtype;
     c.ndim = 3;
     c.shape[0] = g.batch, c.shape[1] = g.m, c.shape[2] = g.n;
     c.strides[0] = g.stride_c, c.strides[1] = g.ldc, c.strides[2] = 1;
@@ -227,7 +255,8 @@ void gemm(const GemmArgs& g) {
       fill(c, 0.0);
     else if (g.beta != 1.0)
       binary_scalar(BinaryOp::Mul, c, g.beta, false, c);
-    if (g.bias != nullptr) add_bias(g.c, g.bias, g.dtype, g.batch, g.m, g.n, g.ldc, g.stride_c);
+    if (g.bias != nullptr) add_bias(g.c, g.bias, c_dtype, g.batch, g.m, g.n, g.ldc, g.stride_c);
+    if (g.a_row_sums != nullptr) row_sums_by_gemm(g);
     return;
   }
 
@@ -244,51 +273,59 @@ void gemm(const GemmArgs& g) {
   const int lda = as_int(ld_b, "ldb"), ldb = as_int(ld_a, "lda"), ldc = as_int(ld_c, "ldc");
 
   cublasHandle_t h = handle();
-  const size_t elem = itemsize(g.dtype);
+  const size_t elem = itemsize(g.dtype), c_elem = itemsize(c_dtype);
+  // bfloat16 operands accumulate in float32; alpha/beta are float for 32F compute types.
+  const bool bf16 = g.dtype == DType::BFloat16;
+  const cudaDataType_t type_ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t type_c = c_dtype == DType::BFloat16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : float32_compute_type();
+  const float alpha = static_cast<float>(g.alpha), beta = static_cast<float>(g.beta);
+  // The epilogue's vector: the bias, or where A's row sums go (batch is then 1).
+  const cublasLtEpilogue_t epilogue =
+      g.a_row_sums != nullptr ? CUBLASLT_EPILOGUE_BGRADB : CUBLASLT_EPILOGUE_BIAS;
+  void* vector = g.a_row_sums != nullptr ? g.a_row_sums : const_cast<void*>(g.bias);
+  bool row_sums_done = false;
   // Batches go in chunks that stay under the grid-size limits of cuBLAS kernels.
   constexpr int64_t kMaxBatch = 65535;
   for (int64_t b0 = 0; b0 < g.batch; b0 += kMaxBatch) {
     const int count = static_cast<int>(g.batch - b0 < kMaxBatch ? g.batch - b0 : kMaxBatch);
     const char* pa = static_cast<const char*>(g.b) + b0 * g.stride_b * elem;
     const char* pb = static_cast<const char*>(g.a) + b0 * g.stride_a * elem;
-    char* pc = static_cast<char*>(g.c) + b0 * g.stride_c * elem;
-    if (g.bias != nullptr && g.dtype != DType::Float64) {
-      const bool bf16 = g.dtype == DType::BFloat16;
-      LtProblem p{bf16 ? CUDA_R_16BF : CUDA_R_32F, CUDA_R_32F,
-                  bf16 ? CUBLAS_COMPUTE_32F : float32_compute_type(), op_a, op_b, m, n, k, lda, ldb,
-                  ldc, count, g.stride_b, g.stride_a, g.stride_c, alignment_of(pa),
-                  alignment_of(pb), alignment_of(pc), alignment_of(g.bias)};
-      const float alpha = static_cast<float>(g.alpha), beta = static_cast<float>(g.beta);
-      if (gemm_bias_lt(p, &alpha, &beta, pa, pb, pc, g.bias)) continue;
+    char* pc = static_cast<char*>(g.c) + b0 * g.stride_c * c_elem;
+    if (vector != nullptr && g.dtype != DType::Float64) {
+      LtProblem p{epilogue, type_ab, type_c, CUDA_R_32F, compute, op_a, op_b};
+      p.m = m, p.n = n, p.k = k, p.lda = lda, p.ldb = ldb, p.ldc = ldc, p.batch = count;
+      p.stride_a = g.stride_b, p.stride_b = g.stride_a, p.stride_c = g.stride_c;
+      p.align_a = alignment_of(pa), p.align_b = alignment_of(pb), p.align_c = alignment_of(pc);
+      p.align_vector = alignment_of(vector);
+      if (gemm_lt(p, &alpha, &beta, pa, pb, pc, vector)) {
+        row_sums_done = g.a_row_sums != nullptr;
+        continue;
+      }
     }
     switch (g.dtype) {
       case DType::Float64: {
-        const double alpha = g.alpha, beta = g.beta;
+        const double alpha64 = g.alpha, beta64 = g.beta;
         NEEDLE_CUBLAS_CHECK(cublasDgemmStridedBatched(
-            h, op_a, op_b, m, n, k, &alpha, reinterpret_cast<const double*>(pa), lda, g.stride_b,
-            reinterpret_cast<const double*>(pb), ldb, g.stride_a, &beta,
+            h, op_a, op_b, m, n, k, &alpha64, reinterpret_cast<const double*>(pa), lda, g.stride_b,
+            reinterpret_cast<const double*>(pb), ldb, g.stride_a, &beta64,
             reinterpret_cast<double*>(pc), ldc, g.stride_c, count));
         break;
       }
       case DType::Float32:
-      case DType::BFloat16: {
-        // bfloat16 operands accumulate in float32; alpha/beta are float for 32F compute types.
-        const bool bf16 = g.dtype == DType::BFloat16;
-        const cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-        const cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : float32_compute_type();
-        const float alpha = static_cast<float>(g.alpha), beta = static_cast<float>(g.beta);
+      case DType::BFloat16:
         NEEDLE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-            h, op_a, op_b, m, n, k, &alpha, pa, t, lda, g.stride_b, pb, t, ldb, g.stride_a, &beta,
-            pc, t, ldc, g.stride_c, count, compute, CUBLAS_GEMM_DEFAULT));
+            h, op_a, op_b, m, n, k, &alpha, pa, type_ab, lda, g.stride_b, pb, type_ab, ldb,
+            g.stride_a, &beta, pc, type_c, ldc, g.stride_c, count, compute, CUBLAS_GEMM_DEFAULT));
         break;
-      }
       default:
         throw TypeError(detail::concat(
             "cuda gemm: expected a floating dtype (bfloat16, float32, float64), got ",
             dtype_name(g.dtype)));
     }
-    if (g.bias != nullptr) add_bias(pc, g.bias, g.dtype, count, g.m, g.n, g.ldc, g.stride_c);
+    if (g.bias != nullptr) add_bias(pc, g.bias, c_dtype, count, g.m, g.n, g.ldc, g.stride_c);
   }
+  if (g.a_row_sums != nullptr && !row_sums_done) row_sums_by_gemm(g);
 }
 
 }  // namespace cuda

@@ -47,12 +47,17 @@ struct ArrayRef {
 // Row-major batched GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch, with
 // op(A) of shape (m, k) and op(B) of shape (k, n). A is stored row-major as (m, k) with leading
 // dimension lda, or, when trans_a, as (k, m). Likewise B. C is (m, n) row-major with ldc.
-// Batch strides may be 0 (a broadcast operand). All three share `dtype`. With `bias` (a compact
-// vector of n elements of `dtype`), C[b][i, j] = alpha * (op(A) op(B))[i, j] + beta * C[b][i, j]
-// + bias[j], added before the result is rounded to `dtype` (a GEMM epilogue where the backend
-// has one, so C is written once).
+// Batch strides may be 0 (a broadcast operand). A and B have `dtype`; C has it too, or float32
+// when `c_float32` is set with bfloat16 A and B (the product, accumulated in float32 either way, is
+// then never rounded to bfloat16). With `bias` (a compact vector of n elements of C's dtype),
+// C[b][i, j] = alpha * (op(A) op(B))[i, j] + beta * C[b][i, j] + bias[j], added before the result
+// is rounded to C's dtype (a GEMM epilogue where the backend has one, so C is written once). With
+// `a_row_sums` (batch 1, alpha 1, beta 0, no bias), the m sums over k of op(A)'s rows are written
+// there too, compact in C's dtype: a Linear layer's bias gradient beside its weight gradient
+// (op(A) = g^T), which a backend with such an epilogue takes from the same pass over A.
 struct GemmArgs {
   DType dtype = DType::Float32;
+  bool c_float32 = false;
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0, batch = 1;
   const void* a = nullptr;
@@ -63,7 +68,25 @@ struct GemmArgs {
   int64_t ldc = 0, stride_c = 0;
   double alpha = 1.0, beta = 0.0;
   const void* bias = nullptr;
+  void* a_row_sums = nullptr;
+
+  DType c_dtype() const { return c_float32 ? DType::Float32 : dtype; }
 };
+
+// Backend::gemm's argument checks, shared by the backends: sizes, the C dtype and row sums.
+inline void check_gemm_args(const char* name, const GemmArgs& g) {
+  NEEDLE_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, ValueError, name,
+               ": expected non-negative sizes, got m=", g.m, " n=", g.n, " k=", g.k,
+               " batch=", g.batch);
+  NEEDLE_CHECK(!g.c_float32 || g.dtype == DType::BFloat16 || g.dtype == DType::Float32, TypeError,
+               name, ": a float32 C takes bfloat16 (or float32) A and B, got ",
+               dtype_name(g.dtype));
+  NEEDLE_CHECK(g.a_row_sums == nullptr ||
+                   (g.batch == 1 && g.alpha == 1.0 && g.beta == 0.0 && g.bias == nullptr),
+               ValueError, name,
+               ": row sums of A take batch 1, alpha 1, beta 0 and no bias, got batch ", g.batch,
+               ", alpha ", g.alpha, ", beta ", g.beta, g.bias ? " and a bias" : " and no bias");
+}
 
 // One parameter's AdamW step (Backend::adamw) on compact floating arrays of equal length, the
 // moments of one dtype: decoupled decay p -= lr * wd * p, moments updated,

@@ -247,6 +247,12 @@ NDArray matmul(const NDArray& a, const NDArray& b);
 // matmul(a, b) + bias with bias of shape (n) (n = b's last dim) added to every row, in one GEMM
 // whose epilogue adds it (a Linear layer's forward); bias is cast to the product's dtype.
 NDArray matmul(const NDArray& a, const NDArray& b, const NDArray& bias);
+// A Linear layer's parameter gradients from its output gradient g (rows, out) and input x
+// (rows, in): returns g^T x (out, in) and, given bias_grad, stores g summed over rows (out) there,
+// both in `dtype`: the operands' dtype, or float32 for bfloat16 operands (float32 parameters of an
+// autocast region get gradients never rounded to bfloat16). One GEMM, whose epilogue sums the bias
+// gradient from the same pass over g where the backend has one.
+NDArray linear_param_grads(const NDArray& g, const NDArray& x, DType dtype, NDArray* bias_grad);
 NDArray softmax(const NDArray& a, int dim);
 NDArray log_softmax(const NDArray& a, int dim);
 NDArray logsumexp(const NDArray& a, int dim, bool keepdim = false);

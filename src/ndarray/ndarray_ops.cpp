@@ -360,6 +360,50 @@ NDArray matmul(const NDArray& a_in, const NDArray& b_in, const NDArray& bias_in)
   return out;
 }
 
+NDArray linear_param_grads(const NDArray& g_in, const NDArray& x_in, DType dtype,
+                           NDArray* bias_grad) {
+  check_same_device(g_in, x_in, "linear_param_grads");
+  NEEDLE_CHECK(g_in.ndim() == 2 && x_in.ndim() == 2 && g_in.shape()[0] == x_in.shape()[0],
+               ValueError,
+               "linear_param_grads: expected g (rows, out) and x (rows, in) with equal rows, got "
+               "shapes ",
+               shape_str(g_in.shape()), " and ", shape_str(x_in.shape()));
+  const DType dt = promote_types(g_in.dtype(), x_in.dtype());
+  NEEDLE_CHECK(is_floating(dt), TypeError,
+               "linear_param_grads: expected floating arrays (bfloat16, float32, float64), got ",
+               dtype_name(g_in.dtype()), " and ", dtype_name(x_in.dtype()));
+  const bool widen = dtype != dt;
+  NEEDLE_CHECK(!widen || (dt == DType::BFloat16 && dtype == DType::Float32), TypeError,
+               "linear_param_grads: expected gradients in the operands' dtype ", dtype_name(dt),
+               dt == DType::BFloat16 ? " or float32" : "", ", got ", dtype_name(dtype));
+  const int64_t rows = g_in.shape()[0], out = g_in.shape()[1], in = x_in.shape()[1];
+  NDArray gt = g_in.astype(dt).transpose(0, 1), x = x_in.astype(dt);  // gt: (out, rows)
+  NDArray dw = NDArray::empty({out, in}, dtype, g_in.device());
+  if (bias_grad != nullptr) *bias_grad = NDArray::empty({out}, dtype, g_in.device());
+  if (out == 0) return dw;
+  MatrixLayout la = matrix_layout(gt), lb = matrix_layout(x);
+  if (!la.ok) {
+    gt = gt.clone();
+    la = matrix_layout(gt);
+  }
+  if (!lb.ok) {
+    x = x.clone();
+    lb = matrix_layout(x);
+  }
+  GemmArgs a;
+  a.dtype = dt;
+  a.c_float32 = widen;
+  a.trans_a = la.trans;
+  a.trans_b = lb.trans;
+  a.m = out, a.n = in, a.k = rows;
+  a.a = gt.data_ptr(), a.lda = la.ld;
+  a.b = x.data_ptr(), a.ldb = lb.ld;
+  a.c = dw.data_ptr(), a.ldc = in;
+  a.a_row_sums = bias_grad != nullptr ? bias_grad->data_ptr() : nullptr;
+  gt.backend().gemm(a);
+  return dw;
+}
+
 // --- row ops ----------------------------------------------------------------------------------------
 
 // Moves `dim` to the end (the other dims keep their order) and returns the compact

@@ -264,6 +264,62 @@ TEST_CASE("cpu gemm: alpha, beta and zero-size edge cases", "[cpu][gemm]") {
       TypeError);
 }
 
+TEST_CASE("linear_param_grads: g^T x and g summed over rows, float32 from bfloat16 operands",
+          "[cpu][gemm]") {
+  Rng rng(901);
+  struct Case {
+    DType in, out;
+  };
+  for (Case c : {Case{DType::BFloat16, DType::Float32}, Case{DType::BFloat16, DType::BFloat16},
+                 Case{DType::Float32, DType::Float32}, Case{DType::Float64, DType::Float64}}) {
+    for (const Shape& dims :
+         {Shape{37, 40, 24}, Shape{1, 1, 1}, Shape{0, 5, 3}, Shape{6, 0, 3}, Shape{6, 5, 0}}) {
+      for (bool strided : {false, true}) {
+        const int64_t rows = dims[0], out = dims[1], in = dims[2];
+        INFO(dtype_name(c.in) << " -> " << dtype_name(c.out) << " rows=" << rows << " out=" << out
+                              << " in=" << in << " strided=" << strided);
+        // Strided: column slices of wider arrays, so the leading dimensions exceed the widths.
+        const int64_t pad = strided ? 3 : 0;
+        NDArray g =
+            random_values(rng, {rows, out + pad}, c.in, Domain::Real, cpu()).slice(1, 0, out);
+        NDArray x = random_values(rng, {rows, in + pad}, c.in, Domain::Real, cpu()).slice(1, 0, in);
+        NDArray db;
+        NDArray dw = linear_param_grads(g, x, c.out, &db);
+        REQUIRE(dw.dtype() == c.out);
+        REQUIRE(db.dtype() == c.out);
+        REQUIRE(dw.shape() == Shape{out, in});
+        REQUIRE(db.shape() == Shape{out});
+        // The float64 product of the same operands: a float32 result holds it to float32
+        // accuracy (bfloat16 rounding would be off by up to 2^-9 relative).
+        NDArray g64 = g.astype(DType::Float64), x64 = x.astype(DType::Float64);
+        Tolerance t = c.out == DType::BFloat16  ? Tolerance{1e-2, 1e-2}
+                      : c.out == DType::Float32 ? Tolerance{3e-5, 1e-5}
+                                                : Tolerance{1e-12, 1e-12};
+        expect_close(read_host(dw.astype(DType::Float64)),
+                     read_host(matmul(g64.transpose(0, 1), x64)), t, "dw");
+        expect_close(read_host(db.astype(DType::Float64)), read_host(sum(g64, {0})), t, "db");
+        // Without the bias gradient, the same weight gradient.
+        expect_close(read_host(linear_param_grads(g, x, c.out, nullptr)), read_host(dw),
+                     Tolerance{0, 0}, "dw without db");
+      }
+    }
+  }
+  NDArray f32 = NDArray::ones({4, 3}, DType::Float32), f64 = NDArray::ones({4, 3}, DType::Float64);
+  CHECK_THROWS_AS(linear_param_grads(f32, f32, DType::BFloat16, nullptr), TypeError);
+  CHECK_THROWS_AS(linear_param_grads(f64, f64, DType::Float32, nullptr), TypeError);
+  CHECK_THROWS_AS(
+      linear_param_grads(f32, NDArray::ones({5, 3}, DType::Float32), DType::Float32, nullptr),
+      ValueError);
+  // The backend's own check: row sums only for one matrix, unscaled.
+  std::vector<float> A(6, 1.0f), B(6, 1.0f), C(4), S(2);
+  GemmArgs r;
+  r.m = 2, r.n = 2, r.k = 3, r.batch = 2;
+  r.a = A.data(), r.lda = 3, r.b = B.data(), r.ldb = 2, r.c = C.data(), r.ldc = 2;
+  r.stride_c = 0;
+  r.a_row_sums = S.data();
+  CHECK_THROWS_AS(cpu_backend().gemm(r), ValueError);
+}
+
 TEST_CASE("random: the Philox generator matches the Random123 known answer", "[cpu][random]") {
   // Random123's kat_vectors: philox4x32_10, counter 0, key 0.
   Philox4 r = philox4x32_10(0, 0);

@@ -570,6 +570,50 @@ TEST_CASE("cuda matmul with a bias: any alignment of any operand, as the CPU com
   }
 }
 
+TEST_CASE("cuda linear_param_grads: the BGRADB epilogue and its fallback against float64",
+          "[cuda][gemm]") {
+  NEEDLE_REQUIRE_GPU();
+  // Views 0, 1 or 3 elements into their buffers: odd alignments may leave cuBLASLt without a
+  // row-sum epilogue, and float64 always goes without, so both paths run.
+  Rng rng(719);
+  struct Case {
+    DType in, out;
+  };
+  for (Case c : {Case{DType::BFloat16, DType::Float32}, Case{DType::BFloat16, DType::BFloat16},
+                 Case{DType::Float32, DType::Float32}, Case{DType::Float64, DType::Float64}}) {
+    for (const Shape& dims : {Shape{74, 40, 24}, Shape{2048, 256, 512}, Shape{33, 7, 5},
+                              Shape{1, 1, 1}, Shape{0, 5, 3}, Shape{6, 0, 3}, Shape{6, 5, 0}}) {
+      for (int64_t shift : {int64_t(0), int64_t(1), int64_t(3)}) {
+        const int64_t rows = dims[0], out = dims[1], in = dims[2];
+        INFO(dtype_name(c.in) << " -> " << dtype_name(c.out) << " rows=" << rows << " out=" << out
+                              << " in=" << in << " shift=" << shift);
+        Pair gs = random_pair(rng, {rows * out + shift}, c.in);
+        Pair xs = random_pair(rng, {rows * in + shift}, c.in);
+        NDArray g = gs.gpu.slice(0, shift, shift + rows * out).reshape({rows, out});
+        NDArray x = xs.gpu.slice(0, shift, shift + rows * in).reshape({rows, in});
+        NDArray db;
+        NDArray dw = linear_param_grads(g, x, c.out, &db);
+        REQUIRE(dw.dtype() == c.out);
+        REQUIRE(db.dtype() == c.out);
+        NDArray g64 =
+            gs.cpu.slice(0, shift, shift + rows * out).reshape({rows, out}).astype(DType::Float64);
+        NDArray x64 =
+            xs.cpu.slice(0, shift, shift + rows * in).reshape({rows, in}).astype(DType::Float64);
+        // float32 from bfloat16 operands: float32 accuracy, not bfloat16's (2^-9 relative).
+        Tolerance t = c.out == DType::BFloat16  ? Tolerance{2e-2, 1e-2}
+                      : c.out == DType::Float32 ? Tolerance{1e-3, 1e-5}
+                                                : Tolerance{1e-10, 1e-12};
+        expect_close(read_host(dw.astype(DType::Float64)),
+                     read_host(matmul(g64.transpose(0, 1), x64)), t, "dw");
+        expect_close(read_host(db.astype(DType::Float64)), read_host(sum(g64, {0})), t, "db");
+        // Without the bias gradient cuBLAS may pick another algorithm: close, not equal.
+        expect_close(read_host(linear_param_grads(g, x, c.out, nullptr)), read_host(dw), t,
+                     "dw without db");
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda matmul precision: TF32 when 'high', full float32 by default", "[cuda][gemm]") {
   CHECK(get_matmul_precision() == "highest");
   CHECK_THROWS_AS(set_matmul_precision("fast"), ValueError);

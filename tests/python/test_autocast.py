@@ -122,7 +122,16 @@ def test_region_equals_the_casts_written_by_hand(device, attention):
     assert loss.item() == manual.item()
     for name, g in auto.items():
         assert g.dtype == ndl.float32, name
-        np.testing.assert_array_equal(g.numpy(), by_hand[name].numpy(), err_msg=name)
+        if name.split(".")[0] in ("qkv", "out", "fc1", "fc2", "head"):
+            # A Linear's weight and bias gradients come out of its GEMM in float32; the casts by
+            # hand round them to bfloat16 (their cast's backward then widens them back). So
+            # they agree up to that rounding, one bfloat16 ulp, and the region's are finer.
+            got, want = g.numpy(), by_hand[name].numpy()
+            np.testing.assert_allclose(got, want, rtol=2.0**-7, atol=1e-6 * np.abs(want).max(),
+                                       err_msg=name)
+            assert not np.array_equal(got, g.to(ndl.bfloat16).to(ndl.float32).numpy()), name
+        else:
+            np.testing.assert_array_equal(g.numpy(), by_hand[name].numpy(), err_msg=name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -149,6 +158,55 @@ def test_close_to_a_float64_reference(device):
         want = p64.grad.numpy()
         err = np.linalg.norm(auto[name] - want) / max(np.linalg.norm(want), 1e-30)
         assert err < 2e-2, f"{name}: relative error {err:.3g} against float64"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_parameter_gradients_are_float32_products(device, bias):
+    """Under autocast a float32 Linear's weight and bias gradients are the float32 results of its
+    bfloat16 GEMM (the bias gradient summed in the same GEMM), never rounded to bfloat16: the
+    float64 product of the bfloat16 operands, to float32 accuracy. Rounded to bfloat16 they would
+    be off by up to 2^-9 relative. The input's gradient stays the bfloat16 product's."""
+    x = randn(3, 37, 24, device=device, requires_grad=True)
+    w = randn(40, 24, device=device, requires_grad=True)
+    b = randn(40, device=device, requires_grad=True) if bias else None
+    gy = randn(3, 37, 40, device=device).to(ndl.bfloat16)
+    with ndl.autocast(device):
+        y = F.linear(x, w, b)
+    assert y.dtype == ndl.bfloat16
+    y.backward(gy)
+
+    g64 = np64(gy).reshape(-1, 40)
+    x64 = np64(x.detach().to(ndl.bfloat16)).reshape(-1, 24)
+    w64 = np64(w.detach().to(ndl.bfloat16))
+    assert w.grad.dtype == ndl.float32 and x.grad.dtype == ndl.float32
+    np.testing.assert_allclose(w.grad.numpy(), g64.T @ x64, rtol=1e-5, atol=1e-4)
+    if bias:
+        assert b.grad.dtype == ndl.float32
+        np.testing.assert_allclose(b.grad.numpy(), g64.sum(0), rtol=1e-5, atol=1e-4)
+    # The input's gradient: the bfloat16 product g @ w, widened by its cast's backward.
+    want_x = (g64 @ w64).reshape(3, 37, 24)
+    np.testing.assert_allclose(x.grad.numpy(), want_x, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_double_backward_under_autocast(device):
+    """With create_graph, Linear's gradients are Tensor ops through the bfloat16 weight, so a
+    gradient penalty differentiates again, down to the float32 weight."""
+    x = randn(5, 8, device=device, requires_grad=True)
+    w = randn(6, 8, device=device, requires_grad=True)
+    b = randn(6, device=device, requires_grad=True)
+    with ndl.autocast(device):
+        y = F.linear(x, w, b)
+    y.to(ndl.float32).sum().backward(create_graph=True)
+    gx = x.grad
+    x.grad = w.grad = b.grad = None
+    (gx * gx).sum().backward()
+    # gx[i, :] = sum_o w[o, :], so d/dw of sum(gx^2) = 2 * 5 * colsum(w) broadcast over rows.
+    w64 = np64(w.detach().to(ndl.bfloat16))
+    want = np.broadcast_to(2 * 5 * w64.sum(0), (6, 8))
+    assert w.grad.dtype == ndl.float32
+    np.testing.assert_allclose(w.grad.numpy(), want, rtol=2e-2, atol=2e-2)
 
 
 def test_regions_nest_and_restore():
