@@ -218,17 +218,14 @@ void row_sums_by_gemm(const GemmArgs& g) {
   s.a = g.a, s.lda = g.lda;
   s.c = g.a_row_sums, s.ldc = 1;
   s.ldb = 1;
-  const size_t bytes = size_t(g.k) * itemsize(g.dtype);
-  void* ones = g.k > 0 ? device_alloc(bytes) : nullptr;
-  if (ones != nullptr) {
+  Workspace ones(size_t(g.k) * itemsize(g.dtype));  // freed in stream order, after the GEMM
+  if (g.k > 0) {
     ArrayRef r;
-    r.data = ones, r.dtype = g.dtype, r.ndim = 1, r.shape[0] = g.k, r.strides[0] = 1;
+    r.data = ones.as<void>(), r.dtype = g.dtype, r.ndim = 1, r.shape[0] = g.k, r.strides[0] = 1;
     fill(r, 1.0);
   }
-  s.b = ones;
+  s.b = ones.as<void>();
   gemm(s);
-  // Stream-ordered: the caching allocator hands the block out again only to later work.
-  if (ones != nullptr) device_free(ones, bytes);
 }
 
 }  // namespace

@@ -296,7 +296,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 // dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)) with g = dy * weight, one warp per row,
 // and the block's partial sums over its rows: partial_w[block, j] = sum of dy * xhat,
-// partial_b[block, j] = sum of dy (the warps' sums added in warp order through shared memory).
+// partial_b[block, j] = sum of dy (the warps' sums added in warp order through shared memory),
+// unless partial_w is null (neither dweight nor dbias wanted).
 template <typename T, int C>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     layer_norm_backward_warp_kernel(const T* __restrict__ dy, const T* __restrict__ x, Param weight,
@@ -366,6 +367,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
     __syncthreads();
   };
+  if (partial_w == nullptr) return;  // the same for every thread: no __syncthreads is skipped
   flush(pw, partial_w);
   flush(pb, partial_b);
 }
@@ -518,13 +520,14 @@ void layer_norm_backward(const ArrayRef& dy, const ArrayRef& x, const ArrayRef* 
             auto* kernel = layer_norm_backward_warp_kernel<T, decltype(chunks)::value>;
             const unsigned grid =
                 resident_grid(kernel, kWarpsPerBlock * 32, 0, ceil_div(rows, kWarpsPerBlock));
-            Workspace ws(static_cast<size_t>(2 * grid * d) * sizeof(float));
+            const bool sums = dwp || dbp;
+            Workspace ws(sums ? static_cast<size_t>(2 * grid * d) * sizeof(float) : 0);
             float* pw = ws.as<float>();
-            float* pb = pw + grid * d;
+            float* pb = sums ? pw + grid * d : nullptr;
             kernel<<<grid, kWarpsPerBlock * 32, 0, stream()>>>(dyp, xp, w, mp, rp, rows, dxp, pw,
                                                                pb);
             NEEDLE_CUDA_LAUNCH_CHECK();
-            if (dwp || dbp) finish_param_sums(pw, pb, d, grid, dwp, dw.dtype, dbp, db.dtype);
+            if (sums) finish_param_sums(pw, pb, d, grid, dwp, dw.dtype, dbp, db.dtype);
           });
       if (done) return;
     }
