@@ -290,6 +290,16 @@ static MatrixLayout matrix_layout(const NDArray& x) {
   return L;
 }
 
+// x's layout as a GEMM operand, x first copied compact when its strides give none.
+static MatrixLayout operand_layout(NDArray& x) {
+  MatrixLayout L = matrix_layout(x);
+  if (!L.ok) {
+    x = x.clone();
+    L = matrix_layout(x);
+  }
+  return L;
+}
+
 NDArray matmul(const NDArray& a_in, const NDArray& b_in) { return matmul(a_in, b_in, NDArray()); }
 
 NDArray matmul(const NDArray& a_in, const NDArray& b_in, const NDArray& bias_in) {
@@ -329,15 +339,7 @@ NDArray matmul(const NDArray& a_in, const NDArray& b_in, const NDArray& bias_in)
 
   NDArray out = NDArray::empty(out_shape, dt, a.device());
   if (out.numel() > 0) {
-    MatrixLayout la = matrix_layout(a), lb = matrix_layout(b);
-    if (!la.ok) {
-      a = a.clone();
-      la = matrix_layout(a);
-    }
-    if (!lb.ok) {
-      b = b.clone();
-      lb = matrix_layout(b);
-    }
+    const MatrixLayout la = operand_layout(a), lb = operand_layout(b);
     GemmArgs g;
     g.dtype = dt;
     g.trans_a = la.trans;
@@ -381,15 +383,7 @@ NDArray linear_param_grads(const NDArray& g_in, const NDArray& x_in, DType dtype
   NDArray dw = NDArray::empty({out, in}, dtype, g_in.device());
   if (bias_grad != nullptr) *bias_grad = NDArray::empty({out}, dtype, g_in.device());
   if (out == 0) return dw;
-  MatrixLayout la = matrix_layout(gt), lb = matrix_layout(x);
-  if (!la.ok) {
-    gt = gt.clone();
-    la = matrix_layout(gt);
-  }
-  if (!lb.ok) {
-    x = x.clone();
-    lb = matrix_layout(x);
-  }
+  const MatrixLayout la = operand_layout(gt), lb = operand_layout(x);
   GemmArgs a;
   a.dtype = dt;
   a.c_float32 = widen;

@@ -391,6 +391,15 @@ inline void check_against_reference(const OpCase& c, Device device) {
 
 // The CPU is the oracle: both devices compute in the same precision but in different orders, so
 // twice the reference tolerance.
+// linear_param_grads' results dw and db against the float64 product of the same operands, g64
+// (rows, out) and x64 (rows, in) widened to float64: g64^T x64 and g64 summed over rows.
+inline void expect_param_grads_close(const NDArray& dw, const NDArray& db, const NDArray& g64,
+                                     const NDArray& x64, Tolerance t) {
+  expect_close(read_host(dw.astype(DType::Float64)), read_host(matmul(g64.transpose(0, 1), x64)), t,
+               "dw");
+  expect_close(read_host(db.astype(DType::Float64)), read_host(sum(g64, {0})), t, "db");
+}
+
 inline void check_against_cpu(const OpCase& c, Device device) {
   std::vector<NDArray> in_cpu = c.inputs(cpu());
   std::vector<NDArray> in_dev = c.inputs(device);
