@@ -19,12 +19,6 @@ struct MatmulFn : Op {
   }
 };
 
-// y = x w^T + b, inputs {x, weight[, bias]}. The weight enters the product as w_low: itself, or its
-// bfloat16 copy under autocast, made inside the op (not as a Tensor cast) so that the weight and
-// bias gradients come out of the GEMM in the parameters' own dtype: float32 gradients of float32
-// parameters, never rounded to bfloat16, the bias gradient summed in the same GEMM
-// (linear_param_grads). With create_graph the gradients are composed of Tensor ops instead, so
-// they can be differentiated again.
 // The dtype of a parameter's gradient from a product computed in `product`: float32 for a float32
 // parameter of a bfloat16 product (autocast), written so by the GEMM; otherwise the product's
 // (the engine casts a gradient to its input's dtype where the two differ).
@@ -32,6 +26,12 @@ DType param_grad_dtype(DType product, DType param) {
   return product == DType::BFloat16 && param == DType::Float32 ? DType::Float32 : product;
 }
 
+// y = x w^T + b, inputs {x, weight[, bias]}. The weight enters the product as w_low: itself, or its
+// bfloat16 copy under autocast, made inside the op (not as a Tensor cast) so that the weight and
+// bias gradients come out of the GEMM in the parameters' own dtype: float32 gradients of float32
+// parameters, never rounded to bfloat16, the bias gradient summed in the same GEMM
+// (linear_param_grads). With create_graph the gradients are composed of Tensor ops instead, so
+// they can be differentiated again.
 struct LinearFn : Op {
   NDArray w_low;
   explicit LinearFn(NDArray w) : w_low(std::move(w)) {}
