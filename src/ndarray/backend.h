@@ -78,6 +78,9 @@ inline void check_gemm_args(const char* name, const GemmArgs& g) {
   NEEDLE_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, ValueError, name,
                ": expected non-negative sizes, got m=", g.m, " n=", g.n, " k=", g.k,
                " batch=", g.batch);
+  NEEDLE_CHECK(is_floating(g.dtype), TypeError, name,
+               ": expected a floating dtype (bfloat16, float32, float64), got ",
+               dtype_name(g.dtype));
   NEEDLE_CHECK(!g.c_float32 || g.dtype == DType::BFloat16 || g.dtype == DType::Float32, TypeError,
                name, ": a float32 C takes bfloat16 (or float32) A and B, got ",
                dtype_name(g.dtype));
