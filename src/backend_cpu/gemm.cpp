@@ -128,22 +128,10 @@ void gemm_one_typed(const GemmArgs& g, int64_t i) {
 void gemm(const GemmArgs& g) {
   check_gemm_args("gemm", g);
   if (g.m == 0 || g.batch == 0 || (g.n == 0 && g.a_row_sums == nullptr)) return;
-  void (*one)(const GemmArgs&, int64_t) = nullptr;
-  switch (g.dtype) {
-    case DType::Float32:
-      one = gemm_one_typed<float>;
-      break;
-    case DType::Float64:
-      one = gemm_one_typed<double>;
-      break;
-    case DType::BFloat16:
-      one = gemm_one_bf16;
-      break;
-    default:
-      throw TypeError(
-          detail::concat("gemm: expected a floating dtype (bfloat16, float32, float64), got ",
-                         dtype_name(g.dtype)));
-  }
+  // check_gemm_args admits the floating dtypes only.
+  void (*one)(const GemmArgs&, int64_t) = g.dtype == DType::Float32   ? gemm_one_typed<float>
+                                          : g.dtype == DType::Float64 ? gemm_one_typed<double>
+                                                                      : gemm_one_bf16;
   if (g.batch > 1 && g.m * g.n * g.k < kSmallGemm) {
     // Eigen sees omp_in_parallel() and stays single-threaded inside each product. A stride_c of
     // 0 would make batch items write the same C, so that case stays sequential.

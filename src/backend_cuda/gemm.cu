@@ -300,25 +300,16 @@ void gemm(const GemmArgs& g) {
         continue;
       }
     }
-    switch (g.dtype) {
-      case DType::Float64: {
-        const double alpha64 = g.alpha, beta64 = g.beta;
-        NEEDLE_CUBLAS_CHECK(cublasDgemmStridedBatched(
-            h, op_a, op_b, m, n, k, &alpha64, reinterpret_cast<const double*>(pa), lda, g.stride_b,
-            reinterpret_cast<const double*>(pb), ldb, g.stride_a, &beta64,
-            reinterpret_cast<double*>(pc), ldc, g.stride_c, count));
-        break;
-      }
-      case DType::Float32:
-      case DType::BFloat16:
-        NEEDLE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-            h, op_a, op_b, m, n, k, &alpha, pa, type_ab, lda, g.stride_b, pb, type_ab, ldb,
-            g.stride_a, &beta, pc, type_c, ldc, g.stride_c, count, compute, CUBLAS_GEMM_DEFAULT));
-        break;
-      default:
-        throw TypeError(detail::concat(
-            "cuda gemm: expected a floating dtype (bfloat16, float32, float64), got ",
-            dtype_name(g.dtype)));
+    if (g.dtype == DType::Float64) {  // check_gemm_args admits the floating dtypes only
+      const double alpha64 = g.alpha, beta64 = g.beta;
+      NEEDLE_CUBLAS_CHECK(cublasDgemmStridedBatched(
+          h, op_a, op_b, m, n, k, &alpha64, reinterpret_cast<const double*>(pa), lda, g.stride_b,
+          reinterpret_cast<const double*>(pb), ldb, g.stride_a, &beta64,
+          reinterpret_cast<double*>(pc), ldc, g.stride_c, count));
+    } else {
+      NEEDLE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          h, op_a, op_b, m, n, k, &alpha, pa, type_ab, lda, g.stride_b, pb, type_ab, ldb,
+          g.stride_a, &beta, pc, type_c, ldc, g.stride_c, count, compute, CUBLAS_GEMM_DEFAULT));
     }
     if (g.bias != nullptr) add_bias(pc, g.bias, c_dtype, count, g.m, g.n, g.ldc, g.stride_c);
   }
