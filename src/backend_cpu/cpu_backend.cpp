@@ -37,7 +37,7 @@ const Backend& cpu_backend() {
     b.rotary = cpu_kernels::rotary;
     b.adamw = cpu_kernels::adamw;
     b.foreach_sum_squares = cpu_kernels::foreach_sum_squares;
-    b.foreach_mul_scalar = cpu_kernels::foreach_mul_scalar;
+    b.foreach_scale_to_max_norm = cpu_kernels::foreach_scale_to_max_norm;
     b.block_sparse_attention_forward = cpu_kernels::block_sparse_attention_forward;
     b.block_sparse_attention_backward = cpu_kernels::block_sparse_attention_backward;
     return b;

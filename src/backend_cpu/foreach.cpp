@@ -1,5 +1,5 @@
 // Ops over lists of arrays (torch's _foreach_*): the squared 2-norm of a whole gradient list and
-// its in-place scaling, as clip_grad_norm_ uses them.
+// its in-place scaling to a maximum norm, as clip_grad_norm_ uses them.
 #include <vector>
 
 #include "backend_cpu/cpu_common.h"
@@ -33,7 +33,7 @@ double piece_sum_squares(const Piece& p) {
 }  // namespace
 
 void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out) {
-  check_foreach_sum_squares("foreach_sum_squares", arrays, count, out);
+  check_foreach_with_scalar("foreach_sum_squares", arrays, count, out);
   std::vector<Piece> pieces;
   for (int64_t i = 0; i < count; ++i)
     for (int64_t b = 0; b < arrays[i].numel(); b += kSquaresPiece)
@@ -47,10 +47,13 @@ void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& 
   *static_cast<double*>(out.data) = total;
 }
 
-void foreach_mul_scalar(const ArrayRef* arrays, int64_t count, double factor) {
-  check_foreach_arrays("foreach_mul_scalar", arrays, count);
+void foreach_scale_to_max_norm(const ArrayRef* arrays, int64_t count, const ArrayRef& norm,
+                               double max_norm) {
+  check_foreach_with_scalar("foreach_scale_to_max_norm", arrays, count, norm);
+  const double coef = max_norm / (*static_cast<const double*>(norm.data) + 1e-6);
+  if (!(coef < 1.0)) return;
   for (int64_t i = 0; i < count; ++i)
-    binary_scalar(BinaryOp::Mul, arrays[i], factor, false, arrays[i]);
+    binary_scalar(BinaryOp::Mul, arrays[i], coef, false, arrays[i]);
 }
 
 }  // namespace needle::cpu_kernels

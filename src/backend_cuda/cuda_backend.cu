@@ -40,7 +40,7 @@ const Backend& cuda_backend() {
     b.cross_entropy_backward = cuda::cross_entropy_backward;
     b.adamw = cuda::adamw;
     b.foreach_sum_squares = cuda::foreach_sum_squares;
-    b.foreach_mul_scalar = cuda::foreach_mul_scalar;
+    b.foreach_scale_to_max_norm = cuda::foreach_scale_to_max_norm;
     b.block_sparse_attention_forward = cuda::block_sparse_attention_forward;
     b.block_sparse_attention_backward = cuda::block_sparse_attention_backward;
     return b;

@@ -79,7 +79,8 @@ void adamw(const AdamWParam* params, int64_t count);
 
 // foreach.cu
 void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out);
-void foreach_mul_scalar(const ArrayRef* arrays, int64_t count, double factor);
+void foreach_scale_to_max_norm(const ArrayRef* arrays, int64_t count, const ArrayRef& norm,
+                               double max_norm);
 
 // attention_forward.cu, attention_backward.cu
 void block_sparse_attention_forward(const ArrayRef& q, const ArrayRef& k, const ArrayRef& v,

@@ -1,6 +1,7 @@
 // Ops over lists of arrays (torch's _foreach_*), a batch of arrays per launch (multi_tensor.cuh):
-// the squared 2-norm of a whole gradient list and its in-place scaling, as clip_grad_norm_ uses
-// them. A model's gradient list takes a few launches instead of four per array.
+// the squared 2-norm of a whole gradient list and its in-place scaling to a maximum norm, as
+// clip_grad_norm_ uses them. A model's gradient list takes a few launches instead of four per
+// array, and the norm never leaves the device.
 #include <vector>
 
 #include "backend_cuda/cuda_common.cuh"
@@ -73,10 +74,15 @@ __device__ __forceinline__ void chunk_mul(T* x, int64_t begin, int64_t end, doub
     x[j] = convert<T>(convert<C>(x[j]) * f);
 }
 
+// Each block computes the factor from the norm (as the CPU backend does on the host) and leaves
+// its chunk untouched unless the factor is below 1.
 __global__ void __launch_bounds__(kThreads)
-    mul_scalar_kernel(const __grid_constant__ TensorBatch<ForeachItem> batch, double factor) {
+    scale_to_max_norm_kernel(const __grid_constant__ TensorBatch<ForeachItem> batch,
+                             const double* __restrict__ norm, double max_norm) {
+  const double coef = max_norm / (*norm + 1e-6);
+  if (!(coef < 1.0)) return;
   const BlockChunk<ForeachItem> c = block_chunk(batch, kForeachChunk);
-  with_element_type(c.item, [&](auto* x) { chunk_mul(x, c.begin, c.end, factor); });
+  with_element_type(c.item, [&](auto* x) { chunk_mul(x, c.begin, c.end, coef); });
 }
 
 std::vector<ForeachItem> foreach_items(const ArrayRef* arrays, int64_t count) {
@@ -90,7 +96,7 @@ std::vector<ForeachItem> foreach_items(const ArrayRef* arrays, int64_t count) {
 }  // namespace
 
 void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& out) {
-  check_foreach_sum_squares("cuda foreach_sum_squares", arrays, count, out);
+  check_foreach_with_scalar("cuda foreach_sum_squares", arrays, count, out);
   const std::vector<ForeachItem> items = foreach_items(arrays, count);
   int64_t blocks = 0;
   for (const ForeachItem& it : items) blocks += ceil_div(it.n, kForeachChunk);
@@ -104,11 +110,13 @@ void foreach_sum_squares(const ArrayRef* arrays, int64_t count, const ArrayRef& 
   NEEDLE_CUDA_LAUNCH_CHECK();
 }
 
-void foreach_mul_scalar(const ArrayRef* arrays, int64_t count, double factor) {
-  check_foreach_arrays("cuda foreach_mul_scalar", arrays, count);
+void foreach_scale_to_max_norm(const ArrayRef* arrays, int64_t count, const ArrayRef& norm,
+                               double max_norm) {
+  check_foreach_with_scalar("cuda foreach_scale_to_max_norm", arrays, count, norm);
+  const double* n = static_cast<const double*>(norm.data);
   launch_batches(foreach_items(arrays, count), kForeachChunk,
                  [&](const auto& batch, unsigned grid, int64_t) {
-                   mul_scalar_kernel<<<grid, kThreads, 0, stream()>>>(batch, factor);
+                   scale_to_max_norm_kernel<<<grid, kThreads, 0, stream()>>>(batch, n, max_norm);
                    NEEDLE_CUDA_LAUNCH_CHECK();
                  });
 }

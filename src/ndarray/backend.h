@@ -135,13 +135,14 @@ inline void check_foreach_arrays(const char* name, const ArrayRef* arrays, int64
   }
 }
 
-// foreach_sum_squares's checks: the arrays', and a float64 scalar output.
-inline void check_foreach_sum_squares(const char* name, const ArrayRef* arrays, int64_t count,
-                                      const ArrayRef& out) {
+// The checks of foreach_sum_squares (scalar: its output) and foreach_scale_to_max_norm (scalar:
+// the norm): the arrays', and a float64 scalar.
+inline void check_foreach_with_scalar(const char* name, const ArrayRef* arrays, int64_t count,
+                                      const ArrayRef& scalar) {
   check_foreach_arrays(name, arrays, count);
-  NEEDLE_CHECK(out.dtype == DType::Float64 && out.numel() == 1, ValueError, name,
-               ": expected a float64 scalar output, got ", out.numel(), " elements of ",
-               dtype_name(out.dtype));
+  NEEDLE_CHECK(scalar.dtype == DType::Float64 && scalar.numel() == 1, ValueError, name,
+               ": expected a float64 scalar, got ", scalar.numel(), " elements of ",
+               dtype_name(scalar.dtype));
 }
 
 // A block-sparse attention layout as the kernels read it: the kept (query-block, key-block)
@@ -265,9 +266,12 @@ struct Backend {
   // and sums in float64 (exact squares for float32 and bfloat16 elements). The summation order
   // depends only on the arrays' sizes, so a repeated call gives the same bits.
   void (*foreach_sum_squares)(const ArrayRef* arrays, int64_t count, const ArrayRef& out);
-  // x = x * factor in place for each of the `count` arrays, as binary_scalar's Mul computes it:
-  // factor rounded to the array's dtype, the product in compute_t and rounded back.
-  void (*foreach_mul_scalar)(const ArrayRef* arrays, int64_t count, double factor);
+  // Gradient clipping's scaling, with the norm read on the device: coef = max_norm / (norm[0] +
+  // 1e-6) in float64, norm a float64 scalar; where coef < 1, x = x * coef in place for each of
+  // the `count` arrays, as binary_scalar's Mul computes it (coef rounded to the array's dtype,
+  // the product in compute_t and rounded back); otherwise (coef >= 1 or NaN) nothing is written.
+  void (*foreach_scale_to_max_norm)(const ArrayRef* arrays, int64_t count, const ArrayRef& norm,
+                                    double max_norm);
 
   // --- fused ops (optional) -----------------------------------------------------------------------
   // x, y: compact (rows, d) floating; weight, bias: (d) or null; mean, rstd: (rows) of

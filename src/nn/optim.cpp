@@ -276,66 +276,73 @@ std::vector<ArrayRef> refs(const std::vector<NDArray>& arrays) {
   return out;
 }
 
-// The sum of squares of every gradient, in float64: one foreach_sum_squares call and one host
-// read per device.
-double sum_squares(const std::vector<NDArray>& grads) {
-  ByBackend<NDArray> by_device;
-  for (const NDArray& g : grads) by_device.add(g.backend(), g.compact());
-  double total = 0;
-  for (const auto& [be, arrays] : by_device.groups) {
-    NDArray out = NDArray::empty({}, DType::Float64, arrays.front().device());
-    const std::vector<ArrayRef> r = refs(arrays);
-    be->foreach_sum_squares(r.data(), static_cast<int64_t>(r.size()), out.ref());
-    total += out.item();
+// The global norm of the gradients as a float64 scalar on the first gradient's device, with no
+// host read: for p = 2 one foreach_sum_squares call per device; any other p from per-gradient
+// partial norms (the max norm exact in the gradients' dtype, |g|^p summed in float64). A device's
+// partial result is copied to the first device when the gradients span several.
+NDArray total_norm(const std::vector<NDArray>& grads, double norm_type) {
+  const Device first = grads.front().device();
+  const bool inf = std::isinf(norm_type);
+  NDArray total;
+  auto add_part = [&](const NDArray& part) {
+    const NDArray here = part.device() == first ? part : part.to(first);
+    total = !total.defined() ? here : inf ? maximum(total, here) : add(total, here);
+  };
+  if (norm_type == 2.0) {
+    ByBackend<NDArray> by_device;
+    for (const NDArray& g : grads) by_device.add(g.backend(), g.compact());
+    for (const auto& [be, arrays] : by_device.groups) {
+      NDArray out = NDArray::empty({}, DType::Float64, arrays.front().device());
+      const std::vector<ArrayRef> r = refs(arrays);
+      be->foreach_sum_squares(r.data(), static_cast<int64_t>(r.size()), out.ref());
+      add_part(out);
+    }
+    return sqrt(total);
   }
-  return total;
+  for (const NDArray& g : grads)
+    add_part(inf ? max(abs(g)).astype(DType::Float64)
+                 : sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type))));
+  return inf ? total : pow(total, Scalar(1.0 / norm_type));
 }
 
-// g *= coef for every gradient, in place: compact ones by one foreach_mul_scalar call per device.
-void scale(const std::vector<NDArray>& grads, double coef) {
+// Scales every gradient in place by max_norm / (norm + 1e-6) where that is below 1, the factor
+// computed on each device from `norm` (one foreach_scale_to_max_norm call per device). A strided
+// gradient is scaled as a compact copy and written back.
+void scale_to_max_norm(const std::vector<NDArray>& grads, const NDArray& norm, double max_norm) {
   ByBackend<NDArray> by_device;
+  std::vector<std::pair<NDArray, NDArray>> write_back;  // (strided gradient, its scaled copy)
   for (const NDArray& g : grads) {
-    if (g.is_compact())
+    if (g.is_compact()) {
       by_device.add(g.backend(), g);
-    else
-      g.assign(mul(g, Scalar(coef)));
+    } else {
+      write_back.emplace_back(g, g.compact());
+      by_device.add(g.backend(), write_back.back().second);
+    }
   }
   for (const auto& [be, arrays] : by_device.groups) {
+    const Device device = arrays.front().device();
+    const NDArray n = norm.device() == device ? norm : norm.to(device);
     const std::vector<ArrayRef> r = refs(arrays);
-    be->foreach_mul_scalar(r.data(), static_cast<int64_t>(r.size()), coef);
+    be->foreach_scale_to_max_norm(r.data(), static_cast<int64_t>(r.size()), n.ref(), max_norm);
   }
+  for (const auto& [g, scaled] : write_back) g.assign(scaled);
 }
 
 }  // namespace
 
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
+Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
   NEEDLE_CHECK(max_norm >= 0, ValueError, "clip_grad_norm_: expected max_norm >= 0, got ",
                max_norm);
-  const bool inf = std::isinf(norm_type);
-  NEEDLE_CHECK(inf || norm_type >= 1, ValueError,
+  NEEDLE_CHECK(std::isinf(norm_type) || norm_type >= 1, ValueError,
                "clip_grad_norm_: expected norm_type >= 1 or inf, got ", norm_type);
   NoGradGuard no_grad;
   std::vector<NDArray> grads;
   for (const Tensor& p : params)
     if (p.defined() && p.grad().defined()) grads.push_back(p.grad().data());
-  if (grads.empty()) return 0.0;
-  double norm;
-  if (norm_type == 2.0) {
-    norm = std::sqrt(sum_squares(grads));
-  } else {
-    // Per-tensor partial norms stay on the device; one host read at the end. The max norm is
-    // exact in the gradients' dtype, any other p sums |g|^p in float64.
-    NDArray total;
-    for (const NDArray& g : grads) {
-      NDArray part = inf ? max(abs(g)).astype(DType::Float64)
-                         : sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type)));
-      total = total.defined() ? (inf ? maximum(total, part) : add(total, part)) : part;
-    }
-    norm = inf ? total.item() : std::pow(total.item(), 1.0 / norm_type);
-  }
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) scale(grads, coef);
-  return norm;
+  if (grads.empty()) return Tensor(NDArray::scalar(0.0, DType::Float64));
+  const NDArray norm = total_norm(grads, norm_type);
+  scale_to_max_norm(grads, norm, max_norm);
+  return Tensor(norm);
 }
 
 // --- schedules -------------------------------------------------------------------------------------------

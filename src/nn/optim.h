@@ -98,9 +98,11 @@ class AdamW : public Adam {
       : Adam(std::move(groups), lr, beta1, beta2, eps, weight_decay, true) {}
 };
 
-// Scales every gradient by max_norm / (norm + 1e-6) when the global norm exceeds max_norm.
-// Returns the norm before clipping. norm_type: 2 (default), any p >= 1, or infinity.
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
+// Scales every gradient by max_norm / (norm + 1e-6) when that factor is below 1 (never for a
+// NaN norm). Returns the global norm before clipping as a float64 scalar on the first gradient's
+// device (0 on the CPU without gradients), as torch returns a tensor: nothing waits for the
+// device until the caller reads it. norm_type: 2 (default), any p >= 1, or infinity.
+Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
 
 // Sets each group's lr to its base lr (the lr at construction) times factor(step), where step
 // counts step() calls; the constructor applies factor(0).

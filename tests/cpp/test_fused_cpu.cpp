@@ -341,23 +341,34 @@ TEST_CASE("foreach_sum_squares sums the squares of a list in float64", "[fused][
   CHECK_THROWS_AS(b.foreach_sum_squares(bad.data(), 1, out.ref()), ValueError);
 }
 
-TEST_CASE("foreach_mul_scalar scales each array in place as binary_scalar's Mul",
+TEST_CASE("foreach_scale_to_max_norm scales by max_norm / (norm + 1e-6) only below 1",
           "[fused][cpu]") {
   const Backend& b = cpu_backend();
-  const double factor = 0.3712;
-  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
-    INFO(dtype_name(dt));
-    std::vector<NDArray> xs = {random_array(21, {1000}, dt), random_array(22, {0}, dt),
-                               random_array(23, {4, 7}, dt)};
-    std::vector<NDArray> expected;
-    std::vector<ArrayRef> refs;
-    for (const NDArray& x : xs) {
-      expected.push_back(mul(x, Scalar(factor)));
-      refs.push_back(x.ref());
+  const double max_norm = 1.0;
+  // norm 2.694: factor 0.3712 (scaled, as binary_scalar's Mul); 0.5 and 1 - 1e-6: factor >= 1
+  // (untouched); NaN: untouched.
+  for (double norm : {2.694, 0.5, 1.0 - 1e-6, std::nan("")}) {
+    const double coef = max_norm / (norm + 1e-6);
+    for (DType dt : {DType::Float32, DType::BFloat16, DType::Float64}) {
+      INFO(dtype_name(dt) << " norm " << norm);
+      std::vector<NDArray> xs = {random_array(21, {1000}, dt), random_array(22, {0}, dt),
+                                 random_array(23, {4, 7}, dt)};
+      std::vector<NDArray> expected;
+      std::vector<ArrayRef> refs;
+      for (const NDArray& x : xs) {
+        expected.push_back(coef < 1.0 ? mul(x, Scalar(coef)) : x.clone());
+        refs.push_back(x.ref());
+      }
+      const NDArray n = NDArray::scalar(norm, DType::Float64);
+      b.foreach_scale_to_max_norm(refs.data(), static_cast<int64_t>(refs.size()), n.ref(),
+                                  max_norm);
+      for (size_t k = 0; k < xs.size(); ++k) CHECK(read_host(xs[k]).v == read_host(expected[k]).v);
     }
-    b.foreach_mul_scalar(refs.data(), static_cast<int64_t>(refs.size()), factor);
-    for (size_t k = 0; k < xs.size(); ++k) CHECK(read_host(xs[k]).v == read_host(expected[k]).v);
   }
+  NDArray x = random_array(24, {8}, DType::Float32);
+  std::vector<ArrayRef> refs = {x.ref()};
+  const NDArray norm32 = NDArray::scalar(3.0, DType::Float32);
+  CHECK_THROWS_AS(b.foreach_scale_to_max_norm(refs.data(), 1, norm32.ref(), 1.0), ValueError);
 }
 
 TEST_CASE("rotary forward and transpose match their float64 formulas on strided views",

@@ -318,7 +318,7 @@ TEST_CASE("cuda adamw matches the CPU kernel over a parameter list", "[cuda][fus
   CHECK(read_host(p[0].gpu).v == before.v);
 }
 
-TEST_CASE("cuda foreach_sum_squares and foreach_mul_scalar match the CPU", "[cuda][fused]") {
+TEST_CASE("cuda foreach_sum_squares and foreach_scale_to_max_norm match the CPU", "[cuda][fused]") {
   NEEDLE_REQUIRE_GPU();
   Rng rng(505);
   // 150 arrays of mixed dtypes (several launches), empty ones, and arrays longer than a block's
@@ -347,17 +347,25 @@ TEST_CASE("cuda foreach_sum_squares and foreach_mul_scalar match the CPU", "[cud
   cuda_backend().foreach_sum_squares(on_gpu.data(), 0, empty_sum.ref());
   CHECK(empty_sum.item() == 0.0);
 
-  const double factor = 0.3712;
-  cpu_backend().foreach_mul_scalar(on_cpu.data(), n, factor);
-  cuda_backend().foreach_mul_scalar(on_gpu.data(), n, factor);
-  for (size_t k = 0; k < xs.size(); ++k) {
-    INFO("array " << k);
-    expect_pair_close(xs[k], Tolerance{0, 0}, "scaled");
+  // The norm read on the device: a factor of 0.3712 scales every array as the CPU does; a factor
+  // >= 1 and a NaN norm leave them untouched, bit for bit.
+  for (double norm : {2.694, 0.5, std::nan("")}) {
+    INFO("norm " << norm);
+    const NDArray on_host = NDArray::scalar(norm, DType::Float64);
+    const NDArray on_device = on_host.to(kCuda);
+    cpu_backend().foreach_scale_to_max_norm(on_cpu.data(), n, on_host.ref(), 1.0);
+    cuda_backend().foreach_scale_to_max_norm(on_gpu.data(), n, on_device.ref(), 1.0);
+    for (size_t k = 0; k < xs.size(); ++k) {
+      INFO("array " << k);
+      expect_pair_close(xs[k], Tolerance{0, 0}, "scaled");
+    }
   }
 
   NDArray ints = NDArray::zeros({4}, DType::Int32, kCuda);
   std::vector<ArrayRef> bad = {on_gpu[0], ints.ref()};
-  CHECK_THROWS_AS(cuda_backend().foreach_mul_scalar(bad.data(), 2, factor), TypeError);
+  const NDArray norm = NDArray::scalar(2.0, DType::Float64, kCuda);
+  CHECK_THROWS_AS(cuda_backend().foreach_scale_to_max_norm(bad.data(), 2, norm.ref(), 1.0),
+                  TypeError);
   NDArray wrong_out = NDArray::empty({2}, DType::Float64, kCuda);
   CHECK_THROWS_AS(cuda_backend().foreach_sum_squares(on_gpu.data(), 1, wrong_out.ref()),
                   ValueError);

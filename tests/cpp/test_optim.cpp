@@ -131,14 +131,31 @@ TEST_CASE("clip_grad_norm_ returns the global norm and scales to max_norm") {
   Tensor p = param({0, 0, 0}), q = param({0, 0, 0});
   set_grad(p, {3, 0, 0});
   set_grad(q, {0, 4, 0});
-  REQUIRE(clip_grad_norm_({p, q}, 10.0) == Approx(5.0));
+  REQUIRE(clip_grad_norm_({p, q}, 10.0).data().item() == Approx(5.0));
   require_close(values(p.grad()), {3, 0, 0});  // below max_norm: unchanged
-  REQUIRE(clip_grad_norm_({p, q}, 1.0) == Approx(5.0));
+  REQUIRE(clip_grad_norm_({p, q}, 1.0).data().item() == Approx(5.0));
   const double c = 1.0 / (5.0 + 1e-6);
   require_close(values(p.grad()), {3 * c, 0, 0});
   require_close(values(q.grad()), {0, 4 * c, 0});
   set_grad(p, {-7, 1, 2});
-  REQUIRE(clip_grad_norm_({p, q}, 100.0, INFINITY) == Approx(7.0));
+  REQUIRE(clip_grad_norm_({p, q}, 100.0, INFINITY).data().item() == Approx(7.0));
+}
+
+TEST_CASE("clip_grad_norm_ returns a float64 scalar tensor and leaves a NaN norm's gradients") {
+  Tensor p = param({0, 0, 0});
+  set_grad(p, {3, 0, 4});
+  const Tensor norm = clip_grad_norm_({p}, 1.0);
+  REQUIRE(norm.data().dtype() == DType::Float64);
+  REQUIRE(norm.data().shape().empty());
+  REQUIRE_FALSE(norm.requires_grad());
+  REQUIRE(norm.data().item() == Approx(5.0));
+  set_grad(p, {3, std::nan(""), 4});
+  REQUIRE(std::isnan(clip_grad_norm_({p}, 1.0).data().item()));
+  const std::vector<double> after = values(p.grad());
+  REQUIRE(after[0] == 3.0);  // a NaN factor is not below 1: nothing scaled
+  REQUIRE(after[2] == 4.0);
+  Tensor no_grad = param({1, 2});
+  REQUIRE(clip_grad_norm_({no_grad}, 1.0).data().item() == 0.0);
 }
 
 TEST_CASE("clip_grad_norm_: a million float32 values, bfloat16 gradients and p = 3") {
@@ -146,16 +163,16 @@ TEST_CASE("clip_grad_norm_: a million float32 values, bfloat16 gradients and p =
   big.set_grad(Tensor(NDArray::randn({1 << 20}, DType::Float32)));
   double want = 0;
   for (double v : big.grad().data().to_vector<double>()) want += v * v;
-  REQUIRE(clip_grad_norm_({big}, 1e9) == Approx(std::sqrt(want)).epsilon(1e-6));
+  REQUIRE(clip_grad_norm_({big}, 1e9).data().item() == Approx(std::sqrt(want)).epsilon(1e-6));
   Tensor half(NDArray::zeros({2}, DType::BFloat16), true);
   const double hv[2] = {3, -4};
   half.set_grad(Tensor(NDArray::from_host(hv, {2}, DType::Float64).astype(DType::BFloat16)));
-  REQUIRE(clip_grad_norm_({half}, 1.0) == Approx(5.0));
+  REQUIRE(clip_grad_norm_({half}, 1.0).data().item() == Approx(5.0));
   require_close(values(half.grad()), {3 / 5.0, -4 / 5.0}, 1e-2);
   Tensor p = param({0, 0, 0}), q = param({0, 0, 0});
   set_grad(p, {3, 0, 0});
   set_grad(q, {0, -4, 0});
-  REQUIRE(clip_grad_norm_({p, q}, 100.0, 3.0) == Approx(std::cbrt(91.0)));
+  REQUIRE(clip_grad_norm_({p, q}, 100.0, 3.0).data().item() == Approx(std::cbrt(91.0)));
 }
 
 TEST_CASE("clip_grad_norm_: mixed dtypes in float64, and a strided gradient scaled in place") {
@@ -175,7 +192,7 @@ TEST_CASE("clip_grad_norm_: mixed dtypes in float64, and a strided gradient scal
     before.push_back(values(t->grad()));
     for (double v : before.back()) want += v * v;
   }
-  const double norm = clip_grad_norm_({a, b, c}, 1.0);
+  const double norm = clip_grad_norm_({a, b, c}, 1.0).data().item();
   REQUIRE(norm == Approx(std::sqrt(want)).epsilon(1e-13));
   const double coef = 1.0 / (norm + 1e-6);
   const std::vector<double> tol = {1e-6, 1e-2, 1e-15};

@@ -37,5 +37,9 @@ def test_param_groups_and_scheduler():
 def test_clip_grad_norm_returns_norm():
     p = nn.Parameter(ndl._C.Tensor(np.zeros(2)))
     p.grad = ndl._C.Tensor(np.array([3.0, 4.0]))
-    assert abs(nn.utils.clip_grad_norm_([p], 1.0) - 5.0) < 1e-12
+    norm = nn.utils.clip_grad_norm_([p], 1.0)
+    # torch's form: a 0-d tensor (float64 here), read with .item() or float()
+    assert isinstance(norm, ndl.Tensor) and norm.shape == () and norm.dtype == ndl.float64
+    assert abs(norm.item() - 5.0) < 1e-12 and abs(float(norm) - 5.0) < 1e-12
+    assert not norm.requires_grad
     np.testing.assert_allclose(p.grad.numpy(), [0.6, 0.8], rtol=1e-5)
