@@ -243,6 +243,21 @@ def run_torch(s, args, out_dir):
     params = list(model.parameters())
     progress = U.Progress(s["steps"], 0, every=max(1, s["steps"] // 20))
     train_time, wall_start = 0.0, time.perf_counter()
+    reads = U.LaggedReads()
+    value = None  # the loss of the last step read
+
+    def log_steps(read):
+        """Checks and logs the steps whose values were just read (U.StepValues)."""
+        nonlocal train_time, value
+        for r in read:
+            value = r.losses[0]
+            if not math.isfinite(value):
+                raise SystemExit(f"compare: torch's loss is {value} at step {r.step}")
+            train_time += r.seconds
+            metrics.append({"type": "train", "step": r.step, "loss": value, "lr": r.lr, "grad_norm": r.grad_norm,
+                            "step_time": r.seconds, "tokens_per_s": tokens_per_step / r.seconds})
+            progress.update(r.step, value, tokens_per_step / r.seconds)
+
     for step in range(1, s["steps"] + 1):
         lr = scheduler.get_last_lr()[0]
         start = time.perf_counter()
@@ -251,22 +266,15 @@ def run_torch(s, args, out_dir):
             logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s["clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        # Read after the optimizer step: on one H100 (session 18, bf16) this loop took 36.7 and
-        # 42.7 ms a step against 38.3 and 44.1 ms reading it before the step (as apps/train.py
-        # does for needle), alternated in one process; the peer gets its faster loop.
-        value = loss.item()
-        seconds = time.perf_counter() - start
-        train_time += seconds
-        if not math.isfinite(value):
-            raise SystemExit(f"compare: torch's loss is {value} at step {step}")
-        metrics.append({"type": "train", "step": step, "loss": value, "lr": lr, "grad_norm": grad_norm,
-                        "step_time": seconds, "tokens_per_s": tokens_per_step / seconds})
-        progress.update(step, value, tokens_per_step / seconds)
+        # apps/train.py's loop: the whole step is queued before the host reads the previous
+        # step's loss and norm.
+        log_steps(reads.push(step, start, lr, [loss.detach()], grad_norm))
         if step % eval_every == 0 or step == s["steps"]:
+            log_steps(reads.flush())
             val = evaluate()
             metrics.append({"type": "eval", "step": step, "val_loss": val, "val_ppl": math.exp(val)})
             progress.message(f"step {step}: train loss {value:.4f}, val loss {val:.4f}")

@@ -383,7 +383,7 @@ def train(argv=None, build_model=None):
         if stop_signal:  # a second Ctrl-C: stop now; the last committed checkpoint stays valid
             raise KeyboardInterrupt
         stop_signal.append(signum)
-        progress.message(f"{signal.Signals(signum).name}: stopping after step {step + 1} with a checkpoint "
+        progress.message(f"{signal.Signals(signum).name}: stopping after step {step} with a checkpoint "
                          "(again to abort without saving)")
 
     if step == 0:
@@ -395,6 +395,32 @@ def train(argv=None, build_model=None):
     run_start_tokens, run_start_time = tokens_seen, train_time
     recent = []  # seconds of the last steps, for the progress line's rate
     first_step = step + 1
+    reads = U.LaggedReads()
+    train_loss = None  # the mean loss of the last step read
+
+    def log_steps(read):
+        """Checks and logs the steps whose values were just read (U.StepValues). The checks run
+        one step late, after the next step is queued, so the optimizer has already applied a
+        non-finite step in memory; but no checkpoint is written after a step before its values
+        pass them, so the last good checkpoint stays intact."""
+        nonlocal train_time, tokens_seen, recent, train_loss
+        for r in read:
+            for micro, value in enumerate(r.losses):
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"non-finite training loss ({value}) at step {r.step}, micro-batch "
+                                        f"{micro + 1}{last_good(run_dir)}")
+            if cfg["clip"] > 0 and not math.isfinite(r.grad_norm):
+                raise NonFiniteLoss(f"non-finite gradient norm ({r.grad_norm}) at step {r.step}{last_good(run_dir)}")
+            train_time += r.seconds
+            tokens_seen += tokens_per_step
+            # Micro-batches have equal token counts, so the mean of their means is the true mean.
+            train_loss = sum(r.losses) / cfg["grad_accum"]
+            metrics.append({"type": "train", "step": r.step, "loss": train_loss, "lr": r.lr,
+                            "grad_norm": r.grad_norm, "tokens": tokens_seen, "step_time": r.seconds,
+                            "tokens_per_s": tokens_per_step / r.seconds})
+            recent = (recent + [r.seconds])[-20:]
+            progress.update(r.step, train_loss, tokens_per_step * len(recent) / sum(recent))
+
     try:
         while step < last_step:
             step += 1
@@ -412,40 +438,28 @@ def train(argv=None, build_model=None):
                 losses.append(loss.detach())
             if step == first_step and vocab < meta["vocab_size"]:
                 raise ValueError(f"the model predicts {vocab} tokens but {data_dir} uses a vocabulary of {meta['vocab_size']}")
-            grad_norm = ndl.nn.utils.clip_grad_norm_(params, cfg["clip"]) if cfg["clip"] > 0 else float("nan")
-            # The losses are read once the backward passes are queued (the norm above has waited
-            # for them), so the GPU is not left idle between a forward pass and its backward.
-            # Nothing has touched the parameters yet when a check below stops the run.
-            values = [loss.item() for loss in losses]
-            for micro, value in enumerate(values):
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"non-finite training loss ({value}) at step {step}, micro-batch "
-                                        f"{micro + 1}{last_good(run_dir)}")
-            loss_sum = sum(values)
-            if cfg["clip"] > 0 and not math.isfinite(grad_norm):
-                raise NonFiniteLoss(f"non-finite gradient norm ({grad_norm}) at step {step}{last_good(run_dir)}")
+            grad_norm = ndl.nn.utils.clip_grad_norm_(params, cfg["clip"]) if cfg["clip"] > 0 else None
             optimizer.step()
             optimizer.zero_grad()
             scheduler.step()
-            seconds = time.perf_counter() - start
-            train_time += seconds
-            tokens_seen += tokens_per_step
-            # Micro-batches have equal token counts, so the mean of their means is the true mean.
-            loss_mean = loss_sum / cfg["grad_accum"]
-            metrics.append({"type": "train", "step": step, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
-                            "tokens": tokens_seen, "step_time": seconds, "tokens_per_s": tokens_per_step / seconds})
-            recent = (recent + [seconds])[-20:]
-            progress.update(step, loss_mean, tokens_per_step * len(recent) / sum(recent))
+            # The step is queued whole before the host waits for a value, and the values it reads
+            # are the previous step's, long finished: the device always has a step to run.
+            log_steps(reads.push(step, start, lr, losses, grad_norm))
 
+            # The step's own values are read and checked before an evaluation or a checkpoint, so
+            # metrics.jsonl stays in step order and no checkpoint holds an unchecked step. The last
+            # step always saves, so no step is left unread at the end.
             if step % args.eval_interval == 0 or step == cfg["steps"]:
+                log_steps(reads.flush())
                 r = run_eval(step)
-                progress.message(f"step {step}: train loss {loss_mean:.4f}, val loss {r['val_loss']:.4f} "
+                progress.message(f"step {step}: train loss {train_loss:.4f}, val loss {r['val_loss']:.4f} "
                                  f"(ppl {r['val_ppl']:.1f})")
             if step % save_every == 0 or step == last_step or stop_signal:
+                log_steps(reads.flush())
                 checkpoint(step)
-            if stop_signal:
-                raise Stop(stop_signal[0], f"checkpoint of step {step} saved in {run_dir}; continue with "
-                                           f"--resume --name {run_dir.name}")
+                if stop_signal:
+                    raise Stop(stop_signal[0], f"checkpoint of step {step} saved in {run_dir}; continue with "
+                                               f"--resume --name {run_dir.name}")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -1,6 +1,6 @@
-"""The pieces of apps/train.py that are not the loop itself: the AdamW parameter groups,
-validation, the unigram baseline, atomic files, checkpoints, the metrics log, the progress line
-and the loss plot. Each is small and testable on its own.
+"""The pieces of apps/train.py that are not the loop itself: the AdamW parameter groups, the
+lagged read of a step's values, validation, the unigram baseline, atomic files, checkpoints, the
+metrics log, the progress line and the loss plot. Each is small and testable on its own.
 
 Checkpoint layout (runs/<name>/checkpoints/):
     step-000200/model.safetensors       model.state_dict()
@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,57 @@ def step_seed(seed, step):
     any randomness inside a step (dropout) a function of the step alone, so a resumed run draws
     what the uninterrupted one drew without needle exposing its generator's offset."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]) >> 1
+
+
+# --- reading a step's values ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepValues:
+    """One training step's values, read on the host."""
+
+    step: int
+    lr: float
+    losses: list  # one float per micro-batch
+    grad_norm: float  # nan when the step did not clip
+    seconds: float  # completion to completion (LaggedReads' docstring)
+
+
+class LaggedReads:
+    """Reads a training step's losses and gradient norm one step late, so the device always has a
+    whole step queued while the host waits for a value.
+
+    push() takes the step just queued (its values still being computed) and reads the step
+    before it, long finished; flush() reads the pending step now (before an evaluation or a
+    checkpoint). Reading is float() of each value: a needle or torch tensor (the host waits
+    for the device) or a float.
+
+    A step's seconds run from the previous read, or from its own start if it was queued after
+    that read (after a flush), to its own read: a pipeline of steps sums to its wall time, and
+    what runs between a flush and the next step (an evaluation) counts in no step."""
+
+    def __init__(self, clock=time.perf_counter):
+        self._clock = clock
+        self._pending = None
+        self._last_read = -math.inf
+
+    def push(self, step, start_time, lr, losses, grad_norm=None):
+        """Stores the step just queued (grad_norm None: it did not clip); returns the pending step
+        before it, read now: a list of 0 or 1 StepValues."""
+        done = self.flush()
+        self._pending = (step, start_time, lr, list(losses), grad_norm)
+        return done
+
+    def flush(self):
+        """Reads the pending step now: [StepValues], or [] when none is pending."""
+        if self._pending is None:
+            return []
+        step, start, lr, losses, grad_norm = self._pending
+        self._pending = None
+        values = [float(v) for v in losses]
+        norm = math.nan if grad_norm is None else float(grad_norm)
+        now = self._clock()
+        seconds = now - max(start, self._last_read)
+        self._last_read = now
+        return [StepValues(step, lr, values, norm, seconds)]
 
 
 # --- evaluation ------------------------------------------------------------------------------------

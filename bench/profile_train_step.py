@@ -9,9 +9,10 @@ torch.cuda) over the model's creation, the warm-up and the timed steps. From
 the trace: GPU busy time per step (the union of kernel, memcpy and memset intervals), idle time
 (the step's span minus busy), kernel launches per step, GPU time by category and by kernel, and
 the idle time by the kernel that each gap waited for (where the GPU waits on the host). Also the
-host's time per phase of the unprofiled steps (batch, forward + backward, clip + loss read,
-optimizer): the last phase follows a read of the GPU's results, so the GPU is idle for whatever
-of it (and of the next batch) its queued work does not cover.
+host's time per phase of the unprofiled steps (batch, forward + backward, clip, optimizer +
+zero_grad, read the last step): as in apps/train.py, a step is queued whole before the host reads
+the previous step's loss and gradient norm, so the host waits in the last phase while the GPU
+runs the step just queued.
 
     PYTHONPATH=python python3 bench/profile_train_step.py --json runs/profile_train_step.json
     PYTHONPATH=python python3 bench/profile_train_step.py --autocast bfloat16   # both under autocast
@@ -21,6 +22,7 @@ apps.compare's options (--seq-len, --batch-size, --data, --autocast, ...) set th
 Prints tables and writes JSON; needs a CUDA build of needle, torch and transformers.
 """
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -139,10 +141,10 @@ def use_unfused_head():
     _CausalLM.loss = loss
 
 
-# The host's wall time in each phase of a step, in the order the steps run them. The last phase
-# starts after the host has read the loss and the gradient norm, i.e. with the GPU drained: what
-# the host spends there (and on the next batch) the GPU waits for, unless queued work covers it.
-PHASES = ("batch", "forward + backward", "clip + loss read", "optimizer + zero_grad")
+# The host's wall time in each phase of a step, in the order the steps run them. The host queues
+# the whole step and then reads the previous step's loss and gradient norm: the last phase is its
+# wait for the GPU, which has the step just queued to run meanwhile.
+PHASES = ("batch", "forward + backward", "clip", "optimizer + zero_grad", "read the last step")
 
 
 class PhaseClock:
@@ -166,7 +168,8 @@ class PhaseClock:
 
 
 def needle_step(s, clock):
-    """apps/train.py's training step (grad_accum 1) on a fresh model; returns step()."""
+    """apps/train.py's training step (grad_accum 1, no lr schedule) on a fresh model; returns
+    step(), which queues a step and returns the previous step's loss (None on the first call)."""
     import needle as ndl
     from apps import train_utils as U
     from apps.train import default_build_model
@@ -180,10 +183,11 @@ def needle_step(s, clock):
     optimizer = U.adamw(model, s)
     loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
                                       device=device, seed=s["seed"])
-
+    reads, steps = U.LaggedReads(), itertools.count(1)
     amp = ndl.autocast(s["device"], enabled=s["autocast"] == "bfloat16")
 
     def step():
+        start = time.perf_counter()
         clock.start()
         x, y = next(loader)
         clock.tick(0)
@@ -191,20 +195,23 @@ def needle_step(s, clock):
             loss, _ = U.lm_loss(model, x, y)
         (loss * 1.0).backward()
         clock.tick(1)
-        ndl.nn.utils.clip_grad_norm_(params, s["clip"])
-        value = loss.item()
+        grad_norm = ndl.nn.utils.clip_grad_norm_(params, s["clip"])
         clock.tick(2)
         optimizer.step()
         optimizer.zero_grad()
         clock.tick(3)
-        return value
+        read = reads.push(next(steps), start, s["lr"], [loss.detach()], grad_norm)
+        clock.tick(4)
+        return read[0].losses[0] if read else None
 
     return step
 
 
 def torch_step(s, clock):
-    """apps.compare's torch training step on a fresh transformers model; returns step()."""
+    """apps.compare's torch training step on a fresh transformers model; returns step(), which
+    queues a step and returns the previous step's loss (None on the first call)."""
     import needle as ndl
+    from apps import train_utils as U
     from apps.compare import torch_autocast, torch_model_and_optimizer
 
     torch, model, optimizer, scheduler = torch_model_and_optimizer(s)
@@ -212,8 +219,10 @@ def torch_step(s, clock):
     params = list(model.parameters())
     loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
                                       seed=s["seed"])
+    reads, steps = U.LaggedReads(), itertools.count(1)
 
     def step():
+        start, lr = time.perf_counter(), scheduler.get_last_lr()[0]
         clock.start()
         x, y = (torch.from_numpy(t.numpy()).to(device, non_blocking=True) for t in next(loader))
         clock.tick(0)
@@ -222,14 +231,15 @@ def torch_step(s, clock):
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         clock.tick(1)
-        torch.nn.utils.clip_grad_norm_(params, s["clip"]).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s["clip"])
         clock.tick(2)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        value = loss.item()  # after the optimizer step, as apps.compare's torch loop (faster there)
         clock.tick(3)
-        return value
+        read = reads.push(next(steps), start, lr, [loss.detach()], grad_norm)
+        clock.tick(4)
+        return read[0].losses[0] if read else None
 
     return step
 

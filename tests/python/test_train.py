@@ -1,7 +1,8 @@
 """apps/train.py: exact resume, the non-finite-loss stop, Ctrl-C checkpoints, the optimiser's
-parameter groups and schedule, the logged loss under gradient accumulation, the unigram
-baseline, atomic checkpoints and argument errors. Runs on a synthetic corpus with a 64-token
-vocabulary and a tiny model, so it needs no downloaded data and takes seconds."""
+parameter groups and schedule, the logged loss under gradient accumulation, the lagged read of a
+step's values, the unigram baseline, atomic checkpoints and argument errors. Runs on a synthetic
+corpus with a 64-token vocabulary and a tiny model, so it needs no downloaded data and takes
+seconds."""
 import json
 import math
 import os
@@ -201,17 +202,24 @@ def test_cuda_autocast_run_learns_and_resumes_exactly(corpus, reference, tmp_pat
     _check_autocast_run(corpus, reference, tmp_path, _run, "--device", "cuda")
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(corpus, reference, tmp_path, capfd):
+@pytest.mark.parametrize("nan_step, last_good", [
+    (5, 4),  # read one step late, after step 6 is queued
+    (6, 4),  # read just before step 6's checkpoint, which is then never written
+])
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(corpus, reference, tmp_path, capfd,
+                                                                      nan_step, last_good):
     argv = _args(corpus, tmp_path, "nan", "--steps", "12", "--save-interval", "2")
-    assert _run(argv + ["--test-hook-nan-at-step", "5"]) == train_app.EXIT_NONFINITE
+    assert _run(argv + ["--test-hook-nan-at-step", str(nan_step)]) == train_app.EXIT_NONFINITE
     err = capfd.readouterr().err
-    assert "non-finite training loss (nan) at step 5" in err and "step 4" in err, err
+    assert f"non-finite training loss (nan) at step {nan_step}, micro-batch 1" in err, err
+    assert f"last good checkpoint (step {last_good})" in err, err
     step, directory = U.latest_checkpoint(tmp_path / "nan")
-    assert step == 4 and directory.name == "step-000004"
-    assert max(_losses(tmp_path / "nan")) == 4  # nothing logged for the poisoned step
+    assert step == last_good and directory.name == f"step-{last_good:06d}"
+    assert max(_losses(tmp_path / "nan")) == nan_step - 1  # nothing logged for the poisoned step
     # The kept checkpoint is the good one: resuming from it reproduces the reference run.
     assert _run(_args(corpus, tmp_path, "nan", "--resume")) == 0
     ref, resumed = _losses(reference), _losses(tmp_path / "nan")
+    assert sorted(resumed) == sorted(ref)
     assert all(abs(resumed[s] - ref[s]) <= 1e-6 for s in ref)
 
 
@@ -262,6 +270,27 @@ def test_learning_rate_follows_warmup_then_cosine_to_ten_percent(corpus, tmp_pat
         s = step - 1  # the scheduler's index of the step's update
         expected = 1e-2 * ((s + 1) / 3 if s < 3 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 3) / 7)))
         assert lr == pytest.approx(expected, rel=1e-9), step
+
+
+def test_lagged_reads_return_each_step_once_in_order_timed_completion_to_completion():
+    times = iter([4.0, 6.0, 9.0, 25.0])  # the clock at each read
+    reads = U.LaggedReads(clock=lambda: next(times))
+    # Step 1 queued from t=0; step 2 from t=1 reads it at t=4; step 3 from t=2 reads step 2 at 6.
+    assert reads.push(1, 0.0, 0.1, [ndl.tensor(np.array(2.5, dtype=np.float32))], ndl.tensor(np.array(0.5))) == []
+    (one,) = reads.push(2, 1.0, 0.2, [3.0, ndl.tensor(np.array(1.0, dtype=np.float32))], None)
+    (two,) = reads.push(3, 2.0, 0.3, [1.5], 0.25)
+    (three,) = reads.flush()  # before an evaluation, at t=9
+    assert reads.flush() == []
+    assert [r.step for r in (one, two, three)] == [1, 2, 3]
+    assert one == U.StepValues(step=1, lr=0.1, losses=[2.5], grad_norm=0.5, seconds=4.0)
+    assert type(one.losses[0]) is float and type(one.grad_norm) is float  # read from tensors
+    assert two.losses == [3.0, 1.0] and math.isnan(two.grad_norm)  # no clipping: nan
+    assert (two.seconds, three.seconds) == (2.0, 3.0)
+    assert one.seconds + two.seconds + three.seconds == 9.0  # the pipeline's wall time
+    # A step queued after the flush (and the evaluation, t=9 to 20) is timed from its own start.
+    assert reads.push(4, 20.0, 0.4, [1.25], 0.5) == []
+    (four,) = reads.flush()
+    assert four.step == 4 and four.seconds == 5.0
 
 
 def test_param_groups_exclude_biases_and_norms_from_weight_decay():
