@@ -333,7 +333,7 @@ void scale_to_max_norm(const std::vector<NDArray>& grads, const NDArray& norm, d
 Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
   NEEDLE_CHECK(max_norm >= 0, ValueError, "clip_grad_norm_: expected max_norm >= 0, got ",
                max_norm);
-  NEEDLE_CHECK(std::isinf(norm_type) || norm_type >= 1, ValueError,
+  NEEDLE_CHECK(norm_type >= 1, ValueError,  // inf passes; -inf and NaN do not
                "clip_grad_norm_: expected norm_type >= 1 or inf, got ", norm_type);
   NoGradGuard no_grad;
   std::vector<NDArray> grads;

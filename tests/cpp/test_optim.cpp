@@ -156,6 +156,8 @@ TEST_CASE("clip_grad_norm_ returns a float64 scalar tensor and leaves a NaN norm
   REQUIRE(after[2] == 4.0);
   Tensor no_grad = param({1, 2});
   REQUIRE(clip_grad_norm_({no_grad}, 1.0).data().item() == 0.0);
+  for (double bad : {0.5, -double(INFINITY), std::nan("")})
+    REQUIRE_THROWS_AS(clip_grad_norm_({p}, 1.0, bad), ValueError);
 }
 
 TEST_CASE("clip_grad_norm_: a million float32 values, bfloat16 gradients and p = 3") {
