@@ -276,56 +276,46 @@ std::vector<ArrayRef> refs(const std::vector<NDArray>& arrays) {
   return out;
 }
 
-// The global norm of the gradients as a float64 scalar on the first gradient's device, with no
-// host read: for p = 2 one foreach_sum_squares call per device; any other p from per-gradient
-// partial norms (the max norm exact in the gradients' dtype, |g|^p summed in float64). A device's
-// partial result is copied to the first device when the gradients span several.
-NDArray total_norm(const std::vector<NDArray>& grads, double norm_type) {
-  const Device first = grads.front().device();
+// The gradients grouped by device, as the foreach kernels take them: compact arrays.
+using DeviceGroups = ByBackend<NDArray>;
+
+// The global norm of the gradients as a float64 scalar on the first group's device, with no host
+// read: for p = 2 one foreach_sum_squares call per device; any other p from per-gradient partial
+// norms (the max norm exact in the gradients' dtype, |g|^p summed in float64). A device's partial
+// result is copied to the first device when the gradients span several.
+NDArray total_norm(const DeviceGroups& groups, double norm_type) {
+  const Device first = groups.groups.front().second.front().device();
   const bool inf = std::isinf(norm_type);
   NDArray total;
   auto add_part = [&](const NDArray& part) {
     const NDArray here = part.device() == first ? part : part.to(first);
     total = !total.defined() ? here : inf ? maximum(total, here) : add(total, here);
   };
-  if (norm_type == 2.0) {
-    ByBackend<NDArray> by_device;
-    for (const NDArray& g : grads) by_device.add(g.backend(), g.compact());
-    for (const auto& [be, arrays] : by_device.groups) {
+  for (const auto& [be, arrays] : groups.groups) {
+    if (norm_type == 2.0) {
       NDArray out = NDArray::empty({}, DType::Float64, arrays.front().device());
       const std::vector<ArrayRef> r = refs(arrays);
       be->foreach_sum_squares(r.data(), static_cast<int64_t>(r.size()), out.ref());
       add_part(out);
+      continue;
     }
-    return sqrt(total);
+    for (const NDArray& g : arrays)
+      add_part(inf ? max(abs(g)).astype(DType::Float64)
+                   : sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type))));
   }
-  for (const NDArray& g : grads)
-    add_part(inf ? max(abs(g)).astype(DType::Float64)
-                 : sum(pow(abs(g.astype(DType::Float64)), Scalar(norm_type))));
+  if (norm_type == 2.0) return sqrt(total);
   return inf ? total : pow(total, Scalar(1.0 / norm_type));
 }
 
 // Scales every gradient in place by max_norm / (norm + 1e-6) where that is below 1, the factor
-// computed on each device from `norm` (one foreach_scale_to_max_norm call per device). A strided
-// gradient is scaled as a compact copy and written back.
-void scale_to_max_norm(const std::vector<NDArray>& grads, const NDArray& norm, double max_norm) {
-  ByBackend<NDArray> by_device;
-  std::vector<std::pair<NDArray, NDArray>> write_back;  // (strided gradient, its scaled copy)
-  for (const NDArray& g : grads) {
-    if (g.is_compact()) {
-      by_device.add(g.backend(), g);
-    } else {
-      write_back.emplace_back(g, g.compact());
-      by_device.add(g.backend(), write_back.back().second);
-    }
-  }
-  for (const auto& [be, arrays] : by_device.groups) {
+// computed on each device from `norm` (one foreach_scale_to_max_norm call per device).
+void scale_to_max_norm(const DeviceGroups& groups, const NDArray& norm, double max_norm) {
+  for (const auto& [be, arrays] : groups.groups) {
     const Device device = arrays.front().device();
     const NDArray n = norm.device() == device ? norm : norm.to(device);
     const std::vector<ArrayRef> r = refs(arrays);
     be->foreach_scale_to_max_norm(r.data(), static_cast<int64_t>(r.size()), n.ref(), max_norm);
   }
-  for (const auto& [g, scaled] : write_back) g.assign(scaled);
 }
 
 }  // namespace
@@ -336,12 +326,18 @@ Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   NEEDLE_CHECK(norm_type >= 1, ValueError,  // inf passes; -inf and NaN do not
                "clip_grad_norm_: expected norm_type >= 1 or inf, got ", norm_type);
   NoGradGuard no_grad;
-  std::vector<NDArray> grads;
-  for (const Tensor& p : params)
-    if (p.defined() && p.grad().defined()) grads.push_back(p.grad().data());
-  if (grads.empty()) return Tensor(NDArray::scalar(0.0, DType::Float64));
-  const NDArray norm = total_norm(grads, norm_type);
-  scale_to_max_norm(grads, norm, max_norm);
+  DeviceGroups groups;
+  std::vector<std::pair<NDArray, NDArray>> write_back;  // (strided gradient, its compact copy)
+  for (const Tensor& p : params) {
+    if (!p.defined() || !p.grad().defined()) continue;
+    const NDArray g = p.grad().data();
+    if (!g.is_compact()) write_back.emplace_back(g, g.compact());
+    groups.add(g.backend(), g.is_compact() ? g : write_back.back().second);
+  }
+  if (groups.groups.empty()) return Tensor(NDArray::scalar(0.0, DType::Float64));
+  const NDArray norm = total_norm(groups, norm_type);
+  scale_to_max_norm(groups, norm, max_norm);
+  for (const auto& [g, scaled] : write_back) g.assign(scaled);
   return Tensor(norm);
 }
 
