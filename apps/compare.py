@@ -243,7 +243,7 @@ def run_torch(s, args, out_dir):
     params = list(model.parameters())
     progress = U.Progress(s["steps"], 0, every=max(1, s["steps"] // 20))
     train_time, wall_start = 0.0, time.perf_counter()
-    reads = U.LaggedReads()
+    reads = U.LaggedReads(to_host=U.torch_to_host)
     value = None  # the loss of the last step read
 
     def log_steps(read):

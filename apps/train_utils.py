@@ -143,21 +143,51 @@ class StepValues:
     seconds: float  # completion to completion (LaggedReads' docstring)
 
 
+def needle_to_host(values):
+    """Queues copies of a step's values (needle tensors or floats) to the host and returns a
+    function that reads them as floats. The copies are non-blocking (Tensor.to("cpu",
+    non_blocking=True)): a read waits only for the work queued before its copy, not for the
+    steps queued after it; on the CPU it is a plain read."""
+    host = [v.detach().to("cpu", non_blocking=True) if isinstance(v, ndl.Tensor) else v for v in values]
+    return lambda: [float(v) for v in host]
+
+
+def torch_to_host(values):
+    """needle_to_host for torch tensors. torch's non-blocking copy does not wait on use, so
+    an event recorded after the copies is waited for before the read."""
+    import torch
+
+    host = [v.detach().to("cpu", non_blocking=True) if isinstance(v, torch.Tensor) else v for v in values]
+    event = None
+    if any(isinstance(v, torch.Tensor) and v.is_cuda for v in values):
+        event = torch.cuda.Event()
+        event.record()
+
+    def read():
+        if event is not None:
+            event.synchronize()
+        return [float(v) for v in host]
+
+    return read
+
+
 class LaggedReads:
     """Reads a training step's losses and gradient norm one step late, so the device always has a
     whole step queued while the host waits for a value.
 
-    push() takes the step just queued (its values still being computed) and reads the step
-    before it, long finished; flush() reads the pending step now (before an evaluation or a
-    checkpoint). Reading is float() of each value: a needle or torch tensor (the host waits
-    for the device) or a float.
+    push() takes the step just queued (its values still being computed), queues their copies to
+    the host (to_host: needle_to_host or torch_to_host) and reads the step before it; flush()
+    reads the pending step now (before an evaluation or a checkpoint). The copies make the lag
+    real: on a GPU's single stream, a plain read (float() of a device tensor) would wait for
+    everything queued so far, the next step included.
 
     A step's seconds run from the previous read, or from its own start if it was queued after
     that read (after a flush), to its own read: a pipeline of steps sums to its wall time, and
     what runs between a flush and the next step (an evaluation) counts in no step."""
 
-    def __init__(self, clock=time.perf_counter):
+    def __init__(self, clock=time.perf_counter, to_host=needle_to_host):
         self._clock = clock
+        self._to_host = to_host
         self._pending = None
         self._last_read = -math.inf
 
@@ -165,21 +195,23 @@ class LaggedReads:
         """Stores the step just queued (grad_norm None: it did not clip); returns the pending step
         before it, read now: a list of 0 or 1 StepValues."""
         done = self.flush()
-        self._pending = (step, start_time, lr, list(losses), grad_norm)
+        losses = list(losses)
+        values = losses + ([] if grad_norm is None else [grad_norm])
+        self._pending = (step, start_time, lr, len(losses), grad_norm is not None, self._to_host(values))
         return done
 
     def flush(self):
         """Reads the pending step now: [StepValues], or [] when none is pending."""
         if self._pending is None:
             return []
-        step, start, lr, losses, grad_norm = self._pending
+        step, start, lr, n, clipped, read = self._pending
         self._pending = None
-        values = [float(v) for v in losses]
-        norm = math.nan if grad_norm is None else float(grad_norm)
+        values = read()
+        norm = values[n] if clipped else math.nan
         now = self._clock()
         seconds = now - max(start, self._last_read)
         self._last_read = now
-        return [StepValues(step, lr, values, norm, seconds)]
+        return [StepValues(step, lr, values[:n], norm, seconds)]
 
 
 # --- evaluation ------------------------------------------------------------------------------------

@@ -146,6 +146,20 @@ def use_unfused_head():
 # wait for the GPU, which has the step just queued to run meanwhile.
 PHASES = ("batch", "forward + backward", "clip", "optimizer + zero_grad", "read the last step")
 
+# --reads blocking: the values are read by float() of the device tensors, one step late as well. On
+# the GPU's single stream such a read waits for everything queued, the step just queued included,
+# so the GPU idles while the host queues the next step's first kernels (an A/B of the copies).
+BLOCKING_READS = False
+
+
+def to_host(framework):
+    """The LaggedReads copy function of a framework's step (see BLOCKING_READS)."""
+    from apps import train_utils as U
+
+    if BLOCKING_READS:
+        return lambda values: (lambda: [float(v) for v in values])
+    return U.needle_to_host if framework == "needle" else U.torch_to_host
+
 
 class PhaseClock:
     """Host seconds per phase, summed while `on`: tick(i) closes phase i at the current time."""
@@ -183,7 +197,7 @@ def needle_step(s, clock):
     optimizer = U.adamw(model, s)
     loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
                                       device=device, seed=s["seed"])
-    reads, steps = U.LaggedReads(), itertools.count(1)
+    reads, steps = U.LaggedReads(to_host=to_host("needle")), itertools.count(1)
     amp = ndl.autocast(s["device"], enabled=s["autocast"] == "bfloat16")
 
     def step():
@@ -219,7 +233,7 @@ def torch_step(s, clock):
     params = list(model.parameters())
     loader = ndl.data.TokenDataLoader(Path(s["data"]) / "train.bin", s["batch_size"], s["seq_len"],
                                       seed=s["seed"])
-    reads, steps = U.LaggedReads(), itertools.count(1)
+    reads, steps = U.LaggedReads(to_host=to_host("torch")), itertools.count(1)
 
     def step():
         start, lr = time.perf_counter(), scheduler.get_last_lr()[0]
@@ -325,6 +339,9 @@ def main(argv=None):
     p.add_argument("--head", choices=["fused", "unfused"], default="fused",
                    help="needle's output layer and loss: F.linear_cross_entropy (model.loss, as "
                         "apps.train runs) or F.cross_entropy of F.linear's logits (an A/B)")
+    p.add_argument("--reads", choices=["copied", "blocking"], default="copied",
+                   help="how the host reads the last step's loss and norm: non-blocking copies (as "
+                        "apps.train) or blocking reads of the device values (an A/B)")
     args, rest = p.parse_known_args(argv)
     for name in ("warmup", "timed", "profiled"):
         if getattr(args, name) < 1:
@@ -334,17 +351,19 @@ def main(argv=None):
         use_composed_rotary()
     if args.head == "unfused":
         use_unfused_head()
+    global BLOCKING_READS
+    BLOCKING_READS = args.reads == "blocking"
     makers = {"needle": needle_step, "torch": torch_step}
     results = [measure(n, makers[n], s, args) for n in args.frameworks]
     print(f"{s['model']}, sequence length {s['seq_len']}, batch {s['batch_size']}, "
           f"{compare.precision(s)}, fp32 matmuls {s['matmul_precision']}, dense attention, "
-          f"{args.rotary} rotary, {args.head} output layer and loss; {args.profiled} profiled steps")
+          f"{args.rotary} rotary, {args.head} output layer and loss, {args.reads} reads; {args.profiled} profiled steps")
     print_table(results, args.top)
     if args.json:
         import torch
         from apps import train_utils as U
 
-        U.atomic_write_json(Path(args.json), {"settings": s, "rotary": args.rotary, "head": args.head,
+        U.atomic_write_json(Path(args.json), {"settings": s, "rotary": args.rotary, "head": args.head, "reads": args.reads,
                                               "device": torch.cuda.get_device_name(),
                                               "torch": torch.__version__, "results": results})
 

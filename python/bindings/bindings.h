@@ -21,6 +21,8 @@ namespace py = pybind11;
 // a needle dtype, its name ("float32"), a NumPy dtype or scalar type (np.float32).
 DType to_dtype(py::handle obj);
 std::optional<DType> to_optional_dtype(py::handle obj);  // None -> nullopt
+// .to()'s first argument: a dtype, a device, a string naming either, or an NDArray (both).
+void parse_to_target(py::handle target, std::optional<Device>& device, std::optional<DType>& dtype);
 // A device from a needle device or a string ("cpu", "cuda", "cuda:1"); None -> the CPU.
 Device to_device(py::handle obj);
 std::optional<Device> to_optional_device(py::handle obj);  // None -> nullopt

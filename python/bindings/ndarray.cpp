@@ -210,28 +210,6 @@ py::tuple to_tuple(const std::vector<int64_t>& v) {
   return t;
 }
 
-// Shared by .to(): a string may name either a dtype ("float64") or a device ("cuda:0").
-void parse_to_target(py::handle target, std::optional<Device>& device,
-                     std::optional<DType>& dtype) {
-  if (target.is_none()) return;
-  if (py::isinstance<NDArray>(target)) {
-    const NDArray& other = py::cast<const NDArray&>(target);
-    device = other.device();
-    dtype = other.dtype();
-  } else if (py::isinstance<Device>(target)) {
-    device = py::cast<Device>(target);
-  } else if (py::isinstance<py::str>(target)) {
-    const std::string s = py::str(target);
-    try {
-      dtype = dtype_from_name(s);
-    } catch (const TypeError&) {
-      device = Device(s);  // neither a dtype nor a device: ValueError naming both device forms
-    }
-  } else {
-    dtype = to_dtype(target);
-  }
-}
-
 void bind_dtype_and_device(py::module_& m) {
   py::class_<DType>(m, "dtype", "An element type: ndl.float32, ndl.float64, ndl.bfloat16, ...")
       .def(py::init([](py::handle obj) { return to_dtype(obj); }), py::arg("dtype"))
@@ -306,6 +284,35 @@ DType to_dtype(py::handle obj) {
 std::optional<DType> to_optional_dtype(py::handle obj) {
   if (obj.is_none()) return std::nullopt;
   return to_dtype(obj);
+}
+
+// Shared by .to(): a string may name either a dtype ("float64") or a device ("cuda:0").
+void parse_to_target(py::handle target, std::optional<Device>& device,
+                     std::optional<DType>& dtype) {
+  if (target.is_none()) return;
+  if (py::isinstance<NDArray>(target)) {
+    const NDArray& other = py::cast<const NDArray&>(target);
+    device = other.device();
+    dtype = other.dtype();
+  } else if (py::isinstance<Device>(target)) {
+    device = py::cast<Device>(target);
+  } else if (py::isinstance<py::str>(target)) {
+    const std::string s = py::str(target);
+    try {
+      dtype = dtype_from_name(s);
+    } catch (const TypeError&) {
+      device = Device(s);  // neither a dtype nor a device: ValueError naming both device forms
+    }
+  } else {
+    try {
+      dtype = to_dtype(target);
+    } catch (const TypeError&) {
+      throw TypeError(
+          "to(): expected a device ('cpu', 'cuda:0', ndl.device(...)) or a dtype "
+          "(ndl.float32, 'float32'), got " +
+          std::string(py::repr(target)));
+    }
+  }
 }
 
 Device to_device(py::handle obj) {
@@ -551,16 +558,18 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
       .def("clone", [](const NDArray& a) { return without_gil([&] { return a.clone(); }); })
       .def(
           "to",
-          [](const NDArray& a, py::handle target, py::handle dtype) {
+          [](const NDArray& a, py::handle target, py::handle dtype, bool non_blocking) {
             std::optional<Device> device;
             std::optional<DType> dt = to_optional_dtype(dtype);
             parse_to_target(target, device, dt);
             return without_gil([&] {
-              NDArray r = device ? a.to(*device) : a;
-              return dt ? r.astype(*dt) : r;
+              NDArray r = dt ? a.astype(*dt) : a;  // on the source device (see Tensor.to)
+              return device ? r.to(*device, non_blocking) : r;
             });
           },
-          py::arg("device_or_dtype") = py::none(), py::arg("dtype") = py::none())
+          py::arg("device_or_dtype") = py::none(), py::arg("dtype") = py::none(),
+          py::arg("non_blocking") = false)
+      .def("is_pinned", [](const NDArray& a) { return a.buffer()->pinned(); })
       .def(
           "astype",
           [](const NDArray& a, py::handle dtype) {

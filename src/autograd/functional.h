@@ -38,7 +38,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 Tensor masked_fill(const Tensor& a, const Tensor& mask, double value);
 Tensor clamp(const Tensor& a, std::optional<double> min, std::optional<double> max);
 Tensor astype(const Tensor& a, DType dtype);  // differentiable between floating dtypes
-Tensor to_device(const Tensor& a, const Device& device);
+// non_blocking: see NDArray::to (a GPU-to-CPU copy queued, waited for on the result's first use).
+Tensor to_device(const Tensor& a, const Device& device, bool non_blocking = false);
 
 // --- shapes -----------------------------------------------------------------------------------------
 Tensor reshape(const Tensor& a, const Shape& shape);

@@ -209,9 +209,9 @@ Tensor astype(const Tensor& a, DType dtype) {
   return make_result(std::move(r), std::make_shared<AsTypeFn>(), {a});
 }
 
-Tensor to_device(const Tensor& a, const Device& device) {
+Tensor to_device(const Tensor& a, const Device& device, bool non_blocking) {
   if (device == a.device()) return a;
-  return make_result(a.data().to(device), std::make_shared<ToDeviceFn>(), {a});
+  return make_result(a.data().to(device, non_blocking), std::make_shared<ToDeviceFn>(), {a});
 }
 
 }  // namespace needle

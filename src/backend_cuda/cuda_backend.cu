@@ -19,6 +19,7 @@ const Backend& cuda_backend() {
     b.empty_cache = cuda::empty_cache;
     b.copy_from_host = cuda::copy_from_host;
     b.copy_to_host = cuda::copy_to_host;
+    b.copy_to_host_async = cuda::copy_to_host_async;
     b.synchronize = cuda::synchronize;
     b.copy = cuda::copy;
     b.fill = cuda::fill;

@@ -16,6 +16,7 @@ void reset_peak_memory_stats();
 void empty_cache();
 void copy_from_host(void* dst, const void* src, size_t nbytes);
 void copy_to_host(void* dst, const void* src, size_t nbytes);
+std::unique_ptr<PendingHostCopy> copy_to_host_async(const void* src, size_t nbytes);
 void synchronize();
 
 // copy_fill.cu

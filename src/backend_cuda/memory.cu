@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -329,7 +330,6 @@ void device_free(void* ptr, size_t /*nbytes*/) { allocator().release(ptr); }
 // --- table entries -------------------------------------------------------------------------------
 MemoryStats memory_stats() { return allocator().stats(); }
 void reset_peak_memory_stats() { allocator().reset_peak(); }
-void empty_cache() { allocator().empty_cache(); }
 
 void copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
@@ -348,6 +348,103 @@ void copy_to_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes > 0)
     NEEDLE_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream()));
   synchronize();
+}
+
+// --- non-blocking copies to the host
+// --------------------------------------------------------------- A copy into pageable memory makes
+// the host wait for the stream, so copy_to_host_async copies into page-locked blocks kept by this
+// cache (cudaHostAlloc costs far more than a small copy). Each block carries an event recorded
+// after its latest copy: a returned block is handed out again only once that event has completed,
+// so dropping an unread copy is safe.
+namespace {
+
+constexpr size_t kPinnedRound = 512;
+
+struct PinnedBlock {
+  void* ptr = nullptr;
+  size_t size = 0;
+  cudaEvent_t copied = nullptr;
+};
+
+class PinnedHostCache {
+ public:
+  PinnedBlock acquire(size_t nbytes) {
+    const size_t size = (nbytes + kPinnedRound - 1) / kPinnedRound * kPinnedRound;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = free_.lower_bound(size); it != free_.end() && it->first <= 2 * size; ++it) {
+        cudaError_t q = cudaEventQuery(it->second.copied);
+        if (q == cudaErrorNotReady) continue;
+        NEEDLE_CUDA_CHECK(q);
+        PinnedBlock b = it->second;
+        free_.erase(it);
+        return b;
+      }
+    }
+    PinnedBlock b;
+    b.size = size;
+    NEEDLE_CUDA_CHECK(cudaHostAlloc(&b.ptr, size, cudaHostAllocDefault));
+    NEEDLE_CUDA_CHECK(cudaEventCreateWithFlags(&b.copied, cudaEventDisableTiming));
+    return b;
+  }
+  void release(const PinnedBlock& b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace(b.size, b);
+  }
+  // Frees the blocks whose copies have landed (empty_cache).
+  void trim() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = free_.begin(); it != free_.end();) {
+      if (cudaEventQuery(it->second.copied) != cudaSuccess) {
+        ++it;
+        continue;
+      }
+      NEEDLE_CUDA_CHECK(cudaEventDestroy(it->second.copied));
+      NEEDLE_CUDA_CHECK(cudaFreeHost(it->second.ptr));
+      it = free_.erase(it);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, PinnedBlock> free_;
+};
+
+PinnedHostCache& pinned_cache() {
+  static PinnedHostCache* c = new PinnedHostCache;  // never destroyed, as the device allocator
+  return *c;
+}
+
+class PinnedCopy final : public PendingHostCopy {
+ public:
+  explicit PinnedCopy(PinnedBlock b) : block_(b) {}
+  ~PinnedCopy() override { pinned_cache().release(block_); }
+  void* data() const override { return block_.ptr; }
+  const PinnedBlock& block() const { return block_; }
+  void wait() const override {
+    NEEDLE_CUDA_CHECK(cudaEventSynchronize(block_.copied));
+    check_device_error_flag();
+  }
+
+ private:
+  PinnedBlock block_;
+};
+
+}  // namespace
+
+std::unique_ptr<PendingHostCopy> copy_to_host_async(const void* src, size_t nbytes) {
+  ensure_initialized();
+  auto copy = std::make_unique<PinnedCopy>(pinned_cache().acquire(nbytes));
+  if (nbytes > 0)
+    NEEDLE_CUDA_CHECK(cudaMemcpyAsync(copy->data(), src, nbytes, cudaMemcpyDeviceToHost, stream()));
+  const PinnedBlock& b = copy->block();
+  NEEDLE_CUDA_CHECK(cudaEventRecord(b.copied, stream()));
+  return copy;
+}
+
+void empty_cache() {
+  allocator().empty_cache();
+  pinned_cache().trim();
 }
 
 }  // namespace needle::cuda

@@ -11,6 +11,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "ndarray/device.h"
 #include "ndarray/dtype.h"
@@ -193,6 +194,19 @@ struct MemoryStats {
   int64_t num_allocs = 0;         // allocation requests served
 };
 
+// Host memory that a device is still copying into: what copy_to_host_async returns. The backend
+// owns the memory (page-locked, so the copy runs without the host) and knows when the copy is
+// done; destroying the object hands the memory back to the backend, which reuses it only after the
+// copy has landed.
+class PendingHostCopy {
+ public:
+  virtual ~PendingHostCopy() = default;
+  virtual void* data() const = 0;
+  // Returns once the copy has landed, and raises what the device reported since the last
+  // synchronisation (as synchronize does).
+  virtual void wait() const = 0;
+};
+
 struct Backend {
   const char* name;
 
@@ -205,6 +219,10 @@ struct Backend {
   void (*empty_cache)();  // return cached, unused blocks to the system
   void (*copy_from_host)(void* dst, const void* src, size_t nbytes);
   void (*copy_to_host)(void* dst, const void* src, size_t nbytes);  // waits for prior work
+  // (optional) Queues a copy of nbytes of device memory into host memory of the backend's own
+  // and returns at once; the host waits only when it reads (PendingHostCopy::wait), and then only
+  // for the work queued before this call. Null on backends whose memory is the host's.
+  std::unique_ptr<PendingHostCopy> (*copy_to_host_async)(const void* src, size_t nbytes);
   void (*synchronize)();
 
   // --- data movement ----------------------------------------------------------------------------

@@ -17,8 +17,17 @@ Buffer::Buffer(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) 
   if (nbytes_ > 0) ptr_ = backend_for(device_).alloc(nbytes_);
 }
 
+Buffer::Buffer(std::unique_ptr<PendingHostCopy> pending, size_t nbytes)
+    : ptr_(pending->data()), nbytes_(nbytes), device_(cpu()), pending_(std::move(pending)) {}
+
 Buffer::~Buffer() {
+  if (pending_) return;  // pending_'s destructor hands the memory back to its backend
   if (ptr_) backend_for(device_).free(ptr_, nbytes_);
+}
+
+void Buffer::wait_for_copy() const {
+  pending_->wait();
+  landed_.store(true, std::memory_order_release);
 }
 
 // --- shape helpers --------------------------------------------------------------------------------
@@ -218,6 +227,7 @@ bool NDArray::is_compact() const {
 
 void* NDArray::data_ptr() const {
   NEEDLE_CHECK(defined(), ValueError, "the array is undefined");
+  buffer_->ready();  // every access to the elements comes through here
   if (!buffer_->data()) return nullptr;
   return static_cast<char*>(buffer_->data()) + offset_ * static_cast<int64_t>(itemsize(dtype_));
 }
@@ -499,10 +509,19 @@ NDArray NDArray::clone() const {
   return out;
 }
 
-NDArray NDArray::to(const Device& target) const {
+NDArray NDArray::to(const Device& target, bool non_blocking) const {
   Device here = device();
   if (here == target) return *this;
   NDArray src = compact();
+  if (non_blocking && target.is_cpu() && src.nbytes() > 0 && src.backend().copy_to_host_async) {
+    NDArray out;
+    out.buffer_ = std::make_shared<Buffer>(
+        src.backend().copy_to_host_async(src.data_ptr(), src.nbytes()), src.nbytes());
+    out.shape_ = shape_;
+    out.strides_ = compact_strides(shape_);
+    out.dtype_ = dtype_;
+    return out;
+  }
   NDArray out = empty(shape_, dtype_, target);
   if (out.nbytes() == 0) return out;
   if (here.is_cpu()) {

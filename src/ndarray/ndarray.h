@@ -3,6 +3,7 @@
 // metadata only; compact() copies only when the layout requires it. All arithmetic goes through
 // the device's kernel table (backend.h), so this file holds the view logic once for all devices.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -23,17 +24,29 @@ using Strides = std::vector<int64_t>;
 class Buffer {
  public:
   Buffer(size_t nbytes, Device device);
+  // Host memory a device backend is still copying into (NDArray::to(cpu(), true)): ready() waits
+  // for the copy, once.
+  Buffer(std::unique_ptr<PendingHostCopy> pending, size_t nbytes);
   ~Buffer();
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   void* data() const { return ptr_; }
   size_t nbytes() const { return nbytes_; }
   const Device& device() const { return device_; }
+  // Page-locked host memory owned by a device backend (what a non-blocking copy returns).
+  bool pinned() const { return pending_ != nullptr; }
+  // Waits until the memory holds its values: a no-op except after a non-blocking copy.
+  void ready() const {
+    if (pending_ && !landed_.load(std::memory_order_acquire)) wait_for_copy();
+  }
 
  private:
+  void wait_for_copy() const;
   void* ptr_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
+  std::unique_ptr<PendingHostCopy> pending_;
+  mutable std::atomic<bool> landed_{false};
 };
 
 // A Python-style scalar: its kind decides promotion ("weak" scalars, see dtype.h).
@@ -147,7 +160,10 @@ class NDArray {
   // --- copies ------------------------------------------------------------------------------------
   NDArray compact() const;  // *this when already compact
   NDArray clone() const;    // always a fresh compact copy
-  NDArray to(const Device& device) const;
+  // non_blocking: a copy from a GPU to the CPU is queued, not waited for; the result lives in
+  // page-locked memory and waits for the copy on its first use (any read, kernel or copy), and
+  // then only for the work queued before the copy. Other copies are the same either way.
+  NDArray to(const Device& device, bool non_blocking = false) const;
   NDArray astype(DType dtype) const;  // *this when dtype matches
   // Writes src (broadcast to this view's shape, converted to its dtype) into this view.
   void assign(const NDArray& src) const;
@@ -155,7 +171,8 @@ class NDArray {
   void setitem(const std::vector<Index>& index, const NDArray& value) const;
   void setitem(const std::vector<Index>& index, double value) const;
 
-  // --- host access (synchronises) --------------------------------------------------------------
+  // --- host access (waits for the device)
+  // --------------------------------------------------------------
   void copy_to_host(void* dst) const;  // compact layout, nbytes() bytes
   double item() const;                 // a one-element array's value
   template <typename T>

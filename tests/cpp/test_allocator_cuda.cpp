@@ -1,6 +1,7 @@
 // The CUDA caching allocator: block reuse (no cudaMalloc in steady state), statistics, splitting
 // and merging within a segment, empty_cache, and recovery from an out-of-memory request. Needs a
 // GPU (label `gpu`); without one every test passes with a note.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <string>
 #include <vector>
@@ -145,4 +146,59 @@ TEST_CASE("cuda allocator: out of memory raises OutOfMemoryError and the process
   NDArray s = sum(a * a);
   CHECK(s.item() == 4000.0);
   CHECK_NOTHROW(cuda_synchronize());
+}
+
+TEST_CASE("cuda non-blocking copies to the host land in pinned memory, read when used",
+          "[cuda][memory]") {
+  NEEDLE_REQUIRE_GPU();
+  // A queue of work ahead of the copy: the copy must wait for it, the host only on use.
+  NDArray w = NDArray::randn({512, 512}, DType::Float32, kCuda) * Scalar(1.0 / 32);
+  NDArray x = NDArray::randn({512, 512}, DType::Float32, kCuda);
+  for (int i = 0; i < 20; ++i) x = matmul(x, w);
+  NDArray host = x.to(cpu(), /*non_blocking=*/true);
+  CHECK(host.device().is_cpu());
+  CHECK(host.buffer()->pinned());
+  CHECK(host.shape() == x.shape());
+  const std::vector<float> blocking = x.to(cpu()).to_vector<float>();
+  CHECK(host.to_vector<float>() == blocking);
+  // A host computation on the copy reads its values.
+  CHECK(sum(host, {0, 1}).item() == Approx(sum(x, {0, 1}).item()).epsilon(1e-5));
+
+  // A strided view is compacted on the device first; dtypes of every size.
+  NDArray t = NDArray::arange(0, 12, 1, DType::Int64, kCuda).view({3, 4}).transpose(0, 1);
+  CHECK(t.to(cpu(), true).to_vector<int64_t>() ==
+        std::vector<int64_t>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11});
+  NDArray flags = binary(BinaryOp::Gt, NDArray::arange(0, 3, 1, DType::Int64, kCuda), Scalar(0));
+  NDArray flags_host = flags.to(cpu(), true);
+  CHECK(flags_host.dtype() == DType::Bool);
+  CHECK(flags_host.to_vector<double>() == std::vector<double>{0, 1, 1});
+  NDArray none = NDArray::empty({0, 4}, DType::Float32, kCuda).to(cpu(), true);
+  CHECK(none.numel() == 0);
+  CHECK_FALSE(none.buffer()->pinned());  // nothing to copy: a plain empty host array
+
+  // Copies held at once get blocks of their own; copies dropped unread give theirs back only
+  // once they land, so later copies are not overwritten.
+  std::vector<NDArray> held;
+  for (int i = 0; i < 16; ++i) {
+    NDArray v = NDArray::full({1 << 14}, i, DType::Float32, kCuda);
+    (void)(x + Scalar(i)).to(cpu(), true);  // dropped while in flight
+    held.push_back(v.to(cpu(), true));
+  }
+  for (int i = 0; i < 16; ++i) {
+    const std::vector<float> got = held[i].to_vector<float>();
+    CHECK(std::all_of(got.begin(), got.end(), [&](float f) { return f == i; }));
+  }
+  // empty_cache frees the cached blocks, not the ones in use.
+  cuda_backend().empty_cache();
+  CHECK(held[3].to_vector<float>()[100] == 3.0f);
+}
+
+TEST_CASE("cuda a non-blocking copy raises what the device reported when it is read",
+          "[cuda][memory]") {
+  NEEDLE_REQUIRE_GPU();
+  NDArray in = NDArray::arange(0, 20, 1, DType::Float32, kCuda).view({4, 5});
+  NDArray idx = NDArray::from_host(std::vector<int64_t>{1, 99}.data(), {2}, DType::Int64, kCuda);
+  NDArray host = index_select(in, 1, idx).to(cpu(), true);
+  CHECK_THROWS_AS(host.to_vector<float>(), IndexError);
+  CHECK_NOTHROW(cuda_backend().synchronize());  // reported once, then cleared
 }

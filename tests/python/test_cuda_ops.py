@@ -682,3 +682,35 @@ def test_views_spanning_2_31_elements():
     # about a third of it.
     total = base.sum().item()
     assert abs(total - x.sum()) <= x.sum() / 128, f"sum {total}, expected {x.sum()}"
+
+
+def test_non_blocking_copy_to_the_host():
+    """Tensor.to("cpu", non_blocking=True) queues the copy into pinned memory and returns at
+    once; the result waits for the copy on its first use. Values, dtypes, gradients and the
+    training loop's reads (apps/train_utils.needle_to_host) against blocking copies."""
+    w = ndl.tensor(RNG.standard_normal((256, 256)) / 16, dtype=ndl.float32, device="cuda")
+    x = ndl.tensor(RNG.standard_normal((256, 256)), dtype=ndl.float32, device="cuda", requires_grad=True)
+    y = x
+    for _ in range(10):  # work queued ahead of the copy
+        y = y @ w
+    host = y.to("cpu", non_blocking=True)
+    assert host.is_pinned() and host.device == ndl.cpu() and not y.is_pinned()
+    np.testing.assert_array_equal(host.numpy(), y.numpy())
+    # Gradients flow back through the copy to the GPU.
+    (host * 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.ones((256, 256)) @ np.linalg.matrix_power(w.numpy().T, 10),
+                               rtol=1e-4, atol=1e-5)
+    # The dtype is converted on the GPU, then copied; strided views are compacted first.
+    h64 = y.to("cpu", ndl.float64, non_blocking=True)
+    assert h64.dtype == ndl.float64 and h64.is_pinned()
+    np.testing.assert_array_equal(h64.numpy(), y.numpy().astype(np.float64))
+    np.testing.assert_array_equal(y.t().to("cpu", non_blocking=True).numpy(), y.numpy().T)
+    # Small scalars, read as the training loop reads them.
+    from apps import train_utils as U
+    loss = (y * y).mean()
+    norm = ndl.nn.utils.clip_grad_norm_([x], 1e9)
+    read = U.needle_to_host([loss.detach(), norm, 2.5])
+    assert read() == [loss.item(), norm.item(), 2.5]
+    # A CPU tensor is returned as it is.
+    c = ndl.tensor([1.0, 2.0])
+    assert not c.to("cpu", non_blocking=True).is_pinned()

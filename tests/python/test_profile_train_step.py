@@ -141,3 +141,16 @@ def test_needle_step_times_its_host_phases_only_while_on(tmp_path):
     ms = clock.ms_per_step()
     assert list(ms) == list(prof.PHASES) and all(v > 0 for v in ms.values())
     assert ms["forward + backward"] > ms["batch"]
+
+
+def test_reads_ablation_reads_the_same_values(monkeypatch):
+    # --reads blocking (float() of the device values at read time) against the non-blocking copies
+    # apps.train makes: the A/B must read the same numbers.
+    ndl = pytest.importorskip("needle")
+    from apps import train_utils as U
+
+    values = [ndl.tensor([2.5])[0], ndl.tensor(0.125, dtype=ndl.float64), 3.0]
+    assert prof.to_host("needle") is U.needle_to_host and prof.to_host("torch") is U.torch_to_host
+    copied = prof.to_host("needle")(values)()
+    monkeypatch.setattr(prof, "BLOCKING_READS", True)
+    assert prof.to_host("needle")(values)() == copied == [2.5, 0.125, 3.0]

@@ -389,3 +389,20 @@ def test_loss_plot_is_written(corpus, tmp_path):
     assert _run(argv) == 0
     png = (tmp_path / "plot" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_lagged_reads_queue_the_copies_at_push_and_read_them_one_step_later():
+    events = []
+
+    def to_host(values):
+        events.append(("copy", list(values)))
+        return lambda: events.append(("read", list(values))) or [float(v) for v in values]
+
+    reads = U.LaggedReads(to_host=to_host)
+    reads.push(1, 0.0, 0.1, [2.0, 3.0], 0.5)
+    assert events == [("copy", [2.0, 3.0, 0.5])]  # the norm travels with the losses
+    (one,) = reads.push(2, 1.0, 0.1, [4.0], None)
+    assert events[1:] == [("read", [2.0, 3.0, 0.5]), ("copy", [4.0])]
+    assert one.losses == [2.0, 3.0] and one.grad_norm == 0.5
+    (two,) = reads.flush()
+    assert events[3:] == [("read", [4.0])] and two.losses == [4.0] and math.isnan(two.grad_norm)
