@@ -382,3 +382,47 @@ TEST_CASE("random: any slice of the stream can be regenerated from its counter o
     }
   }
 }
+
+namespace {
+// Host memory filled "later", as a device's non-blocking copy fills it: wait() writes the values
+// and counts the waits; the destructor records that the memory went back to its owner.
+struct FakePendingCopy final : PendingHostCopy {
+  std::vector<float> mem;
+  int* waits;
+  bool* released;
+  FakePendingCopy(size_t n, int* w, bool* r) : mem(n, -1.0f), waits(w), released(r) {}
+  ~FakePendingCopy() override { *released = true; }
+  void* data() const override { return const_cast<float*>(mem.data()); }
+  void wait() const override {
+    ++*waits;
+    auto* p = const_cast<float*>(mem.data());
+    std::iota(p, p + mem.size(), 1.0f);
+  }
+};
+}  // namespace
+
+TEST_CASE("an array over a pending host copy waits for it once, on first use", "[ndarray][cpu]") {
+  int waits = 0;
+  bool released = false;
+  {
+    auto buffer = std::make_shared<Buffer>(std::make_unique<FakePendingCopy>(6, &waits, &released),
+                                           6 * sizeof(float));
+    CHECK(buffer->pinned());
+    CHECK(buffer->device().is_cpu());
+    NDArray a = NDArray::from_buffer(buffer, {2, 3}, {3, 1}, 0, DType::Float32);
+    NDArray view = a.transpose(0, 1);  // metadata only: nothing read yet
+    CHECK(waits == 0);
+    // A kernel reading a view sees the values the copy delivers.
+    CHECK(view.to_vector<float>() == std::vector<float>{1, 4, 2, 5, 3, 6});
+    CHECK(waits == 1);
+    CHECK(sum(a).item() == 21.0);
+    CHECK(a.to_vector<float>() == std::vector<float>{1, 2, 3, 4, 5, 6});
+    CHECK(waits == 1);  // once only
+    CHECK_FALSE(released);
+  }
+  CHECK(released);  // the memory went back to the copy's owner, not to the CPU allocator
+  // A copy to the CPU's own memory is blocking (the CPU has no copy_to_host_async).
+  NDArray c = NDArray::arange(0, 4, 1, DType::Float32);
+  CHECK(cpu_backend().copy_to_host_async == nullptr);
+  CHECK_FALSE(c.to(cpu(), true).buffer()->pinned());
+}
