@@ -318,7 +318,8 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
           "non_blocking=True queues a GPU-to-CPU copy into page-locked memory without waiting: "
           "the result waits for it on first use, and then only for the work queued before it.")
       .def(
-          "is_pinned", [](const Tensor& t) { return t.data().buffer()->pinned(); },
+          "is_pinned",
+          [](const Tensor& t) { return t.data().defined() && t.data().buffer()->pinned(); },
           "True for the page-locked host memory of a non-blocking copy from a GPU.")
       .def("cpu", [](const Tensor& t) { return to_device(t, cpu()); })
       .def("cuda", [](const Tensor& t) { return to_device(t, Device(DeviceType::CUDA, 0)); })

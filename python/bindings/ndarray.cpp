@@ -290,28 +290,37 @@ std::optional<DType> to_optional_dtype(py::handle obj) {
 void parse_to_target(py::handle target, std::optional<Device>& device,
                      std::optional<DType>& dtype) {
   if (target.is_none()) return;
+  const std::optional<DType> given = dtype;  // dtype=
+  auto set_dtype = [&](DType dt) {
+    NEEDLE_CHECK(!given, TypeError, "to(): got a dtype twice, ", dtype_name(dt),
+                 " as the first argument and ", dtype_name(*given), " as dtype=");
+    dtype = dt;
+  };
   if (py::isinstance<NDArray>(target)) {
     const NDArray& other = py::cast<const NDArray&>(target);
     device = other.device();
-    dtype = other.dtype();
+    set_dtype(other.dtype());
   } else if (py::isinstance<Device>(target)) {
     device = py::cast<Device>(target);
   } else if (py::isinstance<py::str>(target)) {
     const std::string s = py::str(target);
+    std::optional<DType> named;
     try {
-      dtype = dtype_from_name(s);
+      named = dtype_from_name(s);
     } catch (const TypeError&) {
       device = Device(s);  // neither a dtype nor a device: ValueError naming both device forms
     }
+    if (named) set_dtype(*named);
   } else {
+    DType dt;
     try {
-      dtype = to_dtype(target);
-    } catch (const TypeError&) {
-      throw TypeError(
-          "to(): expected a device ('cpu', 'cuda:0', ndl.device(...)) or a dtype "
-          "(ndl.float32, 'float32'), got " +
-          std::string(py::repr(target)));
+      dt = to_dtype(target);
+    } catch (const TypeError& e) {
+      throw TypeError(std::string("to(): expected a device ('cpu', 'cuda:0', ndl.device(...)) or "
+                                  "a dtype: ") +
+                      e.what());
     }
+    set_dtype(dt);
   }
 }
 
@@ -569,7 +578,7 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
           },
           py::arg("device_or_dtype") = py::none(), py::arg("dtype") = py::none(),
           py::arg("non_blocking") = false)
-      .def("is_pinned", [](const NDArray& a) { return a.buffer()->pinned(); })
+      .def("is_pinned", [](const NDArray& a) { return a.defined() && a.buffer()->pinned(); })
       .def(
           "astype",
           [](const NDArray& a, py::handle dtype) {

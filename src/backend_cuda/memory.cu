@@ -334,8 +334,13 @@ void reset_peak_memory_stats() { allocator().reset_peak(); }
 void copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   // From pageable memory the runtime stages the source before returning, so the caller may reuse
-  // `src` at once without a stream sync.
+  // `src` at once without a stream sync. From page-locked memory (a non-blocking copy's result,
+  // or memory another library pinned) the copy is truly asynchronous: wait for it, or the caller
+  // could change or free the source before the GPU has read it.
+  cudaPointerAttributes attr{};
+  NEEDLE_CUDA_CHECK(cudaPointerGetAttributes(&attr, src));
   NEEDLE_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream()));
+  if (attr.type == cudaMemoryTypeHost) NEEDLE_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
 void synchronize() {
@@ -366,6 +371,19 @@ struct PinnedBlock {
   cudaEvent_t copied = nullptr;
 };
 
+// True once the block's latest copy has landed. A copy still in flight is not an error, but the
+// runtime records cudaErrorNotReady as the thread's last error, which the next kernel launch
+// check would then report: it is cleared here (as PyTorch does).
+bool copy_landed(const PinnedBlock& b) {
+  cudaError_t q = cudaEventQuery(b.copied);
+  if (q == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  NEEDLE_CUDA_CHECK(q);
+  return true;
+}
+
 class PinnedHostCache {
  public:
   PinnedBlock acquire(size_t nbytes) {
@@ -373,9 +391,7 @@ class PinnedHostCache {
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto it = free_.lower_bound(size); it != free_.end() && it->first <= 2 * size; ++it) {
-        cudaError_t q = cudaEventQuery(it->second.copied);
-        if (q == cudaErrorNotReady) continue;
-        NEEDLE_CUDA_CHECK(q);
+        if (!copy_landed(it->second)) continue;
         PinnedBlock b = it->second;
         free_.erase(it);
         return b;
@@ -384,7 +400,11 @@ class PinnedHostCache {
     PinnedBlock b;
     b.size = size;
     NEEDLE_CUDA_CHECK(cudaHostAlloc(&b.ptr, size, cudaHostAllocDefault));
-    NEEDLE_CUDA_CHECK(cudaEventCreateWithFlags(&b.copied, cudaEventDisableTiming));
+    cudaError_t err = cudaEventCreateWithFlags(&b.copied, cudaEventDisableTiming);
+    if (err != cudaSuccess) {
+      cudaFreeHost(b.ptr);
+      NEEDLE_CUDA_CHECK(err);
+    }
     return b;
   }
   void release(const PinnedBlock& b) {
@@ -395,7 +415,7 @@ class PinnedHostCache {
   void trim() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = free_.begin(); it != free_.end();) {
-      if (cudaEventQuery(it->second.copied) != cudaSuccess) {
+      if (!copy_landed(it->second)) {
         ++it;
         continue;
       }
@@ -421,6 +441,8 @@ class PinnedCopy final : public PendingHostCopy {
   ~PinnedCopy() override { pinned_cache().release(block_); }
   void* data() const override { return block_.ptr; }
   const PinnedBlock& block() const { return block_; }
+  // Raises what kernels reported by the time the copy landed (those queued before it, possibly
+  // some queued after it that have run too), as synchronize() does for all queued work.
   void wait() const override {
     NEEDLE_CUDA_CHECK(cudaEventSynchronize(block_.copied));
     check_device_error_flag();

@@ -159,8 +159,8 @@ TEST_CASE("cuda non-blocking copies to the host land in pinned memory, read when
   CHECK(host.device().is_cpu());
   CHECK(host.buffer()->pinned());
   CHECK(host.shape() == x.shape());
-  const std::vector<float> blocking = x.to(cpu()).to_vector<float>();
-  CHECK(host.to_vector<float>() == blocking);
+  const std::vector<float> copied = host.to_vector<float>();  // read before anything syncs
+  CHECK(copied == x.to(cpu()).to_vector<float>());
   // A host computation on the copy reads its values.
   CHECK(sum(host, {0, 1}).item() == sum(x.to(cpu()), {0, 1}).item());
 
@@ -176,12 +176,14 @@ TEST_CASE("cuda non-blocking copies to the host land in pinned memory, read when
   CHECK(none.numel() == 0);
   CHECK_FALSE(none.buffer()->pinned());  // nothing to copy: a plain empty host array
 
-  // Copies held at once get blocks of their own; copies dropped unread give theirs back only
-  // once they land, so later copies are not overwritten.
+  // Copies held at once get blocks of their own; copies dropped unread (of the same size, so
+  // their blocks are candidates) give theirs back only once they land, so later copies are not
+  // overwritten. Work queued ahead keeps the copies in flight.
   std::vector<NDArray> held;
   for (int i = 0; i < 16; ++i) {
+    x = matmul(x, w);
     NDArray v = NDArray::full({1 << 14}, i, DType::Float32, kCuda);
-    (void)(x + Scalar(i)).to(cpu(), true);  // dropped while in flight
+    (void)(v + Scalar(100)).to(cpu(), true);  // dropped while in flight
     held.push_back(v.to(cpu(), true));
   }
   for (int i = 0; i < 16; ++i) {

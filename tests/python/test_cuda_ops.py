@@ -704,8 +704,11 @@ def test_non_blocking_copy_to_the_host():
     h64 = y.to("cpu", ndl.float64, non_blocking=True)
     assert h64.dtype == ndl.float64 and h64.is_pinned()
     np.testing.assert_array_equal(h64.numpy(), y.numpy().astype(np.float64))
-    np.testing.assert_array_equal(y.t().to("cpu", non_blocking=True).numpy(), y.numpy().T)
+    np.testing.assert_array_equal(y.T.to("cpu", non_blocking=True).numpy(), y.numpy().T)
     # Small scalars, read as the training loop reads them.
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from apps import train_utils as U
     loss = (y * y).mean()
     norm = ndl.nn.utils.clip_grad_norm_([x], 1e9)
@@ -714,3 +717,9 @@ def test_non_blocking_copy_to_the_host():
     # A CPU tensor is returned as it is.
     c = ndl.tensor([1.0, 2.0])
     assert not c.to("cpu", non_blocking=True).is_pinned()
+    # A pinned copy uploaded again: the upload is waited for, so writing the host copy right
+    # after it cannot change what the GPU received.
+    h = y.to("cpu", non_blocking=True)
+    back = h.to("cuda")
+    h.fill_(0.0)
+    np.testing.assert_array_equal(back.numpy(), y.numpy())

@@ -477,6 +477,22 @@ def test_to_astype_and_casts():
     assert x.to(nd.zeros(1, dtype=ndl.int64)).dtype == ndl.int64
     assert x.double().dtype == ndl.float64 and x.long().dtype == ndl.int64
     assert x.cpu().device == ndl.cpu()
+    # A copy to the device an array is on is the array itself, non_blocking or not.
+    assert not x.to("cpu", non_blocking=True).is_pinned()
+    check(x.to("cpu", "float64", non_blocking=True), [1.7, -2.2], ndl.float64)
+
+
+@pytest.mark.parametrize("make", [lambda a: nd.NDArray(a), lambda a: ndl.tensor(a)], ids=["ndarray", "tensor"])
+def test_to_rejects_bad_targets_and_a_dtype_given_twice(make):
+    x = make(np.array([1.5, 2.0], dtype=np.float32))
+    assert x.to("cpu", dtype="float64").dtype == ndl.float64
+    assert x.to(dtype=np.int32).dtype == ndl.int32
+    with pytest.raises(TypeError, match=r"got a dtype twice, float64 as the first argument and float32 as dtype="):
+        x.to("float64", dtype="float32")
+    with pytest.raises(TypeError, match=r"to\(\): expected a device .* or a dtype: .*3\.5"):
+        x.to(3.5)
+    with pytest.raises(ValueError, match=r"invalid device 'cuda:zz'"):
+        x.to("cuda:zz")
 
 
 def test_pickle_and_copy():
