@@ -337,10 +337,16 @@ void copy_from_host(void* dst, const void* src, size_t nbytes) {
   // `src` at once without a stream sync. From page-locked memory (a non-blocking copy's result,
   // or memory another library pinned) the copy is truly asynchronous: wait for it, or the caller
   // could change or free the source before the GPU has read it.
+  // (CUDA 11 and later report plain host memory as cudaMemoryTypeUnregistered; older runtimes
+  // returned cudaErrorInvalidValue for it, which is cleared and taken to mean pageable.)
   cudaPointerAttributes attr{};
-  NEEDLE_CUDA_CHECK(cudaPointerGetAttributes(&attr, src));
+  bool pinned = false;
+  if (cudaPointerGetAttributes(&attr, src) == cudaSuccess)
+    pinned = attr.type == cudaMemoryTypeHost;
+  else
+    (void)cudaGetLastError();
   NEEDLE_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream()));
-  if (attr.type == cudaMemoryTypeHost) NEEDLE_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  if (pinned) NEEDLE_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
 void synchronize() {
