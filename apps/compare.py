@@ -245,11 +245,10 @@ def run_torch(s, args, out_dir):
     train_time, wall_start = 0.0, time.perf_counter()
     reads = U.LaggedReads(to_host=U.torch_to_host)
     value = None  # the loss of the last step read
-    recent = []  # seconds of the last steps, for the progress line's rate (as apps/train.py)
 
     def log_steps(read):
         """Checks and logs the steps whose values were just read (U.StepValues)."""
-        nonlocal train_time, value, recent
+        nonlocal train_time, value
         for r in read:
             value = r.losses[0]
             if not math.isfinite(value):
@@ -257,8 +256,7 @@ def run_torch(s, args, out_dir):
             train_time += r.seconds
             metrics.append({"type": "train", "step": r.step, "loss": value, "lr": r.lr, "grad_norm": r.grad_norm,
                             "step_time": r.seconds, "tokens_per_s": tokens_per_step / r.seconds})
-            recent = (recent + [r.seconds])[-20:]
-            progress.update(r.step, value, tokens_per_step * len(recent) / sum(recent))
+            progress.update(r.step, value, tokens_per_step, r.seconds)
 
     for step in range(1, s["steps"] + 1):
         lr = scheduler.get_last_lr()[0]

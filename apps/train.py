@@ -393,7 +393,6 @@ def train(argv=None, build_model=None):
     progress = U.Progress(cfg["steps"], step, every=args.log_interval)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     run_start_tokens, run_start_time = tokens_seen, train_time
-    recent = []  # seconds of the last steps, for the progress line's rate
     first_step = step + 1
     reads = U.LaggedReads()
     train_loss = None  # the mean loss of the last step read
@@ -403,7 +402,7 @@ def train(argv=None, build_model=None):
         one step late, after the next step is queued, so the optimizer has already applied a
         non-finite step in memory; but no checkpoint is written after a step before its values
         pass them, so the last good checkpoint stays intact."""
-        nonlocal train_time, tokens_seen, recent, train_loss
+        nonlocal train_time, tokens_seen, train_loss
         for r in read:
             for micro, value in enumerate(r.losses):
                 if not math.isfinite(value):
@@ -418,8 +417,7 @@ def train(argv=None, build_model=None):
             metrics.append({"type": "train", "step": r.step, "loss": train_loss, "lr": r.lr,
                             "grad_norm": r.grad_norm, "tokens": tokens_seen, "step_time": r.seconds,
                             "tokens_per_s": tokens_per_step / r.seconds})
-            recent = (recent + [r.seconds])[-20:]
-            progress.update(r.step, train_loss, tokens_per_step * len(recent) / sum(recent))
+            progress.update(r.step, train_loss, tokens_per_step, r.seconds)
 
     try:
         while step < last_step:

@@ -323,10 +323,14 @@ def format_duration(seconds):
 
 class Progress:
     """One status line: a bar, step, loss, tokens/s and ETA. Redrawn in place on a terminal;
-    elsewhere (logs, CI) printed as a plain line every `every` steps."""
+    elsewhere (logs, CI) printed as a plain line every `every` steps. The rate is over the last
+    `window` steps, so one step timed short or long (read just after an evaluation) hardly
+    moves it."""
 
-    def __init__(self, total_steps, first_step, every=10, stream=None, width=24):
+    def __init__(self, total_steps, first_step, every=10, stream=None, width=24, window=20):
         self.total = total_steps
+        self.window = window
+        self.recent = []  # (tokens, seconds) of the last steps
         self.first = first_step
         self.every = max(1, every)
         self.stream = stream or sys.stderr
@@ -335,9 +339,12 @@ class Progress:
         self.start = time.perf_counter()
         self.drawn = False
 
-    def update(self, step, loss, tokens_per_s):
+    def update(self, step, loss, tokens, seconds):
+        """Records a step of `tokens` tokens that took `seconds`, and redraws."""
+        self.recent = (self.recent + [(tokens, seconds)])[-self.window:]
         if not self.tty and step % self.every and step != self.total:
             return
+        tokens_per_s = sum(t for t, _ in self.recent) / sum(s for _, s in self.recent)
         done = step - self.first
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (self.total - step) if done else float("nan")

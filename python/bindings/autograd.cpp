@@ -203,143 +203,114 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
             return Tensor(a, requires_grad);
           }),
           py::arg("data"), py::arg("requires_grad") = false)
-      .def_property_readonly("shape",
-                             [](const Tensor& t) {
-                               py::tuple r(t.ndim());
-                               for (int i = 0; i < t.ndim(); ++i) r[i] = t.shape()[i];
-                               return r;
-                             })
+      .def_property_readonly("shape", [](const Tensor& t) {
+             py::tuple r(t.ndim());
+             for (int i = 0; i < t.ndim(); ++i) r[i] = t.shape()[i];
+             return r;
+           })
       .def_property_readonly("dtype", &Tensor::dtype)
       .def_property_readonly("device", &Tensor::device)
       .def_property_readonly("ndim", &Tensor::ndim)
       .def_property_readonly("is_leaf", &Tensor::is_leaf)
-      .def_property_readonly("grad_fn",
-                             [](const Tensor& t) -> py::object {
-                               if (!t.op()) return py::none();
-                               return py::str(t.op()->name());
-                             })
+      .def_property_readonly("grad_fn", [](const Tensor& t) -> py::object {
+             if (!t.op()) return py::none();
+             return py::str(t.op()->name());
+           })
       .def_property("requires_grad", &Tensor::requires_grad,
                     [](const Tensor& t, bool v) { t.requires_grad_(v); })
-      .def_property(
-          "grad",
-          [](const Tensor& t) -> py::object {
-            Tensor g = t.grad();
-            return g.defined() ? py::cast(g) : py::none();
-          },
-          [](const Tensor& t, py::handle g) {
-            t.set_grad(g.is_none() ? Tensor() : as_tensor(g, t));
-          })
-      .def_property(
-          "data", [](const Tensor& t) { return t.detach(); },
-          [](const Tensor& t, py::handle v) {
-            NDArray a =
-                py::isinstance<Tensor>(v) ? py::cast<Tensor>(v).data() : as_tensor(v, t).data();
-            NEEDLE_CHECK(a.shape() == t.shape(), ValueError, "data of shape ", shape_str(a.shape()),
-                         " assigned to a tensor of shape ", shape_str(t.shape()));
-            t.set_data(a);
-          })
-      .def_property_readonly(
-          "array", [](const Tensor& t) { return t.data(); },
-          "The underlying NDArray (shares memory).")
-      .def(
-          "requires_grad_",
-          [](const Tensor& t, bool v) {
-            t.requires_grad_(v);
-            return t;
-          },
-          py::arg("requires_grad") = true)
+      .def_property("grad", [](const Tensor& t) -> py::object {
+             Tensor g = t.grad();
+             return g.defined() ? py::cast(g) : py::none();
+           },
+           [](const Tensor& t, py::handle g) {
+             t.set_grad(g.is_none() ? Tensor() : as_tensor(g, t));
+           })
+      .def_property("data", [](const Tensor& t) { return t.detach(); },
+                    [](const Tensor& t, py::handle v) {
+                      NDArray a = py::isinstance<Tensor>(v) ? py::cast<Tensor>(v).data()
+                                                              : as_tensor(v, t).data();
+                      NEEDLE_CHECK(a.shape() == t.shape(), ValueError, "data of shape ",
+                                   shape_str(a.shape()), " assigned to a tensor of shape ",
+                                   shape_str(t.shape()));
+                      t.set_data(a);
+                    })
+      .def_property_readonly("array", [](const Tensor& t) { return t.data(); },
+                             "The underlying NDArray (shares memory).")
+      .def("requires_grad_", [](const Tensor& t, bool v) { t.requires_grad_(v); return t; },
+           py::arg("requires_grad") = true)
       .def("detach", &Tensor::detach)
-      .def(
-          "backward",
-          [](const Tensor& t, py::handle gradient, bool retain_graph, bool create_graph) {
-            Tensor g = gradient.is_none() ? Tensor() : as_tensor(gradient, t);
-            py::gil_scoped_release release;
-            t.backward(g, retain_graph, create_graph);
-          },
-          py::arg("gradient") = py::none(), py::arg("retain_graph") = false,
-          py::arg("create_graph") = false)
-      .def(
-          "size",
-          [](const Tensor& t, py::handle dim) -> py::object {
-            if (dim.is_none()) {
-              py::tuple r(t.ndim());
-              for (int i = 0; i < t.ndim(); ++i) r[i] = t.shape()[i];
-              return r;
-            }
-            return py::int_(t.size(py::cast<int>(dim)));
-          },
-          py::arg("dim") = py::none())
+      .def("backward", [](const Tensor& t, py::handle gradient, bool retain_graph, bool create_graph) {
+             Tensor g = gradient.is_none() ? Tensor() : as_tensor(gradient, t);
+             py::gil_scoped_release release;
+             t.backward(g, retain_graph, create_graph);
+           }, py::arg("gradient") = py::none(), py::arg("retain_graph") = false,
+           py::arg("create_graph") = false)
+      .def("size", [](const Tensor& t, py::handle dim) -> py::object {
+             if (dim.is_none()) {
+               py::tuple r(t.ndim());
+               for (int i = 0; i < t.ndim(); ++i) r[i] = t.shape()[i];
+               return r;
+             }
+             return py::int_(t.size(py::cast<int>(dim)));
+           }, py::arg("dim") = py::none())
       .def("numel", &Tensor::numel)
       .def("dim", &Tensor::ndim)
-      .def("__len__",
-           [](const Tensor& t) {
+      .def("__len__", [](const Tensor& t) {
              NEEDLE_CHECK(t.ndim() > 0, TypeError, "len() of a 0-d tensor");
              return t.shape()[0];
            })
-      .def("numpy",
-           [](const Tensor& t) {
+      .def("numpy", [](const Tensor& t) {
              NEEDLE_CHECK(!t.requires_grad(), RuntimeError,
                           "can't call numpy() on a tensor that requires grad: use "
                           "tensor.detach().numpy()");
              return to_numpy(t.data());
            })
-      .def(
-          "__array__",
-          [](const Tensor& t, py::handle dtype, py::handle) {
-            py::array a = to_numpy(t.data());
-            return dtype.is_none() ? a : py::array(a.attr("astype")(dtype));
-          },
-          py::arg("dtype") = py::none(), py::arg("copy") = py::none())
+      .def("__array__", [](const Tensor& t, py::handle dtype, py::handle) {
+             py::array a = to_numpy(t.data());
+             return dtype.is_none() ? a : py::array(a.attr("astype")(dtype));
+           }, py::arg("dtype") = py::none(), py::arg("copy") = py::none())
       .def("item", [](const Tensor& t) { return item_to_python(t.data()); })
       .def("tolist", [](const Tensor& t) { return to_numpy(t.data()).attr("tolist")(); })
       .def("__float__", [](const Tensor& t) { return py::float_(item_to_python(t.data())); })
       .def("__int__", [](const Tensor& t) { return py::int_(item_to_python(t.data())); })
-      .def("__bool__",
-           [](const Tensor& t) {
+      .def("__bool__", [](const Tensor& t) {
              NEEDLE_CHECK(t.numel() == 1, ValueError, "the truth value of a tensor with ",
                           t.numel(), " elements is ambiguous");
              return t.data().item() != 0;
            })
       .def("__repr__", &tensor_repr)
-      .def(
-          "to",
-          [](const Tensor& t, py::handle target, py::handle dtype, bool non_blocking) {
-            std::optional<Device> device;
-            std::optional<DType> dt = to_optional_dtype(dtype);
-            parse_to_target(target, device, dt);
-            // The dtype is converted on the source device, so a non-blocking copy to the CPU
-            // is queued last and nothing on the CPU has to wait for it.
-            Tensor r = dt ? astype(t, *dt) : t;
-            return device ? to_device(r, *device, non_blocking) : r;
-          },
-          py::arg("device") = py::none(), py::arg("dtype") = py::none(),
-          py::arg("non_blocking") = false,
-          "A copy on another device and/or with another dtype (self when nothing changes). "
-          "non_blocking=True queues a GPU-to-CPU copy into page-locked memory without waiting: "
-          "the result waits for it on first use, and then only for the work queued before it.")
-      .def(
-          "is_pinned",
-          [](const Tensor& t) { return t.data().defined() && t.data().buffer()->pinned(); },
-          "True for the page-locked host memory of a non-blocking copy from a GPU.")
       .def("cpu", [](const Tensor& t) { return to_device(t, cpu()); })
       .def("cuda", [](const Tensor& t) { return to_device(t, Device(DeviceType::CUDA, 0)); })
       .def("float", [](const Tensor& t) { return astype(t, DType::Float32); })
       .def("double", [](const Tensor& t) { return astype(t, DType::Float64); })
       .def("long", [](const Tensor& t) { return astype(t, DType::Int64); })
       .def("bfloat16", [](const Tensor& t) { return astype(t, DType::BFloat16); })
-      .def("contiguous",
-           [](const Tensor& t) { return t.data().is_compact() ? t : reshape(t, t.shape()); })
+      .def("contiguous", [](const Tensor& t) {
+             return t.data().is_compact() ? t : reshape(t, t.shape());
+           })
       .def("is_contiguous", [](const Tensor& t) { return t.data().is_compact(); })
       .def("clone", [](const Tensor& t) { return mul(t, Scalar(1)); })
-      .def("zero_",
-           [](const Tensor& t) {
-             t.data().fill(0);
-             return t;
-           })
-      .def("fill_", [](const Tensor& t, double v) {
-        t.data().fill(v);
-        return t;
-      });
+      .def("zero_", [](const Tensor& t) { t.data().fill(0); return t; })
+      .def("fill_", [](const Tensor& t, double v) { t.data().fill(v); return t; });
+  cls.def(
+      "to",
+      [](const Tensor& t, py::handle target, py::handle dtype, bool non_blocking) {
+        std::optional<Device> device;
+        std::optional<DType> dt = to_optional_dtype(dtype);
+        parse_to_target(target, device, dt);
+        // The dtype is converted on the source device, so a non-blocking copy to the CPU is
+        // queued last and nothing on the CPU has to wait for it.
+        Tensor r = dt ? astype(t, *dt) : t;
+        return device ? to_device(r, *device, non_blocking) : r;
+      },
+      py::arg("device") = py::none(), py::arg("dtype") = py::none(),
+      py::arg("non_blocking") = false,
+      "A copy on another device and/or with another dtype (self when nothing changes). "
+      "non_blocking=True queues a GPU-to-CPU copy into page-locked memory without waiting: the "
+      "result waits for it on first use, and then only for the work queued before it.");
+  cls.def(
+      "is_pinned", [](const Tensor& t) { return t.data().defined() && t.data().buffer()->pinned(); },
+      "True for the page-locked host memory of a non-blocking copy from a GPU.");
   bind_tensor_ops(cls);
 
   m.def("is_grad_enabled", &grad_enabled);

@@ -361,12 +361,11 @@ void copy_to_host(void* dst, const void* src, size_t nbytes) {
   synchronize();
 }
 
-// --- non-blocking copies to the host
-// --------------------------------------------------------------- A copy into pageable memory makes
-// the host wait for the stream, so copy_to_host_async copies into page-locked blocks kept by this
-// cache (cudaHostAlloc costs far more than a small copy). Each block carries an event recorded
-// after its latest copy: a returned block is handed out again only once that event has completed,
-// so dropping an unread copy is safe.
+// --- non-blocking copies to the host -----------------------------------------------------------
+// A copy into pageable memory makes the host wait for the stream, so copy_to_host_async copies
+// into page-locked blocks kept by this cache (cudaHostAlloc costs far more than a small copy).
+// Each block carries an event recorded after its latest copy: a returned block is handed out
+// again only once that event has completed, so dropping an unread copy is safe.
 namespace {
 
 constexpr size_t kPinnedRound = 512;

@@ -514,13 +514,9 @@ NDArray NDArray::to(const Device& target, bool non_blocking) const {
   if (here == target) return *this;
   NDArray src = compact();
   if (non_blocking && target.is_cpu() && src.nbytes() > 0 && src.backend().copy_to_host_async) {
-    NDArray out;
-    out.buffer_ = std::make_shared<Buffer>(
+    auto host = std::make_shared<Buffer>(
         src.backend().copy_to_host_async(src.data_ptr(), src.nbytes()), src.nbytes());
-    out.shape_ = shape_;
-    out.strides_ = compact_strides(shape_);
-    out.dtype_ = dtype_;
-    return out;
+    return from_buffer(std::move(host), shape_, compact_strides(shape_), 0, dtype_);
   }
   NDArray out = empty(shape_, dtype_, target);
   if (out.nbytes() == 0) return out;

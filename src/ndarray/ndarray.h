@@ -171,8 +171,7 @@ class NDArray {
   void setitem(const std::vector<Index>& index, const NDArray& value) const;
   void setitem(const std::vector<Index>& index, double value) const;
 
-  // --- host access (waits for the device)
-  // --------------------------------------------------------------
+  // --- host access (waits for the device) ---------------------------------------------------
   void copy_to_host(void* dst) const;  // compact layout, nbytes() bytes
   double item() const;                 // a one-element array's value
   template <typename T>

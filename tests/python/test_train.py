@@ -406,3 +406,15 @@ def test_lagged_reads_queue_the_copies_at_push_and_read_them_one_step_later():
     assert one.losses == [2.0, 3.0] and one.grad_norm == 0.5
     (two,) = reads.flush()
     assert events[3:] == [("read", [4.0])] and two.losses == [4.0] and math.isnan(two.grad_norm)
+
+
+def test_progress_rate_is_over_the_last_steps():
+    import io
+
+    out = io.StringIO()
+    p = U.Progress(3, 0, every=1, stream=out, window=2)
+    p.update(1, 1.0, 100, 1.0)
+    p.update(2, 1.0, 100, 0.5)   # (100 + 100) / 1.5 s
+    p.update(3, 1.0, 100, 0.25)  # the first step left the window: 200 / 0.75 s
+    rates = [line.split("  ")[2] for line in out.getvalue().splitlines()]
+    assert rates == ["100 tok/s", "133 tok/s", "267 tok/s"]
