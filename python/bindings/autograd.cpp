@@ -169,7 +169,7 @@ void bind_tensor_ops(TensorClass& cls) {
              if (py::isinstance<py::int_>(size)) {
                int64_t each = py::cast<int64_t>(size);
                NEEDLE_CHECK(each > 0, ValueError, "split: size must be positive, got ", each);
-               int64_t n = a.shape()[normalize_dim(dim, a.ndim())];
+               int64_t n = a.shape()[normalize_existing_dim(dim, a.ndim(), "split")];
                std::vector<int64_t> sizes;
                for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
                return split(a, sizes, dim);
@@ -370,8 +370,8 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
                          std::optional<Tensor> b, double eps) {
          Shape ns = to_shape(shape);
          NEEDLE_CHECK(ns.size() == 1 && x.ndim() >= 1 && ns[0] == x.shape().back(), ValueError,
-                      "layer_norm: normalized_shape must be the last dim (", x.shape().back(),
-                      ",), got ", shape_str(ns));
+                      "layer_norm: normalized_shape must be the input's last dim (input of shape ",
+                      shape_str(x.shape()), "), got ", shape_str(ns));
          return layer_norm(x, w.value_or(Tensor()), b.value_or(Tensor()), eps);
        }, py::arg("input"), py::arg("normalized_shape"), py::arg("weight") = py::none(),
        py::arg("bias") = py::none(), py::arg("eps") = 1e-5);

@@ -102,7 +102,8 @@ std::vector<NDArray> split_function(const NDArray& a, py::handle sizes, int dim)
     // torch.split: chunks of this size, the last one smaller.
     int64_t chunk = to_shape(sizes)[0];
     NEEDLE_CHECK(chunk > 0, ValueError, "split: split_size must be positive, got ", chunk);
-    for (int64_t left = a.size(dim); left > 0; left -= chunk)
+    for (int64_t left = a.shape()[normalize_existing_dim(dim, a.ndim(), "split")]; left > 0;
+         left -= chunk)
       parts.push_back(std::min(chunk, left));
   } else {
     parts = to_shape(sizes);

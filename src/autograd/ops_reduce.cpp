@@ -14,7 +14,10 @@ Shape keepdim_shape(const Shape& shape, const std::vector<int>& dims) {
     for (auto& d : r) d = 1;
     return r;
   }
-  for (int d : dims) r[normalize_dim(d, static_cast<int>(shape.size()))] = 1;
+  for (int d : dims) {
+    int k = normalize_dim(d, static_cast<int>(shape.size()));
+    if (!r.empty()) r[k] = 1;  // a 0-d input has nothing to set
+  }
   return r;
 }
 

@@ -127,7 +127,10 @@ Tensor permute(const Tensor& a, const std::vector<int>& dims) {
 }
 
 Tensor transpose(const Tensor& a, int d0, int d1) {
-  if (a.ndim() < 2) return a;
+  if (a.ndim() < 2) {
+    (void)a.data().transpose(d0, d1);  // validates the dims
+    return a;
+  }
   std::vector<int> dims(a.ndim());
   std::iota(dims.begin(), dims.end(), 0);
   std::swap(dims[normalize_dim(d0, a.ndim())], dims[normalize_dim(d1, a.ndim())]);

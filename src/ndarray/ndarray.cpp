@@ -103,6 +103,12 @@ int normalize_dim(int dim, int ndim) {
   return dim < 0 ? dim + n : dim;
 }
 
+int normalize_existing_dim(int dim, int ndim, const char* op) {
+  NEEDLE_CHECK(ndim > 0, IndexError, op, ": dimension ", dim,
+               " was given, but the array is 0-d (it has no dimensions)");
+  return normalize_dim(dim, ndim);
+}
+
 static void check_shape_valid(const Shape& shape) {
   for (int64_t d : shape)
     NEEDLE_CHECK(d >= 0, ValueError, "invalid shape ", shape_str(shape),
@@ -213,7 +219,7 @@ Device NDArray::device() const {
 
 int64_t NDArray::numel() const { return shape_numel(shape_); }
 
-int64_t NDArray::size(int dim) const { return shape_[normalize_dim(dim, ndim())]; }
+int64_t NDArray::size(int dim) const { return shape_[normalize_existing_dim(dim, ndim(), "size")]; }
 
 bool NDArray::is_compact() const {
   int64_t expect = 1;
@@ -440,7 +446,7 @@ NDArray NDArray::as_strided(const Shape& shape, const Strides& strides, int64_t 
 
 NDArray NDArray::slice(int dim, std::optional<int64_t> start, std::optional<int64_t> stop,
                        int64_t step) const {
-  int d = normalize_dim(dim, ndim());
+  int d = normalize_existing_dim(dim, ndim(), "slice");
   const SliceRange range = slice_range(shape_[d], start, stop, step);
   NDArray r = *this;
   if (range.length > 0) r.offset_ += range.begin * strides_[d];
@@ -450,7 +456,7 @@ NDArray NDArray::slice(int dim, std::optional<int64_t> start, std::optional<int6
 }
 
 NDArray NDArray::select(int dim, int64_t index) const {
-  int d = normalize_dim(dim, ndim());
+  int d = normalize_existing_dim(dim, ndim(), "select");
   int64_t n = shape_[d];
   NEEDLE_CHECK(index >= -n && index < n, IndexError, "index ", index,
                " is out of bounds for dimension ", d, " with size ", n);

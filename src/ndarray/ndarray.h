@@ -198,6 +198,9 @@ std::string shape_str(const Shape& shape);
 Shape broadcast_shapes(const Shape& a, const Shape& b);
 // Wraps a possibly negative dim into [0, ndim); IndexError when out of range.
 int normalize_dim(int dim, int ndim);
+// normalize_dim for an op that indexes the dim itself (size, slice, select, split, index_add):
+// a 0-d array has no dim to index, so dim 0 and -1 raise IndexError there, naming `op`.
+int normalize_existing_dim(int dim, int ndim, const char* op);
 // A slice of a dim of size n by Python's slice.indices() rules (step != 0, negative steps
 // included): the first index taken and how many are taken, `step` apart.
 struct SliceRange {

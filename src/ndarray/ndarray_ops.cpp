@@ -471,9 +471,8 @@ static NDArray check_index(const NDArray& index, const NDArray& a, const char* o
 }
 
 NDArray index_select(const NDArray& a, int dim, const NDArray& index_in) {
-  int d = normalize_dim(dim, a.ndim());
+  int d = normalize_existing_dim(dim, a.ndim(), "index_select");
   NDArray index = check_index(index_in, a, "index_select");
-  NEEDLE_CHECK(a.ndim() > 0, ValueError, "index_select: expected an array with at least 1 dim");
   int64_t outer, inner, n = a.shape()[d], k = index.numel();
   index_dims(a, d, &outer, &inner);
   Shape shape = a.shape();
@@ -486,7 +485,7 @@ NDArray index_select(const NDArray& a, int dim, const NDArray& index_in) {
 }
 
 NDArray index_add(const NDArray& a, int dim, const NDArray& index_in, const NDArray& src) {
-  int d = normalize_dim(dim, a.ndim());
+  int d = normalize_existing_dim(dim, a.ndim(), "index_add");
   NDArray index = check_index(index_in, a, "index_add");
   check_same_device(a, src, "index_add");
   Shape expect = a.shape();
@@ -556,7 +555,7 @@ NDArray stack(const std::vector<NDArray>& arrays, int dim) {
 }
 
 std::vector<NDArray> split(const NDArray& a, const std::vector<int64_t>& sizes, int dim) {
-  int d = normalize_dim(dim, a.ndim());
+  int d = normalize_existing_dim(dim, a.ndim(), "split");
   int64_t total = 0;
   for (int64_t s : sizes) {
     NEEDLE_CHECK(s >= 0, ValueError, "split: sizes must be non-negative");
@@ -576,7 +575,7 @@ std::vector<NDArray> split(const NDArray& a, const std::vector<int64_t>& sizes, 
 std::vector<NDArray> chunk(const NDArray& a, int64_t chunks, int dim) {
   NEEDLE_CHECK(chunks > 0, ValueError, "chunk: expected a positive number of chunks, got ",
                chunks);
-  int d = normalize_dim(dim, a.ndim());
+  int d = normalize_existing_dim(dim, a.ndim(), "chunk");
   int64_t n = a.shape()[d], each = (n + chunks - 1) / chunks;
   std::vector<int64_t> sizes;
   for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
@@ -585,8 +584,15 @@ std::vector<NDArray> chunk(const NDArray& a, int64_t chunks, int dim) {
 }
 
 NDArray flip(const NDArray& a, const std::vector<int>& dims) {
+  // As torch.flip: each dim at most once, and a 0-d array accepts dim 0 and -1 (and is unchanged).
+  std::vector<bool> seen(std::max(a.ndim(), 1), false);
   NDArray r = a;
-  for (int dim : dims) r = r.slice(dim, std::nullopt, std::nullopt, -1);
+  for (int dim : dims) {
+    int d = normalize_dim(dim, a.ndim());
+    NEEDLE_CHECK(!seen[d], ValueError, "flip: dim ", d, " appears more than once in the dims");
+    seen[d] = true;
+    if (a.ndim() > 0) r = r.slice(d, std::nullopt, std::nullopt, -1);
+  }
   return r.clone();
 }
 

@@ -176,6 +176,29 @@ TEST_CASE("cpu indexing: out-of-range indices raise IndexError naming index and 
   CHECK_THROWS_AS(index_add(x, 1, negative, NDArray::ones({4, 1})), IndexError);
 }
 
+TEST_CASE("0-d arrays: ops that index a dim raise IndexError, flip and reductions accept dim 0",
+          "[cpu][indexing]") {
+  NDArray x = NDArray::full({}, 3.0, DType::Float32, cpu());
+  NDArray index = from_values({0}, {1}, DType::Int64, cpu());
+  CHECK_THROWS_AS(x.size(0), IndexError);
+  CHECK_THROWS_AS(x.slice(-1, 0, 1), IndexError);
+  CHECK_THROWS_AS(x.select(0, 0), IndexError);
+  CHECK_THROWS_AS(split(x, {1}, 0), IndexError);
+  CHECK_THROWS_AS(chunk(x, 2, 0), IndexError);
+  CHECK_THROWS_AS(index_select(x, 0, index), IndexError);
+  CHECK_THROWS_AS(index_add(x, 0, index, x), IndexError);
+  try {
+    x.size(-1);
+    FAIL("expected IndexError");
+  } catch (const IndexError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("size: dimension -1") && Catch::Contains("0-d"));
+  }
+  CHECK(flip(x, {0}).item() == 3.0);
+  CHECK_THROWS_AS(flip(x, {1}), IndexError);
+  CHECK_THROWS_AS(flip(NDArray::ones({2, 3}), {1, -1}), ValueError);
+  CHECK(sum(x, {0}).item() == 3.0);
+}
+
 TEST_CASE("add_into: a broadcast dst is refused, a src sharing dst's buffer is read first", "[cpu]") {
   NDArray row = NDArray::ones({1, 3}, DType::Float32);
   CHECK_THROWS_WITH(add_into(row.broadcast_to({2, 3}), NDArray::ones({2, 3}, DType::Float32)),

@@ -51,6 +51,51 @@ def test_out_of_range_dims():
         x.index_select(0, nd.NDArray([5]))
 
 
+@pytest.mark.parametrize("make", [lambda: nd.NDArray(3.0), lambda: ndl.tensor(3.0)],
+                         ids=["ndarray", "tensor"])
+def test_zero_dim_arrays_have_no_dim_to_index(make):
+    # A 0-d array accepts dim 0 and -1 where PyTorch does (reductions, softmax, flip), but the ops
+    # that index the dim itself have none to index: these read past the shape before the check.
+    x = make()
+    no_dims = r"{}: dimension {} was given, but the array is 0-d"
+    with pytest.raises(IndexError, match=no_dims.format("size", 0)):
+        x.size(0)
+    with pytest.raises(IndexError, match=no_dims.format("size", -1)):
+        x.size(-1)
+    with pytest.raises(IndexError, match=no_dims.format("split", 0)):
+        x.split(1)
+    with pytest.raises(IndexError, match=no_dims.format("split", 0)):
+        x.split([1])
+    with pytest.raises(IndexError, match=no_dims.format("chunk", 0)):
+        x.chunk(2)
+    assert float(x.flip(0)) == 3.0 and x.flip(-1).shape == ()  # as torch.flip
+    assert float(x.sum(0)) == 3.0 and float(x.softmax(-1)) == 1.0
+    with pytest.raises(IndexError, match=r"dimension 1 is out of range"):
+        x.flip(1)
+    with pytest.raises(IndexError, match=r"dimension 2 is out of range"):
+        x.transpose(0, 2)
+    if isinstance(x, nd.NDArray):
+        with pytest.raises(IndexError, match=no_dims.format("index_select", 0)):
+            x.index_select(0, nd.NDArray([0]))
+
+
+def test_flip_dims_once_each():
+    x = nd.NDArray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(x.flip((0, 1)).numpy(), x.numpy()[::-1, ::-1])
+    for y in (x, ndl.tensor(x.numpy())):
+        with pytest.raises(ValueError, match=r"flip: dim 1 appears more than once"):
+            y.flip((1, -1))
+
+
+def test_layer_norm_of_a_zero_dim_input():
+    with pytest.raises(ValueError, match=r"layer_norm: normalized_shape.*shape \(\)"):
+        ndl.nn.functional.layer_norm(ndl.tensor(1.0), -1)
+
+
+def test_transpose_of_a_vector_checks_its_dims():
+    with pytest.raises(IndexError, match=r"dimension 5 is out of range"):
+        ndl.randn(3, requires_grad=True).transpose(0, 5)
+
 @pytest.mark.parametrize("bad", ["float8", "complex64", "int"])
 def test_bad_dtype_names(bad):
     if bad == "int":  # an alias needle accepts (int32), checked so the test can fail
