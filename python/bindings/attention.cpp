@@ -91,25 +91,25 @@ void init_attention(py::module_& m) {
           "key blocks of each query block.")
       .def_static("per_head", &BlockSparseLayout::per_head, arg("layouts"),
                   "One layout per attention head from single-head layouts of equal geometry.")
-      .def_property_readonly("block_size", &BlockSparseLayout::block_size)
-      .def_property_readonly("num_blocks", &BlockSparseLayout::num_blocks,
+      .def_property_readonly("block_size", self_ref(&BlockSparseLayout::block_size))
+      .def_property_readonly("num_blocks", self_ref(&BlockSparseLayout::num_blocks),
                              "Kept blocks, summed over layout heads.")
-      .def_property_readonly("seq_len", &BlockSparseLayout::q_len)
-      .def_property_readonly("q_len", &BlockSparseLayout::q_len)
-      .def_property_readonly("k_len", &BlockSparseLayout::k_len)
-      .def_property_readonly("num_q_blocks", &BlockSparseLayout::num_q_blocks)
-      .def_property_readonly("num_k_blocks", &BlockSparseLayout::num_k_blocks)
-      .def_property_readonly("num_heads", &BlockSparseLayout::heads)
-      .def_property_readonly("causal", &BlockSparseLayout::causal)
-      .def_property_readonly("name", &BlockSparseLayout::name)
+      .def_property_readonly("seq_len", self_ref(&BlockSparseLayout::q_len))
+      .def_property_readonly("q_len", self_ref(&BlockSparseLayout::q_len))
+      .def_property_readonly("k_len", self_ref(&BlockSparseLayout::k_len))
+      .def_property_readonly("num_q_blocks", self_ref(&BlockSparseLayout::num_q_blocks))
+      .def_property_readonly("num_k_blocks", self_ref(&BlockSparseLayout::num_k_blocks))
+      .def_property_readonly("num_heads", self_ref(&BlockSparseLayout::heads))
+      .def_property_readonly("causal", self_ref(&BlockSparseLayout::causal))
+      .def_property_readonly("name", self_ref(&BlockSparseLayout::name))
       .def_property_readonly("row_ptr",
                              [](const BlockSparseLayout& l) { return int32_array(l.row_ptr()); })
       .def_property_readonly("col_idx",
                              [](const BlockSparseLayout& l) { return int32_array(l.col_idx()); })
-      .def("density", &BlockSparseLayout::density,
+      .def("density", self_ref(&BlockSparseLayout::density),
            "Kept blocks / blocks of the dense layout of the same causality.")
       .def("to_block_mask", &block_mask, "NumPy bool (QB, KB), or (heads, QB, KB) per head.")
-      .def("__repr__", &BlockSparseLayout::repr);
+      .def("__repr__", self_ref(&BlockSparseLayout::repr));
 
   a.def(
       "block_sparse_attention",

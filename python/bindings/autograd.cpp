@@ -208,15 +208,15 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
              for (int i = 0; i < t.ndim(); ++i) r[i] = t.shape()[i];
              return r;
            })
-      .def_property_readonly("dtype", &Tensor::dtype)
-      .def_property_readonly("device", &Tensor::device)
-      .def_property_readonly("ndim", &Tensor::ndim)
-      .def_property_readonly("is_leaf", &Tensor::is_leaf)
+      .def_property_readonly("dtype", self_ref(&Tensor::dtype))
+      .def_property_readonly("device", self_ref(&Tensor::device))
+      .def_property_readonly("ndim", self_ref(&Tensor::ndim))
+      .def_property_readonly("is_leaf", self_ref(&Tensor::is_leaf))
       .def_property_readonly("grad_fn", [](const Tensor& t) -> py::object {
              if (!t.op()) return py::none();
              return py::str(t.op()->name());
            })
-      .def_property("requires_grad", &Tensor::requires_grad,
+      .def_property("requires_grad", self_ref(&Tensor::requires_grad),
                     [](const Tensor& t, bool v) { t.requires_grad_(v); })
       .def_property("grad", [](const Tensor& t) -> py::object {
              Tensor g = t.grad();
@@ -238,7 +238,7 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
                              "The underlying NDArray (shares memory).")
       .def("requires_grad_", [](const Tensor& t, bool v) { t.requires_grad_(v); return t; },
            py::arg("requires_grad") = true)
-      .def("detach", &Tensor::detach)
+      .def("detach", self_ref(&Tensor::detach))
       .def("backward", [](const Tensor& t, py::handle gradient, bool retain_graph, bool create_graph) {
              Tensor g = gradient.is_none() ? Tensor() : as_tensor(gradient, t);
              py::gil_scoped_release release;
@@ -253,8 +253,8 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
              }
              return py::int_(t.size(py::cast<int>(dim)));
            }, py::arg("dim") = py::none())
-      .def("numel", &Tensor::numel)
-      .def("dim", &Tensor::ndim)
+      .def("numel", self_ref(&Tensor::numel))
+      .def("dim", self_ref(&Tensor::ndim))
       .def("__len__", [](const Tensor& t) {
              NEEDLE_CHECK(t.ndim() > 0, TypeError, "len() of a 0-d tensor");
              return t.shape()[0];

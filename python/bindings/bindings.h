@@ -63,6 +63,20 @@ auto without_gil(F&& f) {
   return std::forward<F>(f)();
 }
 
+// A member function as a method whose self is a reference: `.def("numel", self_ref(&T::numel))`.
+// pybind11 binds a bare member-function pointer with a pointer self, and a method bound without
+// py::arg annotations lets None through as self: `NDArray.numel(None)` would call through a null
+// pointer. A reference self refuses None with TypeError. Every member-function pointer bound
+// without py::arg goes through this (tests/python/test_no_crash.py calls them all with None).
+template <typename R, typename T, typename... A>
+auto self_ref(R (T::*f)(A...) const) {
+  return [f](const T& self, A... a) -> R { return (self.*f)(std::forward<A>(a)...); };
+}
+template <typename R, typename T, typename... A>
+auto self_ref(R (T::*f)(A...)) {
+  return [f](T& self, A... a) -> R { return (self.*f)(std::forward<A>(a)...); };
+}
+
 // --- areas
 // -------------------------------------------------------------------------------------------
 void init_errors(py::module_& m);

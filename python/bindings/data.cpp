@@ -96,13 +96,14 @@ void init_data(py::module_& m) {
             return py::bytes(tok.decode_bytes(v));
           },
           py::arg("ids"), "The raw bytes of the ids (may end inside a UTF-8 character).")
-      .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
-      .def_property_readonly("eot_token", &Tokenizer::eot_token, "Id of <|endoftext|>, or None.")
+      .def_property_readonly("vocab_size", self_ref(&Tokenizer::vocab_size))
+      .def_property_readonly("eot_token", self_ref(&Tokenizer::eot_token),
+                             "Id of <|endoftext|>, or None.")
       .def("token_to_id", &Tokenizer::token_to_id, py::arg("token"),
            "Id of a token as the vocabulary spells it (\"Ġworld\"), or None.")
       .def("id_to_token", &Tokenizer::id_to_token, py::arg("id"),
            "The vocabulary's spelling of an id; IndexError if the id is unknown.")
-      .def("__len__", &Tokenizer::vocab_size)
+      .def("__len__", self_ref(&Tokenizer::vocab_size))
       .def("__repr__", [](const Tokenizer& tok) {
         return "Tokenizer(vocab_size=" + std::to_string(tok.vocab_size()) + ")";
       });

@@ -240,7 +240,7 @@ void bind_dtype_and_device(py::module_& m) {
            py::arg("type"), py::arg("index"))
       .def_property_readonly("type", [](const Device& d) { return d.is_cpu() ? "cpu" : "cuda"; })
       .def_property_readonly("index", [](const Device& d) { return d.index; })
-      .def("__str__", &Device::str)
+      .def("__str__", self_ref(&Device::str))
       .def("__repr__",
            [](const Device& d) {
              return d.is_cpu() ? std::string("device(type='cpu')")
@@ -476,13 +476,13 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
 
   // --- metadata
   cls.def_property_readonly("shape", [](const NDArray& a) { return to_tuple(a.shape()); })
-      .def_property_readonly("dtype", &NDArray::dtype)
-      .def_property_readonly("device", &NDArray::device)
-      .def_property_readonly("ndim", &NDArray::ndim)
+      .def_property_readonly("dtype", self_ref(&NDArray::dtype))
+      .def_property_readonly("device", self_ref(&NDArray::device))
+      .def_property_readonly("ndim", self_ref(&NDArray::ndim))
       .def_property_readonly(
           "strides", [](const NDArray& a) { return to_tuple(a.strides()); },
           "Strides in elements (NumPy's are in bytes).")
-      .def_property_readonly("nbytes", &NDArray::nbytes)
+      .def_property_readonly("nbytes", self_ref(&NDArray::nbytes))
       .def_property_readonly("itemsize", [](const NDArray& a) { return itemsize(a.dtype()); })
       .def_property_readonly("is_cuda", [](const NDArray& a) { return a.device().is_cuda(); })
       .def(
@@ -492,17 +492,17 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
             return py::int_(a.size(static_cast<int>(to_int(dim, "size"))));
           },
           py::arg("dim") = py::none())
-      .def("numel", &NDArray::numel)
-      .def("dim", &NDArray::ndim)
+      .def("numel", self_ref(&NDArray::numel))
+      .def("dim", self_ref(&NDArray::ndim))
       .def("element_size", [](const NDArray& a) { return itemsize(a.dtype()); })
       .def("data_ptr", [](const NDArray& a) { return reinterpret_cast<uintptr_t>(a.data_ptr()); })
-      .def("is_contiguous", &NDArray::is_compact)
+      .def("is_contiguous", self_ref(&NDArray::is_compact))
       .def("__len__",
            [](const NDArray& a) {
              if (a.ndim() == 0) throw TypeError("len() of a 0-d array");
              return a.shape()[0];
            })
-      .def("__repr__", &NDArray::repr)
+      .def("__repr__", self_ref(&NDArray::repr))
       .def("__bool__",
            [](const NDArray& a) {
              NEEDLE_CHECK(a.numel() == 1, ValueError, "the truth value of an array with ",

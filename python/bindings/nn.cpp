@@ -63,6 +63,8 @@ NamedArrays dict_to_arrays(py::handle mapping) {
 
 // Recursion over shared_ptr children, so Python gets the existing wrappers of Python modules.
 void named_modules_into(const ModulePtr& m, const std::string& prefix, py::list& out) {
+  // A shared_ptr self is null when the method is called unbound with None.
+  NEEDLE_CHECK(m, TypeError, "named_modules: expected a Module as self, got None");
   out.append(py::make_tuple(prefix, m));
   for (const auto& [name, child] : m->named_children())
     named_modules_into(child, prefix.empty() ? name : prefix + "." + name, out);
@@ -119,6 +121,9 @@ void bind_module(py::module_& nn) {
       .def(py::init<>())
       .def("forward", [](Module& m, const Tensor& x) { return m.forward(x); })
       .def("__call__", [](py::object self, py::args args, py::kwargs kwargs) {
+             NEEDLE_CHECK(py::isinstance<Module>(self), TypeError,
+                          "Module.__call__: expected a Module as self, got ",
+                          py::str(py::type::of(self).attr("__name__")).cast<std::string>());
              return self.attr("forward")(*args, **kwargs);
            })
       .def("__setattr__", &set_attr)
@@ -182,7 +187,7 @@ void bind_module(py::module_& nn) {
              py::cast<Module&>(self).eval();
              return self;
            })
-      .def_property_readonly("training", &Module::training)
+      .def_property_readonly("training", self_ref(&Module::training))
       .def("to", [](py::object self, py::handle target, py::handle dtype) {
              std::optional<Device> dev;
              std::optional<DType> dt = to_optional_dtype(dtype);
@@ -200,15 +205,15 @@ void bind_module(py::module_& nn) {
              py::cast<Module&>(self).to(cpu());
              return self;
            })
-      .def("zero_grad", &Module::zero_grad)
+      .def("zero_grad", self_ref(&Module::zero_grad))
       .def("state_dict", [](const Module& m) { return arrays_to_dict(m.state_dict()); })
       .def("load_state_dict", [incompatible](Module& m, py::handle state, bool strict) {
              LoadResult r = m.load_state_dict(dict_to_arrays(state), strict);
              return incompatible(r.missing, r.unexpected, r.mismatched);
            }, py::arg("state_dict"), py::arg("strict") = true)
       .def("num_parameters", &Module::num_parameters, py::arg("trainable_only") = false)
-      .def("extra_repr", &Module::extra_repr)
-      .def("__repr__", &Module::repr);
+      .def("extra_repr", self_ref(&Module::extra_repr))
+      .def("__repr__", self_ref(&Module::repr));
 }
 
 void bind_layers(py::module_& nn) {
@@ -257,13 +262,13 @@ void bind_layers(py::module_& nn) {
       .def(py::init<>())
       .def("append", &Sequential::append, arg("module"), py::keep_alive<1, 2>())
       .def("forward", &Sequential::forward, arg("input"))
-      .def("__len__", &Sequential::size)
-      .def("__getitem__", &Sequential::at);
+      .def("__len__", self_ref(&Sequential::size))
+      .def("__getitem__", self_ref(&Sequential::at));
   py::class_<ModuleList, Module, std::shared_ptr<ModuleList>>(nn, "ModuleList")
       .def(py::init<>())
       .def("append", &ModuleList::append, arg("module"), py::keep_alive<1, 2>())
-      .def("__len__", &ModuleList::size)
-      .def("__getitem__", &ModuleList::at);
+      .def("__len__", self_ref(&ModuleList::size))
+      .def("__getitem__", self_ref(&ModuleList::at));
   py::class_<Residual, Module, std::shared_ptr<Residual>>(nn, "Residual")
       .def(py::init<ModulePtr>(), arg("module"), py::keep_alive<1, 2>())
       .def("forward", &Residual::forward, arg("input"));
@@ -472,10 +477,11 @@ void bind_optim(py::module_& m) {
 
   py::module_ sched = optim.def_submodule("lr_scheduler", "Learning-rate schedules.");
   py::class_<LRScheduler>(sched, "LRScheduler")
-      .def("step", &LRScheduler::step)
-      .def("get_last_lr", &LRScheduler::get_last_lr)
+      .def("step", self_ref(&LRScheduler::step))
+      .def("get_last_lr", self_ref(&LRScheduler::get_last_lr))
       .def("factor", &LRScheduler::factor, arg("step"))
-      .def_property("last_step", &LRScheduler::last_step, &LRScheduler::set_last_step)
+      .def_property("last_step", self_ref(&LRScheduler::last_step),
+                    self_ref(&LRScheduler::set_last_step))
       .def("state_dict", [](const LRScheduler& s) {
              py::dict d;
              d["last_step"] = s.last_step();
