@@ -167,12 +167,7 @@ void bind_tensor_ops(TensorClass& cls) {
       .def("flip", [](const Tensor& a, py::handle dims) { return flip(a, to_dims(dims)); })
       .def("split", [](const Tensor& a, py::handle size, int dim) {
              if (py::isinstance<py::int_>(size)) {
-               int64_t each = py::cast<int64_t>(size);
-               NEEDLE_CHECK(each > 0, ValueError, "split: size must be positive, got ", each);
-               int64_t n = a.shape()[normalize_existing_dim(dim, a.ndim(), "split")];
-               std::vector<int64_t> sizes;
-               for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
-               return split(a, sizes, dim);
+               return split(a, split_sizes(a.shape(), py::cast<int64_t>(size), dim), dim);
              }
              return split(a, to_shape(size), dim);
            }, py::arg("split_size_or_sections"), py::arg("dim") = 0)

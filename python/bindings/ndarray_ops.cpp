@@ -97,17 +97,9 @@ NDArray where_function(const NDArray& cond, py::handle a, py::handle b) {
 }
 
 std::vector<NDArray> split_function(const NDArray& a, py::handle sizes, int dim) {
-  std::vector<int64_t> parts;
-  if (PyIndex_Check(sizes.ptr())) {
-    // torch.split: chunks of this size, the last one smaller.
-    int64_t chunk = to_shape(sizes)[0];
-    NEEDLE_CHECK(chunk > 0, ValueError, "split: split_size must be positive, got ", chunk);
-    for (int64_t left = a.shape()[normalize_existing_dim(dim, a.ndim(), "split")]; left > 0;
-         left -= chunk)
-      parts.push_back(std::min(chunk, left));
-  } else {
-    parts = to_shape(sizes);
-  }
+  const std::vector<int64_t> parts = PyIndex_Check(sizes.ptr())
+                                         ? split_sizes(a.shape(), to_shape(sizes)[0], dim)
+                                         : to_shape(sizes);
   return without_gil([&] { return split(a, parts, dim); });
 }
 

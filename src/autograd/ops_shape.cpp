@@ -128,7 +128,8 @@ Tensor permute(const Tensor& a, const std::vector<int>& dims) {
 
 Tensor transpose(const Tensor& a, int d0, int d1) {
   if (a.ndim() < 2) {
-    (void)a.data().transpose(d0, d1);  // validates the dims
+    normalize_dim(d0, a.ndim());  // validates the dims (0 and -1 for a 0-d tensor)
+    normalize_dim(d1, a.ndim());
     return a;
   }
   std::vector<int> dims(a.ndim());

@@ -609,3 +609,13 @@ def test_cuda_memory_statistics():
     ndl.cuda.reset_peak_memory_stats()
     assert ndl.cuda.max_memory_allocated() == ndl.cuda.memory_allocated()
     assert set(ndl.cuda.memory_stats()) >= {"allocated_bytes", "reserved_bytes"}
+
+
+def test_split_by_size_as_torch():
+    # parts of split_size, the last one smaller; an empty dim gives one empty part (as chunk)
+    for x in (ndl.arange(5), ndl.arange(5).array):
+        assert [p.shape for p in x.split(2)] == [(2,), (2,), (1,)]
+    for x in (ndl.zeros(0), ndl.zeros(0).array):
+        assert [p.shape for p in x.split(2)] == [(0,)] == [p.shape for p in x.chunk(2)]
+        with pytest.raises(ValueError, match=r"split: split_size must be positive, got 0"):
+            x.split(0)
