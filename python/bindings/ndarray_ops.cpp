@@ -442,6 +442,7 @@ void bind_ndarray_creation(py::module_& m) {
   m.def(
       "eye",
       [](int64_t n, std::optional<int64_t> cols, py::handle dtype, py::handle device) {
+        NEEDLE_CHECK(cols.value_or(0) >= 0, ValueError, "eye: m must be non-negative, got ", *cols);
         DType dt = to_optional_dtype(dtype).value_or(DType::Float32);
         Device dev = to_device(device);
         return without_gil([&] { return NDArray::eye(n, cols.value_or(-1), dt, dev); });

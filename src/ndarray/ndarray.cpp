@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <sstream>
 
@@ -43,9 +44,19 @@ Strides compact_strides(const Shape& shape) {
 }
 
 int64_t shape_numel(const Shape& shape) {
+  // The product of the non-zero dims must fit in int64 (as a compact array's strides do), even
+  // when a zero dim makes the array empty; it wrapped before, so (2**62, 4) had 0 elements.
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  bool empty = false;
+  for (int64_t d : shape) {
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    NEEDLE_CHECK(!__builtin_mul_overflow(n, d, &n), ValueError, "invalid shape ", shape_str(shape),
+                 ": its number of elements does not fit in int64");
+  }
+  return empty ? 0 : n;
 }
 
 std::string shape_str(const Shape& shape) {
@@ -82,7 +93,8 @@ SliceRange slice_range(int64_t n, std::optional<int64_t> start, std::optional<in
     if (e < 0) e = std::max<int64_t>(e + n, 0);
     b = std::min(b, n);
     e = std::min(e, n);
-    len = e > b ? (e - b + step - 1) / step : 0;
+    // Not (e - b + step - 1) / step, which overflowed for a step near 2^63.
+    len = e > b ? (e - b - 1) / step + 1 : 0;
   } else {
     b = start.has_value() ? *start : n - 1;
     e = stop.has_value() ? *stop : -1 - n;
@@ -90,7 +102,9 @@ SliceRange slice_range(int64_t n, std::optional<int64_t> start, std::optional<in
     if (e < 0) e = std::max<int64_t>(e + n, -1);
     b = std::min(b, n - 1);
     e = std::min(e, n - 1);
-    len = b > e ? (b - e - step - 1) / (-step) : 0;
+    // In uint64, as -step overflows for a step of -2^63.
+    const uint64_t stride = 0 - static_cast<uint64_t>(step);
+    len = b > e ? static_cast<int64_t>(static_cast<uint64_t>(b - e - 1) / stride) + 1 : 0;
   }
   return {b, len};
 }
@@ -113,14 +127,19 @@ static void check_shape_valid(const Shape& shape) {
   for (int64_t d : shape)
     NEEDLE_CHECK(d >= 0, ValueError, "invalid shape ", shape_str(shape),
                  ": dimensions must be non-negative");
+  shape_numel(shape);  // refuses a number of elements that overflows
 }
 
 // --- creation -------------------------------------------------------------------------------------
 
 NDArray NDArray::empty(const Shape& shape, DType dtype, Device device) {
   check_shape_valid(shape);
+  int64_t numel = shape_numel(shape);
+  NEEDLE_CHECK(numel <= std::numeric_limits<int64_t>::max() / static_cast<int64_t>(itemsize(dtype)),
+               ValueError, "invalid shape ", shape_str(shape), ": ", numel, " elements of ",
+               dtype_name(dtype), " take more bytes than fit in int64");
   NDArray a;
-  a.buffer_ = std::make_shared<Buffer>(shape_numel(shape) * itemsize(dtype), device);
+  a.buffer_ = std::make_shared<Buffer>(numel * itemsize(dtype), device);
   a.shape_ = shape;
   a.strides_ = compact_strides(shape);
   a.dtype_ = dtype;
@@ -149,18 +168,25 @@ NDArray NDArray::arange(double start, double stop, double step, DType dtype, Dev
                "arange: start, stop and step must be finite, got ", start, ", ", stop, ", ",
                step);
   double count = std::ceil((stop - start) / step);
+  // 2**62 float64 values would not fit in int64 bytes anyway; the bound keeps the cast defined.
+  NEEDLE_CHECK(count < 0x1p62, ValueError, "arange: start ", start, ", end ", stop, " and step ",
+               step, " give ", count, " values, more than an array can hold");
   int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
-  std::vector<double> values(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) values[i] = start + static_cast<double>(i) * step;
-  return from_host(values.data(), {n}, DType::Float64, device).astype(dtype);
+  // Written into a needle array (not a std::vector), so running out of memory is needle's
+  // OutOfMemoryError.
+  NDArray values = empty({n}, DType::Float64, cpu());
+  auto* v = static_cast<double*>(values.data_ptr());
+  for (int64_t i = 0; i < n; ++i) v[i] = start + static_cast<double>(i) * step;
+  return values.to(device).astype(dtype);
 }
 
 NDArray NDArray::eye(int64_t n, int64_t m, DType dtype, Device device) {
   if (m < 0) m = n;
   NEEDLE_CHECK(n >= 0, ValueError, "eye: n must be non-negative, got ", n);
-  std::vector<double> values(static_cast<size_t>(n * m), 0.0);
-  for (int64_t i = 0; i < std::min(n, m); ++i) values[i * m + i] = 1.0;
-  return from_host(values.data(), {n, m}, DType::Float64, device).astype(dtype);
+  NDArray a = zeros({n, m}, dtype, device);
+  const int64_t diagonal = std::min(n, m);
+  if (diagonal > 0) a.as_strided({diagonal}, {m + 1}, 0).fill(1.0);
+  return a;
 }
 
 NDArray NDArray::from_host(const void* data, const Shape& shape, DType dtype, Device device) {
@@ -259,17 +285,18 @@ const Backend& NDArray::backend() const { return backend_for(device()); }
 static Shape infer_shape(const Shape& requested, int64_t numel, const Shape& from) {
   Shape shape = requested;
   int infer = -1;
-  int64_t known = 1;
+  Shape known_dims = requested;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
       NEEDLE_CHECK(infer < 0, ValueError, "only one dimension can be -1, got ",
                    shape_str(requested));
       infer = static_cast<int>(i);
+      known_dims[i] = 1;
     } else {
       NEEDLE_CHECK(shape[i] >= 0, ValueError, "invalid shape ", shape_str(requested));
-      known *= shape[i];
     }
   }
+  int64_t known = shape_numel(known_dims);  // refuses a product that overflows
   if (infer >= 0) {
     NEEDLE_CHECK(known != 0 && numel % known == 0, ValueError, "cannot reshape array of shape ",
                  shape_str(from), " (", numel, " elements) into shape ", shape_str(requested));
@@ -428,10 +455,14 @@ NDArray NDArray::as_strided(const Shape& shape, const Strides& strides, int64_t 
   int64_t capacity = static_cast<int64_t>(buffer_->nbytes() / itemsize(dtype_));
   if (shape_numel(shape) > 0) {
     int64_t lo = offset, hi = offset;
+    bool overflow = false;
     for (size_t i = 0; i < shape.size(); ++i) {
-      int64_t span = (shape[i] - 1) * strides[i];
-      (span < 0 ? lo : hi) += span;
+      int64_t span;
+      overflow |= __builtin_mul_overflow(shape[i] - 1, strides[i], &span);
+      overflow |= __builtin_add_overflow(span < 0 ? lo : hi, span, span < 0 ? &lo : &hi);
     }
+    NEEDLE_CHECK(!overflow, ValueError, "as_strided: shape ", shape_str(shape), " and strides ",
+                 shape_str(strides), " reach past the int64 range");
     NEEDLE_CHECK(lo >= 0 && hi < capacity, ValueError, "as_strided: shape ", shape_str(shape),
                  ", strides ", shape_str(strides), " and offset ", offset,
                  " reach elements [", lo, ", ", hi, "] outside the buffer of ", capacity,

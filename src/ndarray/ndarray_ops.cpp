@@ -576,7 +576,8 @@ std::vector<NDArray> chunk(const NDArray& a, int64_t chunks, int dim) {
   NEEDLE_CHECK(chunks > 0, ValueError, "chunk: expected a positive number of chunks, got ",
                chunks);
   int d = normalize_existing_dim(dim, a.ndim(), "chunk");
-  int64_t n = a.shape()[d], each = (n + chunks - 1) / chunks;
+  // (n + chunks - 1) / chunks overflowed for chunks near 2^63 (and the loop below never ended).
+  int64_t n = a.shape()[d], each = n == 0 ? 0 : (n - 1) / chunks + 1;
   std::vector<int64_t> sizes;
   for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
   if (sizes.empty()) sizes.push_back(0);

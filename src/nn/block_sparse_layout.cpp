@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -36,7 +37,8 @@ struct BlockSparseLayout::Cache {
 
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// (a + b - 1) / b overflowed for a near 2^63.
+int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a - 1) / b + 1; }
 
 // The CUDA kernels' work order over one side of the layout (see q_order in BlockLayoutRef): ptr is
 // a per-head CSR offset array (heads runs of blocks + 1 entries) over blocks of size b; a kernel
@@ -71,10 +73,23 @@ void check_geometry(const char* what, int64_t block_size, int64_t q_len, int64_t
                ": expected block_size in {16, 32, 64, 128}, got ", block_size);
   NEEDLE_CHECK(q_len > 0 && k_len > 0, ValueError, "BlockSparseLayout.", what,
                ": expected positive sequence lengths, got q_len=", q_len, ", k_len=", k_len);
-  // int32 CSR offsets: QB * KB per head must stay far below 2^31.
-  NEEDLE_CHECK(ceil_div(q_len, block_size) * ceil_div(k_len, block_size) <= (int64_t(1) << 28),
-               ValueError, "BlockSparseLayout.", what, ": at most 2^28 blocks per head, got ",
-               ceil_div(q_len, block_size), " x ", ceil_div(k_len, block_size));
+  // int32 CSR offsets: QB * KB per head must stay far below 2^31. Each count is bounded first,
+  // so that the product cannot overflow.
+  const int64_t qb = ceil_div(q_len, block_size), kb = ceil_div(k_len, block_size);
+  constexpr int64_t kMaxBlocks = int64_t(1) << 28;
+  NEEDLE_CHECK(qb <= kMaxBlocks && kb <= kMaxBlocks && qb * kb <= kMaxBlocks, ValueError,
+               "BlockSparseLayout.", what, ": at most 2^28 blocks per head, got ", qb, " x ", kb);
+}
+
+void check_heads(const char* what, int64_t heads, int64_t q_len, int64_t k_len,
+                 int64_t block_size) {
+  NEEDLE_CHECK(heads >= 1, ValueError, "BlockSparseLayout.", what,
+               ": expected at least one head, got ", heads);
+  // The CSR offsets run on over the heads, in int32.
+  const int64_t per_head = ceil_div(q_len, block_size) * ceil_div(k_len, block_size);
+  NEEDLE_CHECK(heads <= std::numeric_limits<int32_t>::max() / per_head, ValueError,
+               "BlockSparseLayout.", what, ": at most 2^31 blocks over all heads, got ", heads,
+               " heads of ", per_head, " blocks");
 }
 
 void check_nonnegative(const char* what, const char* arg, int64_t value) {
@@ -104,8 +119,7 @@ BlockSparseLayout BlockSparseLayout::from_block_mask(const std::vector<uint8_t>&
                                                      int64_t k_len, bool causal) {
   check_geometry("from_block_mask", block_size, q_len, k_len);
   const int64_t qb_count = ceil_div(q_len, block_size), kb_count = ceil_div(k_len, block_size);
-  NEEDLE_CHECK(heads >= 1, ValueError,
-               "BlockSparseLayout.from_block_mask: expected at least one head, got ", heads);
+  check_heads("from_block_mask", heads, q_len, k_len, block_size);
   NEEDLE_CHECK(rows == qb_count && cols == kb_count, ValueError,
                "BlockSparseLayout.from_block_mask: expected a block mask of shape (", qb_count,
                ", ", kb_count, ") for q_len ", q_len, ", k_len ", k_len, " and block_size ",
@@ -137,8 +151,7 @@ BlockSparseLayout BlockSparseLayout::from_csr(const std::vector<int64_t>& row_pt
                                               int64_t block_size, int64_t q_len, int64_t k_len,
                                               bool causal, int64_t heads) {
   check_geometry("from_csr", block_size, q_len, k_len);
-  NEEDLE_CHECK(heads >= 1, ValueError,
-               "BlockSparseLayout.from_csr: expected at least one head, got ", heads);
+  check_heads("from_csr", heads, q_len, k_len, block_size);
   const int64_t qb_count = ceil_div(q_len, block_size), kb_count = ceil_div(k_len, block_size);
   NEEDLE_CHECK(static_cast<int64_t>(row_ptr.size()) == heads * (qb_count + 1), ValueError,
                "BlockSparseLayout.from_csr: expected row_ptr of length ", heads * (qb_count + 1),
@@ -271,8 +284,7 @@ BlockSparseLayout BlockSparseLayout::random(int64_t seq_len, int64_t block_size,
                                             int64_t num_heads) {
   check_geometry("random", block_size, seq_len, seq_len);
   check_nonnegative("random", "blocks_per_row", blocks_per_row);
-  NEEDLE_CHECK(num_heads >= 1, ValueError,
-               "BlockSparseLayout.random: expected num_heads >= 1, got ", num_heads);
+  check_heads("random", num_heads, seq_len, seq_len, block_size);
   const int64_t n = ceil_div(seq_len, block_size);
   std::vector<uint8_t> mask(static_cast<size_t>(num_heads * n * n), 0);
   std::vector<int64_t> candidates;

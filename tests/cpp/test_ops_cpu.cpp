@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "backend_cpu/cpu_backend.h"
@@ -197,6 +198,26 @@ TEST_CASE("0-d arrays: ops that index a dim raise IndexError, flip and reduction
   CHECK_THROWS_AS(flip(x, {1}), IndexError);
   CHECK_THROWS_AS(flip(NDArray::ones({2, 3}), {1, -1}), ValueError);
   CHECK(sum(x, {0}).item() == 3.0);
+}
+
+TEST_CASE("Shapes whose element or byte counts overflow int64 are refused", "[cpu]") {
+  const int64_t big = int64_t(1) << 62;
+  CHECK_THROWS_AS(shape_numel({big, 4}), ValueError);
+  CHECK_THROWS_AS(shape_numel({0, big, 4}), ValueError);  // the strides would overflow
+  CHECK(shape_numel({big, 0}) == 0);
+  CHECK(shape_numel({big, 1}) == big);
+  CHECK_THROWS_AS(NDArray::empty({big / 2}, DType::Float64, cpu()), ValueError);
+  CHECK_THROWS_AS(NDArray::empty({big / 2, 4}, DType::Float32, cpu()), ValueError);
+  CHECK_THROWS_AS(NDArray::ones({1}).broadcast_to({big, 4}), ValueError);
+  CHECK_THROWS_AS(NDArray::eye(int64_t(1) << 32), ValueError);
+  CHECK_THROWS_AS(NDArray::arange(0, 0x1p62, 1), ValueError);
+  NDArray e = NDArray::eye(3, 2);
+  CHECK(e.to_vector<double>() == std::vector<double>{1, 0, 0, 1, 0, 0});
+  // Slice lengths with steps near 2^63 (the old formula overflowed to an empty slice).
+  NDArray r = NDArray::arange(0, 5, 1, DType::Int64);
+  CHECK(r.slice(0, std::nullopt, std::nullopt, std::numeric_limits<int64_t>::max()).numel() == 1);
+  CHECK(r.slice(0, std::nullopt, std::nullopt, std::numeric_limits<int64_t>::min()).numel() == 1);
+  CHECK(chunk(r, std::numeric_limits<int64_t>::max(), 0).size() == 5);
 }
 
 TEST_CASE("add_into: a broadcast dst is refused, a src sharing dst's buffer is read first", "[cpu]") {

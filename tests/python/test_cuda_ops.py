@@ -198,6 +198,19 @@ def test_integer_and_bool_sums():
     assert mask.sum().item() == int((a > 0).sum())
 
 
+
+def test_eye_and_arange_on_the_gpu():
+    # eye fills its diagonal as a strided view on the device; arange computes on the host and
+    # copies once.
+    for n, m, dtype in [(3, 5, "int32"), (4, 2, "float32"), (5, 5, "bfloat16"), (0, 3, "float32")]:
+        e = ndl.eye(n, m, dtype=getattr(ndl, dtype), device="cuda")
+        assert e.device == ndl.device("cuda") and e.dtype == getattr(ndl, dtype)
+        np.testing.assert_array_equal(e.numpy(), np.eye(n, m))
+    np.testing.assert_array_equal(ndl.arange(1, 2, 0.25, device="cuda").numpy(),
+                                  np.arange(1, 2, 0.25, dtype=np.float32))
+    np.testing.assert_array_equal(ndl.arange(7, 0, -3, device="cuda").numpy(), [7, 4, 1])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("shapes", [((128, 256), (256, 96)), ((3, 65, 33), (3, 33, 47)),
                                     ((2, 3, 16, 32), (32, 24)), ((1, 512), (512, 1))], ids=str)

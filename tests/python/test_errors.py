@@ -257,3 +257,53 @@ def _request_writable_strided_buffer(x):
     get = ctypes.pythonapi.PyObject_GetBuffer
     get.argtypes = [ctypes.py_object, ctypes.POINTER(Py_buffer), ctypes.c_int]
     get(x, ctypes.byref(view), PyBUF_STRIDES_WRITABLE)
+
+
+def test_sizes_that_overflow_int64_are_refused():
+    # Each wrapped before: (2**62, 4) had 0 elements, and 2**61 float64 values took 0 bytes, so
+    # filling them wrote past a tiny buffer and crashed.
+    with pytest.raises(ValueError, match=r"\(4611686018427387904, 4\): its number of elements"):
+        nd.zeros(2 ** 62, 4)
+    with pytest.raises(ValueError, match=r"elements of float64 take more bytes than fit"):
+        nd.zeros(2 ** 61, dtype=ndl.float64)
+    with pytest.raises(ValueError, match=r"number of elements does not fit in int64"):
+        nd.zeros(0).reshape(2 ** 62, 4)
+    with pytest.raises(ValueError, match=r"number of elements does not fit in int64"):
+        nd.zeros(0).reshape(2 ** 62, 4, 0)  # zero elements, but its strides would overflow
+    with pytest.raises(ValueError, match=r"number of elements does not fit in int64"):
+        nd.ones(1).broadcast_to((2 ** 62, 4))
+    with pytest.raises(ValueError, match=r"number of elements does not fit in int64"):
+        nd.eye(2 ** 32)
+    with pytest.raises(ValueError, match=r"eye: m must be non-negative, got -2"):
+        nd.eye(3, -2)
+    with pytest.raises(ValueError, match=r"arange: .* more than an array can hold"):
+        nd.arange(2 ** 62)
+    with pytest.raises(ValueError, match=r"reach past the int64 range"):
+        nd.zeros(4).as_strided((3,), (2 ** 62,), 0)
+    assert nd.zeros(2 ** 62, 0).shape == (2 ** 62, 0)  # empty, and its strides fit
+    np.testing.assert_array_equal(nd.eye(3, 5, dtype=ndl.int32).numpy(), np.eye(3, 5))
+    np.testing.assert_array_equal(nd.eye(4, 2).numpy(), np.eye(4, 2))
+
+
+def test_huge_slice_steps_and_chunk_counts_as_python():
+    # (e - b + step - 1) / step overflowed: x[::2**63 - 1] was empty, not [0].
+    x, values = nd.arange(5), list(range(5))
+    bounds = [None, -2 ** 63, -6, -5, -1, 0, 2, 5, 6, 2 ** 63 - 1]
+    steps = [-2 ** 63, -2 ** 62, -3, -1, 1, 2, 2 ** 62, 2 ** 63 - 1]
+    for b in bounds:
+        for e in bounds:
+            for s in steps:
+                assert list(x[b:e:s].numpy()) == values[b:e:s], (b, e, s)
+    # torch.chunk gives at most one part per element.
+    assert [p.numpy().tolist() for p in x.chunk(2 ** 63 - 1)] == [[v] for v in values]
+
+
+def test_block_sparse_layouts_too_big_to_index_are_refused():
+    # ceil_div overflowed for a length near 2**63, and so did the blocks per head.
+    with pytest.raises(ValueError, match=r"at most 2\^28 blocks per head"):
+        ndl.nn.BlockSparseLayout.local(2 ** 62)
+    with pytest.raises(ValueError, match=r"at most 2\^28 blocks per head"):
+        ndl.nn.BlockSparseLayout.local(2 ** 63 - 1)
+    # The CSR offsets run on over the heads in int32; the block mask took 2**31 * 1024 bytes.
+    with pytest.raises(ValueError, match=r"at most 2\^31 blocks over all heads, got 2147483648"):
+        ndl.nn.BlockSparseLayout.random(2048, 64, 3, num_heads=2 ** 31)

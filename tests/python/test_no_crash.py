@@ -143,6 +143,29 @@ elif family == "self":
             for f in accessors:
                 for args in ((None,), (None, None), (None, 1), (None, None, None)):
                     call(f, args)
+elif family == "huge":
+    # Sizes whose element or byte counts overflow int64, or that no machine holds, as every
+    # argument of every function, method and module constructor: each raises (a shape that
+    # overflowed wrapped to a small buffer, and writing it crashed). The child's data segment is
+    # capped, so a size that is merely too big fails to allocate quickly instead of swapping.
+    import resource
+    import needle.nn as nn
+    resource.setrlimit(resource.RLIMIT_DATA, (8 << 30, 8 << 30))
+    huge = [2**62, 2**63 - 1, -2**63, 2**61, 2**32, (2**32, 2**32), [2**40, 2**40, 0]]
+    values = huge + [2, nd.randn(2, 3)]
+    targets = [(m, n) for m in (nd, F) for n in callables(m)
+               if n not in ("autocast", "no_grad", "enable_grad", "manual_seed")]
+    targets += [(nd.randn(2, 3), n) for n in callables(nd.Tensor)]
+    targets += [(nd.randn(2, 3).array, n) for n in callables(nd.NDArray)]
+    targets += [(nn, n) for n in dir(nn) if isinstance(getattr(nn, n), type)
+                and n not in ("Module", "Parameter", "BlockSparseLayout")]
+    targets += [(nn.BlockSparseLayout, n) for n in ("local", "global_", "mixed", "random",
+                                                    "strided", "dense", "per_head")]
+    for owner, name in targets:
+        print("GROUP", family, name, flush=True)
+        for args in arg_lists(values, 2):
+            if any(not isinstance(a, nd.Tensor) and a in huge for a in args):
+                call(getattr(owner, name), args)
 else:
     module = nd if family == "needle" else F
     values = SCALARS + list(arrays(False).values())
@@ -156,7 +179,8 @@ print("CALLS", calls, flush=True)
 '''
 
 
-@pytest.mark.parametrize("family", ["needle", "functional", "Tensor", "NDArray", "nn", "self"])
+@pytest.mark.parametrize("family", [
+    "needle", "functional", "Tensor", "NDArray", "nn", "self", "huge"])
 def test_bad_arguments_raise_python_errors(family, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
     # cwd is a temporary folder: save() given a string path writes there.
