@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import needle as ndl
+
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 
 CHILD = r'''
@@ -20,7 +22,8 @@ import itertools, math, sys
 import needle as nd
 import needle.nn.functional as F
 
-family = sys.argv[1]
+# "Tensor-cuda": the family with its arrays on the GPU (and one CPU array, for mixed devices).
+family, _, on = sys.argv[1].partition("-")
 EXPECTED = (TypeError, ValueError, IndexError, RuntimeError, NotImplementedError, OverflowError,
             ZeroDivisionError, MemoryError)
 
@@ -32,6 +35,10 @@ def arrays(as_ndarray):
         "strided": nd.randn(3, 4)[:, ::2], "bf16": nd.randn(2, 3).to(dtype=nd.bfloat16),
         "grad": nd.randn(2, 3, requires_grad=True), "grad0d": nd.tensor(2.0, requires_grad=True),
     }
+    if on == "cuda":
+        made = {k: v.detach().to("cuda").requires_grad_(v.requires_grad) for k, v in made.items()}
+        made["strided"] = nd.randn(3, 4).to("cuda")[:, ::2]
+        made["cpu"] = nd.randn(2, 3)
     return {k: v.detach().array if as_ndarray else v for k, v in made.items()}
 
 
@@ -179,8 +186,12 @@ print("CALLS", calls, flush=True)
 '''
 
 
+ON_GPU = pytest.mark.skipif(not ndl.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.parametrize("family", [
-    "needle", "functional", "Tensor", "NDArray", "nn", "self", "huge"])
+    "needle", "functional", "Tensor", "NDArray", "nn", "self", "huge",
+    *(pytest.param(f"{f}-cuda", marks=ON_GPU) for f in ("needle", "functional", "Tensor", "NDArray"))])
 def test_bad_arguments_raise_python_errors(family, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
     # cwd is a temporary folder: save() given a string path writes there.
