@@ -29,7 +29,7 @@ struct TensorOperand {
 std::optional<TensorOperand> to_tensor_operand(py::handle obj, const Tensor& like) {
   if (py::isinstance<Tensor>(obj)) return TensorOperand{py::cast<Tensor>(obj), std::nullopt};
   if (std::optional<Scalar> s = to_scalar(obj)) return TensorOperand{Tensor(), s};
-  if (py::isinstance<NDArray>(obj) || py::isinstance<py::list>(obj) ||
+  if (is_inexact_int(obj) || py::isinstance<NDArray>(obj) || py::isinstance<py::list>(obj) ||
       py::isinstance<py::tuple>(obj) || py::hasattr(obj, "__array__"))
     return TensorOperand{as_tensor(obj, like), std::nullopt};
   return std::nullopt;

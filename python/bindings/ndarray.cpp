@@ -361,8 +361,29 @@ std::vector<int> to_dims(py::handle obj) {
   return dims;
 }
 
+std::optional<int64_t> to_int64(py::handle obj) {
+  if (py::isinstance<py::bool_>(obj)) return std::nullopt;
+  if (PyLong_Check(obj.ptr())) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(obj.ptr(), &overflow);
+    if (PyErr_Occurred()) throw py::error_already_set();
+    if (overflow) return std::nullopt;
+    return static_cast<int64_t>(v);
+  }
+  if (py::isinstance(obj, numpy().attr("integer"))) return to_int64(obj.attr("item")());
+  return std::nullopt;
+}
+
+bool is_inexact_int(py::handle obj) {
+  std::optional<int64_t> v = to_int64(obj);
+  if (!v) return false;
+  const double d = static_cast<double>(*v);
+  return d >= 0x1p63 || static_cast<int64_t>(d) != *v;
+}
+
 std::optional<Scalar> to_scalar(py::handle obj) {
   if (py::isinstance<py::bool_>(obj)) return Scalar(obj.ptr() == Py_True);
+  if (is_inexact_int(obj)) return std::nullopt;
   if (PyLong_Check(obj.ptr())) {
     Scalar s(PyLong_AsDouble(obj.ptr()));
     if (PyErr_Occurred()) throw py::error_already_set();
@@ -419,6 +440,7 @@ NDArray to_ndarray(py::handle obj, std::optional<DType> dtype, std::optional<Dev
 std::optional<Operand> to_operand(py::handle obj, const NDArray& like) {
   if (py::isinstance<NDArray>(obj)) return Operand{py::cast<NDArray>(obj), Scalar()};
   if (auto s = to_scalar(obj)) return Operand{std::nullopt, *s};
+  if (is_inexact_int(obj)) return Operand{to_ndarray(obj, DType::Int64, like.device()), Scalar()};
   const bool array_like = py::isinstance<py::array>(obj) || py::isinstance<py::list>(obj) ||
                           py::isinstance<py::tuple>(obj) || PyObject_CheckBuffer(obj.ptr());
   if (!array_like || py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj))

@@ -180,6 +180,24 @@ NDArray NDArray::arange(double start, double stop, double step, DType dtype, Dev
   return values.to(device).astype(dtype);
 }
 
+NDArray NDArray::arange_int(int64_t start, int64_t stop, int64_t step, DType dtype, Device device) {
+  NEEDLE_CHECK(step != 0, ValueError, "arange: step must be non-zero");
+  // In 128 bits: stop - start and the values' offsets may pass the int64 range.
+  const __int128 diff = static_cast<__int128>(stop) - start, by = step;
+  __int128 count = 0;
+  if (by > 0 && diff > 0) count = (diff - 1) / by + 1;
+  if (by < 0 && diff < 0) count = (-diff - 1) / -by + 1;
+  NEEDLE_CHECK(count < (static_cast<__int128>(1) << 62), ValueError, "arange: start ", start,
+               ", end ", stop, " and step ", step, " give ", static_cast<double>(count),
+               " values, more than an array can hold");
+  const int64_t n = static_cast<int64_t>(count);
+  NDArray values = empty({n}, DType::Int64, cpu());
+  auto* v = static_cast<int64_t*>(values.data_ptr());
+  for (int64_t i = 0; i < n; ++i)
+    v[i] = static_cast<int64_t>(start + static_cast<__int128>(i) * by);
+  return values.to(device).astype(dtype);
+}
+
 NDArray NDArray::eye(int64_t n, int64_t m, DType dtype, Device device) {
   if (m < 0) m = n;
   NEEDLE_CHECK(n >= 0, ValueError, "eye: n must be non-negative, got ", n);

@@ -105,6 +105,9 @@ class NDArray {
   // Values start, start + step, ... below stop (above it for a negative step).
   static NDArray arange(double start, double stop, double step = 1.0, DType dtype = DType::Int64,
                         Device device = cpu());
+  // arange counted in int64, exact beyond 2**53 (where float64 steps round).
+  static NDArray arange_int(int64_t start, int64_t stop, int64_t step = 1,
+                            DType dtype = DType::Int64, Device device = cpu());
   static NDArray eye(int64_t n, int64_t m = -1, DType dtype = DType::Float32,
                      Device device = cpu());
   // Copies nbytes = numel * itemsize from host memory laid out compactly.

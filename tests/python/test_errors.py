@@ -307,3 +307,24 @@ def test_block_sparse_layouts_too_big_to_index_are_refused():
     # The CSR offsets run on over the heads in int32; the block mask took 2**31 * 1024 bytes.
     with pytest.raises(ValueError, match=r"at most 2\^31 blocks over all heads, got 2147483648"):
         ndl.nn.BlockSparseLayout.random(2048, 64, 3, num_heads=2 ** 31)
+
+
+def test_ints_a_float64_would_round_stay_exact():
+    # Python scalars travel as float64, which holds ints exactly only up to 2**53: 2**53 + 1 came
+    # out as 2**53, and arange(2**62, 2**62 + 3) was empty. They now go through int64.
+    big = 2 ** 53 + 1
+    assert nd.arange(2 ** 53, 2 ** 53 + 4).numpy().tolist() == list(range(2 ** 53, 2 ** 53 + 4))
+    assert nd.arange(2 ** 62, 2 ** 62 + 3).numpy().tolist() == list(range(2 ** 62, 2 ** 62 + 3))
+    assert nd.arange(-2 ** 63, 2 ** 63 - 1, 2 ** 62).numpy().tolist() == list(
+        range(-2 ** 63, 2 ** 63 - 1, 2 ** 62))
+    assert nd.arange(5, 0, -2).numpy().tolist() == [5, 3, 1]
+    assert nd.full((2,), big).numpy().tolist() == [big, big]
+    assert nd.full((2,), big).dtype == ndl.int64
+    assert ndl.full_like(ndl.tensor([1, 2]), big).numpy().tolist() == [big, big]
+    assert (ndl.tensor([1]) + big).numpy().tolist() == [big + 1]
+    assert (big - ndl.tensor([1])).numpy().tolist() == [big - 1]
+    assert (ndl.tensor([1]).array * np.int64(big)).numpy().tolist() == [big]
+    t, a = ndl.tensor([0, 0]), ndl.tensor([0, 0]).array
+    t[0], a[1] = big, big
+    assert t.numpy().tolist() == [big, 0] and a.numpy().tolist() == [0, big]
+    assert (ndl.tensor([1.0]) + big).dtype == ndl.float32  # a float tensor stays float
