@@ -55,7 +55,8 @@ def build_parser():
     p.add_argument("--seeds", nargs="+", metavar="DIR", default=None,
                    help="only summarise dense vs mixed over several out-dirs (one seed each); "
                         "writes seeds.json into --out-dir")
-    p.add_argument("--model", default="pythia-70m")
+    from apps.models import PRESETS
+    p.add_argument("--model", default="pythia-70m", choices=sorted(PRESETS))
     p.add_argument("--data", default=str(ROOT / "data" / "sotu"))
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=8)

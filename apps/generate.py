@@ -146,6 +146,7 @@ def _tokenizer(args):
 
 def main(argv=None):
     from .models import PRESETS, build_model, from_pretrained
+    from .models_attention import PATTERNS
 
     parser = argparse.ArgumentParser(description="Generate text with a Pythia or OPT model.")
     parser.add_argument("--model", default="pythia-70m", choices=sorted(PRESETS),
@@ -160,7 +161,7 @@ def main(argv=None):
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--attention", default="dense")
+    parser.add_argument("--attention", default="dense", choices=sorted(PATTERNS))
     parser.add_argument("--eos-token-id", type=int, default=GPT2_EOS, help="-1: never stop early")
     parser.add_argument("--tokenizer-json", type=Path, help="a tokenizer.json instead of GPT-2's")
     parser.add_argument("--encoder-json", type=Path, default=_GPT2_FILES / "encoder.json")

@@ -293,6 +293,12 @@ def train(argv=None, build_model=None):
     run_dir, cfg = resolve_config(parser, args)
     _validate_run_args(parser, args, cfg)
     data_dir, meta = _read_corpus(parser, cfg["data"], cfg["seq_len"])
+    if build_model is None:  # apps/models.py's presets and patterns, checked before any file changes
+        from apps.models import PRESETS
+        from apps.models_attention import PATTERNS
+        for k, names in (("model", PRESETS), ("attention", PATTERNS)):
+            if cfg[k] not in names:
+                parser.error(f"--{k} must be one of {', '.join(sorted(names))}, got {cfg[k]!r}")
     build_model = build_model or default_build_model
     device = ndl.device(args.device)
     if args.device.startswith("cuda"):

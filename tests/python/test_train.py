@@ -350,6 +350,18 @@ def test_bad_arguments_exit_with_a_clear_message(corpus, tmp_path, capsys, extra
     assert message in capsys.readouterr().err
 
 
+def test_unknown_presets_and_patterns_exit_before_the_run_folder_changes(corpus, tmp_path, capsys):
+    # With apps/models.py's builder (the test's toy builder accepts only "toy").
+    assert _run(_args(corpus, tmp_path, "kept", "--steps", "2", "--warmup-steps", "1")) == 0
+    for extra, message in [(["--model", "pythia-7b"], "--model must be one of opt-125m, opt-tiny,"),
+                           (["--model", "pythia-tiny", "--attention", "sliding"],
+                            "--attention must be one of dense, global, local, mixed")]:
+        with pytest.raises(SystemExit) as e:
+            train_app.main(_args(corpus, tmp_path, "kept", "--overwrite", *extra))
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert max(_losses(tmp_path / "kept")) == 2  # --overwrite deleted nothing
+
+
 def test_resume_refuses_changed_settings_and_existing_runs_need_a_flag(corpus, tmp_path, capsys):
     assert _run(_args(corpus, tmp_path, "r", "--steps", "2", "--warmup-steps", "1")) == 0
     for argv, message in [
