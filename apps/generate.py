@@ -167,6 +167,12 @@ def main(argv=None):
     parser.add_argument("--encoder-json", type=Path, default=_GPT2_FILES / "encoder.json")
     parser.add_argument("--vocab-bpe", type=Path, default=_GPT2_FILES / "vocab.bpe")
     args = parser.parse_args(argv)
+    try:  # generate() checks them again; here they are usage errors before any model is built
+        _check_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        parser.error(f"--checkpoint {args.checkpoint} does not exist")
 
     ckpt = args.checkpoint
     if ckpt is not None and (ckpt / "config.json" if ckpt.is_dir() else ckpt.parent / "config.json").is_file():

@@ -587,3 +587,17 @@ def test_a_few_steps_reduce_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-new-tokens", "-3"], "expected max_new_tokens >= 0, got -3"),
+    (["--top-k", "0"], "expected top_k None or >= 1, got 0"),
+    (["--top-p", "2"], "expected top_p None or in (0, 1], got 2.0"),
+    (["--checkpoint", "/nonexistent/model"], "--checkpoint /nonexistent/model does not exist"),
+    (["--attention", "sliding"], "invalid choice: 'sliding'"),
+])
+def test_generate_cli_usage_errors(extra, message, capsys):
+    from apps.generate import main
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "pythia-tiny", "--prompt", "hi", *extra])
+    assert e.value.code == 2 and message in capsys.readouterr().err
