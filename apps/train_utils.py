@@ -12,6 +12,7 @@ with os.replace), so a crash at any moment leaves the previous checkpoint usable
 """
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -329,8 +330,7 @@ class Progress:
 
     def __init__(self, total_steps, first_step, every=10, stream=None, width=24, window=20):
         self.total = total_steps
-        self.window = window
-        self.recent = []  # (tokens, seconds) of the last steps
+        self.recent = collections.deque(maxlen=window)  # (tokens, seconds) of the last steps
         self.first = first_step
         self.every = max(1, every)
         self.stream = stream or sys.stderr
@@ -341,7 +341,7 @@ class Progress:
 
     def update(self, step, loss, tokens, seconds):
         """Records a step of `tokens` tokens that took `seconds`, and redraws."""
-        self.recent = (self.recent + [(tokens, seconds)])[-self.window:]
+        self.recent.append((tokens, seconds))
         if not self.tty and step % self.every and step != self.total:
             return
         tokens_per_s = sum(t for t, _ in self.recent) / sum(s for _, s in self.recent)

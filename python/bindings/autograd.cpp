@@ -29,7 +29,7 @@ struct TensorOperand {
 std::optional<TensorOperand> to_tensor_operand(py::handle obj, const Tensor& like) {
   if (py::isinstance<Tensor>(obj)) return TensorOperand{py::cast<Tensor>(obj), std::nullopt};
   if (std::optional<Scalar> s = to_scalar(obj)) return TensorOperand{Tensor(), s};
-  if (is_inexact_int(obj) || py::isinstance<NDArray>(obj) || py::isinstance<py::list>(obj) ||
+  if (py::isinstance<NDArray>(obj) || py::isinstance<py::list>(obj) ||
       py::isinstance<py::tuple>(obj) || py::hasattr(obj, "__array__"))
     return TensorOperand{as_tensor(obj, like), std::nullopt};
   return std::nullopt;
@@ -180,7 +180,7 @@ void bind_tensor_ops(TensorClass& cls) {
                           "outside no_grad()");
              std::vector<Index> index = to_index(key);
              if (std::optional<Scalar> s = to_scalar(value)) {
-               a.data().setitem(index, s->value);
+               a.data().setitem(index, *s);
              } else {
                a.data().setitem(index, as_tensor(value, a).data());
              }

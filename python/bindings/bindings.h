@@ -31,14 +31,11 @@ Shape to_shape(const py::args& args);
 Shape to_shape(py::handle obj);  // an int or a sequence of ints
 // Reduction dims: None -> {} (all dims), an int, or a tuple/list of ints.
 std::vector<int> to_dims(py::handle obj);
-// A Python bool/int/float or NumPy scalar as a weak Scalar; nullopt for anything else, and for
-// an int a Scalar (a float64) would round (is_inexact_int).
+// A Python bool/int/float or NumPy scalar as a weak Scalar (an int in int64 kept exactly, see
+// Scalar::exact_int); nullopt for anything else.
 std::optional<Scalar> to_scalar(py::handle obj);
 // The value of a Python int or NumPy integer (not a bool) that fits in int64, else nullopt.
 std::optional<int64_t> to_int64(py::handle obj);
-// An int in int64 that a float64 cannot hold exactly (beyond 2**53): binary ops and assignments
-// take it as a 0-d int64 array instead of a Scalar, and full and arange count in int64.
-bool is_inexact_int(py::handle obj);
 
 // An NDArray from an NDArray (converted to dtype/device when given), a NumPy array or anything
 // NumPy accepts (nested lists, scalars, buffers). Python float lists default to float32, as in

@@ -374,17 +374,10 @@ std::optional<int64_t> to_int64(py::handle obj) {
   return std::nullopt;
 }
 
-bool is_inexact_int(py::handle obj) {
-  std::optional<int64_t> v = to_int64(obj);
-  if (!v) return false;
-  const double d = static_cast<double>(*v);
-  return d >= 0x1p63 || static_cast<int64_t>(d) != *v;
-}
-
 std::optional<Scalar> to_scalar(py::handle obj) {
   if (py::isinstance<py::bool_>(obj)) return Scalar(obj.ptr() == Py_True);
-  if (is_inexact_int(obj)) return std::nullopt;
-  if (PyLong_Check(obj.ptr())) {
+  if (std::optional<int64_t> v = to_int64(obj)) return Scalar(*v);
+  if (PyLong_Check(obj.ptr())) {  // beyond int64: a float64 only
     Scalar s(PyLong_AsDouble(obj.ptr()));
     if (PyErr_Occurred()) throw py::error_already_set();
     s.kind = Scalar::Kind::Int;
@@ -440,7 +433,6 @@ NDArray to_ndarray(py::handle obj, std::optional<DType> dtype, std::optional<Dev
 std::optional<Operand> to_operand(py::handle obj, const NDArray& like) {
   if (py::isinstance<NDArray>(obj)) return Operand{py::cast<NDArray>(obj), Scalar()};
   if (auto s = to_scalar(obj)) return Operand{std::nullopt, *s};
-  if (is_inexact_int(obj)) return Operand{to_ndarray(obj, DType::Int64, like.device()), Scalar()};
   const bool array_like = py::isinstance<py::array>(obj) || py::isinstance<py::list>(obj) ||
                           py::isinstance<py::tuple>(obj) || PyObject_CheckBuffer(obj.ptr());
   if (!array_like || py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj))
@@ -640,7 +632,7 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
       .def("__setitem__",
            [](const NDArray& a, py::handle key, py::handle value) {
              std::vector<Index> index = to_index(key);
-             if (auto s = to_scalar(value)) return a.setitem(index, s->value);
+             if (auto s = to_scalar(value)) return a.setitem(index, *s);
              NDArray v = to_ndarray(value, std::nullopt, a.device());
              without_gil([&] {
                a.setitem(index, v);

@@ -347,20 +347,10 @@ DType default_dtype_for(const Scalar& s) {
 }
 
 Scalar number(py::handle obj, const char* what) {
-  NEEDLE_CHECK(!is_inexact_int(obj), ValueError, what, ": ", std::string(py::str(obj)),
-               " is not exactly a float64, which this argument is taken as");
   std::optional<Scalar> s = to_scalar(obj);
   NEEDLE_CHECK(s.has_value(), TypeError, what, ": expected a number, got ",
                std::string(py::str(py::type::handle_of(obj))));
   return *s;
-}
-
-// full() of an int a float64 would round: int64 filled exactly, then converted once.
-NDArray full_of_int(const Shape& shape, int64_t value, std::optional<DType> dtype, Device device) {
-  return without_gil([&] {
-    NDArray one = NDArray::from_host(&value, {}, DType::Int64, cpu());
-    return one.astype(dtype.value_or(DType::Int64)).to(device).broadcast_to(shape).clone();
-  });
 }
 
 using Filler = NDArray (*)(const Shape&, DType, Device);
@@ -414,13 +404,11 @@ void bind_ndarray_creation(py::module_& m) {
   m.def(
       "full",
       [](py::handle shape, py::handle fill_value, py::handle dtype, py::handle device) {
-        Shape s = to_shape(shape);
-        Device dev = to_device(device);
-        if (is_inexact_int(fill_value))
-          return full_of_int(s, *to_int64(fill_value), to_optional_dtype(dtype), dev);
         Scalar v = number(fill_value, "full");
+        Shape s = to_shape(shape);
         DType dt = to_optional_dtype(dtype).value_or(default_dtype_for(v));
-        return without_gil([&] { return NDArray::full(s, v.value, dt, dev); });
+        Device dev = to_device(device);
+        return without_gil([&] { return NDArray::full(s, v, dt, dev); });
       },
       py::arg("size"), py::arg("fill_value"), py::arg("dtype") = py::none(),
       py::arg("device") = py::none(),
@@ -428,12 +416,10 @@ void bind_ndarray_creation(py::module_& m) {
   m.def(
       "full_like",
       [](const NDArray& like, py::handle fill_value, py::handle dtype, py::handle device) {
+        Scalar v = number(fill_value, "full_like");
         DType dt = to_optional_dtype(dtype).value_or(like.dtype());
         Device dev = to_optional_device(device).value_or(like.device());
-        if (is_inexact_int(fill_value))
-          return full_of_int(like.shape(), *to_int64(fill_value), dt, dev);
-        Scalar v = number(fill_value, "full_like");
-        return without_gil([&] { return NDArray::full(like.shape(), v.value, dt, dev); });
+        return without_gil([&] { return NDArray::full(like.shape(), v, dt, dev); });
       },
       py::arg("input"), py::arg("fill_value"), py::arg("dtype") = py::none(),
       py::arg("device") = py::none());

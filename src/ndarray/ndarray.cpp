@@ -123,18 +123,18 @@ int normalize_existing_dim(int dim, int ndim, const char* op) {
   return normalize_dim(dim, ndim);
 }
 
-static void check_shape_valid(const Shape& shape) {
+// Returns the shape's number of elements, refusing negative dims and a count that overflows.
+static int64_t check_shape_valid(const Shape& shape) {
   for (int64_t d : shape)
     NEEDLE_CHECK(d >= 0, ValueError, "invalid shape ", shape_str(shape),
                  ": dimensions must be non-negative");
-  shape_numel(shape);  // refuses a number of elements that overflows
+  return shape_numel(shape);
 }
 
 // --- creation -------------------------------------------------------------------------------------
 
 NDArray NDArray::empty(const Shape& shape, DType dtype, Device device) {
-  check_shape_valid(shape);
-  int64_t numel = shape_numel(shape);
+  const int64_t numel = check_shape_valid(shape);
   NEEDLE_CHECK(numel <= std::numeric_limits<int64_t>::max() / static_cast<int64_t>(itemsize(dtype)),
                ValueError, "invalid shape ", shape_str(shape), ": ", numel, " elements of ",
                dtype_name(dtype), " take more bytes than fit in int64");
@@ -161,6 +161,26 @@ NDArray NDArray::ones(const Shape& shape, DType dtype, Device device) {
 NDArray NDArray::scalar(double value, DType dtype, Device device) {
   return full({}, value, dtype, device);
 }
+NDArray NDArray::full(const Shape& shape, const Scalar& value, DType dtype, Device device) {
+  NEEDLE_CHECK(!value.beyond_int64() || is_floating(dtype), ValueError, "full: the int ",
+               value.value, " does not fit in ", dtype_name(dtype));
+  if (!value.rounds_int() || is_floating(dtype)) return full(shape, value.value, dtype, device);
+  // fill() takes a float64; the exact int64 goes through one converted element instead.
+  const int64_t exact = *value.exact_int;
+  NDArray one = from_host(&exact, {}, DType::Int64, cpu()).astype(dtype).to(device);
+  return one.broadcast_to(shape).clone();
+}
+
+// n values value_at(0), value_at(1), ... computed on the host as T, then moved and converted. They
+// are written into a needle array (not a std::vector), so running out of memory is needle's
+// OutOfMemoryError.
+template <typename T, typename F>
+static NDArray host_sequence(int64_t n, const F& value_at, DType dtype, Device device) {
+  NDArray values = NDArray::empty({n}, dtype_of<T>::value, cpu());
+  auto* v = static_cast<T*>(values.data_ptr());
+  for (int64_t i = 0; i < n; ++i) v[i] = value_at(i);
+  return values.to(device).astype(dtype);
+}
 
 NDArray NDArray::arange(double start, double stop, double step, DType dtype, Device device) {
   NEEDLE_CHECK(step != 0.0, ValueError, "arange: step must be non-zero");
@@ -171,13 +191,9 @@ NDArray NDArray::arange(double start, double stop, double step, DType dtype, Dev
   // 2**62 float64 values would not fit in int64 bytes anyway; the bound keeps the cast defined.
   NEEDLE_CHECK(count < 0x1p62, ValueError, "arange: start ", start, ", end ", stop, " and step ",
                step, " give ", count, " values, more than an array can hold");
-  int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
-  // Written into a needle array (not a std::vector), so running out of memory is needle's
-  // OutOfMemoryError.
-  NDArray values = empty({n}, DType::Float64, cpu());
-  auto* v = static_cast<double*>(values.data_ptr());
-  for (int64_t i = 0; i < n; ++i) v[i] = start + static_cast<double>(i) * step;
-  return values.to(device).astype(dtype);
+  const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
+  return host_sequence<double>(
+      n, [&](int64_t i) { return start + static_cast<double>(i) * step; }, dtype, device);
 }
 
 NDArray NDArray::arange_int(int64_t start, int64_t stop, int64_t step, DType dtype, Device device) {
@@ -190,12 +206,10 @@ NDArray NDArray::arange_int(int64_t start, int64_t stop, int64_t step, DType dty
   NEEDLE_CHECK(count < (static_cast<__int128>(1) << 62), ValueError, "arange: start ", start,
                ", end ", stop, " and step ", step, " give ", static_cast<double>(count),
                " values, more than an array can hold");
-  const int64_t n = static_cast<int64_t>(count);
-  NDArray values = empty({n}, DType::Int64, cpu());
-  auto* v = static_cast<int64_t*>(values.data_ptr());
-  for (int64_t i = 0; i < n; ++i)
-    v[i] = static_cast<int64_t>(start + static_cast<__int128>(i) * by);
-  return values.to(device).astype(dtype);
+  return host_sequence<int64_t>(
+      static_cast<int64_t>(count),
+      [&](int64_t i) { return static_cast<int64_t>(start + static_cast<__int128>(i) * by); }, dtype,
+      device);
 }
 
 NDArray NDArray::eye(int64_t n, int64_t m, DType dtype, Device device) {
@@ -611,8 +625,11 @@ void NDArray::setitem(const std::vector<Index>& index, const NDArray& value) con
   getitem(index).assign(value);
 }
 
-void NDArray::setitem(const std::vector<Index>& index, double value) const {
-  getitem(index).fill(value);
+void NDArray::setitem(const std::vector<Index>& index, const Scalar& value) const {
+  if (value.rounds_int() && !is_floating(dtype_))
+    getitem(index).assign(full({}, value, dtype_, device()));
+  else
+    getitem(index).fill(value.value);
 }
 
 // --- host access ----------------------------------------------------------------------------------

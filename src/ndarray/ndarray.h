@@ -53,12 +53,21 @@ class Buffer {
 struct Scalar {
   enum class Kind : uint8_t { Bool, Int, Float } kind = Kind::Float;
   double value = 0.0;
+  // An int64's exact value; `value` rounds it beyond 2**53.
+  std::optional<int64_t> exact_int;
   Scalar() = default;
   Scalar(double v) : kind(Kind::Float), value(v) {}
   Scalar(float v) : kind(Kind::Float), value(v) {}
-  Scalar(int v) : kind(Kind::Int), value(v) {}
-  Scalar(int64_t v) : kind(Kind::Int), value(static_cast<double>(v)) {}
+  Scalar(int v) : kind(Kind::Int), value(v), exact_int(v) {}
+  Scalar(int64_t v) : kind(Kind::Int), value(static_cast<double>(v)), exact_int(v) {}
   Scalar(bool v) : kind(Kind::Bool), value(v ? 1.0 : 0.0) {}
+  // Whether `value` differs from exact_int: integer arrays then take exact_int (binary ops, full,
+  // setitem), as a kernel's float64 scalar would round it.
+  bool rounds_int() const {
+    return exact_int && (value >= 0x1p63 || static_cast<int64_t>(value) != *exact_int);
+  }
+  // An int beyond int64 (only its float64 is known): no integer dtype holds it.
+  bool beyond_int64() const { return kind == Kind::Int && !exact_int; }
 };
 // The dtype an operation between an array of type `dt` and scalar `s` computes in.
 DType promote_with_scalar(DType dt, const Scalar& s);
@@ -102,6 +111,8 @@ class NDArray {
   static NDArray zeros(const Shape& shape, DType dtype = DType::Float32, Device device = cpu());
   static NDArray ones(const Shape& shape, DType dtype = DType::Float32, Device device = cpu());
   static NDArray scalar(double value, DType dtype = DType::Float32, Device device = cpu());
+  // full() of a Scalar: exact for an int a float64 would round (Scalar::rounds_int).
+  static NDArray full(const Shape& shape, const Scalar& value, DType dtype, Device device = cpu());
   // Values start, start + step, ... below stop (above it for a negative step).
   static NDArray arange(double start, double stop, double step = 1.0, DType dtype = DType::Int64,
                         Device device = cpu());
@@ -172,7 +183,7 @@ class NDArray {
   void assign(const NDArray& src) const;
   void fill(double value) const;
   void setitem(const std::vector<Index>& index, const NDArray& value) const;
-  void setitem(const std::vector<Index>& index, double value) const;
+  void setitem(const std::vector<Index>& index, const Scalar& value) const;
 
   // --- host access (waits for the device) ---------------------------------------------------
   void copy_to_host(void* dst) const;  // compact layout, nbytes() bytes

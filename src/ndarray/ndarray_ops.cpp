@@ -83,6 +83,12 @@ void add_into(const NDArray& dst, const NDArray& src) {
 
 NDArray binary(BinaryOp op, const NDArray& a, const Scalar& s, bool scalar_first) {
   DType dt = compute_dtype(op, promote_with_scalar(a.dtype(), s));
+  NEEDLE_CHECK(!s.beyond_int64() || is_floating(dt), ValueError, "the int ", s.value,
+               " does not fit in ", dtype_name(dt), ", the dtype this op computes in");
+  if (s.rounds_int() && !is_floating(dt)) {  // the kernels take the scalar as a float64
+    NDArray b = NDArray::full({}, s, dt, a.device());
+    return scalar_first ? binary(op, b, a) : binary(op, a, b);
+  }
   NDArray x = a.astype(dt);
   NDArray out = NDArray::empty(a.shape(), is_comparison(op) ? DType::Bool : dt, a.device());
   if (out.numel()) a.backend().binary_scalar(op, x.ref(), s.value, scalar_first, out.ref());
@@ -114,7 +120,7 @@ NDArray where(const NDArray& cond, const NDArray& a, const NDArray& b) {
 
 NDArray where(const NDArray& cond, const NDArray& a, const Scalar& b) {
   DType dt = promote_with_scalar(a.dtype(), b);
-  return where(cond, a, NDArray::scalar(b.value, dt, a.device()));
+  return where(cond, a, NDArray::full({}, b, dt, a.device()));
 }
 
 NDArray clamp(const NDArray& a, std::optional<double> lo, std::optional<double> hi) {

@@ -328,3 +328,10 @@ def test_ints_a_float64_would_round_stay_exact():
     t[0], a[1] = big, big
     assert t.numpy().tolist() == [big, 0] and a.numpy().tolist() == [0, big]
     assert (ndl.tensor([1.0]) + big).dtype == ndl.float32  # a float tensor stays float
+    assert (ndl.tensor([big, 3]) == big).numpy().tolist() == [True, False]
+    assert (ndl.tensor([1], dtype=ndl.int32) + big).dtype == ndl.int32  # still a weak scalar
+    # An int beyond int64 has no integer dtype (it was converted to int64 out of range).
+    with pytest.raises(ValueError, match=r"does not fit in int64"):
+        nd.full((1,), 2 ** 64)
+    with pytest.raises(ValueError, match=r"does not fit in int64"):
+        ndl.tensor([1]) + 2 ** 64
