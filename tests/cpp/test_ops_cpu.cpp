@@ -220,6 +220,24 @@ TEST_CASE("Shapes whose element or byte counts overflow int64 are refused", "[cp
   CHECK(chunk(r, std::numeric_limits<int64_t>::max(), 0).size() == 5);
 }
 
+TEST_CASE("An int64 Scalar a float64 would round stays exact on integer dtypes", "[cpu]") {
+  const int64_t big = (int64_t(1) << 53) + 1;
+  CHECK(Scalar(big).rounds_int());
+  CHECK_FALSE(Scalar(int64_t(1) << 53).rounds_int());
+  NDArray one = NDArray::full({2}, 1.0, DType::Int64, cpu());
+  CHECK(add(one, Scalar(big)).to_vector<int64_t>() == std::vector<int64_t>{big + 1, big + 1});
+  CHECK(sub(Scalar(big), one).to_vector<int64_t>() == std::vector<int64_t>{big - 1, big - 1});
+  CHECK(NDArray::full({3}, Scalar(big), DType::Int64).to_vector<int64_t>() ==
+        std::vector<int64_t>(3, big));
+  NDArray x = NDArray::zeros({2}, DType::Int64);
+  x.setitem({Index::at(1)}, Scalar(big));
+  CHECK(x.to_vector<int64_t>() == std::vector<int64_t>{0, big});
+  Scalar beyond(0x1p64);
+  beyond.kind = Scalar::Kind::Int;  // as the bindings make an int past int64
+  CHECK_THROWS_AS(NDArray::full({1}, beyond, DType::Int64), ValueError);
+  CHECK_THROWS_AS(add(one, beyond), ValueError);
+}
+
 TEST_CASE("add_into: a broadcast dst is refused, a src sharing dst's buffer is read first", "[cpu]") {
   NDArray row = NDArray::ones({1, 3}, DType::Float32);
   CHECK_THROWS_WITH(add_into(row.broadcast_to({2, 3}), NDArray::ones({2, 3}, DType::Float32)),
