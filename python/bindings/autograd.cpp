@@ -56,11 +56,6 @@ std::string tensor_repr(const Tensor& t) {
   return body;
 }
 
-std::optional<double> opt_double(py::handle h) {
-  if (h.is_none()) return std::nullopt;
-  return py::cast<double>(h);
-}
-
 // A loss's `reduction` argument, as torch spells it.
 Reduction parse_reduction(const char* op, const std::string& reduction) {
   if (reduction == "mean") return Reduction::Mean;
@@ -107,10 +102,11 @@ void bind_tensor_ops(TensorClass& cls) {
       .def("matmul", [](const Tensor& a, const Tensor& b) { return matmul(a, b); })
       .def("logical_not", [](const Tensor& a) { return logical_not(a); })
       .def("clamp", [](const Tensor& a, py::handle lo, py::handle hi) {
-             return clamp(a, opt_double(lo), opt_double(hi));
+             return clamp(a, optional_scalar_arg(lo, "clamp min"),
+                          optional_scalar_arg(hi, "clamp max"));
            }, py::arg("min") = py::none(), py::arg("max") = py::none())
-      .def("masked_fill", [](const Tensor& a, const Tensor& mask, double v) {
-             return masked_fill(a, mask, v);
+      .def("masked_fill", [](const Tensor& a, const Tensor& mask, py::handle v) {
+             return masked_fill(a, mask, scalar_arg(v, "masked_fill"));
            }, py::arg("mask"), py::arg("value"));
 
   // reductions
@@ -286,7 +282,10 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
       .def("is_contiguous", [](const Tensor& t) { return t.data().is_compact(); })
       .def("clone", [](const Tensor& t) { return mul(t, Scalar(1)); })
       .def("zero_", [](const Tensor& t) { t.data().fill(0); return t; })
-      .def("fill_", [](const Tensor& t, double v) { t.data().fill(v); return t; });
+      .def("fill_", [](const Tensor& t, py::handle v) {
+             t.data().fill(scalar_arg(v, "fill_"));
+             return t;
+           });
   cls.def(
       "to",
       [](const Tensor& t, py::handle target, py::handle dtype, bool non_blocking) {
@@ -334,10 +333,28 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
   A.def("stack", [](const std::vector<Tensor>& ts, int dim) { return stack(ts, dim); },
         py::arg("tensors"), py::arg("dim") = 0);
   A.def("where", [](const Tensor& c, py::handle a, py::handle b) {
+          // A number is a weak scalar: it takes the dtype the other branch promotes to with it, as
+          // in torch (where(c, int_tensor, 0.5) is float32); of two numbers the first leads.
+          std::optional<Scalar> sa = to_scalar(a), sb = to_scalar(b);
           Tensor like = py::isinstance<Tensor>(a) ? py::cast<Tensor>(a) : c;
-          Tensor x = as_tensor(a, like), y = as_tensor(b, like);
-          if (!py::isinstance<Tensor>(a) && py::isinstance<Tensor>(b)) x = astype(x, y.dtype());
-          if (!py::isinstance<Tensor>(b) && py::isinstance<Tensor>(a)) y = astype(y, x.dtype());
+          Tensor x = sa ? Tensor() : as_tensor(a, like), y = sb ? Tensor() : as_tensor(b, like);
+          if (!sa && !sb && !py::isinstance<Tensor>(a) && py::isinstance<Tensor>(b))
+            x = astype(x, y.dtype());
+          if (!sa && !sb && !py::isinstance<Tensor>(b) && py::isinstance<Tensor>(a))
+            y = astype(y, x.dtype());
+          auto full = [&](const Scalar& s, DType dt) {
+            s.check_fits(dt, "where");
+            return Tensor(NDArray::full({}, s, dt, c.device()));
+          };
+          if (sa && sb) {
+            DType dt = promote_with_scalar(default_dtype(*sa), *sb);
+            x = full(*sa, dt);
+            y = full(*sb, dt);
+          } else if (sa) {
+            x = full(*sa, promote_with_scalar(y.dtype(), *sa));
+          } else if (sb) {
+            y = full(*sb, promote_with_scalar(x.dtype(), *sb));
+          }
           return where(c, x, y);
         }, py::arg("condition"), py::arg("input"), py::arg("other"));
 

@@ -34,6 +34,11 @@ std::vector<int> to_dims(py::handle obj);
 // A Python bool/int/float or NumPy scalar as a weak Scalar (an int in int64 kept exactly, see
 // Scalar::exact_int); nullopt for anything else.
 std::optional<Scalar> to_scalar(py::handle obj);
+// A function's number argument: what to_scalar takes, or a one-element NDArray, Tensor or NumPy
+// array (its item, as torch takes a 0-d tensor). TypeError naming `what` for anything else,
+// ValueError for an array of another size.
+Scalar scalar_arg(py::handle obj, const char* what);
+std::optional<Scalar> optional_scalar_arg(py::handle obj, const char* what);  // None -> nullopt
 // The value of a Python int or NumPy integer (not a bool) that fits in int64, else nullopt.
 std::optional<int64_t> to_int64(py::handle obj);
 

@@ -386,16 +386,32 @@ std::optional<Scalar> to_scalar(py::handle obj) {
   if (PyFloat_Check(obj.ptr())) return Scalar(PyFloat_AsDouble(obj.ptr()));
   if (py::isinstance(obj, numpy().attr("generic"))) {
     const std::string kind = py::str(obj.attr("dtype").attr("kind"));
-    const double v = py::cast<double>(obj.attr("item")());
-    if (kind == "b") return Scalar(v != 0);
-    if (kind == "i" || kind == "u") {
-      Scalar s(v);
-      s.kind = Scalar::Kind::Int;
-      return s;
-    }
-    if (kind == "f") return Scalar(v);
+    // item() gives a Python bool, int or float: an np.int64 stays exact.
+    if (kind == "b" || kind == "i" || kind == "u" || kind == "f")
+      return to_scalar(obj.attr("item")());
   }
   return std::nullopt;
+}
+
+Scalar scalar_arg(py::handle obj, const char* what) {
+  std::optional<Scalar> s = to_scalar(obj);
+  // A one-element array or tensor stands for its value, as in torch: t.fill_(x.max()).
+  if (!s && (py::isinstance<NDArray>(obj) || py::hasattr(obj, "requires_grad") ||
+             py::isinstance(obj, numpy().attr("ndarray")))) {
+    const int64_t n =
+        py::cast<int64_t>(py::hasattr(obj, "numel") ? obj.attr("numel")() : obj.attr("size"));
+    NEEDLE_CHECK(n == 1, ValueError, what,
+                 ": expected a number or a one-element array, got an array of ", n, " elements");
+    s = to_scalar(obj.attr("item")());
+  }
+  NEEDLE_CHECK(s.has_value(), TypeError, what, ": expected a number, got ",
+               std::string(py::str(py::type::handle_of(obj))));
+  return *s;
+}
+
+std::optional<Scalar> optional_scalar_arg(py::handle obj, const char* what) {
+  if (obj.is_none()) return std::nullopt;
+  return scalar_arg(obj, what);
 }
 
 NDArray to_ndarray(py::handle obj, std::optional<DType> dtype, std::optional<Device> device) {
@@ -418,6 +434,13 @@ NDArray to_ndarray(py::handle obj, std::optional<DType> dtype, std::optional<Dev
     stored = dtype_for_numpy(np_dt);
   }
   if (python_values && stored == DType::Float64 && !dtype) stored = DType::Float32;
+  // Python numbers given an integer dtype must fit it, as torch.tensor checks: the cast would
+  // wrap them or, from a float, be undefined.
+  if (python_values && dtype && is_integral(*dtype) && arr.size() > 0 && stored != *dtype &&
+      stored != DType::Bool) {
+    scalar_arg(arr.attr("min")(), "tensor").check_fits(*dtype, "tensor");
+    scalar_arg(arr.attr("max")(), "tensor").check_fits(*dtype, "tensor");
+  }
   // astype rather than ascontiguousarray, which turns 0-d arrays into 1-d ones.
   py::object target =
       stored == DType::BFloat16 ? py::object(np_dt) : py::object(numpy_dtype(stored));
@@ -641,8 +664,8 @@ through the buffer protocol, so np.asarray(x) is a view of x, not a copy.)doc");
            })
       .def(
           "fill_",
-          [](const NDArray& a, double value) {
-            a.fill(value);
+          [](const NDArray& a, py::handle value) {
+            a.fill(scalar_arg(value, "fill_"));
             return a;
           },
           py::arg("value"))

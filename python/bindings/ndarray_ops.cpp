@@ -83,11 +83,8 @@ NDArray where_function(const NDArray& cond, py::handle a, py::handle b) {
   NEEDLE_CHECK(x && y, TypeError, "where: expected arrays or numbers for the two branches");
   if (!x->is_array() && !y->is_array()) {
     // Two numbers: the result has the dtype a one-element array of the first would promote to.
-    DType dt = promote_with_scalar(x->scalar.kind == Scalar::Kind::Float ? DType::Float32
-                                   : x->scalar.kind == Scalar::Kind::Int ? DType::Int64
-                                                                         : DType::Bool,
-                                   y->scalar);
-    x->array = NDArray::scalar(x->scalar.value, dt, cond.device());
+    DType dt = promote_with_scalar(default_dtype(x->scalar), y->scalar);
+    x->array = NDArray::full({}, x->scalar, dt, cond.device());
   }
   return without_gil([&] {
     if (!x->is_array()) return where(logical_not(cond), *y->array, x->scalar);
@@ -187,7 +184,9 @@ void bind_elementwise(py::module_& m, py::class_<NDArray>& cls) {
 
   m.def("where", &where_function, py::arg("condition"), py::arg("input"), py::arg("other"),
         "Elementwise condition ? input : other; either branch may be a number.");
-  auto clamp_fn = [](const NDArray& a, std::optional<double> lo, std::optional<double> hi) {
+  auto clamp_fn = [](const NDArray& a, py::handle min, py::handle max) {
+    std::optional<Scalar> lo = optional_scalar_arg(min, "clamp min");
+    std::optional<Scalar> hi = optional_scalar_arg(max, "clamp max");
     return without_gil([&] { return clamp(a, lo, hi); });
   };
   def_both(m, cls, "clamp", clamp_fn, py::arg("min") = py::none(), py::arg("max") = py::none());
@@ -346,13 +345,6 @@ DType default_dtype_for(const Scalar& s) {
   return DType::Float32;
 }
 
-Scalar number(py::handle obj, const char* what) {
-  std::optional<Scalar> s = to_scalar(obj);
-  NEEDLE_CHECK(s.has_value(), TypeError, what, ": expected a number, got ",
-               std::string(py::str(py::type::handle_of(obj))));
-  return *s;
-}
-
 using Filler = NDArray (*)(const Shape&, DType, Device);
 
 void bind_filler(py::module_& m, const char* name, Filler fill, const char* doc) {
@@ -404,7 +396,7 @@ void bind_ndarray_creation(py::module_& m) {
   m.def(
       "full",
       [](py::handle shape, py::handle fill_value, py::handle dtype, py::handle device) {
-        Scalar v = number(fill_value, "full");
+        Scalar v = scalar_arg(fill_value, "full");
         Shape s = to_shape(shape);
         DType dt = to_optional_dtype(dtype).value_or(default_dtype_for(v));
         Device dev = to_device(device);
@@ -416,7 +408,7 @@ void bind_ndarray_creation(py::module_& m) {
   m.def(
       "full_like",
       [](const NDArray& like, py::handle fill_value, py::handle dtype, py::handle device) {
-        Scalar v = number(fill_value, "full_like");
+        Scalar v = scalar_arg(fill_value, "full_like");
         DType dt = to_optional_dtype(dtype).value_or(like.dtype());
         Device dev = to_optional_device(device).value_or(like.device());
         return without_gil([&] { return NDArray::full(like.shape(), v, dt, dev); });
@@ -435,9 +427,9 @@ void bind_ndarray_creation(py::module_& m) {
           Device dev = to_device(device);
           return without_gil([&] { return NDArray::arange_int(*ilo, *ihi, *ist, dt, dev); });
         }
-        Scalar lo = end.is_none() ? Scalar(0) : number(start, "arange start");
-        Scalar hi = number(end.is_none() ? start : end, "arange end");
-        Scalar st = number(step, "arange step");
+        Scalar lo = end.is_none() ? Scalar(0) : scalar_arg(start, "arange start");
+        Scalar hi = scalar_arg(end.is_none() ? start : end, "arange end");
+        Scalar st = scalar_arg(step, "arange step");
         const bool all_int = lo.kind != Scalar::Kind::Float && hi.kind != Scalar::Kind::Float &&
                              st.kind != Scalar::Kind::Float;
         DType dt = to_optional_dtype(dtype).value_or(all_int ? DType::Int64 : DType::Float32);

@@ -35,8 +35,9 @@ inline Tensor operator/(const Tensor& a, const Scalar& b) { return div(a, b); }
 inline Tensor operator-(const Tensor& a) { return neg(a); }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
-Tensor masked_fill(const Tensor& a, const Tensor& mask, double value);
-Tensor clamp(const Tensor& a, std::optional<double> min, std::optional<double> max);
+Tensor masked_fill(const Tensor& a, const Tensor& mask, const Scalar& value);
+// The result's dtype follows the bounds (see the NDArray clamp).
+Tensor clamp(const Tensor& a, const std::optional<Scalar>& min, const std::optional<Scalar>& max);
 Tensor astype(const Tensor& a, DType dtype);  // differentiable between floating dtypes
 // non_blocking: see NDArray::to (a GPU-to-CPU copy queued, waited for on the result's first use).
 Tensor to_device(const Tensor& a, const Device& device, bool non_blocking = false);

@@ -191,14 +191,15 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
                      std::make_shared<WhereFn>(cond.data()), {a, b});
 }
 
-Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
-  return where(mask, Tensor(NDArray::scalar(value, a.dtype(), a.device())), a);
+Tensor masked_fill(const Tensor& a, const Tensor& mask, const Scalar& value) {
+  value.check_fits(a.dtype(), "masked_fill");
+  return where(mask, Tensor(NDArray::full({}, value, a.dtype(), a.device())), a);
 }
 
-Tensor clamp(const Tensor& a, std::optional<double> lo, std::optional<double> hi) {
+Tensor clamp(const Tensor& a, const std::optional<Scalar>& lo, const std::optional<Scalar>& hi) {
   Tensor r = a;
-  if (lo) r = maximum(r, Scalar(*lo));
-  if (hi) r = minimum(r, Scalar(*hi));
+  if (lo) r = maximum(r, *lo);
+  if (hi) r = minimum(r, *hi);
   return r;
 }
 

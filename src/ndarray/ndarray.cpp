@@ -162,8 +162,7 @@ NDArray NDArray::scalar(double value, DType dtype, Device device) {
   return full({}, value, dtype, device);
 }
 NDArray NDArray::full(const Shape& shape, const Scalar& value, DType dtype, Device device) {
-  NEEDLE_CHECK(!value.beyond_int64() || is_floating(dtype), ValueError, "full: the int ",
-               value.value, " does not fit in ", dtype_name(dtype));
+  value.check_fits(dtype, "full");
   if (!value.rounds_int() || is_floating(dtype)) return full(shape, value.value, dtype, device);
   // fill() takes a float64; the exact int64 goes through one converted element instead.
   const int64_t exact = *value.exact_int;
@@ -192,6 +191,10 @@ NDArray NDArray::arange(double start, double stop, double step, DType dtype, Dev
   NEEDLE_CHECK(count < 0x1p62, ValueError, "arange: start ", start, ", end ", stop, " and step ",
                step, " give ", count, " values, more than an array can hold");
   const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
+  if (n > 0) {  // the values run from the first to the last: both must fit an integer dtype
+    Scalar(start).check_fits(dtype, "arange");
+    Scalar(start + static_cast<double>(n - 1) * step).check_fits(dtype, "arange");
+  }
   return host_sequence<double>(
       n, [&](int64_t i) { return start + static_cast<double>(i) * step; }, dtype, device);
 }
@@ -206,6 +209,10 @@ NDArray NDArray::arange_int(int64_t start, int64_t stop, int64_t step, DType dty
   NEEDLE_CHECK(count < (static_cast<__int128>(1) << 62), ValueError, "arange: start ", start,
                ", end ", stop, " and step ", step, " give ", static_cast<double>(count),
                " values, more than an array can hold");
+  if (count > 0) {  // as in arange: the first and the last value must fit the dtype
+    Scalar(start).check_fits(dtype, "arange");
+    Scalar(static_cast<int64_t>(start + (count - 1) * by)).check_fits(dtype, "arange");
+  }
   return host_sequence<int64_t>(
       static_cast<int64_t>(count),
       [&](int64_t i) { return static_cast<int64_t>(start + static_cast<__int128>(i) * by); }, dtype,
@@ -625,11 +632,16 @@ void NDArray::setitem(const std::vector<Index>& index, const NDArray& value) con
   getitem(index).assign(value);
 }
 
-void NDArray::setitem(const std::vector<Index>& index, const Scalar& value) const {
+void NDArray::fill(const Scalar& value) const {
+  value.check_fits(dtype_, "fill_");
   if (value.rounds_int() && !is_floating(dtype_))
-    getitem(index).assign(full({}, value, dtype_, device()));
+    assign(full({}, value, dtype_, device()));
   else
-    getitem(index).fill(value.value);
+    fill(value.value);
+}
+
+void NDArray::setitem(const std::vector<Index>& index, const Scalar& value) const {
+  getitem(index).fill(value);
 }
 
 // --- host access ----------------------------------------------------------------------------------
@@ -645,11 +657,12 @@ double NDArray::item() const {
   return to_vector<double>()[0];
 }
 
+// Integer dtypes print from int64 values (a double rounds them beyond 2**53), the rest from
+// doubles.
+static void format_value(std::ostringstream& os, int64_t v, DType) { os << v; }
 static void format_value(std::ostringstream& os, double v, DType dt) {
   if (dt == DType::Bool) {
     os << (v != 0 ? "True" : "False");
-  } else if (is_integral(dt)) {
-    os << static_cast<int64_t>(v);
   } else {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.4g", v);
@@ -658,7 +671,8 @@ static void format_value(std::ostringstream& os, double v, DType dt) {
   }
 }
 
-static void format_rec(std::ostringstream& os, const std::vector<double>& v, const Shape& shape,
+template <typename T>
+static void format_rec(std::ostringstream& os, const std::vector<T>& v, const Shape& shape,
                        const Strides& strides, int dim, int64_t base, DType dt, bool summarise,
                        int indent) {
   if (dim == static_cast<int>(shape.size())) {
@@ -686,11 +700,15 @@ std::string NDArray::repr() const {
   if (!defined()) return "NDArray(undefined)";
   std::ostringstream os;
   os << "NDArray(";
-  std::vector<double> values = to_vector<double>();
+  auto format = [&](const auto& values) {
+    format_rec(os, values, shape_, compact_strides(shape_), 0, 0, dtype_, numel() > 1000, 8);
+  };
   if (numel() == 0)
     os << "[]";
+  else if (is_integral(dtype_))
+    format(to_vector<int64_t>());
   else
-    format_rec(os, values, shape_, compact_strides(shape_), 0, 0, dtype_, numel() > 1000, 8);
+    format(to_vector<double>());
   os << ", shape=" << shape_str(shape_) << ", dtype=" << dtype_name(dtype_)
      << ", device=" << device().str() << ")";
   return os.str();

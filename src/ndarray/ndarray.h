@@ -68,9 +68,20 @@ struct Scalar {
   }
   // An int beyond int64 (only its float64 is known): no integer dtype holds it.
   bool beyond_int64() const { return kind == Kind::Int && !exact_int; }
+  // Whether an array of dtype `dt` holds this value (truncated toward zero, as a cast would, for a
+  // float on an integer dtype): always for floating and bool dtypes; never for NaN or infinity on
+  // an integer dtype.
+  bool fits(DType dt) const;
+  // ValueError naming `op` unless fits(dt): writing the value would be undefined behaviour (the
+  // cast of an out-of-range double to an int), so it is refused as torch refuses it.
+  void check_fits(DType dt, const char* op) const;
+  // The value as Python prints it: 9007199254740993, 1e+30, nan, True.
+  std::string repr() const;
 };
 // The dtype an operation between an array of type `dt` and scalar `s` computes in.
 DType promote_with_scalar(DType dt, const Scalar& s);
+// The dtype of a one-element array made from `s` alone: bool, int64 or float32 (torch.tensor's).
+DType default_dtype(const Scalar& s);
 
 // One component of an index expression: x[1, 2:5:2, None, ...].
 struct Index {
@@ -182,6 +193,9 @@ class NDArray {
   // Writes src (broadcast to this view's shape, converted to its dtype) into this view.
   void assign(const NDArray& src) const;
   void fill(double value) const;
+  // fill() of a Scalar: exact for an int a float64 would round; ValueError for a value the dtype
+  // cannot hold (Scalar::check_fits).
+  void fill(const Scalar& value) const;
   void setitem(const std::vector<Index>& index, const NDArray& value) const;
   void setitem(const std::vector<Index>& index, const Scalar& value) const;
 
@@ -246,7 +260,9 @@ void add_into(const NDArray& dst, const NDArray& src);
 
 NDArray where(const NDArray& cond, const NDArray& a, const NDArray& b);
 NDArray where(const NDArray& cond, const NDArray& a, const Scalar& b);
-NDArray clamp(const NDArray& a, std::optional<double> min, std::optional<double> max);
+// The result's dtype follows the bounds as a binary op's would: an int tensor clamped by ints
+// stays int, by a float becomes float32.
+NDArray clamp(const NDArray& a, const std::optional<Scalar>& min, const std::optional<Scalar>& max);
 
 inline NDArray operator+(const NDArray& a, const NDArray& b) { return add(a, b); }
 inline NDArray operator-(const NDArray& a, const NDArray& b) { return sub(a, b); }

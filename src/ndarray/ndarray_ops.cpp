@@ -1,6 +1,7 @@
 // NDArray arithmetic: dtype promotion, broadcasting and layout decisions made once here, then
 // handed to the device's kernel table.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -17,6 +18,44 @@ DType promote_with_scalar(DType dt, const Scalar& s) {
     case Scalar::Kind::Bool: return dt;
   }
   return dt;
+}
+
+DType default_dtype(const Scalar& s) {
+  if (s.kind == Scalar::Kind::Int) return DType::Int64;
+  return s.kind == Scalar::Kind::Bool ? DType::Bool : DType::Float32;
+}
+
+bool Scalar::fits(DType dt) const {
+  if (dt != DType::Int32 && dt != DType::Int64) return true;  // floats round, bools test != 0
+  const bool int64 = dt == DType::Int64;
+  if (exact_int)
+    return int64 || (*exact_int >= std::numeric_limits<int32_t>::min() &&
+                     *exact_int <= std::numeric_limits<int32_t>::max());
+  if (!std::isfinite(value)) return false;
+  // The cast truncates toward zero: it is defined while the truncated value is in range.
+  const double t = std::trunc(value);
+  return int64 ? t >= -0x1p63 && t < 0x1p63 : t >= -0x1p31 && t < 0x1p31;
+}
+
+void Scalar::check_fits(DType dt, const char* op) const {
+  NEEDLE_CHECK(fits(dt), ValueError, op, ": the value ", repr(), " does not fit in ",
+               dtype_name(dt),
+               dt == DType::Int32 ? " (-2**31 to 2**31-1)" : " (-2**63 to 2**63-1)");
+}
+
+std::string Scalar::repr() const {
+  if (kind == Kind::Bool) return value != 0 ? "True" : "False";
+  if (exact_int) return std::to_string(*exact_int);
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  char buf[64];
+  // An int beyond int64 prints all its (float64) digits; a float its shortest round trip.
+  auto r = kind == Kind::Int
+               ? std::to_chars(buf, buf + sizeof(buf), value, std::chars_format::fixed)
+               : std::to_chars(buf, buf + sizeof(buf), value);
+  std::string out(buf, r.ptr);
+  if (kind == Kind::Float && out.find_first_of(".e") == std::string::npos) out += ".0";
+  return out;
 }
 
 static void check_same_device(const NDArray& a, const NDArray& b, const char* op) {
@@ -83,8 +122,9 @@ void add_into(const NDArray& dst, const NDArray& src) {
 
 NDArray binary(BinaryOp op, const NDArray& a, const Scalar& s, bool scalar_first) {
   DType dt = compute_dtype(op, promote_with_scalar(a.dtype(), s));
-  NEEDLE_CHECK(!s.beyond_int64() || is_floating(dt), ValueError, "the int ", s.value,
-               " does not fit in ", dtype_name(dt), ", the dtype this op computes in");
+  // A comparison has an answer for any int: an int32 array compares in int64 with one past int32.
+  if (is_comparison(op) && dt == DType::Int32 && !s.fits(dt)) dt = DType::Int64;
+  s.check_fits(dt, op_name(op));
   if (s.rounds_int() && !is_floating(dt)) {  // the kernels take the scalar as a float64
     NDArray b = NDArray::full({}, s, dt, a.device());
     return scalar_first ? binary(op, b, a) : binary(op, a, b);
@@ -120,13 +160,14 @@ NDArray where(const NDArray& cond, const NDArray& a, const NDArray& b) {
 
 NDArray where(const NDArray& cond, const NDArray& a, const Scalar& b) {
   DType dt = promote_with_scalar(a.dtype(), b);
+  b.check_fits(dt, "where");
   return where(cond, a, NDArray::full({}, b, dt, a.device()));
 }
 
-NDArray clamp(const NDArray& a, std::optional<double> lo, std::optional<double> hi) {
+NDArray clamp(const NDArray& a, const std::optional<Scalar>& lo, const std::optional<Scalar>& hi) {
   NDArray r = a;
-  if (lo) r = maximum(r, Scalar(*lo));
-  if (hi) r = minimum(r, Scalar(*hi));
+  if (lo) r = maximum(r, *lo);
+  if (hi) r = minimum(r, *hi);
   if (!lo && !hi) r = a.clone();
   return r;
 }

@@ -238,6 +238,40 @@ TEST_CASE("An int64 Scalar a float64 would round stays exact on integer dtypes",
   CHECK_THROWS_AS(add(one, beyond), ValueError);
 }
 
+TEST_CASE("A Scalar an integer dtype cannot hold is refused, not cast out of range", "[cpu]") {
+  const int64_t big = int64_t(1) << 40;
+  CHECK(Scalar(int64_t(2147483647)).fits(DType::Int32));
+  CHECK_FALSE(Scalar(int64_t(2147483648)).fits(DType::Int32));
+  CHECK(Scalar(-2147483648.9).fits(DType::Int32));  // truncates to -2**31
+  CHECK_FALSE(Scalar(-2147483649.0).fits(DType::Int32));
+  CHECK_FALSE(Scalar(0x1p63).fits(DType::Int64));
+  CHECK(Scalar(-0x1p63).fits(DType::Int64));
+  CHECK_FALSE(Scalar(std::nan("")).fits(DType::Int64));
+  CHECK(Scalar(std::nan("")).fits(DType::Float32));
+  CHECK(Scalar(big).fits(DType::Bool));
+  CHECK(Scalar(big).repr() == "1099511627776");
+  CHECK(Scalar(2.0).repr() == "2.0");
+  CHECK(Scalar(-std::numeric_limits<double>::infinity()).repr() == "-inf");
+  NDArray x = NDArray::zeros({2}, DType::Int32);
+  CHECK_THROWS_AS(NDArray::full({1}, Scalar(big), DType::Int32), ValueError);
+  CHECK_THROWS_AS(x.fill(Scalar(big)), ValueError);
+  CHECK_THROWS_AS(x.setitem({Index::at(0)}, Scalar(1e10)), ValueError);
+  CHECK_THROWS_AS(add(x, Scalar(big)), ValueError);
+  CHECK_THROWS_AS(where(NDArray::zeros({2}, DType::Bool), x, Scalar(big)), ValueError);
+  CHECK_THROWS_AS(NDArray::arange_int(0, big, big / 4, DType::Int32), ValueError);
+  CHECK_THROWS_AS(NDArray::arange(0.0, 1e10, 1e9, DType::Int32), ValueError);
+  CHECK(x.to_vector<int32_t>() == std::vector<int32_t>{0, 0});  // nothing was written
+  // A comparison has an answer for any int: int32 arrays compare in int64.
+  CHECK(lt(x, Scalar(big)).astype(DType::Int64).to_vector<int64_t>() == std::vector<int64_t>{1, 1});
+  CHECK(eq(x, Scalar(-big)).astype(DType::Int64).to_vector<int64_t>() ==
+        std::vector<int64_t>{0, 0});
+  // clamp keeps an int array int when its bounds are ints.
+  NDArray c = clamp(NDArray::arange_int(0, 4, 1, DType::Int64), Scalar(1), Scalar(2));
+  CHECK(c.dtype() == DType::Int64);
+  CHECK(c.to_vector<int64_t>() == std::vector<int64_t>{1, 1, 2, 2});
+  CHECK(clamp(c, Scalar(0.5), std::nullopt).dtype() == DType::Float32);
+}
+
 TEST_CASE("add_into: a broadcast dst is refused, a src sharing dst's buffer is read first", "[cpu]") {
   NDArray row = NDArray::ones({1, 3}, DType::Float32);
   CHECK_THROWS_WITH(add_into(row.broadcast_to({2, 3}), NDArray::ones({2, 3}, DType::Float32)),

@@ -329,9 +329,84 @@ def test_ints_a_float64_would_round_stay_exact():
     assert t.numpy().tolist() == [big, 0] and a.numpy().tolist() == [0, big]
     assert (ndl.tensor([1.0]) + big).dtype == ndl.float32  # a float tensor stays float
     assert (ndl.tensor([big, 3]) == big).numpy().tolist() == [True, False]
-    assert (ndl.tensor([1], dtype=ndl.int32) + big).dtype == ndl.int32  # still a weak scalar
+    assert (ndl.tensor([1], dtype=ndl.int32) + 5).dtype == ndl.int32  # still a weak scalar
     # An int beyond int64 has no integer dtype (it was converted to int64 out of range).
     with pytest.raises(ValueError, match=r"does not fit in int64"):
         nd.full((1,), 2 ** 64)
     with pytest.raises(ValueError, match=r"does not fit in int64"):
         ndl.tensor([1]) + 2 ** 64
+
+
+def test_values_an_integer_dtype_cannot_hold_are_refused():
+    # A number written into an int32/int64 array was cast out of range (undefined behaviour in
+    # C++: full((2,), 2**40, dtype=int32) gave -2**31 twice), and tensor([2**40], dtype=int32)
+    # wrapped to 0. torch refuses such values; so does needle, naming the op, the value and dtype.
+    i32 = ndl.int32
+    cases = [
+        ("full", lambda: nd.full((2,), 2 ** 40, dtype=i32)),
+        ("full", lambda: nd.full((2,), 1e30, dtype=ndl.int64)),
+        ("full", lambda: nd.full((2,), float("nan"), dtype=i32)),
+        ("fill_", lambda: ndl.zeros(2, dtype=i32).fill_(2 ** 31)),
+        ("fill_", lambda: nd.zeros(2, dtype=i32).fill_(float("inf"))),
+        ("fill_", lambda: ndl.zeros(2, dtype=i32).__setitem__(0, -2 ** 31 - 1)),
+        ("add", lambda: ndl.zeros(2, dtype=i32) + 2 ** 40),
+        ("mul", lambda: 2 ** 40 * nd.zeros(2, dtype=i32)),
+        ("where", lambda: ndl.where(ndl.tensor([True]), ndl.tensor([1], dtype=i32), 2 ** 40)),
+        ("where", lambda: nd.where(nd.zeros(1, dtype=ndl.bool), nd.zeros(1, dtype=i32), 2 ** 40)),
+        ("masked_fill",
+         lambda: ndl.tensor([1], dtype=i32).masked_fill(ndl.tensor([True]), 2 ** 33)),
+        ("minimum", lambda: ndl.tensor([1], dtype=i32).clamp(max=2 ** 40)),
+        ("arange", lambda: nd.arange(0, 2 ** 40, 2 ** 38, dtype=i32)),
+        ("arange", lambda: nd.arange(0.0, 1e10, 1e9, dtype=i32)),
+        ("tensor", lambda: ndl.tensor([1, 2 ** 40], dtype=i32)),
+        ("tensor", lambda: ndl.tensor([1.5e10], dtype=i32)),
+        ("tensor", lambda: ndl.tensor([0.0, float("nan")], dtype=ndl.int64)),
+    ]
+    for op, make in cases:
+        with pytest.raises(ValueError, match=rf"^{op}: the value .* does not fit in int(32|64)"):
+            make()
+    t = ndl.tensor([7, 8], dtype=i32)
+    with pytest.raises(ValueError):
+        t.fill_(2 ** 40)
+    assert t.tolist() == [7, 8]  # nothing was written
+    # In range they work, a float truncating toward zero as a cast does (torch.fill_ too).
+    assert nd.full((1,), 2 ** 31 - 1, dtype=i32).tolist() == [2 ** 31 - 1]
+    assert ndl.zeros(2, dtype=i32).fill_(-2.9).tolist() == [-2, -2]
+    assert ndl.tensor([1.7, -2.5], dtype=i32).tolist() == [1, -2]
+    assert nd.arange(2 ** 31 - 2, 2 ** 31, dtype=i32).tolist() == [2 ** 31 - 2, 2 ** 31 - 1]
+    assert ndl.zeros(2, dtype=ndl.bool).fill_(2 ** 70).tolist() == [True, True]
+    # A comparison has an answer for any int: int32 arrays compare in int64.
+    assert (ndl.tensor([1, 2], dtype=i32) < 2 ** 40).tolist() == [True, True]
+    assert (nd.zeros(2, dtype=i32) == -2 ** 40).tolist() == [False, False]
+
+
+def test_clamp_fill_and_masked_fill_take_numbers_as_torch_does():
+    big = 2 ** 53 + 1  # float64 rounds it to 2**53
+    x = ndl.tensor([big, 5])
+    # An int tensor clamped by ints stays int (it became float32), exactly; a float bound promotes.
+    assert x.clamp(0, big + 2).dtype == ndl.int64
+    assert x.clamp(0, big + 2).tolist() == [big, 5]
+    assert x.clamp(big + 2).tolist() == [big + 2, big + 2]
+    assert nd.clamp(x.array, min=big + 2).tolist() == [big + 2, big + 2]
+    assert nd.clip(nd.arange(4), 1, 2).tolist() == [1, 1, 2, 2]
+    assert x.clamp(0.5, 6).dtype == ndl.float32
+    assert ndl.zeros(2, dtype=ndl.int64).fill_(big).tolist() == [big, big]
+    assert nd.zeros(2, dtype=ndl.int64).fill_(np.int64(big)).tolist() == [big, big]
+    assert x.masked_fill(ndl.tensor([False, True]), big).tolist() == [big, big]
+    assert (ndl.tensor([1]) + np.int64(big)).tolist() == [big + 1]  # NumPy ints stay exact too
+    # where promotes a number branch as a binary op would: an int tensor and 0.5 give float32.
+    c = ndl.tensor([True, False])
+    assert ndl.where(c, ndl.tensor([1, 2]), 0.5).tolist() == [1.0, 0.5]
+    assert ndl.where(c, big, 0).tolist() == [big, 0]
+    assert ndl.where(c, 1, 2.5).dtype == ndl.float32
+    # A one-element tensor or array stands for its value (torch takes 0-d tensors).
+    assert ndl.zeros(2).fill_(ndl.tensor([3.0])).tolist() == [3.0, 3.0]
+    assert nd.zeros(2).fill_(np.array(4.0)).tolist() == [4.0, 4.0]
+    assert ndl.tensor([1.0, 9.0]).clamp(max=ndl.tensor(2.0)).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="fill_: expected a number or a one-element array, got an"):
+        ndl.zeros(2).fill_(ndl.tensor([3.0, 4.0]))
+    with pytest.raises(TypeError, match="masked_fill: expected a number, got <class 'str'>"):
+        ndl.zeros(2).masked_fill(ndl.tensor([True, False]), "x")
+    # The repr prints int64 values exactly (it printed them through a double: 2**63 - 1 as -2**63).
+    assert "9223372036854775807" in repr(ndl.tensor([2 ** 63 - 1, 1]))
+    assert f"{big}" in repr(nd.full((1,), big))
