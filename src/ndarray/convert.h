@@ -9,7 +9,9 @@
 
 namespace needle {
 
-// bool is "!= 0"; bfloat16 goes through float.
+// bool is "!= 0"; bfloat16 goes through float. A float becomes an int truncated toward zero and
+// saturated, NaN as 0: what the GPU's conversion instruction does, so both backends agree (a C++
+// cast of an out-of-range float is undefined; x86 gave INT_MIN for all of them).
 template <typename To, typename From>
 NEEDLE_HD To convert(From v) {
   if constexpr (std::is_same_v<From, bfloat16>) {
@@ -20,6 +22,16 @@ NEEDLE_HD To convert(From v) {
     return v != From(0);
   } else if constexpr (std::is_same_v<To, bfloat16>) {
     return bfloat16(static_cast<float>(v));
+  } else if constexpr (std::is_floating_point_v<From> && std::is_integral_v<To>) {
+    static_assert(std::is_signed_v<To> && (sizeof(To) == 4 || sizeof(To) == 8));
+    // -2**(bits-1) and 2**(bits-1), exact in float and double.
+    constexpr From lo = sizeof(To) == 4 ? From(-0x1p31) : From(-0x1p63);
+    constexpr To min_v = sizeof(To) == 4 ? To(INT32_MIN) : To(INT64_MIN);
+    constexpr To max_v = sizeof(To) == 4 ? To(INT32_MAX) : To(INT64_MAX);
+    if (!(v == v)) return To(0);
+    if (v <= lo) return min_v;  // values in (lo - 1, lo] truncate to lo anyway
+    if (v >= -lo) return max_v;
+    return static_cast<To>(v);
   } else {
     return static_cast<To>(v);
   }

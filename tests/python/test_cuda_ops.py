@@ -211,6 +211,16 @@ def test_eye_and_arange_on_the_gpu():
     np.testing.assert_array_equal(ndl.arange(7, 0, -3, device="cuda").numpy(), [7, 4, 1])
 
 
+@pytest.mark.parametrize("src", ["float32", "float64", "bfloat16"])
+def test_float_to_int_casts_match_the_cpu(src):
+    # Both backends saturate out-of-range floats and take NaN as 0 (one convert() in convert.h).
+    values = np.array([1e10, -1e10, np.nan, np.inf, -np.inf, 2.75, -2.75, 2.0 ** 40, 1e30])
+    for dst in ("int32", "int64"):
+        cpu = ndl.NDArray(values, dtype=src).astype(getattr(ndl, dst))
+        gpu = ndl.NDArray(values, dtype=src, device="cuda").astype(getattr(ndl, dst))
+        np.testing.assert_array_equal(gpu.numpy(), cpu.numpy())
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("shapes", [((128, 256), (256, 96)), ((3, 65, 33), (3, 33, 47)),
                                     ((2, 3, 16, 32), (32, 24)), ((1, 512), (512, 1))], ids=str)

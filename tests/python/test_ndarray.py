@@ -482,6 +482,16 @@ def test_to_astype_and_casts():
     check(x.to("cpu", "float64", non_blocking=True), [1.7, -2.2], ndl.float64)
 
 
+@pytest.mark.parametrize("src", ["float32", "float64", "bfloat16"])
+def test_float_to_int_casts_saturate(src):
+    # Truncation toward zero, saturating, NaN as 0: the GPU's conversion, now the CPU's too (the C++
+    # cast of an out-of-range float is undefined: x86 gave INT_MIN for all of these).
+    x = nd.NDArray(np.array([1e10, -1e10, np.nan, np.inf, -np.inf, 2.75, -2.75, 0.0]), dtype=src)
+    check(x.astype(ndl.int32), [2 ** 31 - 1, -2 ** 31, 0, 2 ** 31 - 1, -2 ** 31, 2, -2, 0], ndl.int32)
+    big = nd.NDArray(np.array([1e30, -1e30, np.nan, 2.0 ** 40]), dtype=src)
+    check(big.astype(ndl.int64), [2 ** 63 - 1, -2 ** 63, 0, 2 ** 40], ndl.int64)
+
+
 @pytest.mark.parametrize("make", [lambda a: nd.NDArray(a), lambda a: ndl.tensor(a)], ids=["ndarray", "tensor"])
 def test_to_rejects_bad_targets_and_a_dtype_given_twice(make):
     x = make(np.array([1.5, 2.0], dtype=np.float32))
