@@ -147,8 +147,10 @@ def build_parser():
 
 # --- configuration -----------------------------------------------------------------------------------
 def _check_positive(parser, name, value, allow_zero=False):
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+    # Written so that NaN fails too (every comparison with it is false), as does infinity.
+    if value is not None and not ((value > 0 or (allow_zero and value == 0)) and math.isfinite(value)):
+        parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else 'positive'} "
+                     f"and finite, got {value}")
 
 
 def resolve_config(parser, args):

@@ -336,6 +336,10 @@ def test_an_unfinished_checkpoint_is_never_the_latest(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--steps", "0"], "--steps must be positive"),
+    (["--lr", "nan"], "--lr must be positive and finite, got nan"),  # a traceback from AdamW
+    (["--lr", "inf"], "--lr must be positive and finite, got inf"),
+    (["--weight-decay", "nan"], "--weight-decay must be >= 0 and finite, got nan"),
+    (["--clip=inf"], "--clip must be >= 0 and finite, got inf"),
     (["--seq-len", "5000"], "not one full window"),
     (["--block-size", "24"], "invalid choice: 24"),
     (["--warmup-steps", "10", "--steps", "10"], "must be less than the run's 10 steps"),
