@@ -125,6 +125,10 @@ NDArray binary(BinaryOp op, const NDArray& a, const Scalar& s, bool scalar_first
   // A comparison has an answer for any int: an int32 array compares in int64 with one past int32.
   if (is_comparison(op) && dt == DType::Int32 && !s.fits(dt)) dt = DType::Int64;
   s.check_fits(dt, op_name(op));
+  // As torch and NumPy refuse it (a tensor of exponents is not checked: that would read the data).
+  NEEDLE_CHECK(!(op == BinaryOp::Pow && !scalar_first && !is_floating(dt) && s.value < 0),
+               ValueError, "pow: integers to negative integer powers are not allowed (got ",
+               dtype_name(dt), " ** ", s.repr(), "); use a float base");
   if (s.rounds_int() && !is_floating(dt)) {  // the kernels take the scalar as a float64
     NDArray b = NDArray::full({}, s, dt, a.device());
     return scalar_first ? binary(op, b, a) : binary(op, a, b);

@@ -375,6 +375,10 @@ def test_values_an_integer_dtype_cannot_hold_are_refused():
     assert ndl.tensor([1.7, -2.5], dtype=i32).tolist() == [1, -2]
     assert nd.arange(2 ** 31 - 2, 2 ** 31, dtype=i32).tolist() == [2 ** 31 - 2, 2 ** 31 - 1]
     assert ndl.zeros(2, dtype=ndl.bool).fill_(2 ** 70).tolist() == [True, True]
+    # An int to a negative int power was 0 (3 ** -1); torch and NumPy refuse it.
+    with pytest.raises(ValueError, match=r"pow: integers to negative integer powers are not allowed"):
+        ndl.tensor([3]) ** -1
+    assert (ndl.tensor([3]) ** 2).tolist() == [9] and (ndl.tensor([4.0]) ** -1).tolist() == [0.25]
     # A comparison has an answer for any int: int32 arrays compare in int64.
     assert (ndl.tensor([1, 2], dtype=i32) < 2 ** 40).tolist() == [True, True]
     assert (nd.zeros(2, dtype=i32) == -2 ** 40).tolist() == [False, False]
