@@ -333,18 +333,6 @@ void bind_joining(py::module_& m, py::class_<NDArray>& cls) {
 // --- creation
 // -------------------------------------------------------------------------------------
 
-DType default_dtype_for(const Scalar& s) {
-  switch (s.kind) {
-    case Scalar::Kind::Bool:
-      return DType::Bool;
-    case Scalar::Kind::Int:
-      return DType::Int64;
-    case Scalar::Kind::Float:
-      break;
-  }
-  return DType::Float32;
-}
-
 using Filler = NDArray (*)(const Shape&, DType, Device);
 
 void bind_filler(py::module_& m, const char* name, Filler fill, const char* doc) {
@@ -398,7 +386,7 @@ void bind_ndarray_creation(py::module_& m) {
       [](py::handle shape, py::handle fill_value, py::handle dtype, py::handle device) {
         Scalar v = scalar_arg(fill_value, "full");
         Shape s = to_shape(shape);
-        DType dt = to_optional_dtype(dtype).value_or(default_dtype_for(v));
+        DType dt = to_optional_dtype(dtype).value_or(default_dtype(v));
         Device dev = to_device(device);
         return without_gil([&] { return NDArray::full(s, v, dt, dev); });
       },
