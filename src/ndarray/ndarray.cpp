@@ -663,6 +663,8 @@ static void format_value(std::ostringstream& os, int64_t v, DType) { os << v; }
 static void format_value(std::ostringstream& os, double v, DType dt) {
   if (dt == DType::Bool) {
     os << (v != 0 ? "True" : "False");
+  } else if (std::isnan(v)) {
+    os << "nan";  // as Python and torch print it, whatever its sign bit ("-nan" from printf)
   } else {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.4g", v);
