@@ -76,8 +76,9 @@ void bind_tensor_ops(TensorClass& cls) {
 #undef NEEDLE_BIND_TENSOR_UNARY
 
   const std::pair<const char*, BinaryOp> operators[] = {
-      {"add", BinaryOp::Add}, {"sub", BinaryOp::Sub},         {"mul", BinaryOp::Mul},
-      {"truediv", BinaryOp::Div}, {"pow", BinaryOp::Pow}};
+      {"add", BinaryOp::Add},      {"sub", BinaryOp::Sub}, {"mul", BinaryOp::Mul},
+      {"truediv", BinaryOp::Div},  {"pow", BinaryOp::Pow}, {"floordiv", BinaryOp::FloorDiv},
+      {"mod", BinaryOp::Remainder}};
   for (const auto& [name, op] : operators) {
     BinaryOp o = op;
     cls.def((std::string("__") + name + "__").c_str(),

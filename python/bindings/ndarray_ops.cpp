@@ -112,6 +112,8 @@ void bind_operators(py::class_<NDArray>& cls) {
       {"__mul__", BinaryOp::Mul, false},        {"__rmul__", BinaryOp::Mul, true},
       {"__truediv__", BinaryOp::Div, false},    {"__rtruediv__", BinaryOp::Div, true},
       {"__pow__", BinaryOp::Pow, false},        {"__rpow__", BinaryOp::Pow, true},
+      {"__floordiv__", BinaryOp::FloorDiv, false}, {"__rfloordiv__", BinaryOp::FloorDiv, true},
+      {"__mod__", BinaryOp::Remainder, false},  {"__rmod__", BinaryOp::Remainder, true},
       {"__eq__", BinaryOp::Eq, false},          {"__ne__", BinaryOp::Ne, false},
       {"__lt__", BinaryOp::Lt, false},          {"__le__", BinaryOp::Le, false},
       {"__gt__", BinaryOp::Gt, false},          {"__ge__", BinaryOp::Ge, false},
@@ -130,7 +132,9 @@ void bind_operators(py::class_<NDArray>& cls) {
                                                              {"__isub__", BinaryOp::Sub},
                                                              {"__imul__", BinaryOp::Mul},
                                                              {"__itruediv__", BinaryOp::Div},
-                                                             {"__ipow__", BinaryOp::Pow}};
+                                                             {"__ipow__", BinaryOp::Pow},
+                                                             {"__ifloordiv__", BinaryOp::FloorDiv},
+                                                             {"__imod__", BinaryOp::Remainder}};
   for (const auto& [name, op_value] : inplace) {
     const BinaryOp op = op_value;
     cls.def(name,

@@ -93,7 +93,11 @@ struct BinaryFn : Op {
         gb = mul(g, Tensor(sub(Scalar(1.0), wa)));
         break;
       }
-      default: return {Tensor(), Tensor()};  // comparisons: no gradient
+      case BinaryOp::Remainder:  // a - floor(a / b) * b
+        ga = g;
+        if (b.requires_grad()) gb = neg(mul(g, floor_divide(a.detach(), b.detach())));
+        break;
+      default: return {Tensor(), Tensor()};  // comparisons and floor_divide: no gradient
     }
     return {ga.defined() ? sum_to(ga, a.shape()) : ga, gb.defined() ? sum_to(gb, b.shape()) : gb};
   }
@@ -122,6 +126,9 @@ struct BinaryScalarFn : Op {
                         mul(eq(a.data(), Scalar(s)).astype(g.dtype()), Scalar(0.5)));
         return {mul(g, Tensor(w))};
       }
+      case BinaryOp::Remainder:  // a % s, or s % a = s - floor(s / a) * a
+        if (!scalar_first) return {g};
+        return {neg(mul(g, floor_divide(Scalar(s), a.detach())))};
       default: return {Tensor()};
     }
   }

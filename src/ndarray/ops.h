@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "ndarray/macros.h"
@@ -40,14 +41,16 @@
 
 // Binary arithmetic: inputs and output share one (promoted) dtype. Div on integers promotes to
 // float32 first (true division, as in PyTorch).
-#define NEEDLE_BINARY_ARITH_OPS(X)                 \
-  X(Add, add, a + b)                               \
-  X(Sub, sub, a - b)                               \
-  X(Mul, mul, a * b)                               \
-  X(Div, div, a / b)                               \
-  X(Pow, pow, ::needle::detail::power(a, b))       \
+#define NEEDLE_BINARY_ARITH_OPS(X)                                   \
+  X(Add, add, a + b)                                                 \
+  X(Sub, sub, a - b)                                                 \
+  X(Mul, mul, a * b)                                                 \
+  X(Div, div, a / b)                                                 \
+  X(Pow, pow, ::needle::detail::power(a, b))                         \
   X(Maximum, maximum, (a != a ? a : (b != b ? b : (a > b ? a : b)))) \
-  X(Minimum, minimum, (a != a ? a : (b != b ? b : (a < b ? a : b))))
+  X(Minimum, minimum, (a != a ? a : (b != b ? b : (a < b ? a : b)))) \
+  X(FloorDiv, floor_divide, ::needle::detail::floor_divide(a, b))    \
+  X(Remainder, remainder, ::needle::detail::remainder(a, b))
 
 // Comparisons: inputs share a dtype, the output is bool.
 #define NEEDLE_COMPARE_OPS(X) \
@@ -94,6 +97,40 @@ NEEDLE_HD T power(T a, T b) {
     return r;
   } else {
     return std::pow(a, b);
+  }
+}
+
+// Python's // and % (torch.floor_divide, torch.remainder): the quotient rounded toward -inf, the
+// remainder with the divisor's sign. An integer divided by 0 gives 0 for both, as in NumPy (the
+// hardware would trap), and INT_MIN // -1 wraps to INT_MIN.
+template <typename T>
+NEEDLE_HD T floor_divide(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    if (b == 0) return T(0);
+    if (b == T(-1)) return a == std::numeric_limits<T>::min() ? a : T(-a);
+    const T q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? T(q - 1) : q;
+  } else {
+    // torch's formula: exact through fmod, the quotient then rounded to the integer it is.
+    if (b == T(0)) return a / b;
+    const T mod = std::fmod(a, b);
+    T div = (a - mod) / b;
+    if (mod != T(0) && ((b < T(0)) != (mod < T(0)))) div -= T(1);
+    if (div == T(0)) return std::copysign(T(0), a / b);
+    const T fl = std::floor(div);
+    return div - fl > T(0.5) ? fl + T(1) : fl;
+  }
+}
+
+template <typename T>
+NEEDLE_HD T remainder(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    if (b == 0 || b == T(-1)) return T(0);
+    const T r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? T(r + b) : r;
+  } else {
+    const T r = std::fmod(a, b);
+    return (r != T(0) && ((r < T(0)) != (b < T(0)))) ? r + b : r;
   }
 }
 }  // namespace detail

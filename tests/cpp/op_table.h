@@ -556,7 +556,8 @@ inline void add_unary_special_cases(std::vector<OpCase>& cases) {
 inline Domain binary_domain(BinaryOp op, bool rhs) {
   if (is_comparison(op) || op == BinaryOp::Maximum || op == BinaryOp::Minimum)
     return Domain::Discrete;
-  if (op == BinaryOp::Div && rhs) return Domain::NonZero;
+  if ((op == BinaryOp::Div || op == BinaryOp::FloorDiv || op == BinaryOp::Remainder) && rhs)
+    return Domain::NonZero;
   if (op == BinaryOp::Pow) return rhs ? Domain::Exponent : Domain::Positive;
   return Domain::Real;
 }

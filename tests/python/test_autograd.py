@@ -31,6 +31,8 @@ CASES = [
     ("mul", lambda a, b: a * b, [(3, 4), (4,)]),
     ("div", lambda a, b: a / (b * b + 1.0), [(3, 4), (3, 4)]),
     ("pow scalar", lambda a: (a * a + 1.0) ** 1.5, [(5,)]),
+    ("remainder", lambda a, b: a % (b * b + 0.5) + (a // 0.3) * a, [(3, 4), (3, 4)]),
+    ("remainder scalar", lambda a: 2.5 % (a * a + 1.0) + a % -0.7, [(6,)]),
     ("exp/log", lambda a: (a.exp() + 1.0).log(), [(3, 3)]),
     ("tanh sigmoid", lambda a: a.tanh() * a.sigmoid(), [(4, 2)]),
     ("gelu", lambda a: F.gelu(a), [(6,)]),

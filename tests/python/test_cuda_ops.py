@@ -211,6 +211,25 @@ def test_eye_and_arange_on_the_gpu():
     np.testing.assert_array_equal(ndl.arange(7, 0, -3, device="cuda").numpy(), [7, 4, 1])
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float32", "float64"])
+def test_floor_divide_and_remainder_match_torch(dtype):
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal((33, 65)) * 50).astype(dtype)
+    b = (rng.standard_normal((65,)) * 7).astype(dtype)
+    b[b == 0] = 2
+    x, y = ndl.tensor(a, device="cuda"), ndl.tensor(b, device="cuda")
+    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+    for got, want in [(x // y, torch.floor_divide(ta, tb)), (x % y, torch.remainder(ta, tb)),
+                      (x // -3, torch.floor_divide(ta, -3)), (5 % y, torch.remainder(5, tb))]:
+        np.testing.assert_allclose(got.numpy(), want.cpu().numpy(), rtol=1e-6, atol=1e-5)
+    if dtype.startswith("int"):  # 0 for a zero divisor, as on the CPU
+        zero = ndl.zeros(65, dtype=x.dtype, device="cuda")
+        assert not (x // 0).numpy().any() and not (x % zero).numpy().any()
+    elif dtype == "float32":  # the remainder's gradient: 1 for a, -floor(a / b) for b
+        p, q = Pair(a), Pair(b)
+        check_grads(p.n % q.n, torch.remainder(p.t, q.t), [p, q], TOL["float32"], "remainder")
+
+
 @pytest.mark.parametrize("src", ["float32", "float64", "bfloat16"])
 def test_float_to_int_casts_match_the_cpu(src):
     # Both backends saturate out-of-range floats and take NaN as 0 (one convert() in convert.h).

@@ -145,6 +145,7 @@ BINARY = {
     "add": (np.add, "__add__"), "sub": (np.subtract, "__sub__"), "mul": (np.multiply, "__mul__"),
     "div": (np.divide, "__truediv__"), "pow": (np.power, "__pow__"),
     "maximum": (np.maximum, None), "minimum": (np.minimum, None),
+    "floor_divide": (np.floor_divide, "__floordiv__"), "remainder": (np.remainder, "__mod__"),
     "eq": (np.equal, "__eq__"), "ne": (np.not_equal, "__ne__"), "lt": (np.less, "__lt__"),
     "le": (np.less_equal, "__le__"), "gt": (np.greater, "__gt__"), "ge": (np.greater_equal, "__ge__"),
     "logical_and": (np.logical_and, None), "logical_or": (np.logical_or, None),
@@ -480,6 +481,45 @@ def test_to_astype_and_casts():
     # A copy to the device an array is on is the array itself, non_blocking or not.
     assert not x.to("cpu", non_blocking=True).is_pinned()
     check(x.to("cpu", "float64", non_blocking=True), [1.7, -2.2], ndl.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, np.float64])
+def test_floor_divide_and_remainder_match_numpy(dtype):
+    # Python's // and %: the quotient rounded toward -inf, the remainder with the divisor's sign.
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal((5, 7)) * 20).astype(dtype)
+    b = (rng.standard_normal((7,)) * 6).astype(dtype)
+    b[b == 0] = 3
+    x, y = nd.NDArray(a), nd.NDArray(b)
+    for got, want in [(x // y, np.floor_divide(a, b)), (x % y, np.remainder(a, b)),
+                      (x // 3, a // dtype(3)), (x % -3, a % dtype(-3)),
+                      (17 // y, dtype(17) // b), (-17 % y, dtype(-17) % b),
+                      (nd.floor_divide(x, y), a // b), (nd.remainder(x, y), a % b)]:
+        assert got.dtype == x.dtype
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-5)
+    t = ndl.tensor(a)
+    np.testing.assert_allclose((t // ndl.tensor(b)).numpy(), a // b, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose((t % ndl.tensor(b)).numpy(), a % b, rtol=1e-6, atol=1e-5)
+    z = nd.NDArray(a.copy())
+    z //= 4
+    z %= 3
+    np.testing.assert_allclose(z.numpy(), (a // dtype(4)) % dtype(3), rtol=1e-6, atol=1e-5)
+
+
+def test_integer_division_by_zero_and_overflow_do_not_trap():
+    # The hardware traps on an integer division by 0 and on INT_MIN // -1 (SIGFPE): 0 // 0 gives
+    # 0 for both ops, as NumPy's, and INT_MIN // -1 wraps.
+    for dt in (ndl.int32, ndl.int64):
+        x = nd.NDArray(np.array([7, -7, 0]), dtype=dt)
+        assert (x // 0).tolist() == [0, 0, 0] and (x % 0).tolist() == [0, 0, 0]
+        assert (x // nd.zeros(3, dtype=dt)).tolist() == [0, 0, 0]
+        low = -2 ** 31 if dt == ndl.int32 else -2 ** 63
+        m = nd.NDArray(np.array([low, 5]), dtype=dt)
+        assert (m // -1).tolist() == [low, -5] and (m % -1).tolist() == [0, 0]
+    f = nd.NDArray([1.0, -1.0, 0.0])
+    q = (f // 0).numpy()
+    assert q[0] == np.inf and q[1] == -np.inf and np.isnan(q[2])
+    assert np.isnan((f % 0).numpy()).all()
 
 
 @pytest.mark.parametrize("src", ["float32", "float64", "bfloat16"])
