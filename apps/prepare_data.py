@@ -205,6 +205,10 @@ def main(argv=None):
         parser.error("--encoder-json and --vocab-bpe go together")
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
         parser.error(f"--name must be a plain folder name, got {args.name!r}")
+    if not 0.0 < args.val_fraction < 1.0:  # NaN fails too
+        parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: all cores), got {args.threads}")
     data_dir = args.data_dir.resolve()
     corpora = [] if args.input else (list(CORPORA) if args.corpus == "all" else [args.corpus])
     custom_tokenizer = args.tokenizer_file or args.encoder_json

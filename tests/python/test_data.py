@@ -91,6 +91,20 @@ def test_prepare_data_rejects_a_single_document(tmp_path):
                            "--encoder-json", str(encoder), "--vocab-bpe", str(bpe)])
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--val-fraction", "0"], "--val-fraction must be in (0, 1), got 0.0"),
+    (["--val-fraction", "nan"], "--val-fraction must be in (0, 1), got nan"),
+    (["--threads", "-2"], "--threads must be >= 0 (0: all cores), got -2"),
+])
+def test_prepare_data_bad_options_are_usage_errors(corpus, capsys, extra, message):
+    # They were tracebacks from split_documents and the tokenizer, after the corpus was read.
+    tmp_path, _, args = corpus
+    with pytest.raises(SystemExit) as e:
+        prepare_data.main(args + extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "data" / "fixture").exists()
+
+
 def test_split_documents_is_seeded():
     a_train, a_val = prepare_data.split_documents(1000, 0.01, seed=3)
     b_train, b_val = prepare_data.split_documents(1000, 0.01, seed=3)
