@@ -149,8 +149,9 @@ def build_parser():
 def _check_positive(parser, name, value, allow_zero=False):
     # Written so that NaN fails too (every comparison with it is false), as does infinity.
     if value is not None and not ((value > 0 or (allow_zero and value == 0)) and math.isfinite(value)):
-        parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else 'positive'} "
-                     f"and finite, got {value}")
+        finite = " and finite" if isinstance(value, float) else ""
+        parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else 'positive'}"
+                     f"{finite}, got {value}")
 
 
 def resolve_config(parser, args):
