@@ -333,31 +333,25 @@ ndl.tensor(data, dtype=None, device=None, requires_grad=False) or ndl.Tensor(nda
         py::arg("tensors"), py::arg("dim") = 0);
   A.def("stack", [](const std::vector<Tensor>& ts, int dim) { return stack(ts, dim); },
         py::arg("tensors"), py::arg("dim") = 0);
-  A.def("where", [](const Tensor& c, py::handle a, py::handle b) {
-          // A number is a weak scalar: it takes the dtype the other branch promotes to with it, as
-          // in torch (where(c, int_tensor, 0.5) is float32); of two numbers the first leads.
-          std::optional<Scalar> sa = to_scalar(a), sb = to_scalar(b);
-          Tensor like = py::isinstance<Tensor>(a) ? py::cast<Tensor>(a) : c;
-          Tensor x = sa ? Tensor() : as_tensor(a, like), y = sb ? Tensor() : as_tensor(b, like);
-          if (!sa && !sb && !py::isinstance<Tensor>(a) && py::isinstance<Tensor>(b))
-            x = astype(x, y.dtype());
-          if (!sa && !sb && !py::isinstance<Tensor>(b) && py::isinstance<Tensor>(a))
-            y = astype(y, x.dtype());
-          auto full = [&](const Scalar& s, DType dt) {
-            s.check_fits(dt, "where");
-            return Tensor(NDArray::full({}, s, dt, c.device()));
-          };
-          if (sa && sb) {
-            DType dt = promote_with_scalar(default_dtype(*sa), *sb);
-            x = full(*sa, dt);
-            y = full(*sb, dt);
-          } else if (sa) {
-            x = full(*sa, promote_with_scalar(y.dtype(), *sa));
-          } else if (sb) {
-            y = full(*sb, promote_with_scalar(x.dtype(), *sb));
-          }
-          return where(c, x, y);
-        }, py::arg("condition"), py::arg("input"), py::arg("other"));
+  A.def(
+      "where",
+      [](const Tensor& c, py::handle a, py::handle b) {
+        // A number is a weak scalar (where(c, int_tensor, 0.5) is float32, as in torch); of two
+        // numbers the first becomes a one-element tensor. As the NDArray where_function.
+        std::optional<Scalar> sa = to_scalar(a), sb = to_scalar(b);
+        if (sa && sb) {
+          DType dt = promote_with_scalar(default_dtype(*sa), *sb);
+          return where(c, Tensor(NDArray::full({}, *sa, dt, c.device())), *sb);
+        }
+        Tensor like = py::isinstance<Tensor>(a) ? py::cast<Tensor>(a) : c;
+        if (sa) return where(logical_not(c), as_tensor(b, like), *sa);
+        if (sb) return where(c, as_tensor(a, like), *sb);
+        Tensor x = as_tensor(a, like), y = as_tensor(b, like);
+        if (!py::isinstance<Tensor>(a) && py::isinstance<Tensor>(b)) x = astype(x, y.dtype());
+        if (!py::isinstance<Tensor>(b) && py::isinstance<Tensor>(a)) y = astype(y, x.dtype());
+        return where(c, x, y);
+      },
+      py::arg("condition"), py::arg("input"), py::arg("other"));
 
   py::module_ F = m.def_submodule("functional", "Differentiable neural-network functions.");
   F.def("linear", [](const Tensor& x, const Tensor& w, std::optional<Tensor> b) {

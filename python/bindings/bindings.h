@@ -71,18 +71,6 @@ auto without_gil(F&& f) {
   return std::forward<F>(f)();
 }
 
-// torch.split's sizes for split_size `each` along dim `dim` of `shape`: parts of `each`, the last
-// one smaller, one empty part for an empty dim (as chunk); ValueError unless each > 0, IndexError
-// for a 0-d shape.
-inline std::vector<int64_t> split_sizes(const Shape& shape, int64_t each, int dim) {
-  NEEDLE_CHECK(each > 0, ValueError, "split: split_size must be positive, got ", each);
-  const int64_t n = shape[normalize_existing_dim(dim, static_cast<int>(shape.size()), "split")];
-  std::vector<int64_t> sizes;
-  for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
-  if (sizes.empty()) sizes.push_back(0);
-  return sizes;
-}
-
 // A member function as a method whose self is a reference: `.def("numel", self_ref(&T::numel))`.
 // pybind11 binds a bare member-function pointer with a pointer self, and a method bound without
 // py::arg annotations lets None through as self: `NDArray.numel(None)` would call through a null

@@ -35,6 +35,8 @@ inline Tensor operator/(const Tensor& a, const Scalar& b) { return div(a, b); }
 inline Tensor operator-(const Tensor& a) { return neg(a); }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+// A number branch is a weak scalar: the result has the dtype `a` promotes to with it.
+Tensor where(const Tensor& cond, const Tensor& a, const Scalar& b);
 Tensor masked_fill(const Tensor& a, const Tensor& mask, const Scalar& value);
 // The result's dtype follows the bounds (see the NDArray clamp).
 Tensor clamp(const Tensor& a, const std::optional<Scalar>& min, const std::optional<Scalar>& max);

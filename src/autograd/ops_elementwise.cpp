@@ -198,6 +198,12 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
                      std::make_shared<WhereFn>(cond.data()), {a, b});
 }
 
+Tensor where(const Tensor& cond, const Tensor& a, const Scalar& b) {
+  DType dt = promote_with_scalar(a.dtype(), b);
+  b.check_fits(dt, "where");
+  return where(cond, a, Tensor(NDArray::full({}, b, dt, a.device())));
+}
+
 Tensor masked_fill(const Tensor& a, const Tensor& mask, const Scalar& value) {
   value.check_fits(a.dtype(), "masked_fill");
   return where(mask, Tensor(NDArray::full({}, value, a.dtype(), a.device())), a);

@@ -34,8 +34,6 @@ struct Dims {
   int64_t B = 0, H = 0, Lq = 0, Lk = 0, D = 0;
 };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Row `row` of head bh (batch item * H + head) of a (B, H, L, D) operand, a view whose rows are
 // contiguous (attention_operand_ok), and the elements from one row to the next.
 template <typename T>

@@ -124,7 +124,6 @@ class Workspace {
 
 // --- launch geometry -----------------------------------------------------------------------------
 constexpr int kThreads = 256;
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Blocks for a grid-stride loop over n items of `per_block` each: enough to fill the GPU several
 // times over, never more than the grid limit.
 inline unsigned grid_for(int64_t n, int64_t per_block) {

@@ -172,9 +172,13 @@ NDArray NDArray::full(const Shape& shape, const Scalar& value, DType dtype, Devi
 
 // n values value_at(0), value_at(1), ... computed on the host as T, then moved and converted. They
 // are written into a needle array (not a std::vector), so running out of memory is needle's
-// OutOfMemoryError.
+// OutOfMemoryError. The values are monotonic: the first and the last must fit an integer dtype.
 template <typename T, typename F>
 static NDArray host_sequence(int64_t n, const F& value_at, DType dtype, Device device) {
+  if (n > 0) {
+    Scalar(value_at(0)).check_fits(dtype, "arange");
+    Scalar(value_at(n - 1)).check_fits(dtype, "arange");
+  }
   NDArray values = NDArray::empty({n}, dtype_of<T>::value, cpu());
   auto* v = static_cast<T*>(values.data_ptr());
   for (int64_t i = 0; i < n; ++i) v[i] = value_at(i);
@@ -191,10 +195,6 @@ NDArray NDArray::arange(double start, double stop, double step, DType dtype, Dev
   NEEDLE_CHECK(count < 0x1p62, ValueError, "arange: start ", start, ", end ", stop, " and step ",
                step, " give ", count, " values, more than an array can hold");
   const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
-  if (n > 0) {  // the values run from the first to the last: both must fit an integer dtype
-    Scalar(start).check_fits(dtype, "arange");
-    Scalar(start + static_cast<double>(n - 1) * step).check_fits(dtype, "arange");
-  }
   return host_sequence<double>(
       n, [&](int64_t i) { return start + static_cast<double>(i) * step; }, dtype, device);
 }
@@ -209,10 +209,6 @@ NDArray NDArray::arange_int(int64_t start, int64_t stop, int64_t step, DType dty
   NEEDLE_CHECK(count < (static_cast<__int128>(1) << 62), ValueError, "arange: start ", start,
                ", end ", stop, " and step ", step, " give ", static_cast<double>(count),
                " values, more than an array can hold");
-  if (count > 0) {  // as in arange: the first and the last value must fit the dtype
-    Scalar(start).check_fits(dtype, "arange");
-    Scalar(static_cast<int64_t>(start + (count - 1) * by)).check_fits(dtype, "arange");
-  }
   return host_sequence<int64_t>(
       static_cast<int64_t>(count),
       [&](int64_t i) { return static_cast<int64_t>(start + static_cast<__int128>(i) * by); }, dtype,

@@ -66,8 +66,6 @@ struct Scalar {
   bool rounds_int() const {
     return exact_int && (value >= 0x1p63 || static_cast<int64_t>(value) != *exact_int);
   }
-  // An int beyond int64 (only its float64 is known): no integer dtype holds it.
-  bool beyond_int64() const { return kind == Kind::Int && !exact_int; }
   // Whether an array of dtype `dt` holds this value (truncated toward zero, as a cast would, for a
   // float on an integer dtype): always for floating and bool dtypes; never for NaN or infinity on
   // an integer dtype.
@@ -314,6 +312,10 @@ NDArray embedding(const NDArray& weight, const NDArray& ids);  // ids any shape 
 NDArray concatenate(const std::vector<NDArray>& arrays, int dim = 0);
 NDArray stack(const std::vector<NDArray>& arrays, int dim = 0);
 std::vector<NDArray> split(const NDArray& a, const std::vector<int64_t>& sizes, int dim = 0);
+// torch.split's sizes for split_size `each` along dim `dim` of `shape`: parts of `each`, the last
+// one smaller, one empty part for an empty dim; ValueError unless each > 0, IndexError for a 0-d
+// shape.
+std::vector<int64_t> split_sizes(const Shape& shape, int64_t each, int dim);
 std::vector<NDArray> chunk(const NDArray& a, int64_t chunks, int dim = 0);
 NDArray flip(const NDArray& a, const std::vector<int>& dims);
 // pads[2*i], pads[2*i+1]: before/after amounts for dim i (leading dims first, unlike torch's

@@ -623,16 +623,22 @@ std::vector<NDArray> split(const NDArray& a, const std::vector<int64_t>& sizes, 
   return parts;
 }
 
+std::vector<int64_t> split_sizes(const Shape& shape, int64_t each, int dim) {
+  NEEDLE_CHECK(each > 0, ValueError, "split: split_size must be positive, got ", each);
+  const int64_t n = shape[normalize_existing_dim(dim, static_cast<int>(shape.size()), "split")];
+  std::vector<int64_t> sizes;
+  for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
+  if (sizes.empty()) sizes.push_back(0);
+  return sizes;
+}
+
 std::vector<NDArray> chunk(const NDArray& a, int64_t chunks, int dim) {
   NEEDLE_CHECK(chunks > 0, ValueError, "chunk: expected a positive number of chunks, got ",
                chunks);
   int d = normalize_existing_dim(dim, a.ndim(), "chunk");
-  // (n + chunks - 1) / chunks overflowed for chunks near 2^63 (and the loop below never ended).
-  int64_t n = a.shape()[d], each = n == 0 ? 0 : (n - 1) / chunks + 1;
-  std::vector<int64_t> sizes;
-  for (int64_t at = 0; at < n; at += each) sizes.push_back(std::min(each, n - at));
-  if (sizes.empty()) sizes.push_back(0);
-  return split(a, sizes, d);
+  // Parts of ceil(n / chunks), at least 1 so that an empty dim gives one empty part.
+  const int64_t each = std::max<int64_t>(ceil_div(a.shape()[d], chunks), 1);
+  return split(a, split_sizes(a.shape(), each, d), d);
 }
 
 NDArray flip(const NDArray& a, const std::vector<int>& dims) {

@@ -37,9 +37,6 @@ struct BlockSparseLayout::Cache {
 
 namespace {
 
-// (a + b - 1) / b overflowed for a near 2^63.
-int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a - 1) / b + 1; }
-
 // The CUDA kernels' work order over one side of the layout (see q_order in BlockLayoutRef): ptr is
 // a per-head CSR offset array (heads runs of blocks + 1 entries) over blocks of size b; a kernel
 // tile is `tile` consecutive positions, and its work is the number of (position, kept key or
